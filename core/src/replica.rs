@@ -1,0 +1,1097 @@
+//! `Replica`: the device's durable store of Automerge documents and the staff actions on it.
+//!
+//! A replica belongs to one facility (set by the first import). It holds the facility document,
+//! each patient's document and each patient-month document in `<dir>/docs`, one [`DocFile`] each.
+//! Every action writes one Automerge change with the device's own actor and returns only after
+//! the change is fsynced. Time is passed in (`now`), never read from a clock here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{ActorId, AutomergeError, ChangeHash, ROOT, ReadDoc};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::doc_file::{DocFile, StoreError, sync_dir};
+use crate::document::{self as d, DocKind};
+use crate::ids::DocumentId;
+use crate::model::*;
+use crate::month::Month;
+use crate::problem::{Problem, Problems};
+use crate::validate;
+
+const META_FILE: &str = "replica.json";
+const META_FORMAT: &str = "rounds-replica/1";
+
+/// What can go wrong in a replica action. Names ids, never patient names.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("document {doc}: {source}")]
+    Automerge {
+        doc: DocumentId,
+        #[source]
+        source: AutomergeError,
+    },
+    #[error("invalid input:\n{0}")]
+    Invalid(Problems),
+    #[error("{path}: {message}")]
+    Meta { path: PathBuf, message: String },
+    #[error("this replica has no facility yet: import a data file first")]
+    NoFacility,
+    #[error("this replica belongs to facility {have:?}, not {want:?}")]
+    OtherFacility { have: String, want: String },
+    #[error("unknown patient {0:?}")]
+    UnknownPatient(String),
+    #[error("unknown entry {0}")]
+    UnknownEntry(Uuid),
+    #[error("timer {0} is already stopped")]
+    TimerAlreadyStopped(Uuid),
+    #[error("document {doc}: bad sync message: {message}")]
+    SyncMessage { doc: DocumentId, message: String },
+}
+
+impl ReplicaError {
+    fn invalid(entry: impl Into<String>, field: &str, message: impl Into<String>) -> ReplicaError {
+        ReplicaError::Invalid(Problems(vec![Problem::new(entry, field, message)]))
+    }
+}
+
+type Result<T, E = ReplicaError> = std::result::Result<T, E>;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ReplicaMeta {
+    format: String,
+    /// Hex of the device's Automerge actor id.
+    actor: String,
+    facility: Option<String>,
+}
+
+/// The stop event of a timer, written once under the timer's id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimerStop {
+    pub ended_at: DateTime<FixedOffset>,
+    #[serde(default)]
+    pub interactive: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A time entry logged after the fact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewInteraction {
+    pub patient: String,
+    pub staff: String,
+    pub program: Program,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub interactive: bool,
+    pub activity: Option<String>,
+    pub note: Option<String>,
+}
+
+/// A reading typed in or received from a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReading {
+    pub patient: String,
+    pub kind: ReadingKind,
+    pub systolic: Option<f64>,
+    pub diastolic: Option<f64>,
+    pub value: Option<f64>,
+    pub unit: String,
+    pub measured_at: DateTime<Utc>,
+    pub device: Option<String>,
+    pub source: ReadingSource,
+}
+
+/// The entries of one patient-month document, as stored (nothing folded away).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MonthEntries {
+    /// Logged interactions and stopped timers.
+    pub interactions: Vec<Interaction>,
+    pub readings: Vec<Reading>,
+    pub running_timers: Vec<RunningTimer>,
+    pub corrections: Vec<Correction>,
+    /// Entries that could not be read (skipped).
+    pub problems: Vec<Problem>,
+}
+
+/// What a nurse sees for a patient's month on the tablet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MonthSummary {
+    pub patient: String,
+    pub month: Month,
+    /// Whole minutes per program (exact durations summed, then floored), voided entries excluded.
+    pub minutes: BTreeMap<Program, u32>,
+    /// Distinct local dates with at least one device reading.
+    pub reading_days: u32,
+    pub running_timers: usize,
+}
+
+/// The device store.
+pub struct Replica {
+    dir: PathBuf,
+    docs_dir: PathBuf,
+    actor: ActorId,
+    facility: Option<String>,
+    docs: BTreeMap<DocumentId, DocFile>,
+    sync_states: HashMap<(DocumentId, String), sync::State>,
+}
+
+impl Replica {
+    /// Open the replica in `dir`, creating it (with a new device actor) when empty.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Replica> {
+        let dir = dir.as_ref().to_path_buf();
+        let docs_dir = dir.join("docs");
+        fs::create_dir_all(&docs_dir).map_err(|source| StoreError::Io {
+            path: docs_dir.clone(),
+            source,
+        })?;
+        let meta_path = dir.join(META_FILE);
+        let meta = match fs::read(&meta_path) {
+            Ok(bytes) => {
+                let meta: ReplicaMeta =
+                    serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Meta {
+                        path: meta_path.clone(),
+                        message: e.to_string(),
+                    })?;
+                if meta.format != META_FORMAT {
+                    return Err(ReplicaError::Meta {
+                        path: meta_path,
+                        message: format!("unknown format {:?}", meta.format),
+                    });
+                }
+                meta
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let meta = ReplicaMeta {
+                    format: META_FORMAT.to_string(),
+                    actor: ActorId::random().to_hex_string(),
+                    facility: None,
+                };
+                write_meta(&dir, &meta)?;
+                meta
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: meta_path,
+                    source,
+                }
+                .into());
+            }
+        };
+        let actor_bytes = hex_decode(&meta.actor).ok_or_else(|| ReplicaError::Meta {
+            path: dir.join(META_FILE),
+            message: "actor is not hex".into(),
+        })?;
+        let actor = ActorId::from(actor_bytes);
+        let mut docs = BTreeMap::new();
+        let entries = fs::read_dir(&docs_dir).map_err(|source| StoreError::Io {
+            path: docs_dir.clone(),
+            source,
+        })?;
+        let mut stems = BTreeSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(stem) = name
+                .strip_suffix(".log")
+                .or_else(|| name.strip_suffix(".snap"))
+            {
+                stems.insert(stem.to_string());
+            }
+        }
+        for stem in stems {
+            let Ok(id) = stem.parse::<DocumentId>() else {
+                tracing::warn!(file = %stem, "ignoring a file that is not a document");
+                continue;
+            };
+            let mut file = DocFile::open(&docs_dir, &stem)?;
+            file.doc.set_actor(actor.clone());
+            docs.insert(id, file);
+        }
+        Ok(Replica {
+            dir,
+            docs_dir,
+            actor,
+            facility: meta.facility,
+            docs,
+            sync_states: HashMap::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device's Automerge actor id (hex).
+    pub fn actor(&self) -> String {
+        self.actor.to_hex_string()
+    }
+
+    /// The facility id this replica belongs to.
+    pub fn facility_id(&self) -> Option<&str> {
+        self.facility.as_deref()
+    }
+
+    // ----- documents -------------------------------------------------------------------------
+
+    /// Every document the replica holds.
+    pub fn document_ids(&self) -> Vec<DocumentId> {
+        self.docs.keys().copied().collect()
+    }
+
+    /// The current heads of a document.
+    pub fn heads(&self, doc: DocumentId) -> Option<Vec<ChangeHash>> {
+        self.docs.get(&doc).map(|f| f.doc.get_heads())
+    }
+
+    /// Read access to a document.
+    pub fn document(&self, doc: DocumentId) -> Option<&automerge::Automerge> {
+        self.docs.get(&doc).map(|f| &f.doc)
+    }
+
+    /// The document, loaded or created from its genesis and persisted.
+    fn ensure_doc(&mut self, id: DocumentId, kind: DocKind) -> Result<&mut DocFile> {
+        if !self.docs.contains_key(&id) {
+            let mut file = DocFile::open(&self.docs_dir, &id.to_string())?;
+            file.doc.set_actor(self.actor.clone());
+            self.docs.insert(id, file);
+        }
+        let file = self
+            .docs
+            .get_mut(&id)
+            .ok_or(ReplicaError::Meta {
+                path: PathBuf::new(),
+                message: "document vanished".into(),
+            })?;
+        if d::kind_of(&file.doc).is_none() {
+            let genesis = d::genesis(kind).map_err(|source| ReplicaError::Automerge { doc: id, source })?;
+            file.doc
+                .load_incremental(&genesis.save())
+                .map_err(|source| ReplicaError::Automerge { doc: id, source })?;
+            file.doc.set_actor(self.actor.clone());
+            file.persist()?;
+        }
+        Ok(file)
+    }
+
+    /// Apply one change to a document (created from genesis if needed) and make it durable.
+    fn change<R>(
+        &mut self,
+        id: DocumentId,
+        kind: DocKind,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError>,
+    ) -> Result<R> {
+        let file = self.ensure_doc(id, kind)?;
+        let result = file
+            .doc
+            .transact_with::<_, _, AutomergeError, _>(
+                |_| CommitOptions::default().with_time(now.timestamp_millis()),
+                f,
+            )
+            .map_err(|fail| ReplicaError::Automerge {
+                doc: id,
+                source: fail.error,
+            })?
+            .result;
+        file.persist()?;
+        Ok(result)
+    }
+
+    // ----- facility --------------------------------------------------------------------------
+
+    fn facility_doc_id(&self) -> Result<DocumentId> {
+        self.facility
+            .as_deref()
+            .map(DocumentId::facility)
+            .ok_or(ReplicaError::NoFacility)
+    }
+
+    /// The facility, its practitioners and its staff, as held in the facility document.
+    pub fn facility(&self) -> Result<(Facility, Vec<Practitioner>, Vec<Staff>, Vec<Problem>)> {
+        let id = self.facility_doc_id()?;
+        let doc = self.document(id).ok_or(ReplicaError::NoFacility)?;
+        let mut problems = Vec::new();
+        let facility_json = d::container_json(doc, d::FACILITY);
+        let facility: Facility =
+            crate::datafile::parse_entry(&facility_json, || "facility".into(), &mut problems)
+                .ok_or_else(|| ReplicaError::Invalid(Problems(problems.clone())))?;
+        let practitioners = d::read_entries(doc, d::PRACTITIONERS, "practitioner", &mut problems)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let staff = d::read_entries(doc, d::STAFF, "staff", &mut problems)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        Ok((facility, practitioners, staff, problems))
+    }
+
+    fn zone(&self) -> Result<(String, Tz)> {
+        let (f, ..) = self.facility()?;
+        let tz = validate::parse_zone(&f.timezone).ok_or_else(|| {
+            ReplicaError::invalid("facility", "timezone", format!("{:?} is not an IANA time zone", f.timezone))
+        })?;
+        Ok((f.id, tz))
+    }
+
+    /// The facility document's URL, `automerge:<id>`.
+    pub fn facility_url(&self) -> Result<String> {
+        Ok(self.facility_doc_id()?.url())
+    }
+
+    // ----- patients --------------------------------------------------------------------------
+
+    /// Patient ids listed in the facility document.
+    pub fn patient_ids(&self) -> Vec<String> {
+        let Ok(id) = self.facility_doc_id() else {
+            return Vec::new();
+        };
+        match self.document(id).and_then(|doc| d::container(doc, d::PATIENTS).map(|m| (doc, m))) {
+            Some((doc, map)) => doc.keys(&map).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// One patient, read from their document (with the care-plan text).
+    pub fn patient(&self, patient: &str) -> Result<Patient> {
+        let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
+        let id = DocumentId::patient(&facility, patient);
+        let doc = self
+            .document(id)
+            .ok_or_else(|| ReplicaError::UnknownPatient(patient.to_string()))?;
+        let mut problems = Vec::new();
+        let mut profile = d::container_json(doc, d::PROFILE);
+        let consents: Vec<Consent> = d::read_entries(doc, d::CONSENTS, "consent", &mut problems)
+            .into_iter()
+            .map(|(k, mut c): (String, Consent)| {
+                c.id = Some(k);
+                c
+            })
+            .collect();
+        let text = d::container(doc, d::CARE_PLAN_TEXT)
+            .and_then(|t| doc.text(&t).ok())
+            .unwrap_or_default();
+        if let Some(obj) = profile.as_object_mut() {
+            obj.insert("consents".into(), serde_json::to_value(&consents).unwrap_or_default());
+            if !text.is_empty() {
+                let plan = obj
+                    .entry("care_plan")
+                    .or_insert_with(|| serde_json::json!({}));
+                if plan.is_null() {
+                    *plan = serde_json::json!({});
+                }
+                if let Some(p) = plan.as_object_mut() {
+                    p.insert("text".into(), serde_json::Value::String(text));
+                }
+            }
+        }
+        crate::datafile::parse_entry(&profile, || format!("patient {patient}"), &mut problems)
+            .ok_or(ReplicaError::Invalid(Problems(problems)))
+    }
+
+    /// Every patient of the facility; unreadable ones are reported, not fatal.
+    pub fn patients(&self) -> (Vec<Patient>, Vec<Problem>) {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for id in self.patient_ids() {
+            match self.patient(&id) {
+                Ok(p) => out.push(p),
+                Err(ReplicaError::Invalid(Problems(ps))) => problems.extend(ps),
+                Err(e) => problems.push(Problem::new(format!("patient {id}"), "", e.to_string())),
+            }
+        }
+        (out, problems)
+    }
+
+    fn require_patient(&self, patient: &str) -> Result<()> {
+        if self.patient_ids().iter().any(|p| p == patient) {
+            Ok(())
+        } else {
+            Err(ReplicaError::UnknownPatient(patient.to_string()))
+        }
+    }
+
+    fn require_person(&self, entry: &str, field: &str, person: &str) -> Result<()> {
+        let (_, practitioners, staff, _) = self.facility()?;
+        if practitioners.iter().any(|p| p.id == person) || staff.iter().any(|s| s.id == person) {
+            Ok(())
+        } else {
+            Err(ReplicaError::invalid(entry, field, format!("unknown staff or practitioner {person:?}")))
+        }
+    }
+
+    /// Replace the care plan's free text; concurrent edits on other devices merge.
+    pub fn edit_care_plan(&mut self, patient: &str, text: &str, now: DateTime<Utc>) -> Result<()> {
+        let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
+        self.require_patient(patient)?;
+        let id = DocumentId::patient(&facility, patient);
+        self.change(id, DocKind::Patient, now, |tx| {
+            let t = d::container(tx, d::CARE_PLAN_TEXT).ok_or(AutomergeError::NotAnObject)?;
+            tx.update_text(&t, text)
+        })
+    }
+
+    /// Record a consent (given, or given and already revoked). Returns its key.
+    pub fn record_consent(&mut self, patient: &str, mut consent: Consent, now: DateTime<Utc>) -> Result<String> {
+        let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
+        self.require_patient(patient)?;
+        let key = consent.id.clone().unwrap_or_else(|| Uuid::now_v7().to_string());
+        consent.id = None;
+        if let Some(by) = &consent.by {
+            self.require_person(&format!("consent {key}"), "by", by)?;
+        }
+        if let Some(r) = consent.revoked_on
+            && r < consent.given_on
+        {
+            return Err(ReplicaError::invalid(format!("consent {key}"), "revoked_on", "is before given_on"));
+        }
+        let id = DocumentId::patient(&facility, patient);
+        let k = key.clone();
+        self.change(id, DocKind::Patient, now, |tx| {
+            let map = d::container(tx, d::CONSENTS).ok_or(AutomergeError::NotAnObject)?;
+            d::put_entry(tx, &map, &k, &consent)
+        })?;
+        Ok(key)
+    }
+
+    /// Revoke a consent as of a date.
+    pub fn revoke_consent(&mut self, patient: &str, consent: &str, on: NaiveDate, now: DateTime<Utc>) -> Result<()> {
+        let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
+        let current = self
+            .patient(patient)?
+            .consents
+            .into_iter()
+            .find(|c| c.id.as_deref() == Some(consent))
+            .ok_or_else(|| ReplicaError::invalid(format!("patient {patient}"), "consents", format!("unknown consent {consent}")))?;
+        if on < current.given_on {
+            return Err(ReplicaError::invalid(format!("consent {consent}"), "revoked_on", "is before given_on"));
+        }
+        let id = DocumentId::patient(&facility, patient);
+        self.change(id, DocKind::Patient, now, |tx| {
+            let map = d::container(tx, d::CONSENTS).ok_or(AutomergeError::NotAnObject)?;
+            match tx.get(&map, consent)? {
+                Some((_, obj)) => tx.put(&obj, "revoked_on", on.to_string()),
+                None => Err(AutomergeError::NotAnObject),
+            }
+        })
+    }
+
+    // ----- patient months --------------------------------------------------------------------
+
+    fn month_doc(&mut self, patient: &str, month: Month, now: DateTime<Utc>) -> Result<DocumentId> {
+        let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
+        let id = DocumentId::patient_month(&facility, patient, month);
+        let fresh = self
+            .docs
+            .get(&id)
+            .map(|f| d::root_str(&f.doc, "patient").is_none())
+            .unwrap_or(true);
+        if fresh {
+            let (p, m, f) = (patient.to_string(), month.to_string(), facility.clone());
+            self.change(id, DocKind::PatientMonth, now, |tx| {
+                tx.put(ROOT, "facility", f.as_str())?;
+                tx.put(ROOT, "patient", p.as_str())?;
+                tx.put(ROOT, "month", m.as_str())
+            })?;
+            let key = format!("{patient}/{month}");
+            let url = id.url();
+            self.change(DocumentId::facility(&facility), DocKind::Facility, now, |tx| {
+                let months = d::container(tx, d::MONTHS).ok_or(AutomergeError::NotAnObject)?;
+                if tx.get(&months, key.as_str())?.is_none() {
+                    tx.put(&months, key.as_str(), url.as_str())?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(id)
+    }
+
+    /// The patient-month documents held, as (patient, month, id).
+    pub fn month_docs(&self) -> Vec<(String, Month, DocumentId)> {
+        self.docs
+            .iter()
+            .filter(|(_, f)| d::kind_of(&f.doc) == Some(DocKind::PatientMonth))
+            .filter_map(|(id, f)| {
+                let p = d::root_str(&f.doc, "patient")?;
+                let m = d::root_str(&f.doc, "month")?.parse().ok()?;
+                Some((p, m, *id))
+            })
+            .collect()
+    }
+
+    /// The entries stored in one patient-month document.
+    pub fn month_entries(&self, patient: &str, month: Month) -> MonthEntries {
+        let Some(facility) = self.facility.as_deref() else {
+            return MonthEntries::default();
+        };
+        match self.document(DocumentId::patient_month(facility, patient, month)) {
+            Some(doc) => read_month(doc),
+            None => MonthEntries::default(),
+        }
+    }
+
+    fn local(&self, t: DateTime<Utc>) -> Result<(DateTime<FixedOffset>, Month)> {
+        let (_, tz) = self.zone()?;
+        let local = t.with_timezone(&tz);
+        Ok((local.fixed_offset(), Month::of(local.date_naive())))
+    }
+
+    /// Start a timer: the start event is durable when this returns, so the timer survives the
+    /// app being killed. Stop it with [`Replica::stop_timer`].
+    pub fn start_timer(
+        &mut self,
+        patient: &str,
+        staff: &str,
+        program: Program,
+        activity: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<RunningTimer> {
+        self.require_patient(patient)?;
+        let id = Uuid::now_v7();
+        self.require_person(&format!("timer {id}"), "staff", staff)?;
+        let (started_at, month) = self.local(now)?;
+        let timer = RunningTimer {
+            id,
+            patient: patient.to_string(),
+            staff: staff.to_string(),
+            program,
+            started_at,
+            activity,
+        };
+        let doc = self.month_doc(patient, month, now)?;
+        self.change(doc, DocKind::PatientMonth, now, |tx| {
+            let map = d::container(tx, d::TIMERS).ok_or(AutomergeError::NotAnObject)?;
+            d::put_entry(tx, &map, &id.to_string(), &timer)
+        })?;
+        Ok(timer)
+    }
+
+    /// Every running timer on this replica.
+    pub fn running_timers(&self) -> Vec<RunningTimer> {
+        let mut out: Vec<RunningTimer> = self
+            .docs
+            .values()
+            .filter(|f| d::kind_of(&f.doc) == Some(DocKind::PatientMonth))
+            .flat_map(|f| read_month(&f.doc).running_timers)
+            .collect();
+        out.sort_by_key(|t| t.id);
+        out
+    }
+
+    /// Stop a running timer; the time entry it becomes is returned once durable.
+    pub fn stop_timer(
+        &mut self,
+        timer: Uuid,
+        interactive: bool,
+        note: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Interaction> {
+        let (doc_id, entries) = self
+            .find_month_of(timer)
+            .ok_or(ReplicaError::UnknownEntry(timer))?;
+        let Some(running) = entries.running_timers.iter().find(|t| t.id == timer).cloned() else {
+            return if entries.interactions.iter().any(|i| i.id == timer) {
+                Err(ReplicaError::TimerAlreadyStopped(timer))
+            } else {
+                Err(ReplicaError::UnknownEntry(timer))
+            };
+        };
+        let (ended_at, _) = self.local(now)?;
+        let interaction = Interaction {
+            id: running.id,
+            patient: running.patient.clone(),
+            staff: running.staff.clone(),
+            program: running.program,
+            started_at: running.started_at,
+            ended_at,
+            interactive,
+            activity: running.activity.clone(),
+            note: note.clone(),
+            amends: None,
+        };
+        let mut problems = Vec::new();
+        validate::check_interaction_times(&interaction, &format!("timer {timer}"), &mut problems);
+        if !problems.is_empty() {
+            return Err(ReplicaError::Invalid(Problems(problems)));
+        }
+        let stop = TimerStop {
+            ended_at,
+            interactive,
+            note,
+        };
+        self.change(doc_id, DocKind::PatientMonth, now, |tx| {
+            let map = d::container(tx, d::TIMER_STOPS).ok_or(AutomergeError::NotAnObject)?;
+            d::put_entry(tx, &map, &timer.to_string(), &stop)
+        })?;
+        Ok(interaction)
+    }
+
+    fn check_new_interaction(&self, i: &Interaction) -> Result<()> {
+        self.require_patient(&i.patient)?;
+        let entry = format!("interaction {}", i.id);
+        self.require_person(&entry, "staff", &i.staff)?;
+        let mut problems = Vec::new();
+        validate::check_interaction_times(i, &entry, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ReplicaError::Invalid(Problems(problems)))
+        }
+    }
+
+    fn write_interaction(&mut self, i: &Interaction, now: DateTime<Utc>) -> Result<()> {
+        let (_, tz) = self.zone()?;
+        let month = Month::of(i.started_at.with_timezone(&tz).date_naive());
+        let doc = self.month_doc(&i.patient, month, now)?;
+        self.change(doc, DocKind::PatientMonth, now, |tx| {
+            let map = d::container(tx, d::INTERACTIONS).ok_or(AutomergeError::NotAnObject)?;
+            if tx.get(&map, i.id.to_string())?.is_none() {
+                d::put_entry(tx, &map, &i.id.to_string(), i)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn to_interaction(&self, n: NewInteraction, amends: Option<Uuid>) -> Result<Interaction> {
+        let (started_at, _) = self.local(n.started_at)?;
+        let (ended_at, _) = self.local(n.ended_at)?;
+        Ok(Interaction {
+            id: Uuid::now_v7(),
+            patient: n.patient,
+            staff: n.staff,
+            program: n.program,
+            started_at,
+            ended_at,
+            interactive: n.interactive,
+            activity: n.activity,
+            note: n.note,
+            amends,
+        })
+    }
+
+    /// Log a time entry after the fact.
+    pub fn log_interaction(&mut self, n: NewInteraction, now: DateTime<Utc>) -> Result<Interaction> {
+        let i = self.to_interaction(n, None)?;
+        self.check_new_interaction(&i)?;
+        self.write_interaction(&i, now)?;
+        Ok(i)
+    }
+
+    /// Correct a time entry: a new entry that replaces `original` (which stops counting).
+    pub fn amend_interaction(&mut self, original: Uuid, n: NewInteraction, now: DateTime<Utc>) -> Result<Interaction> {
+        let (_, entries) = self
+            .find_month_of(original)
+            .ok_or(ReplicaError::UnknownEntry(original))?;
+        if !entries.interactions.iter().any(|i| i.id == original) {
+            return Err(ReplicaError::UnknownEntry(original));
+        }
+        let i = self.to_interaction(n, Some(original))?;
+        self.check_new_interaction(&i)?;
+        self.write_interaction(&i, now)?;
+        Ok(i)
+    }
+
+    /// Record a reading; impossible values are rejected with the field named.
+    pub fn record_reading(&mut self, n: NewReading, now: DateTime<Utc>) -> Result<Reading> {
+        self.require_patient(&n.patient)?;
+        let (measured_at, month) = self.local(n.measured_at)?;
+        let reading = Reading {
+            id: Uuid::now_v7(),
+            patient: n.patient,
+            kind: n.kind,
+            systolic: n.systolic,
+            diastolic: n.diastolic,
+            value: n.value,
+            unit: n.unit,
+            measured_at,
+            device: n.device,
+            source: n.source,
+        };
+        let mut problems = Vec::new();
+        validate::check_reading(&reading, &format!("reading {}", reading.id), &mut problems);
+        if !problems.is_empty() {
+            return Err(ReplicaError::Invalid(Problems(problems)));
+        }
+        let doc = self.month_doc(&reading.patient, month, now)?;
+        self.change(doc, DocKind::PatientMonth, now, |tx| {
+            let map = d::container(tx, d::READINGS).ok_or(AutomergeError::NotAnObject)?;
+            d::put_entry(tx, &map, &reading.id.to_string(), &reading)
+        })?;
+        Ok(reading)
+    }
+
+    /// Void an entry (interaction, timer or reading): it stays on record and stops counting.
+    pub fn void_entry(&mut self, target: Uuid, by: &str, reason: Option<String>, now: DateTime<Utc>) -> Result<Correction> {
+        let (doc_id, _) = self
+            .find_month_of(target)
+            .ok_or(ReplicaError::UnknownEntry(target))?;
+        let id = Uuid::now_v7();
+        self.require_person(&format!("correction {id}"), "by", by)?;
+        let (at, _) = self.local(now)?;
+        let correction = Correction {
+            id,
+            target,
+            kind: CorrectionKind::Void,
+            at,
+            by: by.to_string(),
+            reason,
+        };
+        self.change(doc_id, DocKind::PatientMonth, now, |tx| {
+            let map = d::container(tx, d::CORRECTIONS).ok_or(AutomergeError::NotAnObject)?;
+            d::put_entry(tx, &map, &id.to_string(), &correction)
+        })?;
+        Ok(correction)
+    }
+
+    /// The month document holding an entry (interaction, timer or reading) with this id.
+    fn find_month_of(&self, entry: Uuid) -> Option<(DocumentId, MonthEntries)> {
+        let key = entry.to_string();
+        self.docs.iter().find_map(|(id, f)| {
+            if d::kind_of(&f.doc) != Some(DocKind::PatientMonth) {
+                return None;
+            }
+            let holds = [d::INTERACTIONS, d::READINGS, d::TIMERS].iter().any(|c| {
+                d::container(&f.doc, c)
+                    .map(|m| matches!(f.doc.get(&m, key.as_str()), Ok(Some(_))))
+                    .unwrap_or(false)
+            });
+            holds.then(|| (*id, read_month(&f.doc)))
+        })
+    }
+
+    /// Minutes per program and reading days for a patient's month, as the nurse sees it.
+    pub fn patient_month_summary(&self, patient: &str, month: Month) -> Result<MonthSummary> {
+        self.require_patient(patient)?;
+        let (_, tz) = self.zone()?;
+        let e = self.month_entries(patient, month);
+        let superseded: BTreeSet<Uuid> = e
+            .corrections
+            .iter()
+            .map(|c| c.target)
+            .chain(e.interactions.iter().filter_map(|i| i.amends))
+            .collect();
+        let mut seconds: BTreeMap<Program, i64> = BTreeMap::new();
+        for i in e.interactions.iter().filter(|i| !superseded.contains(&i.id)) {
+            *seconds.entry(i.program).or_default() += (i.ended_at - i.started_at).num_seconds();
+        }
+        let days: BTreeSet<NaiveDate> = e
+            .readings
+            .iter()
+            .filter(|r| r.source == ReadingSource::Device && !superseded.contains(&r.id))
+            .map(|r| r.measured_at.with_timezone(&tz).date_naive())
+            .collect();
+        Ok(MonthSummary {
+            patient: patient.to_string(),
+            month,
+            minutes: Program::ALL
+                .iter()
+                .map(|p| (*p, (seconds.get(p).copied().unwrap_or(0) / 60) as u32))
+                .collect(),
+            reading_days: days.len() as u32,
+            running_timers: e.running_timers.len(),
+        })
+    }
+
+    // ----- import / export -------------------------------------------------------------------
+
+    /// Import a data file. It is validated first; on any problem nothing is written. Entries
+    /// already present (same id) are left as they are: import is idempotent.
+    pub fn import(&mut self, data: &DataFile, now: DateTime<Utc>) -> Result<()> {
+        let problems = validate::validate(data);
+        if !problems.is_empty() {
+            return Err(ReplicaError::Invalid(Problems(problems)));
+        }
+        let fid = data.facility.id.clone();
+        match &self.facility {
+            Some(have) if *have != fid => {
+                return Err(ReplicaError::OtherFacility {
+                    have: have.clone(),
+                    want: fid,
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.facility = Some(fid.clone());
+                write_meta(
+                    &self.dir,
+                    &ReplicaMeta {
+                        format: META_FORMAT.to_string(),
+                        actor: self.actor.to_hex_string(),
+                        facility: Some(fid.clone()),
+                    },
+                )?;
+            }
+        }
+        let facility_json = serde_json::to_value(&data.facility).unwrap_or_default();
+        self.change(DocumentId::facility(&fid), DocKind::Facility, now, |tx| {
+            let f = d::container(tx, d::FACILITY).ok_or(AutomergeError::NotAnObject)?;
+            update_fields(tx, &f, &facility_json)?;
+            let practitioners = d::container(tx, d::PRACTITIONERS).ok_or(AutomergeError::NotAnObject)?;
+            for p in &data.practitioners {
+                update_entry(tx, &practitioners, &p.id, p)?;
+            }
+            let staff = d::container(tx, d::STAFF).ok_or(AutomergeError::NotAnObject)?;
+            for s in &data.staff {
+                update_entry(tx, &staff, &s.id, s)?;
+            }
+            let patients = d::container(tx, d::PATIENTS).ok_or(AutomergeError::NotAnObject)?;
+            for p in &data.patients {
+                let url = DocumentId::patient(&fid, &p.id).url();
+                if tx.get(&patients, p.id.as_str())?.is_none() {
+                    tx.put(&patients, p.id.as_str(), url)?;
+                }
+            }
+            Ok(())
+        })?;
+        for p in &data.patients {
+            let mut profile = serde_json::to_value(p).unwrap_or_default();
+            let mut text = None;
+            if let Some(obj) = profile.as_object_mut() {
+                obj.remove("consents");
+                if let Some(plan) = obj.get_mut("care_plan").and_then(|v| v.as_object_mut()) {
+                    text = plan.remove("text").and_then(|t| t.as_str().map(str::to_string));
+                }
+            }
+            let consents: Vec<(String, Consent)> = p
+                .consents
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let key = c.id.clone().unwrap_or_else(|| crate::ids::consent_key(&p.id, i));
+                    (key, Consent { id: None, ..c.clone() })
+                })
+                .collect();
+            self.change(DocumentId::patient(&fid, &p.id), DocKind::Patient, now, |tx| {
+                let prof = d::container(tx, d::PROFILE).ok_or(AutomergeError::NotAnObject)?;
+                update_fields(tx, &prof, &profile)?;
+                let cmap = d::container(tx, d::CONSENTS).ok_or(AutomergeError::NotAnObject)?;
+                for (k, c) in &consents {
+                    update_entry(tx, &cmap, k, c)?;
+                }
+                if let Some(t) = &text {
+                    let tobj = d::container(tx, d::CARE_PLAN_TEXT).ok_or(AutomergeError::NotAnObject)?;
+                    if tx.text(&tobj)? != *t {
+                        tx.update_text(&tobj, t)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        // Entries, grouped per patient-month document (the month of their local start).
+        let tz = validate::parse_zone(&data.facility.timezone).ok_or(ReplicaError::NoFacility)?;
+        let month_of = |t: &DateTime<FixedOffset>| Month::of(t.with_timezone(&tz).date_naive());
+        let mut groups: BTreeMap<(String, Month), Vec<(&'static str, String, serde_json::Value)>> = BTreeMap::new();
+        let mut push = |patient: &str, month: Month, container: &'static str, id: Uuid, v: serde_json::Value| {
+            groups
+                .entry((patient.to_string(), month))
+                .or_default()
+                .push((container, id.to_string(), v));
+        };
+        for i in &data.interactions {
+            push(&i.patient, month_of(&i.started_at), d::INTERACTIONS, i.id, serde_json::to_value(i).unwrap_or_default());
+        }
+        for r in &data.readings {
+            push(&r.patient, month_of(&r.measured_at), d::READINGS, r.id, serde_json::to_value(r).unwrap_or_default());
+        }
+        for t in &data.timers {
+            push(&t.patient, month_of(&t.started_at), d::TIMERS, t.id, serde_json::to_value(t).unwrap_or_default());
+        }
+        for c in &data.corrections {
+            // A correction lives beside its target.
+            let target = data
+                .interactions
+                .iter()
+                .find(|i| i.id == c.target)
+                .map(|i| (i.patient.clone(), month_of(&i.started_at)))
+                .or_else(|| {
+                    data.readings
+                        .iter()
+                        .find(|r| r.id == c.target)
+                        .map(|r| (r.patient.clone(), month_of(&r.measured_at)))
+                });
+            if let Some((p, m)) = target {
+                push(&p, m, d::CORRECTIONS, c.id, serde_json::to_value(c).unwrap_or_default());
+            }
+        }
+        for ((patient, month), entries) in groups {
+            let doc = self.month_doc(&patient, month, now)?;
+            self.change(doc, DocKind::PatientMonth, now, |tx| {
+                for (container, key, v) in &entries {
+                    let map = d::container(tx, container).ok_or(AutomergeError::NotAnObject)?;
+                    if tx.get(&map, key.as_str())?.is_none() {
+                        d::put_json(tx, &map, key.as_str(), v)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Everything the replica holds for its facility, as a data file in canonical order.
+    /// Entries that cannot be read are returned as problems beside it.
+    pub fn export(&self) -> Result<(DataFile, Vec<Problem>)> {
+        let (facility, practitioners, staff, mut problems) = self.facility()?;
+        let (patients, pp) = self.patients();
+        problems.extend(pp);
+        let mut data = DataFile::new(facility);
+        data.practitioners = practitioners;
+        data.staff = staff;
+        data.patients = patients;
+        for (_, _, id) in self.month_docs() {
+            if let Some(doc) = self.document(id) {
+                let e = read_month(doc);
+                data.interactions.extend(e.interactions);
+                data.readings.extend(e.readings);
+                data.timers.extend(e.running_timers);
+                data.corrections.extend(e.corrections);
+                problems.extend(e.problems);
+            }
+        }
+        data.canonicalize();
+        Ok((data, problems))
+    }
+
+    // ----- sync (in memory; the network comes with the sync issue) ---------------------------
+
+    /// The next sync message for `doc` to `peer`, if there is anything to say.
+    pub fn generate_sync_message(&mut self, doc: DocumentId, peer: &str) -> Option<Vec<u8>> {
+        let file = self.docs.get(&doc)?;
+        let state = self.sync_states.entry((doc, peer.to_string())).or_default();
+        file.doc.generate_sync_message(state).map(|m| m.encode())
+    }
+
+    /// Apply a sync message from `peer` for `doc` (created empty if unknown) and persist.
+    pub fn receive_sync_message(&mut self, doc: DocumentId, peer: &str, message: &[u8]) -> Result<()> {
+        let msg = sync::Message::decode(message).map_err(|e| ReplicaError::SyncMessage {
+            doc,
+            message: e.to_string(),
+        })?;
+        if !self.docs.contains_key(&doc) {
+            let mut file = DocFile::open(&self.docs_dir, &doc.to_string())?;
+            file.doc.set_actor(self.actor.clone());
+            self.docs.insert(doc, file);
+        }
+        let state = self.sync_states.entry((doc, peer.to_string())).or_default();
+        let file = self.docs.get_mut(&doc).ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
+        file.doc
+
+            .receive_sync_message(state, msg)
+            .map_err(|source| ReplicaError::Automerge { doc, source })?;
+        file.persist()?;
+        Ok(())
+    }
+}
+
+/// Read one patient-month document: stored entries, stopped timers folded into interactions.
+pub fn read_month(doc: &automerge::Automerge) -> MonthEntries {
+    let mut problems = Vec::new();
+    let mut interactions: Vec<Interaction> = d::read_entries(doc, d::INTERACTIONS, "interaction", &mut problems)
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+    let readings = d::read_entries(doc, d::READINGS, "reading", &mut problems)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let timers: Vec<(String, RunningTimer)> = d::read_entries(doc, d::TIMERS, "timer", &mut problems);
+    let stops: BTreeMap<String, TimerStop> = d::read_entries(doc, d::TIMER_STOPS, "timer stop", &mut problems)
+        .into_iter()
+        .collect();
+    let mut running_timers = Vec::new();
+    for (key, t) in timers {
+        match stops.get(&key) {
+            Some(s) => interactions.push(Interaction {
+                id: t.id,
+                patient: t.patient,
+                staff: t.staff,
+                program: t.program,
+                started_at: t.started_at,
+                ended_at: s.ended_at,
+                interactive: s.interactive,
+                activity: t.activity,
+                note: s.note.clone(),
+                amends: None,
+            }),
+            None => running_timers.push(t),
+        }
+    }
+    let corrections = d::read_entries(doc, d::CORRECTIONS, "correction", &mut problems)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    interactions.sort_by_key(|i| i.id);
+    MonthEntries {
+        interactions,
+        readings,
+        running_timers,
+        corrections,
+        problems,
+    }
+}
+
+/// Write only the top-level fields of `v` that differ from what `obj` holds.
+fn update_fields(tx: &mut Transaction<'_>, obj: &automerge::ObjId, v: &serde_json::Value) -> Result<(), AutomergeError> {
+    let Some(fields) = v.as_object() else {
+        return Ok(());
+    };
+    for (k, v) in fields {
+        let current = match tx.get(obj, k.as_str())? {
+            Some((val, id)) => d::value_to_json(tx, &val, &id)?,
+            None => serde_json::Value::Null,
+        };
+        if current != *v || tx.get(obj, k.as_str())?.is_none() {
+            d::put_json(tx, obj, k.as_str(), v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Write a keyed entry when absent, or update its changed fields.
+fn update_entry<S: Serialize>(tx: &mut Transaction<'_>, map: &automerge::ObjId, key: &str, value: &S) -> Result<(), AutomergeError> {
+    let v = serde_json::to_value(value).map_err(|_| AutomergeError::Fail)?;
+    match tx.get(map, key)? {
+        Some((automerge::Value::Object(_), obj)) => update_fields(tx, &obj, &v),
+        _ => d::put_json(tx, map, key, &v),
+    }
+}
+
+fn write_meta(dir: &Path, meta: &ReplicaMeta) -> Result<()> {
+    let path = dir.join(META_FILE);
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| ReplicaError::Meta {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ReplicaError::Store(StoreError::Io { path: p, source })
+    };
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir)?;
+    Ok(())
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.is_empty() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
