@@ -39,7 +39,11 @@ pub fn from_value(root: &Value) -> Result<DataFile, Problems> {
     let format = match obj.get("format") {
         Some(Value::String(s)) => s.clone(),
         _ => {
-            problems.push(Problem::new("file", "format", "missing; expected \"rounds-data/1\""));
+            problems.push(Problem::new(
+                "file",
+                "format",
+                "missing; expected \"rounds-data/1\"",
+            ));
             String::new()
         }
     };
@@ -50,13 +54,28 @@ pub fn from_value(root: &Value) -> Result<DataFile, Problems> {
             None
         }
     };
-    let practitioners = parse_list(obj.get("practitioners"), "practitioners", "practitioner", &mut problems);
+    let practitioners = parse_list(
+        obj.get("practitioners"),
+        "practitioners",
+        "practitioner",
+        &mut problems,
+    );
     let staff = parse_list(obj.get("staff"), "staff", "staff", &mut problems);
     let patients = parse_list(obj.get("patients"), "patients", "patient", &mut problems);
-    let interactions = parse_list(obj.get("interactions"), "interactions", "interaction", &mut problems);
+    let interactions = parse_list(
+        obj.get("interactions"),
+        "interactions",
+        "interaction",
+        &mut problems,
+    );
     let readings = parse_list(obj.get("readings"), "readings", "reading", &mut problems);
     let timers = parse_list(obj.get("timers"), "timers", "timer", &mut problems);
-    let corrections = parse_list(obj.get("corrections"), "corrections", "correction", &mut problems);
+    let corrections = parse_list(
+        obj.get("corrections"),
+        "corrections",
+        "correction",
+        &mut problems,
+    );
     match facility {
         Some(facility) if problems.is_empty() => Ok(DataFile {
             format,
@@ -102,7 +121,9 @@ pub fn parse_entry<T: DeserializeOwned>(
 fn friendly(msg: &str) -> String {
     match msg {
         "input contains invalid characters" | "premature end of input" | "trailing input" => {
-            format!("{msg} (expected an RFC 3339 timestamp such as 2026-11-03T14:00:00-05:00 or a date such as 2026-11-03)")
+            format!(
+                "{msg} (expected an RFC 3339 timestamp such as 2026-11-03T14:00:00-05:00 or a date such as 2026-11-03)"
+            )
         }
         _ => msg.to_string(),
     }

@@ -30,7 +30,7 @@ pub enum StoreError {
     Corrupt {
         path: PathBuf,
         #[source]
-        source: automerge::AutomergeError,
+        source: Box<automerge::AutomergeError>,
     },
 }
 
@@ -59,7 +59,7 @@ impl DocFile {
         let mut doc = match fs::read(&snap_path) {
             Ok(bytes) => Automerge::load(&bytes).map_err(|source| StoreError::Corrupt {
                 path: snap_path.clone(),
-                source,
+                source: Box::new(source),
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Automerge::new(),
             Err(e) => return Err(io_err(&snap_path)(e)),

@@ -341,7 +341,12 @@ mod tests {
         doc.set_actor(ActorId::random());
         doc.transact::<_, _, AutomergeError>(|tx| {
             let map = container(tx, READINGS).unwrap();
-            put_json(tx, &map, "bad", &serde_json::json!({"id": "bad", "kind": 7}))?;
+            put_json(
+                tx,
+                &map,
+                "bad",
+                &serde_json::json!({"id": "bad", "kind": 7}),
+            )?;
             tx.put(&map, "scalar", 5)
         })
         .unwrap();

@@ -53,7 +53,9 @@ impl DocumentId {
 
     /// A patient's month: the time entries, readings and corrections of that month.
     pub fn patient_month(facility: &str, patient: &str, month: Month) -> DocumentId {
-        DocumentId::named(&format!("rounds/patient-month/{facility}/{patient}/{month}"))
+        DocumentId::named(&format!(
+            "rounds/patient-month/{facility}/{patient}/{month}"
+        ))
     }
 
     /// `automerge:<DocumentId>`.

@@ -68,10 +68,7 @@ impl Month {
     }
 
     pub fn last_day(self) -> NaiveDate {
-        self.next()
-            .first_day()
-            .pred_opt()
-            .unwrap_or(NaiveDate::MAX)
+        self.next().first_day().pred_opt().unwrap_or(NaiveDate::MAX)
     }
 
     pub fn contains(self, date: NaiveDate) -> bool {

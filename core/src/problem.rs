@@ -31,7 +31,11 @@ impl fmt::Display for Problem {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.entry, self.message)
         } else {
-            write!(f, "{}: field `{}`: {}", self.entry, self.field, self.message)
+            write!(
+                f,
+                "{}: field `{}`: {}",
+                self.entry, self.field, self.message
+            )
         }
     }
 }

@@ -37,7 +37,7 @@ pub enum ReplicaError {
     Automerge {
         doc: DocumentId,
         #[source]
-        source: AutomergeError,
+        source: Box<AutomergeError>,
     },
     #[error("invalid input:\n{0}")]
     Invalid(Problems),
@@ -133,6 +133,19 @@ pub struct MonthSummary {
     pub reading_days: u32,
     pub running_timers: usize,
 }
+
+/// The facility document's content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Roster {
+    pub facility: Facility,
+    pub practitioners: Vec<Practitioner>,
+    pub staff: Vec<Staff>,
+    /// Roster entries that could not be read.
+    pub problems: Vec<Problem>,
+}
+
+/// Entries to write, per patient-month: (container, key, value).
+type MonthWrites = BTreeMap<(String, Month), Vec<(&'static str, String, serde_json::Value)>>;
 
 /// The device store.
 pub struct Replica {
@@ -263,18 +276,21 @@ impl Replica {
             file.doc.set_actor(self.actor.clone());
             self.docs.insert(id, file);
         }
-        let file = self
-            .docs
-            .get_mut(&id)
-            .ok_or(ReplicaError::Meta {
-                path: PathBuf::new(),
-                message: "document vanished".into(),
-            })?;
+        let file = self.docs.get_mut(&id).ok_or(ReplicaError::Meta {
+            path: PathBuf::new(),
+            message: "document vanished".into(),
+        })?;
         if d::kind_of(&file.doc).is_none() {
-            let genesis = d::genesis(kind).map_err(|source| ReplicaError::Automerge { doc: id, source })?;
+            let genesis = d::genesis(kind).map_err(|source| ReplicaError::Automerge {
+                doc: id,
+                source: Box::new(source),
+            })?;
             file.doc
                 .load_incremental(&genesis.save())
-                .map_err(|source| ReplicaError::Automerge { doc: id, source })?;
+                .map_err(|source| ReplicaError::Automerge {
+                    doc: id,
+                    source: Box::new(source),
+                })?;
             file.doc.set_actor(self.actor.clone());
             file.persist()?;
         }
@@ -298,7 +314,7 @@ impl Replica {
             )
             .map_err(|fail| ReplicaError::Automerge {
                 doc: id,
-                source: fail.error,
+                source: Box::new(fail.error),
             })?
             .result;
         file.persist()?;
@@ -315,7 +331,7 @@ impl Replica {
     }
 
     /// The facility, its practitioners and its staff, as held in the facility document.
-    pub fn facility(&self) -> Result<(Facility, Vec<Practitioner>, Vec<Staff>, Vec<Problem>)> {
+    pub fn facility(&self) -> Result<Roster> {
         let id = self.facility_doc_id()?;
         let doc = self.document(id).ok_or(ReplicaError::NoFacility)?;
         let mut problems = Vec::new();
@@ -331,13 +347,22 @@ impl Replica {
             .into_iter()
             .map(|(_, s)| s)
             .collect();
-        Ok((facility, practitioners, staff, problems))
+        Ok(Roster {
+            facility,
+            practitioners,
+            staff,
+            problems,
+        })
     }
 
     fn zone(&self) -> Result<(String, Tz)> {
-        let (f, ..) = self.facility()?;
+        let f = self.facility()?.facility;
         let tz = validate::parse_zone(&f.timezone).ok_or_else(|| {
-            ReplicaError::invalid("facility", "timezone", format!("{:?} is not an IANA time zone", f.timezone))
+            ReplicaError::invalid(
+                "facility",
+                "timezone",
+                format!("{:?} is not an IANA time zone", f.timezone),
+            )
         })?;
         Ok((f.id, tz))
     }
@@ -354,7 +379,10 @@ impl Replica {
         let Ok(id) = self.facility_doc_id() else {
             return Vec::new();
         };
-        match self.document(id).and_then(|doc| d::container(doc, d::PATIENTS).map(|m| (doc, m))) {
+        match self
+            .document(id)
+            .and_then(|doc| d::container(doc, d::PATIENTS).map(|m| (doc, m)))
+        {
             Some((doc, map)) => doc.keys(&map).collect(),
             None => Vec::new(),
         }
@@ -380,7 +408,10 @@ impl Replica {
             .and_then(|t| doc.text(&t).ok())
             .unwrap_or_default();
         if let Some(obj) = profile.as_object_mut() {
-            obj.insert("consents".into(), serde_json::to_value(&consents).unwrap_or_default());
+            obj.insert(
+                "consents".into(),
+                serde_json::to_value(&consents).unwrap_or_default(),
+            );
             if !text.is_empty() {
                 let plan = obj
                     .entry("care_plan")
@@ -420,11 +451,17 @@ impl Replica {
     }
 
     fn require_person(&self, entry: &str, field: &str, person: &str) -> Result<()> {
-        let (_, practitioners, staff, _) = self.facility()?;
-        if practitioners.iter().any(|p| p.id == person) || staff.iter().any(|s| s.id == person) {
+        let roster = self.facility()?;
+        if roster.practitioners.iter().any(|p| p.id == person)
+            || roster.staff.iter().any(|s| s.id == person)
+        {
             Ok(())
         } else {
-            Err(ReplicaError::invalid(entry, field, format!("unknown staff or practitioner {person:?}")))
+            Err(ReplicaError::invalid(
+                entry,
+                field,
+                format!("unknown staff or practitioner {person:?}"),
+            ))
         }
     }
 
@@ -440,10 +477,18 @@ impl Replica {
     }
 
     /// Record a consent (given, or given and already revoked). Returns its key.
-    pub fn record_consent(&mut self, patient: &str, mut consent: Consent, now: DateTime<Utc>) -> Result<String> {
+    pub fn record_consent(
+        &mut self,
+        patient: &str,
+        mut consent: Consent,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
         let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
         self.require_patient(patient)?;
-        let key = consent.id.clone().unwrap_or_else(|| Uuid::now_v7().to_string());
+        let key = consent
+            .id
+            .clone()
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
         consent.id = None;
         if let Some(by) = &consent.by {
             self.require_person(&format!("consent {key}"), "by", by)?;
@@ -451,7 +496,11 @@ impl Replica {
         if let Some(r) = consent.revoked_on
             && r < consent.given_on
         {
-            return Err(ReplicaError::invalid(format!("consent {key}"), "revoked_on", "is before given_on"));
+            return Err(ReplicaError::invalid(
+                format!("consent {key}"),
+                "revoked_on",
+                "is before given_on",
+            ));
         }
         let id = DocumentId::patient(&facility, patient);
         let k = key.clone();
@@ -463,16 +512,32 @@ impl Replica {
     }
 
     /// Revoke a consent as of a date.
-    pub fn revoke_consent(&mut self, patient: &str, consent: &str, on: NaiveDate, now: DateTime<Utc>) -> Result<()> {
+    pub fn revoke_consent(
+        &mut self,
+        patient: &str,
+        consent: &str,
+        on: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
         let current = self
             .patient(patient)?
             .consents
             .into_iter()
             .find(|c| c.id.as_deref() == Some(consent))
-            .ok_or_else(|| ReplicaError::invalid(format!("patient {patient}"), "consents", format!("unknown consent {consent}")))?;
+            .ok_or_else(|| {
+                ReplicaError::invalid(
+                    format!("patient {patient}"),
+                    "consents",
+                    format!("unknown consent {consent}"),
+                )
+            })?;
         if on < current.given_on {
-            return Err(ReplicaError::invalid(format!("consent {consent}"), "revoked_on", "is before given_on"));
+            return Err(ReplicaError::invalid(
+                format!("consent {consent}"),
+                "revoked_on",
+                "is before given_on",
+            ));
         }
         let id = DocumentId::patient(&facility, patient);
         self.change(id, DocKind::Patient, now, |tx| {
@@ -503,13 +568,18 @@ impl Replica {
             })?;
             let key = format!("{patient}/{month}");
             let url = id.url();
-            self.change(DocumentId::facility(&facility), DocKind::Facility, now, |tx| {
-                let months = d::container(tx, d::MONTHS).ok_or(AutomergeError::NotAnObject)?;
-                if tx.get(&months, key.as_str())?.is_none() {
-                    tx.put(&months, key.as_str(), url.as_str())?;
-                }
-                Ok(())
-            })?;
+            self.change(
+                DocumentId::facility(&facility),
+                DocKind::Facility,
+                now,
+                |tx| {
+                    let months = d::container(tx, d::MONTHS).ok_or(AutomergeError::NotAnObject)?;
+                    if tx.get(&months, key.as_str())?.is_none() {
+                        tx.put(&months, key.as_str(), url.as_str())?;
+                    }
+                    Ok(())
+                },
+            )?;
         }
         Ok(id)
     }
@@ -597,7 +667,12 @@ impl Replica {
         let (doc_id, entries) = self
             .find_month_of(timer)
             .ok_or(ReplicaError::UnknownEntry(timer))?;
-        let Some(running) = entries.running_timers.iter().find(|t| t.id == timer).cloned() else {
+        let Some(running) = entries
+            .running_timers
+            .iter()
+            .find(|t| t.id == timer)
+            .cloned()
+        else {
             return if entries.interactions.iter().any(|i| i.id == timer) {
                 Err(ReplicaError::TimerAlreadyStopped(timer))
             } else {
@@ -678,7 +753,11 @@ impl Replica {
     }
 
     /// Log a time entry after the fact.
-    pub fn log_interaction(&mut self, n: NewInteraction, now: DateTime<Utc>) -> Result<Interaction> {
+    pub fn log_interaction(
+        &mut self,
+        n: NewInteraction,
+        now: DateTime<Utc>,
+    ) -> Result<Interaction> {
         let i = self.to_interaction(n, None)?;
         self.check_new_interaction(&i)?;
         self.write_interaction(&i, now)?;
@@ -686,7 +765,12 @@ impl Replica {
     }
 
     /// Correct a time entry: a new entry that replaces `original` (which stops counting).
-    pub fn amend_interaction(&mut self, original: Uuid, n: NewInteraction, now: DateTime<Utc>) -> Result<Interaction> {
+    pub fn amend_interaction(
+        &mut self,
+        original: Uuid,
+        n: NewInteraction,
+        now: DateTime<Utc>,
+    ) -> Result<Interaction> {
         let (_, entries) = self
             .find_month_of(original)
             .ok_or(ReplicaError::UnknownEntry(original))?;
@@ -729,7 +813,13 @@ impl Replica {
     }
 
     /// Void an entry (interaction, timer or reading): it stays on record and stops counting.
-    pub fn void_entry(&mut self, target: Uuid, by: &str, reason: Option<String>, now: DateTime<Utc>) -> Result<Correction> {
+    pub fn void_entry(
+        &mut self,
+        target: Uuid,
+        by: &str,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Correction> {
         let (doc_id, _) = self
             .find_month_of(target)
             .ok_or(ReplicaError::UnknownEntry(target))?;
@@ -779,7 +869,11 @@ impl Replica {
             .chain(e.interactions.iter().filter_map(|i| i.amends))
             .collect();
         let mut seconds: BTreeMap<Program, i64> = BTreeMap::new();
-        for i in e.interactions.iter().filter(|i| !superseded.contains(&i.id)) {
+        for i in e
+            .interactions
+            .iter()
+            .filter(|i| !superseded.contains(&i.id))
+        {
             *seconds.entry(i.program).or_default() += (i.ended_at - i.started_at).num_seconds();
         }
         let days: BTreeSet<NaiveDate> = e
@@ -834,7 +928,8 @@ impl Replica {
         self.change(DocumentId::facility(&fid), DocKind::Facility, now, |tx| {
             let f = d::container(tx, d::FACILITY).ok_or(AutomergeError::NotAnObject)?;
             update_fields(tx, &f, &facility_json)?;
-            let practitioners = d::container(tx, d::PRACTITIONERS).ok_or(AutomergeError::NotAnObject)?;
+            let practitioners =
+                d::container(tx, d::PRACTITIONERS).ok_or(AutomergeError::NotAnObject)?;
             for p in &data.practitioners {
                 update_entry(tx, &practitioners, &p.id, p)?;
             }
@@ -857,7 +952,9 @@ impl Replica {
             if let Some(obj) = profile.as_object_mut() {
                 obj.remove("consents");
                 if let Some(plan) = obj.get_mut("care_plan").and_then(|v| v.as_object_mut()) {
-                    text = plan.remove("text").and_then(|t| t.as_str().map(str::to_string));
+                    text = plan
+                        .remove("text")
+                        .and_then(|t| t.as_str().map(str::to_string));
                 }
             }
             let consents: Vec<(String, Consent)> = p
@@ -865,44 +962,80 @@ impl Replica {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    let key = c.id.clone().unwrap_or_else(|| crate::ids::consent_key(&p.id, i));
-                    (key, Consent { id: None, ..c.clone() })
+                    let key =
+                        c.id.clone()
+                            .unwrap_or_else(|| crate::ids::consent_key(&p.id, i));
+                    (
+                        key,
+                        Consent {
+                            id: None,
+                            ..c.clone()
+                        },
+                    )
                 })
                 .collect();
-            self.change(DocumentId::patient(&fid, &p.id), DocKind::Patient, now, |tx| {
-                let prof = d::container(tx, d::PROFILE).ok_or(AutomergeError::NotAnObject)?;
-                update_fields(tx, &prof, &profile)?;
-                let cmap = d::container(tx, d::CONSENTS).ok_or(AutomergeError::NotAnObject)?;
-                for (k, c) in &consents {
-                    update_entry(tx, &cmap, k, c)?;
-                }
-                if let Some(t) = &text {
-                    let tobj = d::container(tx, d::CARE_PLAN_TEXT).ok_or(AutomergeError::NotAnObject)?;
-                    if tx.text(&tobj)? != *t {
-                        tx.update_text(&tobj, t)?;
+            self.change(
+                DocumentId::patient(&fid, &p.id),
+                DocKind::Patient,
+                now,
+                |tx| {
+                    let prof = d::container(tx, d::PROFILE).ok_or(AutomergeError::NotAnObject)?;
+                    update_fields(tx, &prof, &profile)?;
+                    let cmap = d::container(tx, d::CONSENTS).ok_or(AutomergeError::NotAnObject)?;
+                    for (k, c) in &consents {
+                        update_entry(tx, &cmap, k, c)?;
                     }
-                }
-                Ok(())
-            })?;
+                    if let Some(t) = &text {
+                        let tobj = d::container(tx, d::CARE_PLAN_TEXT)
+                            .ok_or(AutomergeError::NotAnObject)?;
+                        if tx.text(&tobj)? != *t {
+                            tx.update_text(&tobj, t)?;
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
         }
         // Entries, grouped per patient-month document (the month of their local start).
         let tz = validate::parse_zone(&data.facility.timezone).ok_or(ReplicaError::NoFacility)?;
         let month_of = |t: &DateTime<FixedOffset>| Month::of(t.with_timezone(&tz).date_naive());
-        let mut groups: BTreeMap<(String, Month), Vec<(&'static str, String, serde_json::Value)>> = BTreeMap::new();
-        let mut push = |patient: &str, month: Month, container: &'static str, id: Uuid, v: serde_json::Value| {
+        let mut groups: MonthWrites = BTreeMap::new();
+        let mut push = |patient: &str,
+                        month: Month,
+                        container: &'static str,
+                        id: Uuid,
+                        v: serde_json::Value| {
             groups
                 .entry((patient.to_string(), month))
                 .or_default()
                 .push((container, id.to_string(), v));
         };
         for i in &data.interactions {
-            push(&i.patient, month_of(&i.started_at), d::INTERACTIONS, i.id, serde_json::to_value(i).unwrap_or_default());
+            push(
+                &i.patient,
+                month_of(&i.started_at),
+                d::INTERACTIONS,
+                i.id,
+                serde_json::to_value(i).unwrap_or_default(),
+            );
         }
         for r in &data.readings {
-            push(&r.patient, month_of(&r.measured_at), d::READINGS, r.id, serde_json::to_value(r).unwrap_or_default());
+            push(
+                &r.patient,
+                month_of(&r.measured_at),
+                d::READINGS,
+                r.id,
+                serde_json::to_value(r).unwrap_or_default(),
+            );
         }
         for t in &data.timers {
-            push(&t.patient, month_of(&t.started_at), d::TIMERS, t.id, serde_json::to_value(t).unwrap_or_default());
+            push(
+                &t.patient,
+                month_of(&t.started_at),
+                d::TIMERS,
+                t.id,
+                serde_json::to_value(t).unwrap_or_default(),
+            );
         }
         for c in &data.corrections {
             // A correction lives beside its target.
@@ -918,7 +1051,13 @@ impl Replica {
                         .map(|r| (r.patient.clone(), month_of(&r.measured_at)))
                 });
             if let Some((p, m)) = target {
-                push(&p, m, d::CORRECTIONS, c.id, serde_json::to_value(c).unwrap_or_default());
+                push(
+                    &p,
+                    m,
+                    d::CORRECTIONS,
+                    c.id,
+                    serde_json::to_value(c).unwrap_or_default(),
+                );
             }
         }
         for ((patient, month), entries) in groups {
@@ -939,7 +1078,12 @@ impl Replica {
     /// Everything the replica holds for its facility, as a data file in canonical order.
     /// Entries that cannot be read are returned as problems beside it.
     pub fn export(&self) -> Result<(DataFile, Vec<Problem>)> {
-        let (facility, practitioners, staff, mut problems) = self.facility()?;
+        let Roster {
+            facility,
+            practitioners,
+            staff,
+            mut problems,
+        } = self.facility()?;
         let (patients, pp) = self.patients();
         problems.extend(pp);
         let mut data = DataFile::new(facility);
@@ -970,7 +1114,12 @@ impl Replica {
     }
 
     /// Apply a sync message from `peer` for `doc` (created empty if unknown) and persist.
-    pub fn receive_sync_message(&mut self, doc: DocumentId, peer: &str, message: &[u8]) -> Result<()> {
+    pub fn receive_sync_message(
+        &mut self,
+        doc: DocumentId,
+        peer: &str,
+        message: &[u8],
+    ) -> Result<()> {
         let msg = sync::Message::decode(message).map_err(|e| ReplicaError::SyncMessage {
             doc,
             message: e.to_string(),
@@ -981,11 +1130,16 @@ impl Replica {
             self.docs.insert(doc, file);
         }
         let state = self.sync_states.entry((doc, peer.to_string())).or_default();
-        let file = self.docs.get_mut(&doc).ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
+        let file = self
+            .docs
+            .get_mut(&doc)
+            .ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
         file.doc
-
             .receive_sync_message(state, msg)
-            .map_err(|source| ReplicaError::Automerge { doc, source })?;
+            .map_err(|source| ReplicaError::Automerge {
+                doc,
+                source: Box::new(source),
+            })?;
         file.persist()?;
         Ok(())
     }
@@ -994,18 +1148,21 @@ impl Replica {
 /// Read one patient-month document: stored entries, stopped timers folded into interactions.
 pub fn read_month(doc: &automerge::Automerge) -> MonthEntries {
     let mut problems = Vec::new();
-    let mut interactions: Vec<Interaction> = d::read_entries(doc, d::INTERACTIONS, "interaction", &mut problems)
-        .into_iter()
-        .map(|(_, i)| i)
-        .collect();
+    let mut interactions: Vec<Interaction> =
+        d::read_entries(doc, d::INTERACTIONS, "interaction", &mut problems)
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
     let readings = d::read_entries(doc, d::READINGS, "reading", &mut problems)
         .into_iter()
         .map(|(_, r)| r)
         .collect();
-    let timers: Vec<(String, RunningTimer)> = d::read_entries(doc, d::TIMERS, "timer", &mut problems);
-    let stops: BTreeMap<String, TimerStop> = d::read_entries(doc, d::TIMER_STOPS, "timer stop", &mut problems)
-        .into_iter()
-        .collect();
+    let timers: Vec<(String, RunningTimer)> =
+        d::read_entries(doc, d::TIMERS, "timer", &mut problems);
+    let stops: BTreeMap<String, TimerStop> =
+        d::read_entries(doc, d::TIMER_STOPS, "timer stop", &mut problems)
+            .into_iter()
+            .collect();
     let mut running_timers = Vec::new();
     for (key, t) in timers {
         match stops.get(&key) {
@@ -1039,7 +1196,11 @@ pub fn read_month(doc: &automerge::Automerge) -> MonthEntries {
 }
 
 /// Write only the top-level fields of `v` that differ from what `obj` holds.
-fn update_fields(tx: &mut Transaction<'_>, obj: &automerge::ObjId, v: &serde_json::Value) -> Result<(), AutomergeError> {
+fn update_fields(
+    tx: &mut Transaction<'_>,
+    obj: &automerge::ObjId,
+    v: &serde_json::Value,
+) -> Result<(), AutomergeError> {
     let Some(fields) = v.as_object() else {
         return Ok(());
     };
@@ -1056,7 +1217,12 @@ fn update_fields(tx: &mut Transaction<'_>, obj: &automerge::ObjId, v: &serde_jso
 }
 
 /// Write a keyed entry when absent, or update its changed fields.
-fn update_entry<S: Serialize>(tx: &mut Transaction<'_>, map: &automerge::ObjId, key: &str, value: &S) -> Result<(), AutomergeError> {
+fn update_entry<S: Serialize>(
+    tx: &mut Transaction<'_>,
+    map: &automerge::ObjId,
+    key: &str,
+    value: &S,
+) -> Result<(), AutomergeError> {
     let v = serde_json::to_value(value).map_err(|_| AutomergeError::Fail)?;
     match tx.get(map, key)? {
         Some((automerge::Value::Object(_), obj)) => update_fields(tx, &obj, &v),
@@ -1087,7 +1253,7 @@ fn write_meta(dir: &Path, meta: &ReplicaMeta) -> Result<()> {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.is_empty() {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
         return None;
     }
     (0..s.len())

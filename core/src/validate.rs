@@ -53,7 +53,7 @@ pub fn is_npi(npi: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Check an IANA zone name.
@@ -95,12 +95,20 @@ fn units_of(kind: ReadingKind) -> &'static str {
 pub fn check_reading(r: &Reading, entry: &str, out: &mut Vec<Problem>) {
     if r.kind == ReadingKind::BloodPressure {
         if r.unit != "mm[Hg]" {
-            out.push(Problem::new(entry, "unit", format!("blood_pressure must be in mm[Hg], got {:?}", r.unit)));
+            out.push(Problem::new(
+                entry,
+                "unit",
+                format!("blood_pressure must be in mm[Hg], got {:?}", r.unit),
+            ));
         }
         let sys = r.systolic;
         let dia = r.diastolic;
         match sys {
-            None => out.push(Problem::new(entry, "systolic", "missing for blood_pressure")),
+            None => out.push(Problem::new(
+                entry,
+                "systolic",
+                "missing for blood_pressure",
+            )),
             Some(s) if !(40.0..=300.0).contains(&s) => out.push(Problem::new(
                 entry,
                 "systolic",
@@ -109,7 +117,11 @@ pub fn check_reading(r: &Reading, entry: &str, out: &mut Vec<Problem>) {
             _ => {}
         }
         match dia {
-            None => out.push(Problem::new(entry, "diastolic", "missing for blood_pressure")),
+            None => out.push(Problem::new(
+                entry,
+                "diastolic",
+                "missing for blood_pressure",
+            )),
             Some(d) if !(20.0..=200.0).contains(&d) => out.push(Problem::new(
                 entry,
                 "diastolic",
@@ -120,7 +132,11 @@ pub fn check_reading(r: &Reading, entry: &str, out: &mut Vec<Problem>) {
         if let (Some(s), Some(d)) = (sys, dia)
             && d >= s
         {
-            out.push(Problem::new(entry, "diastolic", format!("{d} is not below systolic {s}")));
+            out.push(Problem::new(
+                entry,
+                "diastolic",
+                format!("{d} is not below systolic {s}"),
+            ));
         }
         return;
     }
@@ -128,16 +144,29 @@ pub fn check_reading(r: &Reading, entry: &str, out: &mut Vec<Problem>) {
         out.push(Problem::new(
             entry,
             "unit",
-            format!("{:?} is not a unit for {} (expected {})", r.unit, r.kind.as_str(), units_of(r.kind)),
+            format!(
+                "{:?} is not a unit for {} (expected {})",
+                r.unit,
+                r.kind.as_str(),
+                units_of(r.kind)
+            ),
         ));
         return;
     };
     match r.value {
-        None => out.push(Problem::new(entry, "value", format!("missing for {}", r.kind.as_str()))),
+        None => out.push(Problem::new(
+            entry,
+            "value",
+            format!("missing for {}", r.kind.as_str()),
+        )),
         Some(v) if !v.is_finite() || v < lo || v > hi => out.push(Problem::new(
             entry,
             "value",
-            format!("{v} {} is not physiologically possible for {} ({lo}–{hi})", r.unit, r.kind.as_str()),
+            format!(
+                "{v} {} is not physiologically possible for {} ({lo}–{hi})",
+                r.unit,
+                r.kind.as_str()
+            ),
         )),
         _ => {}
     }
@@ -149,43 +178,80 @@ pub fn check_interaction_times(i: &Interaction, entry: &str, out: &mut Vec<Probl
         out.push(Problem::new(
             entry,
             "ended_at",
-            format!("{} is before started_at {}", i.ended_at.to_rfc3339(), i.started_at.to_rfc3339()),
+            format!(
+                "{} is before started_at {}",
+                i.ended_at.to_rfc3339(),
+                i.started_at.to_rfc3339()
+            ),
         ));
     } else if i.ended_at - i.started_at > MAX_INTERACTION {
-        out.push(Problem::new(entry, "ended_at", "the entry is longer than 24 hours"));
+        out.push(Problem::new(
+            entry,
+            "ended_at",
+            "the entry is longer than 24 hours",
+        ));
     }
 }
 
-fn check_patient(p: &Patient, people: &BTreeSet<&str>, practitioners: &BTreeSet<&str>, out: &mut Vec<Problem>) {
+fn check_patient(
+    p: &Patient,
+    people: &BTreeSet<&str>,
+    practitioners: &BTreeSet<&str>,
+    out: &mut Vec<Problem>,
+) {
     let entry = format!("patient {}", p.id);
     if !practitioners.contains(p.billing_practitioner.as_str()) {
-        out.push(Problem::new(&entry, "billing_practitioner", format!("unknown practitioner {:?}", p.billing_practitioner)));
+        out.push(Problem::new(
+            &entry,
+            "billing_practitioner",
+            format!("unknown practitioner {:?}", p.billing_practitioner),
+        ));
     }
     for (i, c) in p.conditions.iter().enumerate() {
         if !is_icd10(&c.icd10) {
-            out.push(Problem::new(&entry, format!("conditions[{i}].icd10"), format!("{:?} is not an ICD-10-CM code", c.icd10)));
+            out.push(Problem::new(
+                &entry,
+                format!("conditions[{i}].icd10"),
+                format!("{:?} is not an ICD-10-CM code", c.icd10),
+            ));
         }
     }
     if let Some(code) = &p.pcm_condition
         && !is_icd10(code)
     {
-        out.push(Problem::new(&entry, "pcm_condition", format!("{code:?} is not an ICD-10-CM code")));
+        out.push(Problem::new(
+            &entry,
+            "pcm_condition",
+            format!("{code:?} is not an ICD-10-CM code"),
+        ));
     }
     for (i, c) in p.consents.iter().enumerate() {
         if let Some(by) = &c.by
             && !people.contains(by.as_str())
         {
-            out.push(Problem::new(&entry, format!("consents[{i}].by"), format!("unknown staff or practitioner {by:?}")));
+            out.push(Problem::new(
+                &entry,
+                format!("consents[{i}].by"),
+                format!("unknown staff or practitioner {by:?}"),
+            ));
         }
         if let Some(r) = c.revoked_on
             && r < c.given_on
         {
-            out.push(Problem::new(&entry, format!("consents[{i}].revoked_on"), "is before given_on"));
+            out.push(Problem::new(
+                &entry,
+                format!("consents[{i}].revoked_on"),
+                "is before given_on",
+            ));
         }
     }
     for (i, s) in p.stays.iter().enumerate() {
         if s.to < s.from {
-            out.push(Problem::new(&entry, format!("stays[{i}].to"), "is before from"));
+            out.push(Problem::new(
+                &entry,
+                format!("stays[{i}].to"),
+                "is before from",
+            ));
         }
     }
     if let (Some(b), Some(d)) = (p.birth_date, p.died_on)
@@ -195,10 +261,18 @@ fn check_patient(p: &Patient, people: &BTreeSet<&str>, practitioners: &BTreeSet<
     }
 }
 
-fn dup_check<'a>(ids: impl Iterator<Item = (String, String)>, out: &mut Vec<Problem>, seen: &mut BTreeMap<String, String>) {
+fn dup_check(
+    ids: impl Iterator<Item = (String, String)>,
+    out: &mut Vec<Problem>,
+    seen: &mut BTreeMap<String, String>,
+) {
     for (id, entry) in ids {
         if let Some(first) = seen.get(&id) {
-            out.push(Problem::new(entry, "id", format!("duplicate id, also used by {first}")));
+            out.push(Problem::new(
+                entry,
+                "id",
+                format!("duplicate id, also used by {first}"),
+            ));
         } else {
             seen.insert(id, entry);
         }
@@ -209,32 +283,90 @@ fn dup_check<'a>(ids: impl Iterator<Item = (String, String)>, out: &mut Vec<Prob
 pub fn validate(d: &DataFile) -> Vec<Problem> {
     let mut out = Vec::new();
     if d.format != DATA_FORMAT {
-        out.push(Problem::new("file", "format", format!("{:?} is not {DATA_FORMAT:?}", d.format)));
+        out.push(Problem::new(
+            "file",
+            "format",
+            format!("{:?} is not {DATA_FORMAT:?}", d.format),
+        ));
     }
     if parse_zone(&d.facility.timezone).is_none() {
-        out.push(Problem::new("facility", "timezone", format!("{:?} is not an IANA time zone", d.facility.timezone)));
+        out.push(Problem::new(
+            "facility",
+            "timezone",
+            format!("{:?} is not an IANA time zone", d.facility.timezone),
+        ));
     }
     if d.facility.id.is_empty() {
         out.push(Problem::new("facility", "id", "is empty"));
     }
     let pos = &d.facility.place_of_service;
     if pos.len() != 2 || !pos.bytes().all(|c| c.is_ascii_digit()) {
-        out.push(Problem::new("facility", "place_of_service", format!("{pos:?} is not a two-digit place-of-service code")));
+        out.push(Problem::new(
+            "facility",
+            "place_of_service",
+            format!("{pos:?} is not a two-digit place-of-service code"),
+        ));
     }
     for p in &d.practitioners {
         if !is_npi(&p.npi) {
-            out.push(Problem::new(format!("practitioner {}", p.id), "npi", format!("{:?} is not a valid 10-digit NPI", p.npi)));
+            out.push(Problem::new(
+                format!("practitioner {}", p.id),
+                "npi",
+                format!("{:?} is not a valid 10-digit NPI", p.npi),
+            ));
         }
     }
     let mut people_seen = BTreeMap::new();
-    dup_check(d.practitioners.iter().map(|p| (p.id.clone(), format!("practitioner {}", p.id))), &mut out, &mut people_seen);
-    dup_check(d.staff.iter().map(|s| (s.id.clone(), format!("staff {}", s.id))), &mut out, &mut people_seen);
-    dup_check(d.patients.iter().map(|p| (p.id.clone(), format!("patient {}", p.id))), &mut out, &mut BTreeMap::new());
+    dup_check(
+        d.practitioners
+            .iter()
+            .map(|p| (p.id.clone(), format!("practitioner {}", p.id))),
+        &mut out,
+        &mut people_seen,
+    );
+    dup_check(
+        d.staff
+            .iter()
+            .map(|s| (s.id.clone(), format!("staff {}", s.id))),
+        &mut out,
+        &mut people_seen,
+    );
+    dup_check(
+        d.patients
+            .iter()
+            .map(|p| (p.id.clone(), format!("patient {}", p.id))),
+        &mut out,
+        &mut BTreeMap::new(),
+    );
     let mut entry_seen = BTreeMap::new();
-    dup_check(d.interactions.iter().map(|i| (i.id.to_string(), format!("interaction {}", i.id))), &mut out, &mut entry_seen);
-    dup_check(d.readings.iter().map(|r| (r.id.to_string(), format!("reading {}", r.id))), &mut out, &mut entry_seen);
-    dup_check(d.timers.iter().map(|t| (t.id.to_string(), format!("timer {}", t.id))), &mut out, &mut entry_seen);
-    dup_check(d.corrections.iter().map(|c| (c.id.to_string(), format!("correction {}", c.id))), &mut out, &mut entry_seen);
+    dup_check(
+        d.interactions
+            .iter()
+            .map(|i| (i.id.to_string(), format!("interaction {}", i.id))),
+        &mut out,
+        &mut entry_seen,
+    );
+    dup_check(
+        d.readings
+            .iter()
+            .map(|r| (r.id.to_string(), format!("reading {}", r.id))),
+        &mut out,
+        &mut entry_seen,
+    );
+    dup_check(
+        d.timers
+            .iter()
+            .map(|t| (t.id.to_string(), format!("timer {}", t.id))),
+        &mut out,
+        &mut entry_seen,
+    );
+    dup_check(
+        d.corrections
+            .iter()
+            .map(|c| (c.id.to_string(), format!("correction {}", c.id))),
+        &mut out,
+        &mut entry_seen,
+    );
 
     let practitioners: BTreeSet<&str> = d.practitioners.iter().map(|p| p.id.as_str()).collect();
     let mut people = practitioners.clone();
@@ -245,12 +377,20 @@ pub fn validate(d: &DataFile) -> Vec<Problem> {
     }
     let ref_check = |entry: &str, patient: &str, staff: Option<&str>, out: &mut Vec<Problem>| {
         if !patients.contains(patient) {
-            out.push(Problem::new(entry, "patient", format!("unknown patient {patient:?}")));
+            out.push(Problem::new(
+                entry,
+                "patient",
+                format!("unknown patient {patient:?}"),
+            ));
         }
         if let Some(s) = staff
             && !people.contains(s)
         {
-            out.push(Problem::new(entry, "staff", format!("unknown staff or practitioner {s:?}")));
+            out.push(Problem::new(
+                entry,
+                "staff",
+                format!("unknown staff or practitioner {s:?}"),
+            ));
         }
     };
     for i in &d.interactions {
@@ -260,7 +400,11 @@ pub fn validate(d: &DataFile) -> Vec<Problem> {
         if let Some(a) = i.amends
             && !d.interactions.iter().any(|o| o.id == a)
         {
-            out.push(Problem::new(&entry, "amends", format!("unknown interaction {a}")));
+            out.push(Problem::new(
+                &entry,
+                "amends",
+                format!("unknown interaction {a}"),
+            ));
         }
     }
     for r in &d.readings {
@@ -268,21 +412,38 @@ pub fn validate(d: &DataFile) -> Vec<Problem> {
         ref_check(&entry, &r.patient, None, &mut out);
         check_reading(r, &entry, &mut out);
         if r.source == ReadingSource::Device && r.device.is_none() {
-            out.push(Problem::new(&entry, "device", "missing for a reading with source \"device\""));
+            out.push(Problem::new(
+                &entry,
+                "device",
+                "missing for a reading with source \"device\"",
+            ));
         }
     }
     for t in &d.timers {
-        ref_check(&format!("timer {}", t.id), &t.patient, Some(&t.staff), &mut out);
+        ref_check(
+            &format!("timer {}", t.id),
+            &t.patient,
+            Some(&t.staff),
+            &mut out,
+        );
     }
     for c in &d.corrections {
         let entry = format!("correction {}", c.id);
         let known = d.interactions.iter().any(|i| i.id == c.target)
             || d.readings.iter().any(|r| r.id == c.target);
         if !known {
-            out.push(Problem::new(&entry, "target", format!("unknown entry {}", c.target)));
+            out.push(Problem::new(
+                &entry,
+                "target",
+                format!("unknown entry {}", c.target),
+            ));
         }
         if !people.contains(c.by.as_str()) {
-            out.push(Problem::new(&entry, "by", format!("unknown staff or practitioner {:?}", c.by)));
+            out.push(Problem::new(
+                &entry,
+                "by",
+                format!("unknown staff or practitioner {:?}", c.by),
+            ));
         }
     }
     out
@@ -297,7 +458,16 @@ mod tests {
         for ok in ["I10", "E11.9", "Z79.4", "S72.001A", "J44.1", "N18.30"] {
             assert!(is_icd10(ok), "{ok}");
         }
-        for bad in ["", "I1", "i10", "110", "E11.", "E11.12345", "E11-9", "U07.1"] {
+        for bad in [
+            "",
+            "I1",
+            "i10",
+            "110",
+            "E11.",
+            "E11.12345",
+            "E11-9",
+            "U07.1",
+        ] {
             assert!(!is_icd10(bad), "{bad}");
         }
     }
