@@ -61,8 +61,8 @@ scenarios = [
     dict(ccm=95, complex=True),                    # p-005 complex 99487 + 99489
     dict(ccm=0, practitioner=64),                  # p-006 practitioner lane 99491 + 99437
     dict(ccm=31, rpm_days=20, rpm_min=24),         # p-007 CCM + RPM 99454, 99457
-    dict(ccm=0, rpm_days=9, rpm_min=14),           # p-008 RPM 99445 + 99470
-    dict(ccm=0, rpm_days=1, rpm_min=5),            # p-009 RPM too few days
+    dict(rpm_days=9, rpm_min=14),                  # p-008 RPM only: 99445 + 99470
+    dict(rpm_days=1, rpm_min=5),                   # p-009 RPM only: too few days, too few minutes
     dict(ccm=28, part_a=True),                     # p-010 Part A stay mid-month
     dict(ccm=26, died=True),                       # p-011 died mid-month
     dict(ccm=35, no_consent=True),                 # p-012 no CCM consent on file
@@ -98,7 +98,7 @@ for n, sc in enumerate(scenarios, start=1):
         "stays": [],
         "died_on": None,
     }
-    if not sc.get("no_consent") and not sc.get("pcm"):
+    if "ccm" in sc and not sc.get("no_consent"):
         p["consents"].append({"program": "ccm", "given_on": "2026-01-10", "method": "verbal", "by": "rn-lee",
                               "revoked_on": "2026-11-15" if sc.get("revoked") else None})
     if sc.get("complex"):
@@ -158,10 +158,14 @@ for n, sc in enumerate(scenarios, start=1):
                              "started_at": start.isoformat(), "ended_at": local(2026, 11, 1, 0, 20).isoformat(),
                              "interactive": True, "activity": "phone_call", "note": "Night call about chest discomfort."})
     if sc.get("rpm_days"):
-        days = sorted(rng.sample(range(1, 31), sc["rpm_days"]))
+        # Days in the first 30-day period (which ends in November), then a few in the next one.
+        setup = date.fromisoformat(p["rpm"]["device_setup_on"])
+        first_period = [setup + timedelta(days=k) for k in range(30)]
+        days = sorted(rng.sample(first_period, sc["rpm_days"]))
+        days += [d for d in (date(2026, 11, 20), date(2026, 11, 23), date(2026, 11, 26)) if d > first_period[-1]]
         for day in days:
             for _ in range(rng.choice([1, 1, 2])):
-                t = local(2026, 11, day, rng.randrange(6, 21), rng.randrange(0, 60))
+                t = local(day.year, day.month, day.day, rng.randrange(6, 21), rng.randrange(0, 60))
                 sys_ = rng.randrange(118, 162)
                 readings.append({"id": uid(t), "patient": pid, "kind": "blood_pressure",
                                  "systolic": sys_, "diastolic": sys_ - rng.randrange(40, 60), "unit": "mm[Hg]",

@@ -3,6 +3,7 @@
 //! threads or clocks; time is passed in.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod datafile;
 pub mod doc_file;
 pub mod document;

@@ -1,0 +1,839 @@
+//! The billing engine: facility + patients + a month's entries + a [`RuleSet`] → one
+//! [`Encounter`] per patient. A pure function; `spec/billing-rules-2026.md` §12 is its contract
+//! (the numbered comments below refer to it).
+
+pub mod encounter;
+pub mod rules;
+pub mod summary;
+pub mod time;
+pub mod worklist;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{Duration, NaiveDate};
+use chrono_tz::Tz;
+use uuid::Uuid;
+
+pub use encounter::*;
+pub use rules::{Revocation, RuleSet};
+
+use crate::model::{
+    CcmLane, Consent, DataFile, Interaction, Patient, Program, Reading, ReadingSource, StayKind,
+};
+use crate::month::Month;
+use time::{Segment, count_once_per_person, human_duration, split_by_local_day, whole_minutes};
+
+/// Billing could not run at all (the input itself is unusable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BillingError {
+    #[error("facility: field `timezone`: {0:?} is not an IANA time zone")]
+    BadZone(String),
+}
+
+/// Bill every patient of the data file for `month`.
+pub fn bill(data: &DataFile, month: Month, rules: &RuleSet) -> Result<BillingRun, BillingError> {
+    let input = Input::new(data)?;
+    let encounters = data
+        .patients
+        .iter()
+        .map(|p| bill_patient(&input, p, month, rules))
+        .collect();
+    Ok(BillingRun {
+        month,
+        rule_set: rules.name.clone(),
+        encounters,
+    })
+}
+
+/// The data file indexed for billing: entries deduplicated by id, superseded ones removed.
+pub(crate) struct Input<'a> {
+    pub data: &'a DataFile,
+    pub tz: Tz,
+    pub interactions: BTreeMap<&'a str, Vec<&'a Interaction>>,
+    pub readings: BTreeMap<&'a str, Vec<&'a Reading>>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(data: &'a DataFile) -> Result<Input<'a>, BillingError> {
+        let tz: Tz = data
+            .facility
+            .timezone
+            .parse()
+            .map_err(|_| BillingError::BadZone(data.facility.timezone.clone()))?;
+        let superseded = data.superseded_ids();
+        let mut seen = BTreeSet::new();
+        let mut interactions: BTreeMap<&str, Vec<&Interaction>> = BTreeMap::new();
+        let mut unique: Vec<&Interaction> = data.interactions.iter().collect();
+        unique.sort_by_key(|i| i.id);
+        for i in unique {
+            if seen.insert(i.id) && !superseded.contains(&i.id) {
+                interactions.entry(i.patient.as_str()).or_default().push(i);
+            }
+        }
+        let mut readings: BTreeMap<&str, Vec<&Reading>> = BTreeMap::new();
+        let mut unique: Vec<&Reading> = data.readings.iter().collect();
+        unique.sort_by_key(|r| r.id);
+        for r in unique {
+            if seen.insert(r.id) && !superseded.contains(&r.id) {
+                readings.entry(r.patient.as_str()).or_default().push(r);
+            }
+        }
+        Ok(Input {
+            data,
+            tz,
+            interactions,
+            readings,
+        })
+    }
+
+    fn is_practitioner(&self, id: &str) -> bool {
+        self.data.practitioners.iter().any(|p| p.id == id)
+    }
+
+    fn npi_of(&self, id: &str) -> String {
+        self.data
+            .practitioners
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.npi.clone())
+            .unwrap_or_default()
+    }
+
+    /// §12.3: a practitioner, or staff with `counts_for_billing`.
+    fn person_counts(&self, id: &str) -> Result<(), String> {
+        if self.is_practitioner(id) {
+            return Ok(());
+        }
+        match self.data.staff.iter().find(|s| s.id == id) {
+            Some(s) if s.counts_for_billing => Ok(()),
+            Some(_) => Err(format!("{id} is not counted for billing")),
+            None => Err(format!("{id} is not on the staff roster")),
+        }
+    }
+}
+
+/// Whether a consent covers `month` (CCM/PCM style: revocation effective at the end of its
+/// month, or on its date, per the rule set).
+fn consent_covers_month(c: &Consent, month: Month, revocation: Revocation) -> bool {
+    if c.given_on > month.last_day() {
+        return false;
+    }
+    match (c.revoked_on, revocation) {
+        (None, _) => true,
+        (Some(r), Revocation::EndOfMonth) => Month::of(r) >= month,
+        (Some(r), Revocation::OnDate) => r > month.first_day(),
+    }
+}
+
+fn consent_for<'p>(
+    p: &'p Patient,
+    program: Program,
+    month: Month,
+    rev: Revocation,
+) -> Option<&'p Consent> {
+    p.consents
+        .iter()
+        .filter(|c| c.program == program)
+        .find(|c| consent_covers_month(c, month, rev))
+}
+
+/// The patient's chronic conditions in file order (all conditions if none is marked chronic).
+fn chronic_diagnoses(p: &Patient) -> Vec<String> {
+    let chronic: Vec<String> = p
+        .conditions
+        .iter()
+        .filter(|c| c.chronic)
+        .map(|c| c.icd10.clone())
+        .collect();
+    if chronic.is_empty() {
+        p.conditions.iter().map(|c| c.icd10.clone()).collect()
+    } else {
+        chronic
+    }
+}
+
+/// The qualifying time of one patient's month, per bucket, with evidence.
+#[derive(Debug, Default)]
+pub(crate) struct MonthTime {
+    /// Seconds per program of everyone who counts.
+    pub seconds: BTreeMap<Program, i64>,
+    /// Seconds per program of the billing practitioner personally.
+    pub practitioner_seconds: BTreeMap<Program, i64>,
+    /// Entries contributing time, per program, and per program for the billing practitioner.
+    pub evidence: BTreeMap<Program, BTreeSet<Uuid>>,
+    pub practitioner_evidence: BTreeMap<Program, BTreeSet<Uuid>>,
+    /// Whether a qualifying, interactive entry exists, per program.
+    pub interactive: BTreeMap<Program, bool>,
+    /// Any time at all in the program this month (qualifying or not).
+    pub any: BTreeSet<Program>,
+    pub exceptions: Vec<Exception>,
+}
+
+/// Count a patient's time in `month`, up to and including `until` (the month's last day for
+/// billing, the as-of date for the worklist).
+pub(crate) fn month_time(
+    input: &Input<'_>,
+    p: &Patient,
+    month: Month,
+    until: NaiveDate,
+    rules: &RuleSet,
+) -> MonthTime {
+    let mut t = MonthTime::default();
+    let mut qualifying: Vec<Segment> = Vec::new();
+    let mut not_counted: BTreeMap<(Program, String), i64> = BTreeMap::new();
+    let rpm_revoked = p
+        .consents
+        .iter()
+        .filter(|c| c.program == Program::Rpm)
+        .filter_map(|c| c.revoked_on)
+        .max();
+    for i in input.interactions.get(p.id.as_str()).into_iter().flatten() {
+        for s in split_by_local_day(i, input.tz) {
+            if !month.contains(s.date) || s.date > until {
+                continue;
+            }
+            t.any.insert(s.program);
+            let secs = (s.end - s.start).num_seconds();
+            let reason = input.person_counts(&s.person).err().or_else(|| {
+                if let Some(stay) = p.stays.iter().find(|st| st.contains(s.date)) {
+                    let kind = match stay.kind {
+                        StayKind::PartA => "Part A",
+                        StayKind::Inpatient => "inpatient",
+                    };
+                    return Some(format!(
+                        "inside the {kind} stay {} to {}",
+                        stay.from, stay.to
+                    ));
+                }
+                if let Some(d) = p.died_on
+                    && s.date > d
+                {
+                    return Some(format!("after the date of death {d}"));
+                }
+                if s.program == Program::Rpm
+                    && rules.rpm_revocation == Revocation::OnDate
+                    && let Some(r) = rpm_revoked
+                    && s.date >= r
+                {
+                    return Some(format!("on or after the RPM consent revocation {r}"));
+                }
+                None
+            });
+            match reason {
+                Some(r) => *not_counted.entry((s.program, r)).or_default() += secs,
+                None => qualifying.push(s),
+            }
+        }
+    }
+    let counted = count_once_per_person(&qualifying);
+    for (s, secs) in qualifying.iter().zip(&counted.seconds) {
+        if *secs <= 0 {
+            continue;
+        }
+        *t.seconds.entry(s.program).or_default() += secs;
+        t.evidence.entry(s.program).or_default().insert(s.entry);
+        if s.interactive {
+            t.interactive.insert(s.program, true);
+        }
+        if s.person == p.billing_practitioner {
+            *t.practitioner_seconds.entry(s.program).or_default() += secs;
+            t.practitioner_evidence
+                .entry(s.program)
+                .or_default()
+                .insert(s.entry);
+        }
+    }
+    for (person, secs) in counted.overlap {
+        t.exceptions.push(Exception::new(
+            ExceptionProgram::General,
+            ExceptionKind::Warning,
+            format!(
+                "{} of {person}'s time overlapped between entries and was counted once",
+                human_duration(secs)
+            ),
+        ));
+    }
+    for ((program, reason), secs) in not_counted {
+        t.exceptions.push(Exception::new(
+            program,
+            ExceptionKind::NotCounted,
+            format!(
+                "{} of {} time not counted: {reason}",
+                human_duration(secs),
+                program.as_str().to_uppercase()
+            ),
+        ));
+    }
+    t
+}
+
+/// Lines and exceptions of one program.
+#[derive(Debug, Default)]
+struct ProgramResult {
+    lines: Vec<Line>,
+    exceptions: Vec<Exception>,
+}
+
+struct LineMaker<'a> {
+    dos: NaiveDate,
+    pos: &'a str,
+    npi: String,
+}
+
+impl LineMaker<'_> {
+    fn line(
+        &self,
+        code: &str,
+        units: u32,
+        diagnoses: &[String],
+        evidence: &BTreeSet<Uuid>,
+    ) -> Line {
+        Line {
+            code: code.to_string(),
+            units,
+            date_of_service: self.dos,
+            diagnoses: diagnoses.to_vec(),
+            place_of_service: self.pos.to_string(),
+            rendering_npi: self.npi.clone(),
+            evidence: evidence.iter().copied().collect(),
+        }
+    }
+
+    /// A base code and, when earned, its add-on.
+    fn with_addon(
+        &self,
+        base: &str,
+        addon: &str,
+        units: u32,
+        dx: &[String],
+        ev: &BTreeSet<Uuid>,
+    ) -> Vec<Line> {
+        let mut v = vec![self.line(base, 1, dx, ev)];
+        if units > 0 {
+            v.push(self.line(addon, units, dx, ev));
+        }
+        v
+    }
+}
+
+fn needs(program: Program, more: u32, code: &str, what: &str) -> Exception {
+    let unit = if more == 1 { "minute" } else { "minutes" };
+    Exception::new(
+        program,
+        ExceptionKind::Threshold,
+        format!("{what} needs {more} more {unit} for {code}"),
+    )
+}
+
+/// CCM: requirements, lane (§12.4), and the lane's codes (§12.5–8).
+fn bill_ccm(
+    p: &Patient,
+    month: Month,
+    t: &MonthTime,
+    rules: &RuleSet,
+    lm: &LineMaker<'_>,
+) -> ProgramResult {
+    let mut r = ProgramResult::default();
+    let s = whole_minutes(t.seconds.get(&Program::Ccm).copied().unwrap_or(0));
+    let pm = whole_minutes(
+        t.practitioner_seconds
+            .get(&Program::Ccm)
+            .copied()
+            .unwrap_or(0),
+    );
+    let enrolled = p.consents.iter().any(|c| c.program == Program::Ccm)
+        || t.any.contains(&Program::Ccm)
+        || p.ccm_lane.contains_key(&month)
+        || p.complex_ccm_months.contains(&month);
+    if !enrolled {
+        return r;
+    }
+    let last = month.last_day();
+    let mut missing = Vec::new();
+    if consent_for(p, Program::Ccm, month, rules.ccm_revocation).is_none() {
+        missing.push(if p.consents.iter().any(|c| c.program == Program::Ccm) {
+            "no CCM consent in effect this month (revoked or given later)".to_string()
+        } else {
+            "no CCM consent on file".to_string()
+        });
+    }
+    let chronic = p.conditions.iter().filter(|c| c.chronic).count();
+    if chronic < rules.ccm_min_chronic_conditions {
+        missing.push(format!(
+            "CCM needs {} chronic conditions, {chronic} on file",
+            rules.ccm_min_chronic_conditions
+        ));
+    }
+    if !p.initiating_visit_on.is_some_and(|d| d <= last) {
+        missing.push("no initiating visit on file".to_string());
+    }
+    let plan = p.care_plan.as_ref();
+    if !plan
+        .and_then(|c| c.established_on)
+        .is_some_and(|d| d <= last)
+    {
+        missing.push("no care plan established".to_string());
+    }
+    if !missing.is_empty() {
+        r.exceptions.extend(
+            missing
+                .into_iter()
+                .map(|m| Exception::new(Program::Ccm, ExceptionKind::Requirement, m)),
+        );
+        return r;
+    }
+    let plan_touched = plan.is_some_and(|c| {
+        c.established_on.is_some_and(|d| month.contains(d))
+            || c.revised_on.iter().any(|d| month.contains(*d))
+    });
+    let lane = match p.ccm_lane.get(&month) {
+        Some(l) => *l,
+        None if p.complex_ccm_months.contains(&month)
+            && plan_touched
+            && s >= rules.ccm_complex_threshold =>
+        {
+            CcmLane::Complex
+        }
+        None => CcmLane::Standard,
+    };
+    let dx = chronic_diagnoses(p);
+    let empty = BTreeSet::new();
+    let ev = t.evidence.get(&Program::Ccm).unwrap_or(&empty);
+    match lane {
+        CcmLane::Standard => {
+            if s >= rules.ccm_standard_threshold {
+                let units = rules::addon_units(
+                    s,
+                    rules.ccm_standard_threshold,
+                    rules.ccm_standard_addon_block,
+                    rules.ccm_standard_addon_cap,
+                )
+                .min(
+                    // +99439 is reached only at each full block beyond the threshold.
+                    u32::MAX,
+                );
+                r.lines
+                    .extend(lm.with_addon("99490", "99439", units, &dx, ev));
+            } else {
+                r.exceptions.push(needs(
+                    Program::Ccm,
+                    rules.ccm_standard_threshold - s,
+                    "99490",
+                    "CCM",
+                ));
+            }
+        }
+        CcmLane::Complex => {
+            if s >= rules.ccm_complex_threshold {
+                let units = rules::addon_units(
+                    s,
+                    rules.ccm_complex_threshold,
+                    rules.ccm_complex_addon_block,
+                    rules.ccm_complex_addon_cap,
+                );
+                r.lines
+                    .extend(lm.with_addon("99487", "99489", units, &dx, ev));
+            } else {
+                r.exceptions.push(needs(
+                    Program::Ccm,
+                    rules.ccm_complex_threshold - s,
+                    "99487",
+                    "complex CCM",
+                ));
+            }
+        }
+        CcmLane::Practitioner => {
+            let pev = t.practitioner_evidence.get(&Program::Ccm).unwrap_or(&empty);
+            if pm >= rules.ccm_practitioner_threshold {
+                let units = rules::addon_units(
+                    pm,
+                    rules.ccm_practitioner_threshold,
+                    rules.ccm_practitioner_addon_block,
+                    rules.ccm_practitioner_addon_cap,
+                );
+                r.lines
+                    .extend(lm.with_addon("99491", "99437", units, &dx, pev));
+            } else {
+                r.exceptions.push(needs(
+                    Program::Ccm,
+                    rules.ccm_practitioner_threshold - pm,
+                    "99491",
+                    "CCM (billing practitioner's own time)",
+                ));
+            }
+        }
+    }
+    r
+}
+
+/// PCM: 99426/99427 on clinical-staff minutes, 99424/99425 on the billing practitioner's own.
+fn bill_pcm(
+    p: &Patient,
+    month: Month,
+    t: &MonthTime,
+    rules: &RuleSet,
+    lm: &LineMaker<'_>,
+) -> ProgramResult {
+    let mut r = ProgramResult::default();
+    let enrolled = p.pcm_condition.is_some()
+        || p.consents.iter().any(|c| c.program == Program::Pcm)
+        || t.any.contains(&Program::Pcm);
+    if !enrolled {
+        return r;
+    }
+    let Some(condition) = &p.pcm_condition else {
+        r.exceptions.push(Exception::new(
+            Program::Pcm,
+            ExceptionKind::Requirement,
+            "PCM time logged but no PCM condition on file",
+        ));
+        return r;
+    };
+    if consent_for(p, Program::Pcm, month, rules.ccm_revocation).is_none() {
+        r.exceptions.push(Exception::new(
+            Program::Pcm,
+            ExceptionKind::Requirement,
+            "no PCM consent in effect this month",
+        ));
+        return r;
+    }
+    let total = t.seconds.get(&Program::Pcm).copied().unwrap_or(0);
+    let own = t
+        .practitioner_seconds
+        .get(&Program::Pcm)
+        .copied()
+        .unwrap_or(0);
+    let (staff_m, own_m) = (whole_minutes(total - own), whole_minutes(own));
+    let dx = vec![condition.clone()];
+    let empty = BTreeSet::new();
+    if own_m >= rules.pcm_threshold {
+        let ev = t.practitioner_evidence.get(&Program::Pcm).unwrap_or(&empty);
+        let units = rules::addon_units(
+            own_m,
+            rules.pcm_threshold,
+            rules.pcm_addon_block,
+            rules.pcm_practitioner_addon_cap,
+        );
+        r.lines
+            .extend(lm.with_addon("99424", "99425", units, &dx, ev));
+        if staff_m >= rules.pcm_threshold {
+            r.exceptions.push(Exception::new(
+                Program::Pcm,
+                ExceptionKind::Conflict,
+                format!("{staff_m} min of clinical-staff PCM time not billed: 99426 may not be billed with 99424"),
+            ));
+        }
+    } else if staff_m >= rules.pcm_threshold {
+        let all = t.evidence.get(&Program::Pcm).unwrap_or(&empty);
+        let own_ev = t.practitioner_evidence.get(&Program::Pcm).unwrap_or(&empty);
+        let ev: BTreeSet<Uuid> = all.difference(own_ev).copied().collect();
+        let units = rules::addon_units(
+            staff_m,
+            rules.pcm_threshold,
+            rules.pcm_addon_block,
+            rules.pcm_staff_addon_cap,
+        );
+        r.lines
+            .extend(lm.with_addon("99426", "99427", units, &dx, &ev));
+    } else {
+        r.exceptions.push(needs(
+            Program::Pcm,
+            rules.pcm_threshold - staff_m,
+            "99426",
+            "PCM (clinical staff)",
+        ));
+    }
+    r
+}
+
+/// An RPM device period with its counted days.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PeriodDays {
+    pub start: NaiveDate,
+    /// Day 30 of the period.
+    pub end: NaiveDate,
+    /// The last day that counts (cut short by death or revocation).
+    pub last: NaiveDate,
+    pub days: BTreeSet<NaiveDate>,
+    pub evidence: BTreeSet<Uuid>,
+}
+
+/// §12.9–10: the RPM periods from set-up whose start is on or before `until`, with their days.
+pub(crate) fn rpm_periods(
+    input: &Input<'_>,
+    p: &Patient,
+    until: NaiveDate,
+    rules: &RuleSet,
+) -> Vec<PeriodDays> {
+    let Some(rpm) = &p.rpm else {
+        return Vec::new();
+    };
+    let revoked = p
+        .consents
+        .iter()
+        .filter(|c| c.program == Program::Rpm)
+        .filter_map(|c| c.revoked_on)
+        .max();
+    let mut cutoff: Option<NaiveDate> = p.died_on;
+    if let Some(r) = revoked
+        && rules.rpm_revocation == Revocation::OnDate
+        && let Some(day_before) = r.pred_opt()
+    {
+        cutoff = Some(cutoff.map_or(day_before, |c| c.min(day_before)));
+    }
+    let len = i64::from(rules.rpm_period_days);
+    let readings = input
+        .readings
+        .get(p.id.as_str())
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let mut out = Vec::new();
+    let mut start = rpm.device_setup_on;
+    while start <= until {
+        let end = start + Duration::days(len - 1);
+        let last = cutoff.map_or(end, |c| c.min(end));
+        if last < start {
+            break;
+        }
+        let mut days = BTreeSet::new();
+        let mut evidence = BTreeSet::new();
+        for r in readings {
+            if r.source != ReadingSource::Device {
+                continue;
+            }
+            let day = r.measured_at.with_timezone(&input.tz).date_naive();
+            if day < start || day > last {
+                continue;
+            }
+            if rules.rpm_exclude_stay_days && p.stays.iter().any(|s| s.contains(day)) {
+                continue;
+            }
+            days.insert(day);
+            evidence.insert(r.id);
+        }
+        out.push(PeriodDays {
+            start,
+            end,
+            last,
+            days,
+            evidence,
+        });
+        if last < end {
+            break;
+        }
+        start = end + Duration::days(1);
+    }
+    out
+}
+
+fn bill_rpm(
+    input: &Input<'_>,
+    p: &Patient,
+    month: Month,
+    t: &MonthTime,
+    rules: &RuleSet,
+    lm: &LineMaker<'_>,
+) -> (ProgramResult, Vec<RpmPeriod>) {
+    let mut r = ProgramResult::default();
+    let mut periods_out = Vec::new();
+    let has_readings = input
+        .readings
+        .get(p.id.as_str())
+        .is_some_and(|v| !v.is_empty());
+    let enrolled = p.rpm.is_some()
+        || p.consents.iter().any(|c| c.program == Program::Rpm)
+        || t.any.contains(&Program::Rpm)
+        || has_readings && p.rpm.is_some();
+    if !enrolled {
+        return (r, periods_out);
+    }
+    let Some(rpm) = &p.rpm else {
+        r.exceptions.push(Exception::new(
+            Program::Rpm,
+            ExceptionKind::Requirement,
+            "RPM time logged but no RPM device set-up on file",
+        ));
+        return (r, periods_out);
+    };
+    let consent = p
+        .consents
+        .iter()
+        .filter(|c| c.program == Program::Rpm)
+        .find(|c| {
+            c.given_on <= month.last_day() && c.revoked_on.is_none_or(|rv| rv > month.first_day())
+        });
+    if consent.is_none() {
+        r.exceptions.push(Exception::new(
+            Program::Rpm,
+            ExceptionKind::Requirement,
+            "no RPM consent in effect this month",
+        ));
+        return (r, periods_out);
+    }
+    let dx = chronic_diagnoses(p);
+    // §12.9–11: device periods ending (or cut short) in this month.
+    let periods = rpm_periods(input, p, month.last_day(), rules);
+    let earns = |d: usize| d as u32 >= rules.rpm_min_days_99445;
+    let first_earning = periods.iter().position(|pd| earns(pd.days.len()));
+    for (k, pd) in periods.iter().enumerate() {
+        if !month.contains(pd.last) {
+            continue;
+        }
+        let days = pd.days.len() as u32;
+        periods_out.push(RpmPeriod {
+            start: pd.start,
+            end: pd.last,
+            days,
+        });
+        let dlm = LineMaker {
+            dos: pd.last,
+            pos: lm.pos,
+            npi: lm.npi.clone(),
+        };
+        if days >= rules.rpm_min_days_99454 {
+            r.lines.push(dlm.line("99454", 1, &dx, &pd.evidence));
+        } else if days >= rules.rpm_min_days_99445 {
+            r.lines.push(dlm.line("99445", 1, &dx, &pd.evidence));
+        } else {
+            r.exceptions.push(Exception::new(
+                Program::Rpm,
+                ExceptionKind::Threshold,
+                format!(
+                    "RPM period {} to {} has {days} day(s) of device readings; 99445 needs {}",
+                    pd.start, pd.last, rules.rpm_min_days_99445
+                ),
+            ));
+        }
+        if first_earning == Some(k) {
+            let setup = LineMaker {
+                dos: rpm.device_setup_on,
+                pos: lm.pos,
+                npi: lm.npi.clone(),
+            };
+            r.lines.push(setup.line("99453", 1, &dx, &pd.evidence));
+        }
+    }
+    // §12.12: treatment management per calendar month.
+    let minutes = whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0));
+    let empty = BTreeSet::new();
+    let ev = t.evidence.get(&Program::Rpm).unwrap_or(&empty);
+    let interactive = t.interactive.get(&Program::Rpm).copied().unwrap_or(false);
+    if minutes >= rules.rpm_mgmt_99470_threshold
+        && rules.rpm_mgmt_requires_interactive
+        && !interactive
+    {
+        r.exceptions.push(Exception::new(
+            Program::Rpm,
+            ExceptionKind::Requirement,
+            format!("{minutes} min of RPM management not billable: no interactive communication with the patient this month"),
+        ));
+    } else if minutes >= rules.rpm_mgmt_99457_threshold {
+        let units = rules::addon_units(
+            minutes,
+            rules.rpm_mgmt_99457_threshold,
+            rules.rpm_mgmt_addon_block,
+            rules.rpm_mgmt_addon_cap,
+        );
+        r.lines
+            .extend(lm.with_addon("99457", "99458", units, &dx, ev));
+    } else if minutes >= rules.rpm_mgmt_99470_threshold {
+        r.lines.push(lm.line("99470", 1, &dx, ev));
+    } else {
+        r.exceptions.push(needs(
+            Program::Rpm,
+            rules.rpm_mgmt_99470_threshold - minutes,
+            "99470",
+            "RPM management",
+        ));
+    }
+    (r, periods_out)
+}
+
+/// One patient's encounter for `month`.
+pub fn bill_patient_in(
+    data: &DataFile,
+    p: &Patient,
+    month: Month,
+    rules: &RuleSet,
+) -> Result<Encounter, BillingError> {
+    Ok(bill_patient(&Input::new(data)?, p, month, rules))
+}
+
+fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -> Encounter {
+    let last = month.last_day();
+    let mut enc = Encounter {
+        patient: p.id.clone(),
+        lines: Vec::new(),
+        minutes: Minutes::default(),
+        rpm_periods: Vec::new(),
+        exceptions: Vec::new(),
+        evidence: Vec::new(),
+    };
+    if let Some(d) = p.died_on
+        && d < month.first_day()
+    {
+        enc.exceptions.push(Exception::new(
+            ExceptionProgram::General,
+            ExceptionKind::Requirement,
+            format!("patient died on {d}, before this month"),
+        ));
+        return enc;
+    }
+    let t = month_time(input, p, month, last, rules);
+    enc.minutes = Minutes {
+        ccm: whole_minutes(t.seconds.get(&Program::Ccm).copied().unwrap_or(0)),
+        ccm_practitioner: whole_minutes(
+            t.practitioner_seconds
+                .get(&Program::Ccm)
+                .copied()
+                .unwrap_or(0),
+        ),
+        pcm: whole_minutes(t.seconds.get(&Program::Pcm).copied().unwrap_or(0)),
+        rpm: whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0)),
+    };
+    // §12.14–15.
+    let lm = LineMaker {
+        dos: p.died_on.map_or(last, |d| d.min(last)),
+        pos: &input.data.facility.place_of_service,
+        npi: input.npi_of(&p.billing_practitioner),
+    };
+    let mut ccm = bill_ccm(p, month, &t, rules, &lm);
+    let mut pcm = bill_pcm(p, month, &t, rules, &lm);
+    if !ccm.lines.is_empty() && !pcm.lines.is_empty() {
+        ccm.lines.clear();
+        pcm.lines.clear();
+        pcm.exceptions.push(Exception::new(
+            Program::Pcm,
+            ExceptionKind::Conflict,
+            format!(
+                "CCM and PCM by the same billing practitioner ({}) in one month: neither is billed until one is chosen",
+                p.billing_practitioner
+            ),
+        ));
+    }
+    let (rpm, periods) = bill_rpm(input, p, month, &t, rules, &lm);
+    enc.rpm_periods = periods;
+    for part in [ccm, pcm, rpm] {
+        enc.lines.extend(part.lines);
+        enc.exceptions.extend(part.exceptions);
+    }
+    enc.exceptions.extend(t.exceptions);
+    if enc.lines.is_empty() && enc.exceptions.is_empty() {
+        enc.exceptions.push(Exception::new(
+            ExceptionProgram::General,
+            ExceptionKind::Requirement,
+            "not enrolled in CCM, PCM or RPM, and no time or readings this month",
+        ));
+    }
+    enc.lines
+        .sort_by(|a, b| (&a.code, a.date_of_service).cmp(&(&b.code, b.date_of_service)));
+    enc.exceptions.sort();
+    enc.exceptions.dedup();
+    let evidence: BTreeSet<Uuid> = enc
+        .lines
+        .iter()
+        .flat_map(|l| l.evidence.iter().copied())
+        .collect();
+    enc.evidence = evidence.into_iter().collect();
+    enc
+}

@@ -1,0 +1,240 @@
+//! The monthly "patients served" summary (`spec/ehr-integration.md` §3.6): one row per patient ×
+//! program, with provider and facility totals, as CSV.
+
+use std::collections::BTreeMap;
+
+use super::encounter::{BillingRun, Encounter, ExceptionProgram};
+use crate::model::{DataFile, Patient, Program};
+
+/// The CSV columns, in order.
+pub const COLUMNS: &[&str] = &[
+    "month",
+    "facility",
+    "billing_provider",
+    "billing_npi",
+    "patient_id",
+    "patient_name",
+    "mrn",
+    "birth_date",
+    "program",
+    "consent_date",
+    "consent_method",
+    "consent_by",
+    "initiating_visit_on",
+    "conditions",
+    "qualifying_minutes",
+    "practitioner_minutes",
+    "interactive_communications",
+    "care_plan_updated_on",
+    "rpm_devices",
+    "rpm_setup_on",
+    "rpm_reading_days",
+    "codes",
+    "date_of_service",
+    "place_of_service",
+    "status",
+    "exceptions",
+];
+
+fn codes_of(enc: &Encounter, program: Program) -> Vec<(String, u32)> {
+    enc.lines
+        .iter()
+        .filter(|l| program_of_code(&l.code) == Some(program))
+        .map(|l| (l.code.clone(), l.units))
+        .collect()
+}
+
+/// The program a CPT code belongs to.
+pub fn program_of_code(code: &str) -> Option<Program> {
+    match code {
+        "99490" | "99439" | "99487" | "99489" | "99491" | "99437" => Some(Program::Ccm),
+        "99424" | "99425" | "99426" | "99427" => Some(Program::Pcm),
+        "99453" | "99454" | "99445" | "99457" | "99458" | "99470" => Some(Program::Rpm),
+        _ => None,
+    }
+}
+
+fn programs_of(p: &Patient, enc: &Encounter) -> Vec<Program> {
+    Program::ALL
+        .into_iter()
+        .filter(|prog| {
+            p.consents.iter().any(|c| c.program == *prog)
+                || enc
+                    .exceptions
+                    .iter()
+                    .any(|e| e.program == ExceptionProgram::from(*prog))
+                || !codes_of(enc, *prog).is_empty()
+        })
+        .collect()
+}
+
+fn join_codes(codes: &[(String, u32)]) -> String {
+    codes
+        .iter()
+        .map(|(c, u)| format!("{c}x{u}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Write the summary of a billing run as CSV.
+pub fn write_csv<W: std::io::Write>(
+    data: &DataFile,
+    run: &BillingRun,
+    out: W,
+) -> Result<(), csv::Error> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(COLUMNS)?;
+    let month = run.month.to_string();
+    let mut totals: BTreeMap<String, (u32, u32, BTreeMap<String, u32>)> = BTreeMap::new();
+    let mut facility_total: (u32, u32, BTreeMap<String, u32>) = Default::default();
+    for enc in &run.encounters {
+        let Some(p) = data.patients.iter().find(|p| p.id == enc.patient) else {
+            continue;
+        };
+        let provider = data
+            .practitioners
+            .iter()
+            .find(|x| x.id == p.billing_practitioner);
+        let provider_name = provider.map(|x| x.name.clone()).unwrap_or_default();
+        let npi = provider.map(|x| x.npi.clone()).unwrap_or_default();
+        let mut programs = programs_of(p, enc);
+        if programs.is_empty() {
+            programs.push(Program::Ccm);
+        }
+        let month_entries: Vec<_> = data
+            .interactions
+            .iter()
+            .filter(|i| i.patient == p.id && enc.evidence.contains(&i.id))
+            .collect();
+        for prog in programs {
+            let consent = p
+                .consents
+                .iter()
+                .filter(|c| c.program == prog)
+                .max_by_key(|c| c.given_on);
+            let codes = codes_of(enc, prog);
+            let minutes = match prog {
+                Program::Ccm => enc.minutes.ccm,
+                Program::Pcm => enc.minutes.pcm,
+                Program::Rpm => enc.minutes.rpm,
+            };
+            let interactive = month_entries
+                .iter()
+                .filter(|i| i.program == prog && i.interactive)
+                .count();
+            let dos = enc
+                .lines
+                .iter()
+                .filter(|l| program_of_code(&l.code) == Some(prog))
+                .map(|l| l.date_of_service)
+                .max();
+            let exceptions: Vec<&str> = enc
+                .exceptions
+                .iter()
+                .filter(|e| {
+                    e.program == ExceptionProgram::from(prog)
+                        || e.program == ExceptionProgram::General
+                })
+                .map(|e| e.reason.as_str())
+                .collect();
+            let plan_updated = p
+                .care_plan
+                .as_ref()
+                .and_then(|c| c.revised_on.iter().max().copied().or(c.established_on));
+            let (devices, setup, days) = match (&p.rpm, prog) {
+                (Some(r), Program::Rpm) => (
+                    r.devices.join(";"),
+                    r.device_setup_on.to_string(),
+                    enc.rpm_periods
+                        .iter()
+                        .map(|x| x.days.to_string())
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                ),
+                _ => Default::default(),
+            };
+            let row = vec![
+                month.clone(),
+                data.facility.name.clone(),
+                provider_name.clone(),
+                npi.clone(),
+                p.id.clone(),
+                p.name.clone(),
+                p.mrn.clone().unwrap_or_default(),
+                p.birth_date.map(|d| d.to_string()).unwrap_or_default(),
+                prog.as_str().to_string(),
+                consent.map(|c| c.given_on.to_string()).unwrap_or_default(),
+                consent.and_then(|c| c.method.clone()).unwrap_or_default(),
+                consent.and_then(|c| c.by.clone()).unwrap_or_default(),
+                p.initiating_visit_on
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                p.conditions
+                    .iter()
+                    .map(|c| c.icd10.as_str())
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                minutes.to_string(),
+                if prog == Program::Ccm {
+                    enc.minutes.ccm_practitioner.to_string()
+                } else {
+                    String::new()
+                },
+                interactive.to_string(),
+                plan_updated.map(|d| d.to_string()).unwrap_or_default(),
+                devices,
+                setup,
+                days,
+                join_codes(&codes),
+                dos.map(|d| d.to_string()).unwrap_or_default(),
+                if codes.is_empty() {
+                    String::new()
+                } else {
+                    data.facility.place_of_service.clone()
+                },
+                if codes.is_empty() {
+                    "not billable".into()
+                } else {
+                    "ready".into()
+                },
+                exceptions.join(" | "),
+            ];
+            w.write_record(&row)?;
+            for t in [
+                totals.entry(provider_name.clone()).or_default(),
+                &mut facility_total,
+            ] {
+                t.0 += 1;
+                t.1 += minutes;
+                for (c, u) in &codes {
+                    *t.2.entry(c.clone()).or_default() += u;
+                }
+            }
+        }
+    }
+    let total_row =
+        |label: String, rows: u32, minutes: u32, codes: &BTreeMap<String, u32>| -> Vec<String> {
+            let mut row = vec![String::new(); COLUMNS.len()];
+            row[0] = month.clone();
+            row[1] = data.facility.name.clone();
+            row[4] = label;
+            row[8] = format!("{rows} patient-programs");
+            row[14] = minutes.to_string();
+            row[21] = join_codes(
+                &codes
+                    .iter()
+                    .map(|(c, u)| (c.clone(), *u))
+                    .collect::<Vec<_>>(),
+            );
+            row
+        };
+    for (provider, (rows, minutes, codes)) in &totals {
+        let mut row = total_row(format!("TOTAL provider {provider}"), *rows, *minutes, codes);
+        row[2] = provider.clone();
+        w.write_record(&row)?;
+    }
+    let (rows, minutes, codes) = &facility_total;
+    w.write_record(total_row("TOTAL facility".into(), *rows, *minutes, codes))?;
+    w.flush()?;
+    Ok(())
+}

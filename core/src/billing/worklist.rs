@@ -1,0 +1,249 @@
+//! The worklist: for the current month, per patient and program, where they stand and what the
+//! next code needs — what a nurse looks at to decide whom to call today.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::rules::RuleSet;
+use super::time::whole_minutes;
+use super::{
+    BillingError, ExceptionKind, ExceptionProgram, Input, bill_patient, month_time, rpm_periods,
+};
+use crate::model::{CcmLane, DataFile, Program};
+use crate::month::Month;
+
+/// One patient × program row of the worklist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorklistItem {
+    pub patient: String,
+    pub program: Program,
+    /// Qualifying minutes so far this month (the lane's minutes for CCM).
+    pub minutes: u32,
+    /// The next code the month can earn, if any is left.
+    pub next_code: Option<String>,
+    /// Minutes still needed for `next_code`.
+    pub minutes_to_next: Option<u32>,
+    /// RPM: the open device period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<OpenPeriod>,
+    /// Requirements that block billing whatever the minutes (consent, conditions, …).
+    pub blocked_by: Vec<String>,
+}
+
+/// The RPM device period that contains the as-of date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenPeriod {
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    /// Days with device readings so far.
+    pub reading_days: u32,
+    /// Days left in the period after the as-of date.
+    pub days_left: u32,
+    /// Reading days still needed for 99454 (0 when reached).
+    pub days_to_99454: u32,
+    /// Whether 16 days can still be reached if a reading comes every remaining day (today included
+    /// when today has none yet).
+    pub can_reach_99454: bool,
+}
+
+/// The next threshold in a base + add-on ladder: (code, minutes at which it is reached).
+fn next_step(
+    minutes: u32,
+    base: (&str, u32),
+    addon: (&str, u32, Option<u32>),
+) -> Option<(String, u32)> {
+    let (base_code, threshold) = base;
+    let (addon_code, block, cap) = addon;
+    if minutes < threshold {
+        return Some((base_code.to_string(), threshold));
+    }
+    let units = (minutes - threshold) / block;
+    if cap.is_some_and(|c| units >= c) {
+        return None;
+    }
+    Some((addon_code.to_string(), threshold + (units + 1) * block))
+}
+
+/// The worklist for the month containing `as_of`, counting entries up to and including that day.
+pub fn worklist(
+    data: &DataFile,
+    as_of: NaiveDate,
+    rules: &RuleSet,
+) -> Result<Vec<WorklistItem>, BillingError> {
+    let input = Input::new(data)?;
+    let month = Month::of(as_of);
+    let mut out = Vec::new();
+    for p in &data.patients {
+        if p.died_on.is_some_and(|d| d < as_of) {
+            continue;
+        }
+        let enc = bill_patient(&input, p, month, rules);
+        let t = month_time(&input, p, month, as_of, rules);
+        let blocked = |program: ExceptionProgram| -> Vec<String> {
+            enc.exceptions
+                .iter()
+                .filter(|e| e.program == program && e.kind == ExceptionKind::Requirement)
+                .map(|e| e.reason.clone())
+                .collect()
+        };
+        let secs = |prog: Program| t.seconds.get(&prog).copied().unwrap_or(0);
+        let own = |prog: Program| t.practitioner_seconds.get(&prog).copied().unwrap_or(0);
+        let has =
+            |prog: Program| p.consents.iter().any(|c| c.program == prog) || t.any.contains(&prog);
+
+        if has(Program::Ccm) {
+            let (minutes, step) = match p.ccm_lane.get(&month) {
+                Some(CcmLane::Practitioner) => {
+                    let m = whole_minutes(own(Program::Ccm));
+                    (
+                        m,
+                        next_step(
+                            m,
+                            ("99491", rules.ccm_practitioner_threshold),
+                            (
+                                "99437",
+                                rules.ccm_practitioner_addon_block,
+                                rules.ccm_practitioner_addon_cap,
+                            ),
+                        ),
+                    )
+                }
+                Some(CcmLane::Complex) => {
+                    let m = whole_minutes(secs(Program::Ccm));
+                    (
+                        m,
+                        next_step(
+                            m,
+                            ("99487", rules.ccm_complex_threshold),
+                            (
+                                "99489",
+                                rules.ccm_complex_addon_block,
+                                rules.ccm_complex_addon_cap,
+                            ),
+                        ),
+                    )
+                }
+                _ => {
+                    let m = whole_minutes(secs(Program::Ccm));
+                    (
+                        m,
+                        next_step(
+                            m,
+                            ("99490", rules.ccm_standard_threshold),
+                            (
+                                "99439",
+                                rules.ccm_standard_addon_block,
+                                rules.ccm_standard_addon_cap,
+                            ),
+                        ),
+                    )
+                }
+            };
+            out.push(item(
+                &p.id,
+                Program::Ccm,
+                minutes,
+                step,
+                None,
+                blocked(ExceptionProgram::Ccm),
+            ));
+        }
+        if p.pcm_condition.is_some() || has(Program::Pcm) {
+            let m = whole_minutes(secs(Program::Pcm) - own(Program::Pcm));
+            let step = next_step(
+                m,
+                ("99426", rules.pcm_threshold),
+                ("99427", rules.pcm_addon_block, rules.pcm_staff_addon_cap),
+            );
+            out.push(item(
+                &p.id,
+                Program::Pcm,
+                m,
+                step,
+                None,
+                blocked(ExceptionProgram::Pcm),
+            ));
+        }
+        if p.rpm.is_some() || has(Program::Rpm) {
+            let m = whole_minutes(secs(Program::Rpm));
+            let step = if m < rules.rpm_mgmt_99470_threshold {
+                Some(("99470".to_string(), rules.rpm_mgmt_99470_threshold))
+            } else {
+                next_step(
+                    m,
+                    ("99457", rules.rpm_mgmt_99457_threshold),
+                    (
+                        "99458",
+                        rules.rpm_mgmt_addon_block,
+                        rules.rpm_mgmt_addon_cap,
+                    ),
+                )
+            };
+            let period = rpm_periods(&input, p, as_of, rules)
+                .into_iter()
+                .find(|pd| pd.start <= as_of && as_of <= pd.end)
+                .map(|pd| {
+                    let so_far = pd.days.iter().filter(|d| **d <= as_of).count() as u32;
+                    let days_left = (pd.last - as_of).num_days().max(0) as u32;
+                    let today_open = u32::from(!pd.days.contains(&as_of) && as_of <= pd.last);
+                    let to_16 = rules.rpm_min_days_99454.saturating_sub(so_far);
+                    OpenPeriod {
+                        start: pd.start,
+                        end: pd.end,
+                        reading_days: so_far,
+                        days_left,
+                        days_to_99454: to_16,
+                        can_reach_99454: to_16 <= days_left + today_open,
+                    }
+                });
+            out.push(item(
+                &p.id,
+                Program::Rpm,
+                m,
+                step,
+                period,
+                blocked(ExceptionProgram::Rpm),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn item(
+    patient: &str,
+    program: Program,
+    minutes: u32,
+    step: Option<(String, u32)>,
+    period: Option<OpenPeriod>,
+    blocked_by: Vec<String>,
+) -> WorklistItem {
+    WorklistItem {
+        patient: patient.to_string(),
+        program,
+        minutes,
+        minutes_to_next: step.as_ref().map(|(_, at)| at.saturating_sub(minutes)),
+        next_code: step.map(|(code, _)| code),
+        period,
+        blocked_by,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ladder_steps() {
+        let add = ("99439", 20, Some(2));
+        assert_eq!(next_step(0, ("99490", 20), add), Some(("99490".into(), 20)));
+        assert_eq!(
+            next_step(25, ("99490", 20), add),
+            Some(("99439".into(), 40))
+        );
+        assert_eq!(
+            next_step(45, ("99490", 20), add),
+            Some(("99439".into(), 60))
+        );
+        assert_eq!(next_step(60, ("99490", 20), add), None);
+    }
+}
