@@ -125,12 +125,7 @@ fn consent_covers_month(c: &Consent, month: Month, revocation: Revocation) -> bo
     }
 }
 
-fn consent_for<'p>(
-    p: &'p Patient,
-    program: Program,
-    month: Month,
-    rev: Revocation,
-) -> Option<&'p Consent> {
+fn consent_for(p: &Patient, program: Program, month: Month, rev: Revocation) -> Option<&Consent> {
     p.consents
         .iter()
         .filter(|c| c.program == program)
@@ -364,14 +359,11 @@ fn bill_ccm(
             rules.ccm_min_chronic_conditions
         ));
     }
-    if !p.initiating_visit_on.is_some_and(|d| d <= last) {
+    if p.initiating_visit_on.is_none_or(|d| d > last) {
         missing.push("no initiating visit on file".to_string());
     }
     let plan = p.care_plan.as_ref();
-    if !plan
-        .and_then(|c| c.established_on)
-        .is_some_and(|d| d <= last)
-    {
+    if plan.and_then(|c| c.established_on).is_none_or(|d| d > last) {
         missing.push("no care plan established".to_string());
     }
     if !missing.is_empty() {
@@ -407,10 +399,6 @@ fn bill_ccm(
                     rules.ccm_standard_threshold,
                     rules.ccm_standard_addon_block,
                     rules.ccm_standard_addon_cap,
-                )
-                .min(
-                    // +99439 is reached only at each full block beyond the threshold.
-                    u32::MAX,
                 );
                 r.lines
                     .extend(lm.with_addon("99490", "99439", units, &dx, ev));
@@ -643,7 +631,7 @@ fn bill_rpm(
     let enrolled = p.rpm.is_some()
         || p.consents.iter().any(|c| c.program == Program::Rpm)
         || t.any.contains(&Program::Rpm)
-        || has_readings && p.rpm.is_some();
+        || has_readings;
     if !enrolled {
         return (r, periods_out);
     }
@@ -651,7 +639,7 @@ fn bill_rpm(
         r.exceptions.push(Exception::new(
             Program::Rpm,
             ExceptionKind::Requirement,
-            "RPM time logged but no RPM device set-up on file",
+            "RPM time or readings logged but no RPM device set-up on file",
         ));
         return (r, periods_out);
     };
