@@ -6,6 +6,9 @@ use rounds_core::billing::{BillingRun, Encounter, RuleSet, bill};
 use rounds_core::*;
 use uuid::Uuid;
 
+/// Expected (code, units) lines.
+type Codes = &'static [(&'static str, u32)];
+
 fn date(s: &str) -> NaiveDate {
     s.parse().expect("date")
 }
@@ -46,9 +49,18 @@ fn base() -> DataFile {
         mrn: Some("1".into()),
         billing_practitioner: "dr".into(),
         conditions: vec![
-            Condition { icd10: "I10".into(), chronic: true },
-            Condition { icd10: "J06.9".into(), chronic: false },
-            Condition { icd10: "E11.9".into(), chronic: true },
+            Condition {
+                icd10: "I10".into(),
+                chronic: true,
+            },
+            Condition {
+                icd10: "J06.9".into(),
+                chronic: false,
+            },
+            Condition {
+                icd10: "E11.9".into(),
+                chronic: true,
+            },
         ],
         consents: vec![Consent {
             id: None,
@@ -84,10 +96,24 @@ fn id() -> Uuid {
 /// An interaction on a November day (EST), `start` "HH:MM:SS", lasting `secs`.
 fn ix(d: &mut DataFile, day: u32, start: &str, secs: i64, who: &str, program: Program) -> Uuid {
     let s = ts(&format!("2026-11-{day:02}T{start}-05:00"));
-    ix_at(d, s, s + chrono::Duration::seconds(secs), who, program, true)
+    ix_at(
+        d,
+        s,
+        s + chrono::Duration::seconds(secs),
+        who,
+        program,
+        true,
+    )
 }
 
-fn ix_at(d: &mut DataFile, s: DateTime<FixedOffset>, e: DateTime<FixedOffset>, who: &str, program: Program, interactive: bool) -> Uuid {
+fn ix_at(
+    d: &mut DataFile,
+    s: DateTime<FixedOffset>,
+    e: DateTime<FixedOffset>,
+    who: &str,
+    program: Program,
+    interactive: bool,
+) -> Uuid {
     let i = id();
     d.interactions.push(Interaction {
         id: i,
@@ -131,7 +157,11 @@ fn reading_days(d: &mut DataFile, from: &str, days: i64) {
     let start = date(from);
     for k in 0..days {
         let day = start + chrono::Duration::days(k);
-        let offset = if day < date("2026-11-01") && day > date("2026-03-08") { "-04:00" } else { "-05:00" };
+        let offset = if day < date("2026-11-01") && day > date("2026-03-08") {
+            "-04:00"
+        } else {
+            "-05:00"
+        };
         reading(d, &format!("{day}T09:00:00{offset}"), ReadingSource::Device);
     }
 }
@@ -153,7 +183,11 @@ fn enrol_rpm(d: &mut DataFile, setup: &str) {
 }
 
 fn run(d: &DataFile, month: &str) -> BillingRun {
-    assert!(validate::validate(d).is_empty(), "{:?}", validate::validate(d));
+    assert!(
+        validate::validate(d).is_empty(),
+        "{:?}",
+        validate::validate(d)
+    );
     bill(d, month.parse().unwrap(), &RuleSet::default()).unwrap()
 }
 
@@ -176,7 +210,14 @@ fn has_exception(e: &Encounter, needle: &str) -> bool {
 fn r01_entry_crossing_midnight_into_the_month_is_split() {
     let mut d = base();
     // 23:50 EDT Oct 31 → 00:25 EDT Nov 1: 10 min in October, 25 min in November.
-    ix_at(&mut d, ts("2026-10-31T23:50:00-04:00"), ts("2026-11-01T00:25:00-04:00"), "rn", Program::Ccm, true);
+    ix_at(
+        &mut d,
+        ts("2026-10-31T23:50:00-04:00"),
+        ts("2026-11-01T00:25:00-04:00"),
+        "rn",
+        Program::Ccm,
+        true,
+    );
     let nov = enc(&d, "2026-11");
     assert_eq!(nov.minutes.ccm, 25);
     assert_eq!(codes(&nov), vec![("99490", 1)]);
@@ -190,7 +231,14 @@ fn r01_entry_crossing_midnight_into_the_month_is_split() {
 fn r01_dst_change_inside_an_entry_counts_real_time() {
     let mut d = base();
     // 01:50 EDT → 01:10 EST on Nov 1 2026 is 20 real minutes (local clock says −40).
-    ix_at(&mut d, ts("2026-11-01T01:50:00-04:00"), ts("2026-11-01T01:10:00-05:00"), "rn", Program::Ccm, true);
+    ix_at(
+        &mut d,
+        ts("2026-11-01T01:50:00-04:00"),
+        ts("2026-11-01T01:10:00-05:00"),
+        "rn",
+        Program::Ccm,
+        true,
+    );
     let e = enc(&d, "2026-11");
     assert_eq!(e.minutes.ccm, 20);
     assert_eq!(codes(&e), vec![("99490", 1)]);
@@ -200,7 +248,14 @@ fn r01_dst_change_inside_an_entry_counts_real_time() {
 fn r01_days_are_local_to_the_facility_zone() {
     let mut d = base();
     // 03:00Z on Dec 1 is 22:00 on Nov 30 in New York: November time.
-    ix_at(&mut d, ts("2026-12-01T03:00:00Z"), ts("2026-12-01T03:21:00Z"), "rn", Program::Ccm, true);
+    ix_at(
+        &mut d,
+        ts("2026-12-01T03:00:00Z"),
+        ts("2026-12-01T03:21:00Z"),
+        "rn",
+        Program::Ccm,
+        true,
+    );
     assert_eq!(enc(&d, "2026-11").minutes.ccm, 21);
     assert_eq!(enc(&d, "2026-12").minutes.ccm, 0);
 }
@@ -257,7 +312,10 @@ fn r03_staff_not_counted_for_billing_is_reported_not_billed() {
     let e = enc(&d, "2026-11");
     assert_eq!(e.minutes.ccm, 15);
     assert!(codes(&e).is_empty());
-    assert!(has_exception(&e, "15 min of CCM time not counted: aide is not counted for billing"));
+    assert!(has_exception(
+        &e,
+        "15 min of CCM time not counted: aide is not counted for billing"
+    ));
 }
 
 #[test]
@@ -275,7 +333,10 @@ fn r03_time_inside_a_part_a_stay_does_not_count() {
     let e = enc(&d, "2026-11");
     assert_eq!(e.minutes.ccm, 21);
     assert_eq!(codes(&e), vec![("99490", 1)]);
-    assert!(has_exception(&e, "60 min of CCM time not counted: inside the Part A stay 2026-11-05 to 2026-11-12"));
+    assert!(has_exception(
+        &e,
+        "60 min of CCM time not counted: inside the Part A stay 2026-11-05 to 2026-11-12"
+    ));
 }
 
 #[test]
@@ -287,7 +348,10 @@ fn r03_practitioner_time_counts_and_time_after_death_does_not() {
     ix(&mut d, 19, "10:00:00", 30 * 60, "rn", Program::Ccm);
     let e = enc(&d, "2026-11");
     assert_eq!(e.minutes.ccm, 20);
-    assert!(has_exception(&e, "30 min of CCM time not counted: after the date of death 2026-11-18"));
+    assert!(has_exception(
+        &e,
+        "30 min of CCM time not counted: after the date of death 2026-11-18"
+    ));
     // §12.14: date of service is the date of death.
     assert_eq!(e.lines[0].date_of_service, date("2026-11-18"));
 }
@@ -298,13 +362,41 @@ fn r03_practitioner_time_counts_and_time_after_death_does_not() {
 fn ccm_requirements_each_block_billing_with_a_reason() {
     type Edit = fn(&mut Patient);
     let cases: &[(&str, Edit, &str)] = &[
-        ("no consent", |p| p.consents.clear(), "no CCM consent on file"),
-        ("consent after month", |p| p.consents[0].given_on = date("2026-12-01"), "no CCM consent in effect"),
-        ("revoked before month", |p| p.consents[0].revoked_on = Some(date("2026-10-31")), "no CCM consent in effect"),
-        ("one chronic condition", |p| p.conditions[2].chronic = false, "CCM needs 2 chronic conditions, 1 on file"),
-        ("no initiating visit", |p| p.initiating_visit_on = None, "no initiating visit"),
-        ("visit after month", |p| p.initiating_visit_on = Some(date("2026-12-02")), "no initiating visit"),
-        ("no care plan", |p| p.care_plan = None, "no care plan established"),
+        (
+            "no consent",
+            |p| p.consents.clear(),
+            "no CCM consent on file",
+        ),
+        (
+            "consent after month",
+            |p| p.consents[0].given_on = date("2026-12-01"),
+            "no CCM consent in effect",
+        ),
+        (
+            "revoked before month",
+            |p| p.consents[0].revoked_on = Some(date("2026-10-31")),
+            "no CCM consent in effect",
+        ),
+        (
+            "one chronic condition",
+            |p| p.conditions[2].chronic = false,
+            "CCM needs 2 chronic conditions, 1 on file",
+        ),
+        (
+            "no initiating visit",
+            |p| p.initiating_visit_on = None,
+            "no initiating visit",
+        ),
+        (
+            "visit after month",
+            |p| p.initiating_visit_on = Some(date("2026-12-02")),
+            "no initiating visit",
+        ),
+        (
+            "no care plan",
+            |p| p.care_plan = None,
+            "no care plan established",
+        ),
     ];
     for (name, edit, reason) in cases {
         let mut d = base();
@@ -324,7 +416,14 @@ fn ccm_consent_revoked_mid_month_still_bills_that_month_only() {
     assert_eq!(codes(&enc(&d, "2026-11")), vec![("99490", 1)]);
     let mut dec = d.clone();
     dec.interactions.clear();
-    ix_at(&mut dec, ts("2026-12-03T10:00:00-05:00"), ts("2026-12-03T10:30:00-05:00"), "rn", Program::Ccm, true);
+    ix_at(
+        &mut dec,
+        ts("2026-12-03T10:00:00-05:00"),
+        ts("2026-12-03T10:30:00-05:00"),
+        "rn",
+        Program::Ccm,
+        true,
+    );
     let e = enc(&dec, "2026-12");
     assert!(codes(&e).is_empty());
     assert!(has_exception(&e, "no CCM consent in effect"));
@@ -355,16 +454,23 @@ fn r04_lane_selection() {
 #[test]
 fn r04_lane_override() {
     let mut d = base();
-    d.patients[0].ccm_lane.insert("2026-11".parse().unwrap(), CcmLane::Complex);
+    d.patients[0]
+        .ccm_lane
+        .insert("2026-11".parse().unwrap(), CcmLane::Complex);
     ccm(&mut d, 45, "rn");
     let e = enc(&d, "2026-11");
     assert!(codes(&e).is_empty());
-    assert!(has_exception(&e, "complex CCM needs 15 more minutes for 99487"));
+    assert!(has_exception(
+        &e,
+        "complex CCM needs 15 more minutes for 99487"
+    ));
     // Override to standard wins over a qualifying complex month.
     let mut s = base();
     s.patients[0].complex_ccm_months = vec!["2026-11".parse().unwrap()];
     s.patients[0].care_plan.as_mut().unwrap().revised_on = vec![date("2026-11-03")];
-    s.patients[0].ccm_lane.insert("2026-11".parse().unwrap(), CcmLane::Standard);
+    s.patients[0]
+        .ccm_lane
+        .insert("2026-11".parse().unwrap(), CcmLane::Standard);
     ccm(&mut s, 95, "rn");
     assert_eq!(codes(&enc(&s, "2026-11")), vec![("99439", 2), ("99490", 1)]);
 }
@@ -373,7 +479,7 @@ fn r04_lane_override() {
 
 #[test]
 fn r05_standard_ladder_and_cap() {
-    let table: &[(i64, &[(&str, u32)])] = &[
+    let table: &[(i64, Codes)] = &[
         (19, &[]),
         (20, &[("99490", 1)]),
         (39, &[("99490", 1)]),
@@ -393,7 +499,7 @@ fn r05_standard_ladder_and_cap() {
 
 #[test]
 fn r06_complex_ladder() {
-    let table: &[(i64, &[(&str, u32)])] = &[
+    let table: &[(i64, Codes)] = &[
         (59, &[]),
         (60, &[("99487", 1)]),
         (89, &[("99487", 1)]),
@@ -402,7 +508,9 @@ fn r06_complex_ladder() {
     ];
     for (minutes, want) in table {
         let mut d = base();
-        d.patients[0].ccm_lane.insert("2026-11".parse().unwrap(), CcmLane::Complex);
+        d.patients[0]
+            .ccm_lane
+            .insert("2026-11".parse().unwrap(), CcmLane::Complex);
         ccm(&mut d, *minutes, "rn");
         assert_eq!(codes(&enc(&d, "2026-11")), want.to_vec(), "{minutes} min");
     }
@@ -412,7 +520,7 @@ fn r06_complex_ladder() {
 
 #[test]
 fn r07_practitioner_lane_counts_only_the_billing_practitioners_time() {
-    let table: &[(i64, &[(&str, u32)])] = &[
+    let table: &[(i64, Codes)] = &[
         (29, &[]),
         (30, &[("99491", 1)]),
         (59, &[("99491", 1)]),
@@ -421,7 +529,9 @@ fn r07_practitioner_lane_counts_only_the_billing_practitioners_time() {
     ];
     for (minutes, want) in table {
         let mut d = base();
-        d.patients[0].ccm_lane.insert("2026-11".parse().unwrap(), CcmLane::Practitioner);
+        d.patients[0]
+            .ccm_lane
+            .insert("2026-11".parse().unwrap(), CcmLane::Practitioner);
         ix(&mut d, 3, "10:00:00", minutes * 60, "dr", Program::Ccm);
         ix(&mut d, 4, "10:00:00", 40 * 60, "rn", Program::Ccm); // staff time: not in this lane
         ix(&mut d, 5, "10:00:00", 40 * 60, "dr2", Program::Ccm); // another practitioner: not P
@@ -460,7 +570,7 @@ fn pcm_patient() -> DataFile {
 
 #[test]
 fn pcm_staff_and_practitioner_ladders() {
-    let table: &[(&str, i64, &[(&str, u32)])] = &[
+    let table: &[(&str, i64, Codes)] = &[
         ("rn", 29, &[]),
         ("rn", 30, &[("99426", 1)]),
         ("rn", 60, &[("99426", 1), ("99427", 1)]),
@@ -482,12 +592,17 @@ fn pcm_staff_and_practitioner_ladders() {
 #[test]
 fn pcm_and_ccm_by_the_same_practitioner_bill_neither() {
     let mut d = pcm_patient();
-    d.patients[0].consents.push(base().patients[0].consents[0].clone());
+    d.patients[0]
+        .consents
+        .push(base().patients[0].consents[0].clone());
     ix(&mut d, 3, "10:00:00", 35 * 60, "rn", Program::Pcm);
     ix(&mut d, 4, "10:00:00", 25 * 60, "rn", Program::Ccm);
     let e = enc(&d, "2026-11");
     assert!(codes(&e).is_empty(), "{:?}", codes(&e));
-    assert!(has_exception(&e, "CCM and PCM by the same billing practitioner"));
+    assert!(has_exception(
+        &e,
+        "CCM and PCM by the same billing practitioner"
+    ));
 }
 
 // §12.9–11 RPM device ---------------------------------------------------------------------------
@@ -500,25 +615,47 @@ fn r09_periods_are_30_days_from_setup_and_billed_in_the_month_they_end() {
     reading_days(&mut d, "2026-10-20", 60); // every day of two periods
     let e = enc(&d, "2026-11");
     assert_eq!(e.rpm_periods.len(), 1);
-    assert_eq!((e.rpm_periods[0].start, e.rpm_periods[0].end, e.rpm_periods[0].days), (date("2026-10-20"), date("2026-11-18"), 30));
+    assert_eq!(
+        (
+            e.rpm_periods[0].start,
+            e.rpm_periods[0].end,
+            e.rpm_periods[0].days
+        ),
+        (date("2026-10-20"), date("2026-11-18"), 30)
+    );
     let dev: Vec<_> = e.lines.iter().filter(|l| l.code == "99454").collect();
     assert_eq!(dev.len(), 1);
     assert_eq!(dev[0].date_of_service, date("2026-11-18"));
     // The next period (Nov 19 – Dec 18) is billed in December.
     let dec = enc(&d, "2026-12");
     assert_eq!(dec.rpm_periods[0].start, date("2026-11-19"));
-    assert!(dec.lines.iter().any(|l| l.code == "99454" && l.date_of_service == date("2026-12-18")));
+    assert!(
+        dec.lines
+            .iter()
+            .any(|l| l.code == "99454" && l.date_of_service == date("2026-12-18"))
+    );
 }
 
 #[test]
 fn r10_reading_day_thresholds_99445_vs_99454() {
-    for (days, want) in [(0, None), (1, None), (2, Some("99445")), (15, Some("99445")), (16, Some("99454")), (30, Some("99454"))] {
+    for (days, want) in [
+        (0, None),
+        (1, None),
+        (2, Some("99445")),
+        (15, Some("99445")),
+        (16, Some("99454")),
+        (30, Some("99454")),
+    ] {
         let mut d = base();
         d.patients[0].consents.clear();
         enrol_rpm(&mut d, "2026-10-20");
         reading_days(&mut d, "2026-10-20", days);
         let e = enc(&d, "2026-11");
-        let got = e.lines.iter().find(|l| l.code == "99445" || l.code == "99454").map(|l| l.code.as_str());
+        let got = e
+            .lines
+            .iter()
+            .find(|l| l.code == "99445" || l.code == "99454")
+            .map(|l| l.code.as_str());
         assert_eq!(got, want, "{days} days");
         assert_eq!(e.rpm_periods[0].days, days as u32);
         // 99445 and 99454 never together.
@@ -534,10 +671,18 @@ fn r10_manual_readings_and_repeat_readings_do_not_add_days() {
     reading_days(&mut d, "2026-11-01", 15);
     // Three more readings on Nov 2 (already a day), and manual readings on 5 new days.
     for h in ["10", "14", "20"] {
-        reading(&mut d, &format!("2026-11-02T{h}:00:00-05:00"), ReadingSource::Device);
+        reading(
+            &mut d,
+            &format!("2026-11-02T{h}:00:00-05:00"),
+            ReadingSource::Device,
+        );
     }
     for day in 20..25 {
-        reading(&mut d, &format!("2026-10-{day}T09:00:00-04:00"), ReadingSource::Manual);
+        reading(
+            &mut d,
+            &format!("2026-10-{day}T09:00:00-04:00"),
+            ReadingSource::Manual,
+        );
     }
     let e = enc(&d, "2026-11");
     assert_eq!(e.rpm_periods[0].days, 15);
@@ -575,7 +720,11 @@ fn r11_99453_once_on_the_first_earning_period() {
     let oct = enc(&d, "2026-10");
     assert!(!codes(&oct).iter().any(|(c, _)| *c == "99453"));
     let nov = enc(&d, "2026-11");
-    let setup = nov.lines.iter().find(|l| l.code == "99453").expect("99453 in November");
+    let setup = nov
+        .lines
+        .iter()
+        .find(|l| l.code == "99453")
+        .expect("99453 in November");
     assert_eq!(setup.date_of_service, date("2026-09-20"));
     let dec = enc(&d, "2026-12");
     assert!(codes(&dec).contains(&("99445", 1)));
@@ -593,7 +742,10 @@ fn rpm_requires_consent_and_revocation_stops_counting_on_its_date() {
     // Days Oct 20–31 count (12); the period is cut at Oct 31, so it is billed in October.
     assert!(e.rpm_periods.is_empty());
     let oct = enc(&d, "2026-10");
-    assert_eq!((oct.rpm_periods[0].end, oct.rpm_periods[0].days), (date("2026-10-31"), 12));
+    assert_eq!(
+        (oct.rpm_periods[0].end, oct.rpm_periods[0].days),
+        (date("2026-10-31"), 12)
+    );
     assert!(codes(&oct).contains(&("99445", 1)));
     let mut none = base();
     none.patients[0].consents.clear();
@@ -609,7 +761,7 @@ fn rpm_requires_consent_and_revocation_stops_counting_on_its_date() {
 
 #[test]
 fn r12_management_ladder_99470_vs_99457_and_99458() {
-    let table: &[(i64, &[(&str, u32)])] = &[
+    let table: &[(i64, Codes)] = &[
         (9, &[]),
         (10, &[("99470", 1)]),
         (19, &[("99470", 1)]),
@@ -634,12 +786,26 @@ fn r12_management_needs_an_interactive_communication() {
     let mut d = base();
     d.patients[0].consents.clear();
     enrol_rpm(&mut d, "2026-11-20");
-    ix_at(&mut d, ts("2026-11-03T10:00:00-05:00"), ts("2026-11-03T10:25:00-05:00"), "rn", Program::Rpm, false);
+    ix_at(
+        &mut d,
+        ts("2026-11-03T10:00:00-05:00"),
+        ts("2026-11-03T10:25:00-05:00"),
+        "rn",
+        Program::Rpm,
+        false,
+    );
     let e = enc(&d, "2026-11");
     assert!(codes(&e).is_empty());
     assert!(has_exception(&e, "no interactive communication"));
     // One short interactive call makes the whole month's time billable.
-    ix_at(&mut d, ts("2026-11-04T10:00:00-05:00"), ts("2026-11-04T10:02:00-05:00"), "rn", Program::Rpm, true);
+    ix_at(
+        &mut d,
+        ts("2026-11-04T10:00:00-05:00"),
+        ts("2026-11-04T10:02:00-05:00"),
+        "rn",
+        Program::Rpm,
+        true,
+    );
     assert_eq!(codes(&enc(&d, "2026-11")), vec![("99457", 1)]);
 }
 
@@ -671,7 +837,13 @@ fn r14_r15_date_of_service_place_and_npi() {
     d.patients[0].billing_practitioner = "dr2".into();
     d.facility.place_of_service = "11".into();
     let e = enc(&d, "2026-11");
-    assert_eq!((e.lines[0].place_of_service.as_str(), e.lines[0].rendering_npi.as_str()), ("11", "1245319599"));
+    assert_eq!(
+        (
+            e.lines[0].place_of_service.as_str(),
+            e.lines[0].rendering_npi.as_str()
+        ),
+        ("11", "1245319599")
+    );
     // Died before the month: nothing, with a reason.
     d.patients[0].died_on = Some(date("2026-10-30"));
     let e = enc(&d, "2026-11");
@@ -683,7 +855,14 @@ fn r14_r15_date_of_service_place_and_npi() {
 
 #[test]
 fn r16_add_ons_never_without_their_base_and_one_lane() {
-    let pairs = [("99439", "99490"), ("99489", "99487"), ("99437", "99491"), ("99458", "99457"), ("99427", "99426"), ("99425", "99424")];
+    let pairs = [
+        ("99439", "99490"),
+        ("99489", "99487"),
+        ("99437", "99491"),
+        ("99458", "99457"),
+        ("99427", "99426"),
+        ("99425", "99424"),
+    ];
     for minutes in (0..=130).step_by(5) {
         for lane in [None, Some(CcmLane::Complex), Some(CcmLane::Practitioner)] {
             let mut d = base();
@@ -699,7 +878,10 @@ fn r16_add_ons_never_without_their_base_and_one_lane() {
             for (addon, base_code) in pairs {
                 assert!(!c.contains(&addon) || c.contains(&base_code), "{c:?}");
             }
-            let lanes = ["99490", "99487", "99491"].iter().filter(|x| c.contains(x)).count();
+            let lanes = ["99490", "99487", "99491"]
+                .iter()
+                .filter(|x| c.contains(x))
+                .count();
             assert!(lanes <= 1, "{c:?}");
             assert!(!(c.contains(&"99470") && c.contains(&"99457")), "{c:?}");
         }

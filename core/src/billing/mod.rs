@@ -320,6 +320,26 @@ fn needs(program: Program, more: u32, code: &str, what: &str) -> Exception {
     )
 }
 
+/// §12.4: the override when given; complex when the month is a complex month, the care plan was
+/// established or revised in it and CCM minutes reach the complex threshold; else standard.
+pub fn ccm_lane(p: &Patient, month: Month, ccm_minutes: u32, rules: &RuleSet) -> CcmLane {
+    if let Some(l) = p.ccm_lane.get(&month) {
+        return *l;
+    }
+    let plan_touched = p.care_plan.as_ref().is_some_and(|c| {
+        c.established_on.is_some_and(|d| month.contains(d))
+            || c.revised_on.iter().any(|d| month.contains(*d))
+    });
+    if p.complex_ccm_months.contains(&month)
+        && plan_touched
+        && ccm_minutes >= rules.ccm_complex_threshold
+    {
+        CcmLane::Complex
+    } else {
+        CcmLane::Standard
+    }
+}
+
 /// CCM: requirements, lane (§12.4), and the lane's codes (§12.5–8).
 fn bill_ccm(
     p: &Patient,
@@ -374,20 +394,7 @@ fn bill_ccm(
         );
         return r;
     }
-    let plan_touched = plan.is_some_and(|c| {
-        c.established_on.is_some_and(|d| month.contains(d))
-            || c.revised_on.iter().any(|d| month.contains(*d))
-    });
-    let lane = match p.ccm_lane.get(&month) {
-        Some(l) => *l,
-        None if p.complex_ccm_months.contains(&month)
-            && plan_touched
-            && s >= rules.ccm_complex_threshold =>
-        {
-            CcmLane::Complex
-        }
-        None => CcmLane::Standard,
-    };
+    let lane = ccm_lane(p, month, s, rules);
     let dx = chronic_diagnoses(p);
     let empty = BTreeSet::new();
     let ev = t.evidence.get(&Program::Ccm).unwrap_or(&empty);

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::rules::RuleSet;
 use super::time::whole_minutes;
 use super::{
-    BillingError, ExceptionKind, ExceptionProgram, Input, bill_patient, month_time, rpm_periods,
+    BillingError, ExceptionKind, ExceptionProgram, Input, bill_patient, ccm_lane, month_time,
+    rpm_periods,
 };
 use crate::model::{CcmLane, DataFile, Program};
 use crate::month::Month;
@@ -92,8 +93,9 @@ pub fn worklist(
             |prog: Program| p.consents.iter().any(|c| c.program == prog) || t.any.contains(&prog);
 
         if has(Program::Ccm) {
-            let (minutes, step) = match p.ccm_lane.get(&month) {
-                Some(CcmLane::Practitioner) => {
+            let all = whole_minutes(secs(Program::Ccm));
+            let (minutes, step) = match ccm_lane(p, month, all, rules) {
+                CcmLane::Practitioner => {
                     let m = whole_minutes(own(Program::Ccm));
                     (
                         m,
@@ -108,7 +110,7 @@ pub fn worklist(
                         ),
                     )
                 }
-                Some(CcmLane::Complex) => {
+                CcmLane::Complex => {
                     let m = whole_minutes(secs(Program::Ccm));
                     (
                         m,
@@ -123,8 +125,8 @@ pub fn worklist(
                         ),
                     )
                 }
-                _ => {
-                    let m = whole_minutes(secs(Program::Ccm));
+                CcmLane::Standard => {
+                    let m = all;
                     (
                         m,
                         next_step(
