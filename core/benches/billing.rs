@@ -33,11 +33,21 @@ fn data(patients: usize) -> DataFile {
         timezone: "America/New_York".into(),
         place_of_service: "32".into(),
     });
-    d.practitioners.push(Practitioner { id: "dr".into(), name: "Dr".into(), npi: "1234567893".into() });
+    d.practitioners.push(Practitioner {
+        id: "dr".into(),
+        name: "Dr".into(),
+        npi: "1234567893".into(),
+    });
     for s in ["rn1", "rn2", "rn3", "aide"] {
-        d.staff.push(Staff { id: s.into(), name: s.into(), role: StaffRole::Clinical, counts_for_billing: s != "aide" });
+        d.staff.push(Staff {
+            id: s.into(),
+            name: s.into(),
+            role: StaffRole::Clinical,
+            counts_for_billing: s != "aide",
+        });
     }
-    let month_start: DateTime<FixedOffset> = DateTime::parse_from_rfc3339("2026-11-01T08:00:00-05:00").unwrap();
+    let month_start: DateTime<FixedOffset> =
+        DateTime::parse_from_rfc3339("2026-11-01T08:00:00-05:00").unwrap();
     let mut n: u128 = 0;
     let mut next_id = || {
         n += 1;
@@ -55,7 +65,10 @@ fn data(patients: usize) -> DataFile {
             revoked_on: None,
         }];
         if rpm {
-            consents.push(Consent { program: Program::Rpm, ..consents[0].clone() });
+            consents.push(Consent {
+                program: Program::Rpm,
+                ..consents[0].clone()
+            });
         }
         d.patients.push(Patient {
             id: id.clone(),
@@ -64,28 +77,47 @@ fn data(patients: usize) -> DataFile {
             mrn: None,
             billing_practitioner: "dr".into(),
             conditions: vec![
-                Condition { icd10: "I10".into(), chronic: true },
-                Condition { icd10: "E11.9".into(), chronic: true },
+                Condition {
+                    icd10: "I10".into(),
+                    chronic: true,
+                },
+                Condition {
+                    icd10: "E11.9".into(),
+                    chronic: true,
+                },
             ],
             consents,
             initiating_visit_on: NaiveDate::from_ymd_opt(2026, 1, 10),
-            care_plan: Some(CarePlan { established_on: NaiveDate::from_ymd_opt(2026, 1, 12), revised_on: vec![], text: None }),
+            care_plan: Some(CarePlan {
+                established_on: NaiveDate::from_ymd_opt(2026, 1, 12),
+                revised_on: vec![],
+                text: None,
+            }),
             complex_ccm_months: vec![],
             ccm_lane: Default::default(),
             pcm_condition: None,
-            rpm: rpm.then(|| RpmEnrolment { device_setup_on: NaiveDate::from_ymd_opt(2026, 10, 20).unwrap(), devices: vec!["cuff".into()] }),
+            rpm: rpm.then(|| RpmEnrolment {
+                device_setup_on: NaiveDate::from_ymd_opt(2026, 10, 20).unwrap(),
+                devices: vec!["cuff".into()],
+            }),
             stays: vec![],
             died_on: None,
         });
         // 3–8 interactions of 3–15 minutes over the month.
         for _ in 0..(3 + rng.below(6)) {
-            let start = month_start + Duration::days(rng.below(29) as i64) + Duration::minutes(rng.below(600) as i64);
+            let start = month_start
+                + Duration::days(rng.below(29) as i64)
+                + Duration::minutes(rng.below(600) as i64);
             let staff = ["rn1", "rn2", "rn3", "aide", "dr"][rng.below(5) as usize];
             d.interactions.push(Interaction {
                 id: next_id(),
                 patient: id.clone(),
                 staff: staff.into(),
-                program: if rpm && rng.below(3) == 0 { Program::Rpm } else { Program::Ccm },
+                program: if rpm && rng.below(3) == 0 {
+                    Program::Rpm
+                } else {
+                    Program::Ccm
+                },
                 started_at: start,
                 ended_at: start + Duration::seconds(180 + rng.below(720) as i64),
                 interactive: rng.below(2) == 0,
@@ -98,7 +130,8 @@ fn data(patients: usize) -> DataFile {
         if rpm {
             for day in 0..41 {
                 if rng.below(10) < 7 {
-                    let at = DateTime::parse_from_rfc3339("2026-10-20T07:30:00-04:00").unwrap() + Duration::days(day);
+                    let at = DateTime::parse_from_rfc3339("2026-10-20T07:30:00-04:00").unwrap()
+                        + Duration::days(day);
                     d.readings.push(Reading {
                         id: next_id(),
                         patient: id.clone(),
