@@ -12,6 +12,7 @@ pub mod model;
 pub mod month;
 pub mod problem;
 pub mod replica;
+pub mod sync;
 pub mod validate;
 
 pub use datafile::parse_data_file;

@@ -1,0 +1,3 @@
+//! Sync: the automerge-repo v1 wire protocol and the sans-IO sessions that speak it.
+
+pub mod wire;
