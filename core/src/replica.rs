@@ -1106,20 +1106,133 @@ impl Replica {
 
     // ----- sync (in memory; the network comes with the sync issue) ---------------------------
 
+    fn sync_state_path(&self, doc: DocumentId, peer: &str) -> PathBuf {
+        let safe: String = peer
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        self.dir.join("sync").join(format!("{doc}~{safe}"))
+    }
+
+    /// The sync state with `peer` for `doc`: in memory, else as last saved on disk, else new.
+    fn sync_state(&mut self, doc: DocumentId, peer: &str) -> &mut sync::State {
+        let key = (doc, peer.to_string());
+        if !self.sync_states.contains_key(&key) {
+            let saved = fs::read(self.sync_state_path(doc, peer))
+                .ok()
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default();
+            self.sync_states.insert(key.clone(), saved);
+        }
+        self.sync_states.entry(key).or_default()
+    }
+
+    /// Save the sync state with `peer` for `doc` (only the shared heads), so that a reconnect
+    /// resumes instead of starting over.
+    pub fn save_sync_state(&mut self, doc: DocumentId, peer: &str) -> Result<()> {
+        let bytes = self.sync_state(doc, peer).encode();
+        let path = self.sync_state_path(doc, peer);
+        let io = |source| {
+            ReplicaError::Store(StoreError::Io {
+                path: path.clone(),
+                source,
+            })
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, &bytes).map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Forget the in-memory sync session with `peer` (a new connection starts a new session;
+    /// the saved shared heads are kept).
+    pub fn reset_sync_sessions(&mut self, peer: &str) {
+        self.sync_states.retain(|(_, p), _| p != peer);
+    }
+
+    /// Whether `peer` has told us it holds exactly the changes of `doc` we hold.
+    pub fn in_sync_with(&self, doc: DocumentId, peer: &str) -> bool {
+        let Some(file) = self.docs.get(&doc) else {
+            return false;
+        };
+        let Some(state) = self.sync_states.get(&(doc, peer.to_string())) else {
+            return false;
+        };
+        let mut ours = file.doc.get_heads();
+        ours.sort();
+        match &state.their_heads {
+            Some(theirs) => {
+                let mut theirs = theirs.clone();
+                theirs.sort();
+                theirs == ours
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the replica holds any change of `doc`.
+    pub fn has_document(&self, doc: DocumentId) -> bool {
+        self.docs.get(&doc).is_some_and(|f| !f.doc.get_heads().is_empty())
+    }
+
+    /// The documents a device syncs: all it holds, plus the facility document and the patient
+    /// documents its roster lists.
+    pub fn documents_to_sync(&self) -> Vec<DocumentId> {
+        let mut ids: BTreeSet<DocumentId> = self.docs.keys().copied().collect();
+        if let Some(f) = self.facility.as_deref() {
+            ids.insert(DocumentId::facility(f));
+            for p in self.patient_ids() {
+                ids.insert(DocumentId::patient(f, &p));
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    /// Bind the replica to a facility without importing (a new device that will receive
+    /// everything by sync).
+    pub fn join_facility(&mut self, facility: &str) -> Result<()> {
+        match &self.facility {
+            Some(have) if have != facility => Err(ReplicaError::OtherFacility {
+                have: have.clone(),
+                want: facility.to_string(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.facility = Some(facility.to_string());
+                write_meta(
+                    &self.dir,
+                    &ReplicaMeta {
+                        format: META_FORMAT.to_string(),
+                        actor: self.actor.to_hex_string(),
+                        facility: Some(facility.to_string()),
+                    },
+                )
+            }
+        }
+    }
+
     /// The next sync message for `doc` to `peer`, if there is anything to say.
     pub fn generate_sync_message(&mut self, doc: DocumentId, peer: &str) -> Option<Vec<u8>> {
-        let file = self.docs.get(&doc)?;
-        let state = self.sync_states.entry((doc, peer.to_string())).or_default();
-        file.doc.generate_sync_message(state).map(|m| m.encode())
+        if !self.docs.contains_key(&doc) {
+            let mut file = DocFile::open(&self.docs_dir, &doc.to_string()).ok()?;
+            file.doc.set_actor(self.actor.clone());
+            self.docs.insert(doc, file);
+        }
+        let mut state = std::mem::take(self.sync_state(doc, peer));
+        let msg = self
+            .docs
+            .get(&doc)
+            .and_then(|f| f.doc.generate_sync_message(&mut state))
+            .map(|m| m.encode());
+        *self.sync_state(doc, peer) = state;
+        msg
     }
 
     /// Apply a sync message from `peer` for `doc` (created empty if unknown) and persist.
-    pub fn receive_sync_message(
-        &mut self,
-        doc: DocumentId,
-        peer: &str,
-        message: &[u8],
-    ) -> Result<()> {
+    pub fn receive_sync_message(&mut self, doc: DocumentId, peer: &str, message: &[u8]) -> Result<()> {
         let msg = sync::Message::decode(message).map_err(|e| ReplicaError::SyncMessage {
             doc,
             message: e.to_string(),
@@ -1129,19 +1242,20 @@ impl Replica {
             file.doc.set_actor(self.actor.clone());
             self.docs.insert(doc, file);
         }
-        let state = self.sync_states.entry((doc, peer.to_string())).or_default();
-        let file = self
-            .docs
-            .get_mut(&doc)
-            .ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
-        file.doc
-            .receive_sync_message(state, msg)
-            .map_err(|source| ReplicaError::Automerge {
-                doc,
-                source: Box::new(source),
-            })?;
-        file.persist()?;
-        Ok(())
+        let mut state = std::mem::take(self.sync_state(doc, peer));
+        let result = match self.docs.get_mut(&doc) {
+            Some(file) => file
+                .doc
+                .receive_sync_message(&mut state, msg)
+                .map_err(|source| ReplicaError::Automerge {
+                    doc,
+                    source: Box::new(source),
+                })
+                .and_then(|()| file.persist().map_err(ReplicaError::from)),
+            None => Ok(()),
+        };
+        *self.sync_state(doc, peer) = state;
+        result
     }
 }
 

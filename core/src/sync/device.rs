@@ -1,0 +1,174 @@
+//! `DeviceSession`: the device side of the protocol as a sans-IO state machine over a
+//! [`Replica`]. Feed it the server's frames; it returns the frames to send and tracks which
+//! documents the server has confirmed (its heads include all of ours).
+
+use std::collections::BTreeMap;
+
+use super::wire::{Message, PROTOCOL_VERSION, PeerMetadata};
+use crate::ids::DocumentId;
+use crate::replica::{Replica, ReplicaError};
+
+/// Where one document stands in this session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocProgress {
+    /// Messages still going back and forth.
+    Syncing,
+    /// The server holds every change we hold (and we hold every change it has).
+    Confirmed,
+    /// The server does not have it and we do not either.
+    Unavailable,
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("server sent a bad frame: {0}")]
+    BadFrame(String),
+    #[error("server error: {0}")]
+    Server(String),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// One connection's worth of syncing.
+pub struct DeviceSession {
+    peer_id: String,
+    /// The server's peer id and the key its sync states are kept under (its storage id).
+    server: Option<(String, String)>,
+    docs: BTreeMap<DocumentId, DocProgress>,
+}
+
+impl DeviceSession {
+    /// A new session and the `join` frame to send first.
+    pub fn start(replica: &Replica) -> (DeviceSession, Vec<u8>) {
+        let peer_id = format!("device-{}", replica.actor());
+        let join = Message::Join {
+            sender_id: peer_id.clone(),
+            peer_metadata: PeerMetadata {
+                storage_id: Some(replica.actor()),
+                is_ephemeral: false,
+            },
+            supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
+        };
+        (
+            DeviceSession {
+                peer_id,
+                server: None,
+                docs: BTreeMap::new(),
+            },
+            join.encode(),
+        )
+    }
+
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// (confirmed or unavailable, total) documents.
+    pub fn progress(&self) -> (usize, usize) {
+        let done = self.docs.values().filter(|p| **p != DocProgress::Syncing).count();
+        (done, self.docs.len())
+    }
+
+    /// Documents the server has not confirmed yet.
+    pub fn unconfirmed(&self) -> Vec<DocumentId> {
+        self.docs
+            .iter()
+            .filter(|(_, p)| **p == DocProgress::Syncing)
+            .map(|(d, _)| *d)
+            .collect()
+    }
+
+    /// Whether the handshake is done and every document is confirmed or unavailable.
+    pub fn is_complete(&self) -> bool {
+        self.server.is_some() && self.docs.values().all(|p| *p != DocProgress::Syncing)
+    }
+
+    /// The status of each document.
+    pub fn documents(&self) -> &BTreeMap<DocumentId, DocProgress> {
+        &self.docs
+    }
+
+    fn sync_frame(&self, replica: &mut Replica, doc: DocumentId) -> Option<Vec<u8>> {
+        let (server, key) = self.server.as_ref()?;
+        let data = replica.generate_sync_message(doc, key)?;
+        let (sender_id, target_id, document_id) = (self.peer_id.clone(), server.clone(), doc.to_string());
+        Some(
+            if replica.has_document(doc) {
+                Message::Sync {
+                    sender_id,
+                    target_id,
+                    document_id,
+                    data,
+                }
+            } else {
+                Message::Request {
+                    sender_id,
+                    target_id,
+                    document_id,
+                    data,
+                }
+            }
+            .encode(),
+        )
+    }
+
+    /// Start syncing documents not yet in the session; returns frames to send.
+    fn add_documents(&mut self, replica: &mut Replica) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for doc in replica.documents_to_sync() {
+            if self.docs.contains_key(&doc) {
+                continue;
+            }
+            self.docs.insert(doc, DocProgress::Syncing);
+            out.extend(self.sync_frame(replica, doc));
+        }
+        out
+    }
+
+    /// A frame from the server; returns the frames to send in reply.
+    pub fn receive(&mut self, replica: &mut Replica, frame: &[u8]) -> Result<Vec<Vec<u8>>, SessionError> {
+        let msg = Message::decode(frame).map_err(|e| SessionError::BadFrame(e.to_string()))?;
+        match msg {
+            Message::Peer {
+                sender_id,
+                peer_metadata,
+                ..
+            } => {
+                let key = peer_metadata.storage_id.unwrap_or_else(|| sender_id.clone());
+                // A new connection is a new sync session; shared heads persist on disk.
+                replica.reset_sync_sessions(&key);
+                self.server = Some((sender_id, key));
+                Ok(self.add_documents(replica))
+            }
+            Message::Sync { document_id, data, .. } | Message::Request { document_id, data, .. } => {
+                let Some((_, key)) = self.server.clone() else {
+                    return Err(SessionError::BadFrame("sync before peer".into()));
+                };
+                let doc: DocumentId = document_id
+                    .parse()
+                    .map_err(|_| SessionError::BadFrame(format!("bad document id {document_id:?}")))?;
+                replica.receive_sync_message(doc, &key, &data)?;
+                replica.save_sync_state(doc, &key)?;
+                let mut out: Vec<Vec<u8>> = self.sync_frame(replica, doc).into_iter().collect();
+                let confirmed = replica.in_sync_with(doc, &key);
+                self.docs.insert(
+                    doc,
+                    if confirmed { DocProgress::Confirmed } else { DocProgress::Syncing },
+                );
+                // The facility document lists patients: sync their documents too.
+                out.extend(self.add_documents(replica));
+                Ok(out)
+            }
+            Message::DocUnavailable { document_id, .. } => {
+                if let Ok(doc) = document_id.parse::<DocumentId>() {
+                    let status = if replica.has_document(doc) { DocProgress::Syncing } else { DocProgress::Unavailable };
+                    self.docs.insert(doc, status);
+                }
+                Ok(Vec::new())
+            }
+            Message::Error { message, .. } => Err(SessionError::Server(message)),
+            _ => Ok(Vec::new()),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! `Hub`: the server side of the protocol as a sans-IO state machine.
+//!
+//! The shell (the `rounds serve` server) feeds it frames per connection and executes the
+//! [`Action`]s it returns, in order: frames to send, connections to close, chunks to persist,
+//! sync states to save. Loading a document or a sync state is a synchronous call on a
+//! [`Loader`] (the store's reads are local). Time never enters.
+//!
+//! **Durability contract.** Every change the hub accepts is handed out as a `Persist` action with
+//! a sequence number; a document with a persisted-but-not-yet-flushed change is *held*: no sync
+//! message about it is generated until the shell reports [`Hub::flushed`] for that sequence. So
+//! no peer ever sees heads the server has not made durable.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use automerge::Automerge;
+use automerge::sync::{self, SyncDoc};
+
+use super::wire::{Message, PROTOCOL_VERSION, PeerMetadata};
+use crate::ids::DocumentId;
+
+/// A connection, numbered by the shell.
+pub type ConnId = u64;
+
+/// Local reads the hub needs: a document's stored bytes and a peer's saved sync state.
+pub trait Loader {
+    /// Every stored chunk of the document, or `None` when the store does not have it.
+    fn load(&mut self, doc: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String>;
+    /// The sync state saved for (document, peer storage id).
+    fn load_sync_state(&mut self, doc: &DocumentId, peer_storage: &str) -> Option<Vec<u8>>;
+}
+
+/// Which documents a connection may see. The security layer supplies the real policy.
+pub trait Access: Send + Sync {
+    fn allows(&self, doc: &DocumentId) -> bool;
+}
+
+/// Allow every document (development and tests).
+pub struct AllowAll;
+
+impl Access for AllowAll {
+    fn allows(&self, _: &DocumentId) -> bool {
+        true
+    }
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send(ConnId, Vec<u8>),
+    /// Close the connection after sending what came before; the reason is for logs.
+    Close(ConnId, String),
+    /// Store a chunk. With `snapshot`, the chunk holds the whole document and replaces every
+    /// stored chunk of it with a smaller sequence number.
+    Persist {
+        doc: DocumentId,
+        seq: u64,
+        chunk: Vec<u8>,
+        snapshot: bool,
+    },
+    SaveSyncState {
+        doc: DocumentId,
+        peer_storage: String,
+        state: Vec<u8>,
+    },
+    /// An access was refused (for the audit log).
+    Denied { conn: ConnId, doc: String },
+    /// A document was read into memory from the store.
+    Loaded(DocumentId),
+}
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Incremental chunks after which a document is compacted into a snapshot.
+    pub compact_after: usize,
+    /// Documents one connection may sync at once.
+    pub max_docs_per_conn: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> HubConfig {
+        HubConfig {
+            compact_after: 64,
+            max_docs_per_conn: 100_000,
+        }
+    }
+}
+
+struct HubDoc {
+    doc: Automerge,
+    /// Sequence number of the last persisted change.
+    last_seq: u64,
+    chunks: usize,
+    peers: BTreeSet<ConnId>,
+}
+
+struct HubConn {
+    peer_id: Option<String>,
+    metadata: PeerMetadata,
+    states: HashMap<DocumentId, sync::State>,
+    access: Arc<dyn Access>,
+    /// Highest ephemeral count seen per (sender, session).
+    ephemeral_seen: HashMap<String, u64>,
+}
+
+/// The server's documents and connections.
+pub struct Hub {
+    peer_id: String,
+    storage_id: String,
+    config: HubConfig,
+    seq: u64,
+    flushed: u64,
+    docs: HashMap<DocumentId, HubDoc>,
+    conns: HashMap<ConnId, HubConn>,
+    /// Connections that asked for a document the server does not have (yet).
+    waiting: HashMap<DocumentId, BTreeSet<ConnId>>,
+}
+
+impl Hub {
+    /// `seq` continues the store's sequence numbers (the largest one stored).
+    pub fn new(peer_id: String, storage_id: String, seq: u64, config: HubConfig) -> Hub {
+        Hub {
+            peer_id,
+            storage_id,
+            config,
+            seq,
+            flushed: seq,
+            docs: HashMap::new(),
+            conns: HashMap::new(),
+            waiting: HashMap::new(),
+        }
+    }
+
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// Documents held in memory.
+    pub fn loaded_documents(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// The largest sequence number handed out.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Register a new connection with its access policy.
+    pub fn connect(&mut self, conn: ConnId, access: Arc<dyn Access>) {
+        self.conns.insert(
+            conn,
+            HubConn {
+                peer_id: None,
+                metadata: PeerMetadata::default(),
+                states: HashMap::new(),
+                access,
+                ephemeral_seen: HashMap::new(),
+            },
+        );
+    }
+
+    /// The peer id a connection announced.
+    pub fn peer_of(&self, conn: ConnId) -> Option<&str> {
+        self.conns.get(&conn).and_then(|c| c.peer_id.as_deref())
+    }
+
+    fn error(&self, conn: ConnId, reason: String) -> Vec<Action> {
+        let target_id = self.conns.get(&conn).and_then(|c| c.peer_id.clone());
+        vec![
+            Action::Send(
+                conn,
+                Message::Error {
+                    sender_id: Some(self.peer_id.clone()),
+                    target_id,
+                    message: reason.clone(),
+                }
+                .encode(),
+            ),
+            Action::Close(conn, reason),
+        ]
+    }
+
+    /// A frame from a connection.
+    pub fn receive(&mut self, conn: ConnId, frame: &[u8], loader: &mut dyn Loader) -> Vec<Action> {
+        if !self.conns.contains_key(&conn) {
+            return Vec::new();
+        }
+        let msg = match Message::decode(frame) {
+            Ok(m) => m,
+            Err(e) => return self.error(conn, format!("bad frame: {e}")),
+        };
+        let joined = self.conns.get(&conn).is_some_and(|c| c.peer_id.is_some());
+        match msg {
+            Message::Join {
+                sender_id,
+                peer_metadata,
+                supported_protocol_versions,
+            } => {
+                if !supported_protocol_versions.iter().any(|v| v == PROTOCOL_VERSION) {
+                    return self.error(conn, "unsupported protocol version; this server speaks \"1\"".into());
+                }
+                let mut actions = Vec::new();
+                // A re-join from the same peer replaces its older connection.
+                let stale: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(id, c)| **id != conn && c.peer_id.as_deref() == Some(sender_id.as_str()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for old in stale {
+                    actions.extend(self.disconnect(old));
+                    actions.push(Action::Close(old, "replaced by a newer join from the same peer".into()));
+                }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.peer_id = Some(sender_id.clone());
+                    c.metadata = peer_metadata;
+                }
+                actions.push(Action::Send(
+                    conn,
+                    Message::Peer {
+                        sender_id: self.peer_id.clone(),
+                        target_id: sender_id,
+                        peer_metadata: PeerMetadata {
+                            storage_id: Some(self.storage_id.clone()),
+                            is_ephemeral: false,
+                        },
+                        selected_protocol_version: PROTOCOL_VERSION.into(),
+                    }
+                    .encode(),
+                ));
+                actions
+            }
+            _ if !joined => self.error(conn, "expected a join message first".into()),
+            Message::Request {
+                target_id,
+                document_id,
+                data,
+                ..
+            } if target_id == self.peer_id => self.receive_sync(conn, &document_id, &data, true, loader),
+            Message::Sync {
+                target_id,
+                document_id,
+                data,
+                ..
+            } if target_id == self.peer_id => self.receive_sync(conn, &document_id, &data, false, loader),
+            Message::Request { .. } | Message::Sync { .. } => Vec::new(),
+            Message::Ephemeral {
+                sender_id,
+                document_id,
+                session_id,
+                count,
+                data,
+                ..
+            } => self.relay_ephemeral(conn, sender_id, document_id, session_id, count, data),
+            Message::Error { message, .. } => vec![Action::Close(conn, format!("peer error: {message}"))],
+            Message::Peer { .. } => self.error(conn, "unexpected peer message".into()),
+            Message::DocUnavailable { .. }
+            | Message::RemoteSubscriptionChange { .. }
+            | Message::RemoteHeadsChanged { .. }
+            | Message::Leave { .. } => Vec::new(),
+        }
+    }
+
+    fn unavailable(&self, conn: ConnId, document_id: &str) -> Action {
+        let target_id = self.peer_of(conn).unwrap_or_default().to_string();
+        Action::Send(
+            conn,
+            Message::DocUnavailable {
+                sender_id: self.peer_id.clone(),
+                target_id,
+                document_id: document_id.to_string(),
+            }
+            .encode(),
+        )
+    }
+
+    fn receive_sync(&mut self, conn: ConnId, document_id: &str, data: &[u8], is_request: bool, loader: &mut dyn Loader) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Ok(doc_id) = document_id.parse::<DocumentId>() else {
+            return vec![self.unavailable(conn, document_id)];
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return actions;
+        };
+        if !c.access.allows(&doc_id) {
+            return vec![
+                Action::Denied {
+                    conn,
+                    doc: document_id.to_string(),
+                },
+                self.unavailable(conn, document_id),
+            ];
+        }
+        if !c.states.contains_key(&doc_id) && c.states.len() >= self.config.max_docs_per_conn {
+            return self.error(conn, format!("too many documents on one connection (limit {})", self.config.max_docs_per_conn));
+        }
+        let message = match sync::Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => return self.error(conn, format!("document {document_id}: sync data is not an Automerge sync message: {e}")),
+        };
+        if !self.docs.contains_key(&doc_id) {
+            match loader.load(&doc_id) {
+                Ok(Some(chunks)) => {
+                    let mut doc = Automerge::new();
+                    for chunk in &chunks {
+                        if let Err(e) = doc.load_incremental(chunk) {
+                            tracing::error!(doc = %doc_id, error = %e, "stored chunk does not load");
+                        }
+                    }
+                    self.docs.insert(doc_id, new_doc(doc, chunks.len()));
+                    actions.push(Action::Loaded(doc_id));
+                }
+                Ok(None) if is_request => {
+                    self.waiting.entry(doc_id).or_default().insert(conn);
+                    return vec![self.unavailable(conn, document_id)];
+                }
+                Ok(None) => {
+                    // A push of a document we have never seen creates it.
+                    self.docs.insert(doc_id, new_doc(Automerge::new(), 0));
+                }
+                Err(e) => {
+                    tracing::error!(doc = %doc_id, error = %e, "could not load a document");
+                    return vec![self.unavailable(conn, document_id)];
+                }
+            }
+        }
+        let (Some(c), Some(d)) = (self.conns.get_mut(&conn), self.docs.get_mut(&doc_id)) else {
+            return actions;
+        };
+        let state = c.states.entry(doc_id).or_insert_with(|| {
+            c.metadata
+                .storage_id
+                .as_deref()
+                .filter(|_| !c.metadata.is_ephemeral)
+                .and_then(|s| loader.load_sync_state(&doc_id, s))
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default()
+        });
+        let before = d.doc.get_heads();
+        if let Err(e) = d.doc.receive_sync_message(state, message) {
+            return self.error(conn, format!("document {document_id}: sync message rejected: {e}"));
+        }
+        d.peers.insert(conn);
+        // Peers that asked for the document before it existed get it now.
+        if let Some(waiting) = self.waiting.remove(&doc_id) {
+            d.peers.extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
+        }
+        if d.doc.get_heads() != before {
+            let chunk = d.doc.save_after(&before);
+            self.seq += 1;
+            d.last_seq = self.seq;
+            d.chunks += 1;
+            actions.push(Action::Persist {
+                doc: doc_id,
+                seq: self.seq,
+                chunk,
+                snapshot: false,
+            });
+            if d.chunks > self.config.compact_after {
+                self.seq += 1;
+                d.last_seq = self.seq;
+                d.chunks = 1;
+                actions.push(Action::Persist {
+                    doc: doc_id,
+                    seq: self.seq,
+                    chunk: d.doc.save(),
+                    snapshot: true,
+                });
+            }
+        }
+        actions.extend(self.pump(doc_id));
+        actions
+    }
+
+    /// Generate sync messages about `doc` for every peer syncing it, unless the document holds
+    /// changes not yet flushed.
+    fn pump(&mut self, doc_id: DocumentId) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(d) = self.docs.get_mut(&doc_id) else {
+            return out;
+        };
+        if d.last_seq > self.flushed {
+            return out;
+        }
+        for conn in d.peers.clone() {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let Some(peer) = c.peer_id.clone() else {
+                continue;
+            };
+            let state = c.states.entry(doc_id).or_default();
+            if let Some(m) = d.doc.generate_sync_message(state) {
+                out.push(Action::Send(
+                    conn,
+                    Message::Sync {
+                        sender_id: self.peer_id.clone(),
+                        target_id: peer,
+                        document_id: doc_id.to_string(),
+                        data: m.encode(),
+                    }
+                    .encode(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Everything persisted up to `seq` is durable now: release held documents.
+    pub fn flushed(&mut self, seq: u64) -> Vec<Action> {
+        if seq <= self.flushed {
+            return Vec::new();
+        }
+        let was = self.flushed;
+        self.flushed = seq;
+        let released: Vec<DocumentId> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| d.last_seq > was && d.last_seq <= seq)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for id in released {
+            out.extend(self.pump(id));
+        }
+        self.evict_idle();
+        out
+    }
+
+    /// Merge document bytes from outside (an import); persisted and fanned out like a push.
+    pub fn merge(&mut self, doc_id: DocumentId, bytes: &[u8], loader: &mut dyn Loader) -> Result<Vec<Action>, String> {
+        let mut actions = Vec::new();
+        if !self.docs.contains_key(&doc_id) {
+            let mut doc = Automerge::new();
+            let mut n = 0;
+            if let Some(chunks) = loader.load(&doc_id)? {
+                n = chunks.len();
+                for chunk in &chunks {
+                    doc.load_incremental(chunk).map_err(|e| e.to_string())?;
+                }
+            }
+            self.docs.insert(doc_id, new_doc(doc, n));
+        }
+        let Some(d) = self.docs.get_mut(&doc_id) else {
+            return Ok(actions);
+        };
+        if let Some(waiting) = self.waiting.remove(&doc_id) {
+            d.peers.extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
+        }
+        let before = d.doc.get_heads();
+        d.doc.load_incremental(bytes).map_err(|e| e.to_string())?;
+        if d.doc.get_heads() != before {
+            self.seq += 1;
+            d.last_seq = self.seq;
+            d.chunks += 1;
+            actions.push(Action::Persist {
+                doc: doc_id,
+                seq: self.seq,
+                chunk: d.doc.save_after(&before),
+                snapshot: false,
+            });
+        }
+        actions.extend(self.pump(doc_id));
+        Ok(actions)
+    }
+
+    fn relay_ephemeral(&mut self, conn: ConnId, sender_id: String, document_id: String, session_id: String, count: u64, data: Vec<u8>) -> Vec<Action> {
+        let Ok(doc_id) = document_id.parse::<DocumentId>() else {
+            return Vec::new();
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        if !c.access.allows(&doc_id) {
+            return vec![Action::Denied { conn, doc: document_id.clone() }, self.unavailable(conn, &document_id)];
+        }
+        let key = format!("{sender_id}/{session_id}");
+        if c.ephemeral_seen.get(&key).is_some_and(|seen| *seen >= count) {
+            return Vec::new();
+        }
+        c.ephemeral_seen.insert(key, count);
+        let Some(d) = self.docs.get(&doc_id) else {
+            return Vec::new();
+        };
+        d.peers
+            .iter()
+            .filter(|p| **p != conn)
+            .filter_map(|p| {
+                let target = self.conns.get(p)?.peer_id.clone()?;
+                Some(Action::Send(
+                    *p,
+                    Message::Ephemeral {
+                        sender_id: sender_id.clone(),
+                        target_id: target,
+                        document_id: document_id.clone(),
+                        session_id: session_id.clone(),
+                        count,
+                        data: data.clone(),
+                    }
+                    .encode(),
+                ))
+            })
+            .collect()
+    }
+
+    /// A connection ended: save its sync states and let idle documents go.
+    pub fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(c) = self.conns.remove(&conn) else {
+            return out;
+        };
+        if let (Some(storage), false) = (&c.metadata.storage_id, c.metadata.is_ephemeral) {
+            for (doc, state) in &c.states {
+                out.push(Action::SaveSyncState {
+                    doc: *doc,
+                    peer_storage: storage.clone(),
+                    state: state.encode(),
+                });
+            }
+        }
+        for d in self.docs.values_mut() {
+            d.peers.remove(&conn);
+        }
+        for w in self.waiting.values_mut() {
+            w.remove(&conn);
+        }
+        self.waiting.retain(|_, w| !w.is_empty());
+        self.evict_idle();
+        out
+    }
+
+    /// Drop documents nobody syncs and whose changes are durable (they reload from the store).
+    fn evict_idle(&mut self) {
+        let flushed = self.flushed;
+        self.docs
+            .retain(|_, d| !d.peers.is_empty() || d.last_seq > flushed);
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+fn new_doc(doc: Automerge, chunks: usize) -> HubDoc {
+    HubDoc {
+        doc,
+        last_seq: 0,
+        chunks,
+        peers: BTreeSet::new(),
+    }
+}
