@@ -69,6 +69,40 @@ pub enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Run the sync server (WebSocket at /sync over TLS; /healthz, /metrics).
+    Serve {
+        /// The store directory (sled database, TLS certificate).
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain; without it a self-signed certificate is generated into the store.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP (no TLS). Only on a trusted network.
+        #[arg(long)]
+        insecure_http: bool,
+        /// Largest WebSocket frame accepted, in bytes.
+        #[arg(long, default_value_t = 8 << 20)]
+        max_frame: usize,
+        /// The development token accepted until device enrolment exists (or ROUNDS_DEV_TOKEN).
+        #[arg(long, env = "ROUNDS_DEV_TOKEN", default_value = "rounds-dev")]
+        dev_token: String,
+    },
+    /// Load a data file into a server store (the server must not be running on it; use
+    /// `--server` to import through a running server).
+    Import {
+        /// The data file.
+        file: PathBuf,
+        #[arg(long, default_value = "./rounds-data", conflicts_with = "server")]
+        store: PathBuf,
+        /// A running server's base URL, e.g. https://127.0.0.1:8443 (imports through its API).
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 /// A command failure, printed on stderr as is.
@@ -172,6 +206,52 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             print!("{}", RuleSet::default().to_toml());
             Ok(())
         }
+        Command::Serve {
+            store,
+            listen,
+            tls_cert,
+            tls_key,
+            insecure_http,
+            max_frame,
+            dev_token,
+        } => {
+            let opts = crate::server::ServeOptions {
+                store,
+                listen,
+                tls_cert,
+                tls_key,
+                insecure_http,
+                max_frame,
+                dev_token,
+            };
+            runtime()?
+                .block_on(crate::server::serve(opts))
+                .map_err(|e| CliError::Invalid(e.to_string()))
+        }
+        Command::Import { file, store, server } => {
+            let data = load_data(&file)?;
+            if let Some(url) = server {
+                return Err(CliError::Invalid(format!(
+                    "importing through a running server: POST the file to {url}/api/v1/import with `Authorization: Bearer <token>`"
+                )));
+            }
+            let docs = crate::import::documents_of(&data).map_err(CliError::Invalid)?;
+            let n = docs.len();
+            runtime()?.block_on(async {
+                let (_tx, rx) = tokio::sync::watch::channel(false);
+                let shared = crate::server::Shared::open(&store, 8 << 20, String::new(), rx).map_err(|e| {
+                    CliError::Invalid(format!("{e} (is a server running on this store? then import through it)"))
+                })?;
+                shared.merge(docs).await.map_err(CliError::Invalid)
+            })?;
+            println!(
+                "imported {} ({} documents); facility document {}",
+                data.facility.id,
+                n,
+                rounds_core::DocumentId::facility(&data.facility.id).url()
+            );
+            Ok(())
+        }
         Command::Check { data } => {
             let d = load_data(&data)?;
             println!(
@@ -184,6 +264,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Invalid(format!("starting the runtime: {e}")))
 }
 
 fn worklist_table(items: &[worklist::WorklistItem]) -> String {

@@ -1,8 +1,16 @@
-//! `rounds`: the Rounds server binary. For now: billing a data file (`bill`), the nurse's
-//! worklist (`worklist`), and printing the built-in rule set (`rules`).
+//! `rounds`: the Rounds server binary — the sync server (`serve`), onboarding (`import`),
+//! billing a data file (`bill`), the nurse's worklist (`worklist`) and the rule set (`rules`).
 #![forbid(unsafe_code)]
 
+mod auth;
 mod cli;
+mod connection;
+mod flusher;
+mod import;
+mod metrics;
+mod server;
+mod store;
+mod tls;
 
 use std::process::ExitCode;
 

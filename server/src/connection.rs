@@ -1,0 +1,69 @@
+//! One WebSocket connection: frames in go to the hub, frames out come from the hub.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use rounds_core::sync::hub::{AllowAll, ConnId};
+use tokio::sync::mpsc;
+
+use crate::auth::Device;
+use crate::server::{Outbound, Shared};
+
+/// Serve one connection until it closes or the server shuts down.
+pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) {
+    let conn: ConnId = shared.next_conn.fetch_add(1, Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
+    shared.register(conn, tx, Arc::new(AllowAll));
+    shared.metrics.connections_total.fetch_add(1, Relaxed);
+    shared.metrics.connections_open.fetch_add(1, Relaxed);
+    tracing::info!(conn, device = %device.name, "connection opened");
+    let mut shutdown = shared.shutdown.clone();
+    let reason = loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let frame = match incoming {
+                    None => break "closed by peer".to_string(),
+                    Some(Err(e)) => break format!("read error: {e}"),
+                    Some(Ok(WsMessage::Binary(b))) => b,
+                    Some(Ok(WsMessage::Text(_))) => {
+                        shared.metrics.protocol_errors.fetch_add(1, Relaxed);
+                        shared.protocol_error(conn, "text frames are not part of the protocol; send binary CBOR").await;
+                        continue;
+                    }
+                    Some(Ok(WsMessage::Close(_))) => break "closed by peer".to_string(),
+                    Some(Ok(_)) => continue,
+                };
+                shared.metrics.messages_received.fetch_add(1, Relaxed);
+                shared.metrics.bytes_received.fetch_add(frame.len() as u64, Relaxed);
+                if frame.len() > shared.max_frame {
+                    shared.metrics.protocol_errors.fetch_add(1, Relaxed);
+                    shared.protocol_error(conn, &format!("frame of {} bytes exceeds the limit of {} bytes", frame.len(), shared.max_frame)).await;
+                    continue;
+                }
+                shared.receive(conn, &frame).await;
+            }
+            out = rx.recv() => match out {
+                Some(Outbound::Frame(bytes)) => {
+                    shared.metrics.messages_sent.fetch_add(1, Relaxed);
+                    shared.metrics.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
+                    if let Err(e) = socket.send(WsMessage::Binary(bytes.into())).await {
+                        break format!("write error: {e}");
+                    }
+                }
+                Some(Outbound::Close(reason)) => {
+                    let _ = socket.send(WsMessage::Close(None)).await;
+                    break reason;
+                }
+                None => break "server dropped the connection".to_string(),
+            },
+            _ = shutdown.changed() => {
+                let _ = socket.send(WsMessage::Close(None)).await;
+                break "server shutting down".to_string();
+            }
+        }
+    };
+    shared.unregister(conn).await;
+    shared.metrics.connections_open.fetch_sub(1, Relaxed);
+    tracing::info!(conn, %reason, "connection closed");
+}
