@@ -1109,7 +1109,13 @@ impl Replica {
     fn sync_state_path(&self, doc: DocumentId, peer: &str) -> PathBuf {
         let safe: String = peer
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join("sync").join(format!("{doc}~{safe}"))
     }
@@ -1175,17 +1181,33 @@ impl Replica {
 
     /// Whether the replica holds any change of `doc`.
     pub fn has_document(&self, doc: DocumentId) -> bool {
-        self.docs.get(&doc).is_some_and(|f| !f.doc.get_heads().is_empty())
+        self.docs
+            .get(&doc)
+            .is_some_and(|f| !f.doc.get_heads().is_empty())
     }
 
     /// The documents a device syncs: all it holds, plus the facility document and the patient
-    /// documents its roster lists.
+    /// and patient-month documents the facility document lists.
     pub fn documents_to_sync(&self) -> Vec<DocumentId> {
         let mut ids: BTreeSet<DocumentId> = self.docs.keys().copied().collect();
         if let Some(f) = self.facility.as_deref() {
-            ids.insert(DocumentId::facility(f));
+            let facility = DocumentId::facility(f);
+            ids.insert(facility);
             for p in self.patient_ids() {
                 ids.insert(DocumentId::patient(f, &p));
+            }
+            // Month documents other devices created, listed in the facility's index.
+            if let Some((doc, months)) = self
+                .document(facility)
+                .and_then(|doc| d::container(doc, d::MONTHS).map(|m| (doc, m)))
+            {
+                for key in doc.keys(&months) {
+                    if let Some((p, m)) = key.split_once('/')
+                        && let Ok(month) = m.parse::<Month>()
+                    {
+                        ids.insert(DocumentId::patient_month(f, p, month));
+                    }
+                }
             }
         }
         ids.into_iter().collect()
@@ -1232,7 +1254,12 @@ impl Replica {
     }
 
     /// Apply a sync message from `peer` for `doc` (created empty if unknown) and persist.
-    pub fn receive_sync_message(&mut self, doc: DocumentId, peer: &str, message: &[u8]) -> Result<()> {
+    pub fn receive_sync_message(
+        &mut self,
+        doc: DocumentId,
+        peer: &str,
+        message: &[u8],
+    ) -> Result<()> {
         let msg = sync::Message::decode(message).map_err(|e| ReplicaError::SyncMessage {
             doc,
             message: e.to_string(),

@@ -228,7 +228,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .block_on(crate::server::serve(opts))
                 .map_err(|e| CliError::Invalid(e.to_string()))
         }
-        Command::Import { file, store, server } => {
+        Command::Import {
+            file,
+            store,
+            server,
+        } => {
             let data = load_data(&file)?;
             if let Some(url) = server {
                 return Err(CliError::Invalid(format!(
@@ -239,9 +243,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let n = docs.len();
             runtime()?.block_on(async {
                 let (_tx, rx) = tokio::sync::watch::channel(false);
-                let shared = crate::server::Shared::open(&store, 8 << 20, String::new(), rx).map_err(|e| {
-                    CliError::Invalid(format!("{e} (is a server running on this store? then import through it)"))
-                })?;
+                let shared = crate::server::Shared::open(&store, 8 << 20, String::new(), rx)
+                    .map_err(|e| {
+                        CliError::Invalid(format!(
+                            "{e} (is a server running on this store? then import through it)"
+                        ))
+                    })?;
                 shared.merge(docs).await.map_err(CliError::Invalid)
             })?;
             println!(

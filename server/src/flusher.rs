@@ -46,7 +46,9 @@ impl Flusher {
     /// Wait until everything written so far is durable; returns the durable sequence number.
     pub async fn flush(&self) -> Result<u64, String> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).map_err(|_| "flush task stopped".to_string())?;
+        self.tx
+            .send(tx)
+            .map_err(|_| "flush task stopped".to_string())?;
         rx.await.map_err(|_| "flush task stopped".to_string())?
     }
 }

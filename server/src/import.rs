@@ -8,7 +8,9 @@ use rounds_core::{DataFile, DocumentId, Replica};
 pub fn documents_of(data: &DataFile) -> Result<Vec<(DocumentId, Vec<u8>)>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let mut replica = Replica::open(dir.path()).map_err(|e| e.to_string())?;
-    replica.import(data, Utc::now()).map_err(|e| e.to_string())?;
+    replica
+        .import(data, Utc::now())
+        .map_err(|e| e.to_string())?;
     Ok(replica
         .document_ids()
         .into_iter()

@@ -37,19 +37,84 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
         let g = |a: &AtomicU64| a.load(Relaxed) as f64;
-        counter("rounds_connections_total", "WebSocket connections accepted.", "counter", g(&self.connections_total));
-        counter("rounds_connections_open", "WebSocket connections open now.", "gauge", g(&self.connections_open));
-        counter("rounds_messages_received_total", "Protocol messages received.", "counter", g(&self.messages_received));
-        counter("rounds_messages_sent_total", "Protocol messages sent.", "counter", g(&self.messages_sent));
-        counter("rounds_bytes_received_total", "Bytes of protocol messages received.", "counter", g(&self.bytes_received));
-        counter("rounds_bytes_sent_total", "Bytes of protocol messages sent.", "counter", g(&self.bytes_sent));
-        counter("rounds_documents_loaded_total", "Documents read into memory from the store.", "counter", g(&self.documents_loaded));
-        counter("rounds_documents_in_memory", "Documents held in memory now.", "gauge", documents_in_memory as f64);
-        counter("rounds_protocol_errors_total", "Connections closed for a protocol error.", "counter", g(&self.protocol_errors));
-        counter("rounds_access_denied_total", "Document accesses refused.", "counter", g(&self.access_denied));
-        counter("rounds_flush_seconds_count", "Store flushes.", "counter", g(&self.flushes));
-        counter("rounds_flush_seconds_sum", "Total time spent flushing the store.", "counter", g(&self.flush_micros_sum) / 1e6);
-        counter("rounds_flush_seconds_max", "Longest store flush.", "gauge", g(&self.flush_micros_max) / 1e6);
+        counter(
+            "rounds_connections_total",
+            "WebSocket connections accepted.",
+            "counter",
+            g(&self.connections_total),
+        );
+        counter(
+            "rounds_connections_open",
+            "WebSocket connections open now.",
+            "gauge",
+            g(&self.connections_open),
+        );
+        counter(
+            "rounds_messages_received_total",
+            "Protocol messages received.",
+            "counter",
+            g(&self.messages_received),
+        );
+        counter(
+            "rounds_messages_sent_total",
+            "Protocol messages sent.",
+            "counter",
+            g(&self.messages_sent),
+        );
+        counter(
+            "rounds_bytes_received_total",
+            "Bytes of protocol messages received.",
+            "counter",
+            g(&self.bytes_received),
+        );
+        counter(
+            "rounds_bytes_sent_total",
+            "Bytes of protocol messages sent.",
+            "counter",
+            g(&self.bytes_sent),
+        );
+        counter(
+            "rounds_documents_loaded_total",
+            "Documents read into memory from the store.",
+            "counter",
+            g(&self.documents_loaded),
+        );
+        counter(
+            "rounds_documents_in_memory",
+            "Documents held in memory now.",
+            "gauge",
+            documents_in_memory as f64,
+        );
+        counter(
+            "rounds_protocol_errors_total",
+            "Connections closed for a protocol error.",
+            "counter",
+            g(&self.protocol_errors),
+        );
+        counter(
+            "rounds_access_denied_total",
+            "Document accesses refused.",
+            "counter",
+            g(&self.access_denied),
+        );
+        counter(
+            "rounds_flush_seconds_count",
+            "Store flushes.",
+            "counter",
+            g(&self.flushes),
+        );
+        counter(
+            "rounds_flush_seconds_sum",
+            "Total time spent flushing the store.",
+            "counter",
+            g(&self.flush_micros_sum) / 1e6,
+        );
+        counter(
+            "rounds_flush_seconds_max",
+            "Longest store flush.",
+            "gauge",
+            g(&self.flush_micros_max) / 1e6,
+        );
         s
     }
 }

@@ -77,7 +77,12 @@ pub enum ServeError {
 
 impl Shared {
     /// Open the store and set up the shared state (no sockets yet).
-    pub fn open(store_dir: &std::path::Path, max_frame: usize, dev_token: String, shutdown: watch::Receiver<bool>) -> Result<Arc<Shared>, ServeError> {
+    pub fn open(
+        store_dir: &std::path::Path,
+        max_frame: usize,
+        dev_token: String,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Shared>, ServeError> {
         std::fs::create_dir_all(store_dir).map_err(|source| ServeError::Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
@@ -110,7 +115,12 @@ impl Shared {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, conn: ConnId, tx: mpsc::UnboundedSender<Outbound>, access: Arc<dyn Access>) {
+    pub fn register(
+        &self,
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<Outbound>,
+        access: Arc<dyn Access>,
+    ) {
         let mut core = self.lock();
         core.hub.connect(conn, access);
         core.senders.insert(conn, tx);
@@ -132,7 +142,12 @@ impl Shared {
                         let _ = tx.send(Outbound::Close(reason));
                     }
                 }
-                Action::Persist { doc, seq, chunk, snapshot } => {
+                Action::Persist {
+                    doc,
+                    seq,
+                    chunk,
+                    snapshot,
+                } => {
                     if let Err(e) = self.store.persist(&doc, seq, &chunk, snapshot) {
                         // The document stays held (never flushed), so nothing unsaved is acknowledged.
                         tracing::error!(doc = %doc, error = %e, "could not store a chunk");
@@ -140,17 +155,25 @@ impl Shared {
                         wrote = true;
                     }
                 }
-                Action::SaveSyncState { doc, peer_storage, state } => {
+                Action::SaveSyncState {
+                    doc,
+                    peer_storage,
+                    state,
+                } => {
                     if let Err(e) = self.store.save_sync_state(&doc, &peer_storage, &state) {
                         tracing::warn!(doc = %doc, error = %e, "could not store a sync state");
                     }
                 }
                 Action::Denied { conn, doc } => {
-                    self.metrics.access_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .access_denied
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(conn, doc = %doc, "document access denied");
                 }
                 Action::Loaded(_) => {
-                    self.metrics.documents_loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .documents_loaded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
@@ -176,7 +199,9 @@ impl Shared {
                 let actions = core.hub.flushed(seq);
                 self.execute(&mut core, actions);
             }
-            Err(e) => tracing::error!(error = %e, "store flush failed; changes stay unacknowledged"),
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed; changes stay unacknowledged")
+            }
         }
     }
 
@@ -238,7 +263,11 @@ impl Shared {
 
     /// Flush everything (shutdown).
     pub async fn flush(&self) -> Result<(), ServeError> {
-        self.flusher.flush().await.map(|_| ()).map_err(ServeError::Flush)
+        self.flusher
+            .flush()
+            .await
+            .map(|_| ())
+            .map_err(ServeError::Flush)
     }
 }
 
@@ -247,7 +276,12 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-async fn sync_upgrade(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<TokenQuery>, ws: WebSocketUpgrade) -> Response {
+async fn sync_upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let token = auth::token_of(&headers, q.token.as_deref());
     match auth::authenticate(&shared.dev_token, token) {
         Ok(device) => ws
@@ -309,32 +343,59 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let mut out = std::io::stdout().lock();
     let scheme = if opts.insecure_http { "http" } else { "https" };
     let server = if opts.insecure_http {
-        eprintln!("WARNING: --insecure-http: traffic (patient data, tokens) is NOT encrypted; use only on a trusted network");
+        eprintln!(
+            "WARNING: --insecure-http: traffic (patient data, tokens) is NOT encrypted; use only on a trusted network"
+        );
         let h = handle.clone();
         let addr = opts.listen;
-        tokio::spawn(async move { axum_server::bind(addr).handle(h).serve(app.into_make_service()).await })
+        tokio::spawn(async move {
+            axum_server::bind(addr)
+                .handle(h)
+                .serve(app.into_make_service())
+                .await
+        })
     } else {
-        let tls = tls::setup(&opts.store, opts.tls_cert.as_deref(), opts.tls_key.as_deref())?;
+        let tls = tls::setup(
+            &opts.store,
+            opts.tls_cert.as_deref(),
+            opts.tls_key.as_deref(),
+        )?;
         let _ = writeln!(
             out,
             "rounds: TLS certificate {}{} sha256 {}",
             tls.cert_path.display(),
-            if tls.generated { " (generated, self-signed)" } else { "" },
+            if tls.generated {
+                " (generated, self-signed)"
+            } else {
+                ""
+            },
             tls.fingerprint
         );
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
         let h = handle.clone();
         let addr = opts.listen;
-        tokio::spawn(async move { axum_server::bind_rustls(addr, config).handle(h).serve(app.into_make_service()).await })
+        tokio::spawn(async move {
+            axum_server::bind_rustls(addr, config)
+                .handle(h)
+                .serve(app.into_make_service())
+                .await
+        })
     };
     let Some(addr) = handle.listening().await else {
         let source = match server.await {
             Ok(Err(e)) => e,
             _ => std::io::Error::other("server did not start"),
         };
-        return Err(ServeError::Listen { addr: opts.listen, source });
+        return Err(ServeError::Listen {
+            addr: opts.listen,
+            source,
+        });
     };
-    let _ = writeln!(out, "rounds: listening on {scheme}://{addr} (sync at /sync, store {})", opts.store.display());
+    let _ = writeln!(
+        out,
+        "rounds: listening on {scheme}://{addr} (sync at /sync, store {})",
+        opts.store.display()
+    );
     let _ = out.flush();
     drop(out);
     wait_for_signal().await;

@@ -64,13 +64,16 @@ impl SledStore {
                 source,
             })?;
         let chunks = db.open_tree("chunks").map_err(err("open chunks"))?;
-        let sync_states = db.open_tree("sync_states").map_err(err("open sync_states"))?;
+        let sync_states = db
+            .open_tree("sync_states")
+            .map_err(err("open sync_states"))?;
         let meta = db.open_tree("meta").map_err(err("open meta"))?;
         let storage_id = match meta.get("storage-id").map_err(err("read storage id"))? {
             Some(v) => String::from_utf8_lossy(&v).to_string(),
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
-                meta.insert("storage-id", id.as_bytes()).map_err(err("write storage id"))?;
+                meta.insert("storage-id", id.as_bytes())
+                    .map_err(err("write storage id"))?;
                 db.flush().map_err(err("flush"))?;
                 id
             }
@@ -107,7 +110,13 @@ impl SledStore {
     }
 
     /// Store a chunk; a snapshot replaces the document's older chunks atomically.
-    pub fn persist(&self, doc: &DocumentId, seq: u64, chunk: &[u8], snapshot: bool) -> Result<(), StoreError> {
+    pub fn persist(
+        &self,
+        doc: &DocumentId,
+        seq: u64,
+        chunk: &[u8],
+        snapshot: bool,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         if snapshot {
             for k in self.chunks.scan_prefix(doc.as_bytes()).keys() {
@@ -119,15 +128,24 @@ impl SledStore {
         }
         batch.insert(chunk_key(doc, seq).as_slice(), chunk);
         self.chunks.apply_batch(batch).map_err(err("write chunk"))?;
-        self.meta.insert("seq", &seq.to_be_bytes()).map_err(err("write seq"))?;
+        self.meta
+            .insert("seq", &seq.to_be_bytes())
+            .map_err(err("write seq"))?;
         self.written.fetch_max(seq, Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn save_sync_state(&self, doc: &DocumentId, peer_storage: &str, state: &[u8]) -> Result<(), StoreError> {
+    pub fn save_sync_state(
+        &self,
+        doc: &DocumentId,
+        peer_storage: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
         let mut key = doc.as_bytes().to_vec();
         key.extend_from_slice(peer_storage.as_bytes());
-        self.sync_states.insert(key, state).map_err(err("write sync state"))?;
+        self.sync_states
+            .insert(key, state)
+            .map_err(err("write sync state"))?;
         Ok(())
     }
 

@@ -44,7 +44,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path).map_err(|e| file_err(path)(e.to_string()))?;
-    f.write_all(bytes).map_err(|e| file_err(path)(e.to_string()))?;
+    f.write_all(bytes)
+        .map_err(|e| file_err(path)(e.to_string()))?;
     f.sync_all().map_err(|e| file_err(path)(e.to_string()))
 }
 
@@ -86,13 +87,15 @@ pub fn setup(store: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<Tl
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| file_err(&key_path)(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key_path).map_err(|e| file_err(&key_path)(e.to_string()))?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Tls {
         config: Arc::new(config),

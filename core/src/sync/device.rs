@@ -66,7 +66,11 @@ impl DeviceSession {
 
     /// (confirmed or unavailable, total) documents.
     pub fn progress(&self) -> (usize, usize) {
-        let done = self.docs.values().filter(|p| **p != DocProgress::Syncing).count();
+        let done = self
+            .docs
+            .values()
+            .filter(|p| **p != DocProgress::Syncing)
+            .count();
         (done, self.docs.len())
     }
 
@@ -92,7 +96,8 @@ impl DeviceSession {
     fn sync_frame(&self, replica: &mut Replica, doc: DocumentId) -> Option<Vec<u8>> {
         let (server, key) = self.server.as_ref()?;
         let data = replica.generate_sync_message(doc, key)?;
-        let (sender_id, target_id, document_id) = (self.peer_id.clone(), server.clone(), doc.to_string());
+        let (sender_id, target_id, document_id) =
+            (self.peer_id.clone(), server.clone(), doc.to_string());
         Some(
             if replica.has_document(doc) {
                 Message::Sync {
@@ -127,7 +132,11 @@ impl DeviceSession {
     }
 
     /// A frame from the server; returns the frames to send in reply.
-    pub fn receive(&mut self, replica: &mut Replica, frame: &[u8]) -> Result<Vec<Vec<u8>>, SessionError> {
+    pub fn receive(
+        &mut self,
+        replica: &mut Replica,
+        frame: &[u8],
+    ) -> Result<Vec<Vec<u8>>, SessionError> {
         let msg = Message::decode(frame).map_err(|e| SessionError::BadFrame(e.to_string()))?;
         match msg {
             Message::Peer {
@@ -135,26 +144,37 @@ impl DeviceSession {
                 peer_metadata,
                 ..
             } => {
-                let key = peer_metadata.storage_id.unwrap_or_else(|| sender_id.clone());
+                let key = peer_metadata
+                    .storage_id
+                    .unwrap_or_else(|| sender_id.clone());
                 // A new connection is a new sync session; shared heads persist on disk.
                 replica.reset_sync_sessions(&key);
                 self.server = Some((sender_id, key));
                 Ok(self.add_documents(replica))
             }
-            Message::Sync { document_id, data, .. } | Message::Request { document_id, data, .. } => {
+            Message::Sync {
+                document_id, data, ..
+            }
+            | Message::Request {
+                document_id, data, ..
+            } => {
                 let Some((_, key)) = self.server.clone() else {
                     return Err(SessionError::BadFrame("sync before peer".into()));
                 };
-                let doc: DocumentId = document_id
-                    .parse()
-                    .map_err(|_| SessionError::BadFrame(format!("bad document id {document_id:?}")))?;
+                let doc: DocumentId = document_id.parse().map_err(|_| {
+                    SessionError::BadFrame(format!("bad document id {document_id:?}"))
+                })?;
                 replica.receive_sync_message(doc, &key, &data)?;
                 replica.save_sync_state(doc, &key)?;
                 let mut out: Vec<Vec<u8>> = self.sync_frame(replica, doc).into_iter().collect();
                 let confirmed = replica.in_sync_with(doc, &key);
                 self.docs.insert(
                     doc,
-                    if confirmed { DocProgress::Confirmed } else { DocProgress::Syncing },
+                    if confirmed {
+                        DocProgress::Confirmed
+                    } else {
+                        DocProgress::Syncing
+                    },
                 );
                 // The facility document lists patients: sync their documents too.
                 out.extend(self.add_documents(replica));
@@ -162,7 +182,11 @@ impl DeviceSession {
             }
             Message::DocUnavailable { document_id, .. } => {
                 if let Ok(doc) = document_id.parse::<DocumentId>() {
-                    let status = if replica.has_document(doc) { DocProgress::Syncing } else { DocProgress::Unavailable };
+                    let status = if replica.has_document(doc) {
+                        DocProgress::Syncing
+                    } else {
+                        DocProgress::Unavailable
+                    };
                     self.docs.insert(doc, status);
                 }
                 Ok(Vec::new())

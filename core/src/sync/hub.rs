@@ -10,6 +10,7 @@
 //! message about it is generated until the shell reports [`Hub::flushed`] for that sequence. So
 //! no peer ever sees heads the server has not made durable.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -64,7 +65,10 @@ pub enum Action {
         state: Vec<u8>,
     },
     /// An access was refused (for the audit log).
-    Denied { conn: ConnId, doc: String },
+    Denied {
+        conn: ConnId,
+        doc: String,
+    },
     /// A document was read into memory from the store.
     Loaded(DocumentId),
 }
@@ -197,20 +201,31 @@ impl Hub {
                 peer_metadata,
                 supported_protocol_versions,
             } => {
-                if !supported_protocol_versions.iter().any(|v| v == PROTOCOL_VERSION) {
-                    return self.error(conn, "unsupported protocol version; this server speaks \"1\"".into());
+                if !supported_protocol_versions
+                    .iter()
+                    .any(|v| v == PROTOCOL_VERSION)
+                {
+                    return self.error(
+                        conn,
+                        "unsupported protocol version; this server speaks \"1\"".into(),
+                    );
                 }
                 let mut actions = Vec::new();
                 // A re-join from the same peer replaces its older connection.
                 let stale: Vec<ConnId> = self
                     .conns
                     .iter()
-                    .filter(|(id, c)| **id != conn && c.peer_id.as_deref() == Some(sender_id.as_str()))
+                    .filter(|(id, c)| {
+                        **id != conn && c.peer_id.as_deref() == Some(sender_id.as_str())
+                    })
                     .map(|(id, _)| *id)
                     .collect();
                 for old in stale {
                     actions.extend(self.disconnect(old));
-                    actions.push(Action::Close(old, "replaced by a newer join from the same peer".into()));
+                    actions.push(Action::Close(
+                        old,
+                        "replaced by a newer join from the same peer".into(),
+                    ));
                 }
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.peer_id = Some(sender_id.clone());
@@ -237,13 +252,17 @@ impl Hub {
                 document_id,
                 data,
                 ..
-            } if target_id == self.peer_id => self.receive_sync(conn, &document_id, &data, true, loader),
+            } if target_id == self.peer_id => {
+                self.receive_sync(conn, &document_id, &data, true, loader)
+            }
             Message::Sync {
                 target_id,
                 document_id,
                 data,
                 ..
-            } if target_id == self.peer_id => self.receive_sync(conn, &document_id, &data, false, loader),
+            } if target_id == self.peer_id => {
+                self.receive_sync(conn, &document_id, &data, false, loader)
+            }
             Message::Request { .. } | Message::Sync { .. } => Vec::new(),
             Message::Ephemeral {
                 sender_id,
@@ -253,7 +272,9 @@ impl Hub {
                 data,
                 ..
             } => self.relay_ephemeral(conn, sender_id, document_id, session_id, count, data),
-            Message::Error { message, .. } => vec![Action::Close(conn, format!("peer error: {message}"))],
+            Message::Error { message, .. } => {
+                vec![Action::Close(conn, format!("peer error: {message}"))]
+            }
             Message::Peer { .. } => self.error(conn, "unexpected peer message".into()),
             Message::DocUnavailable { .. }
             | Message::RemoteSubscriptionChange { .. }
@@ -275,7 +296,14 @@ impl Hub {
         )
     }
 
-    fn receive_sync(&mut self, conn: ConnId, document_id: &str, data: &[u8], is_request: bool, loader: &mut dyn Loader) -> Vec<Action> {
+    fn receive_sync(
+        &mut self,
+        conn: ConnId,
+        document_id: &str,
+        data: &[u8],
+        is_request: bool,
+        loader: &mut dyn Loader,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let Ok(doc_id) = document_id.parse::<DocumentId>() else {
             return vec![self.unavailable(conn, document_id)];
@@ -293,13 +321,26 @@ impl Hub {
             ];
         }
         if !c.states.contains_key(&doc_id) && c.states.len() >= self.config.max_docs_per_conn {
-            return self.error(conn, format!("too many documents on one connection (limit {})", self.config.max_docs_per_conn));
+            return self.error(
+                conn,
+                format!(
+                    "too many documents on one connection (limit {})",
+                    self.config.max_docs_per_conn
+                ),
+            );
         }
-        let message = match sync::Message::decode(data) {
-            Ok(m) => m,
-            Err(e) => return self.error(conn, format!("document {document_id}: sync data is not an Automerge sync message: {e}")),
-        };
-        if !self.docs.contains_key(&doc_id) {
+        let message =
+            match sync::Message::decode(data) {
+                Ok(m) => m,
+                Err(e) => return self.error(
+                    conn,
+                    format!(
+                        "document {document_id}: sync data is not an Automerge sync message: {e}"
+                    ),
+                ),
+            };
+        let unavailable = self.unavailable(conn, document_id);
+        if let Entry::Vacant(slot) = self.docs.entry(doc_id) {
             match loader.load(&doc_id) {
                 Ok(Some(chunks)) => {
                     let mut doc = Automerge::new();
@@ -308,20 +349,20 @@ impl Hub {
                             tracing::error!(doc = %doc_id, error = %e, "stored chunk does not load");
                         }
                     }
-                    self.docs.insert(doc_id, new_doc(doc, chunks.len()));
+                    slot.insert(new_doc(doc, chunks.len()));
                     actions.push(Action::Loaded(doc_id));
                 }
                 Ok(None) if is_request => {
                     self.waiting.entry(doc_id).or_default().insert(conn);
-                    return vec![self.unavailable(conn, document_id)];
+                    return vec![unavailable];
                 }
                 Ok(None) => {
                     // A push of a document we have never seen creates it.
-                    self.docs.insert(doc_id, new_doc(Automerge::new(), 0));
+                    slot.insert(new_doc(Automerge::new(), 0));
                 }
                 Err(e) => {
                     tracing::error!(doc = %doc_id, error = %e, "could not load a document");
-                    return vec![self.unavailable(conn, document_id)];
+                    return vec![unavailable];
                 }
             }
         }
@@ -339,12 +380,16 @@ impl Hub {
         });
         let before = d.doc.get_heads();
         if let Err(e) = d.doc.receive_sync_message(state, message) {
-            return self.error(conn, format!("document {document_id}: sync message rejected: {e}"));
+            return self.error(
+                conn,
+                format!("document {document_id}: sync message rejected: {e}"),
+            );
         }
         d.peers.insert(conn);
         // Peers that asked for the document before it existed get it now.
         if let Some(waiting) = self.waiting.remove(&doc_id) {
-            d.peers.extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
+            d.peers
+                .extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
         }
         if d.doc.get_heads() != before {
             let chunk = d.doc.save_after(&before);
@@ -429,9 +474,14 @@ impl Hub {
     }
 
     /// Merge document bytes from outside (an import); persisted and fanned out like a push.
-    pub fn merge(&mut self, doc_id: DocumentId, bytes: &[u8], loader: &mut dyn Loader) -> Result<Vec<Action>, String> {
+    pub fn merge(
+        &mut self,
+        doc_id: DocumentId,
+        bytes: &[u8],
+        loader: &mut dyn Loader,
+    ) -> Result<Vec<Action>, String> {
         let mut actions = Vec::new();
-        if !self.docs.contains_key(&doc_id) {
+        if let Entry::Vacant(slot) = self.docs.entry(doc_id) {
             let mut doc = Automerge::new();
             let mut n = 0;
             if let Some(chunks) = loader.load(&doc_id)? {
@@ -440,13 +490,14 @@ impl Hub {
                     doc.load_incremental(chunk).map_err(|e| e.to_string())?;
                 }
             }
-            self.docs.insert(doc_id, new_doc(doc, n));
+            slot.insert(new_doc(doc, n));
         }
         let Some(d) = self.docs.get_mut(&doc_id) else {
             return Ok(actions);
         };
         if let Some(waiting) = self.waiting.remove(&doc_id) {
-            d.peers.extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
+            d.peers
+                .extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
         }
         let before = d.doc.get_heads();
         d.doc.load_incremental(bytes).map_err(|e| e.to_string())?;
@@ -465,7 +516,15 @@ impl Hub {
         Ok(actions)
     }
 
-    fn relay_ephemeral(&mut self, conn: ConnId, sender_id: String, document_id: String, session_id: String, count: u64, data: Vec<u8>) -> Vec<Action> {
+    fn relay_ephemeral(
+        &mut self,
+        conn: ConnId,
+        sender_id: String,
+        document_id: String,
+        session_id: String,
+        count: u64,
+        data: Vec<u8>,
+    ) -> Vec<Action> {
         let Ok(doc_id) = document_id.parse::<DocumentId>() else {
             return Vec::new();
         };
@@ -473,10 +532,19 @@ impl Hub {
             return Vec::new();
         };
         if !c.access.allows(&doc_id) {
-            return vec![Action::Denied { conn, doc: document_id.clone() }, self.unavailable(conn, &document_id)];
+            return vec![
+                Action::Denied {
+                    conn,
+                    doc: document_id.clone(),
+                },
+                self.unavailable(conn, &document_id),
+            ];
         }
         let key = format!("{sender_id}/{session_id}");
-        if c.ephemeral_seen.get(&key).is_some_and(|seen| *seen >= count) {
+        if c.ephemeral_seen
+            .get(&key)
+            .is_some_and(|seen| *seen >= count)
+        {
             return Vec::new();
         }
         c.ephemeral_seen.insert(key, count);

@@ -1,7 +1,7 @@
 //! Sync: the automerge-repo v1 wire protocol and the sans-IO sessions that speak it.
 
-pub mod wire;
-pub mod hub;
 pub mod device;
+pub mod hub;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod wire;

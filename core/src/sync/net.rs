@@ -9,10 +9,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
+use tokio_tungstenite::Connector;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::Connector;
 
 use super::device::{DeviceSession, SessionError};
 use crate::ids::DocumentId;
@@ -91,7 +91,11 @@ pub enum NetError {
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error("gave up after {attempts} attempts; last error: {last}")]
-    GaveUp { attempts: u32, last: String, report: SyncReport },
+    GaveUp {
+        attempts: u32,
+        last: String,
+        report: SyncReport,
+    },
 }
 
 #[derive(Debug)]
@@ -113,20 +117,44 @@ impl ServerCertVerifier for PinnedFingerprint {
         if got == self.sha256 {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("server certificate fingerprint does not match the pinned one".into()))
+            Err(rustls::Error::General(
+                "server certificate fingerprint does not match the pinned one".into(),
+            ))
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -170,7 +198,9 @@ pub async fn sync_once(
     progress: &mut (dyn FnMut(usize, usize) + Send),
     report: &mut SyncReport,
 ) -> Result<(), NetError> {
-    let mut request = url.into_client_request().map_err(|_| NetError::Url(url.to_string()))?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|_| NetError::Url(url.to_string()))?;
     let bearer = format!("Bearer {}", opts.token)
         .parse()
         .map_err(|_| NetError::Url("token is not a valid header value".into()))?;
@@ -183,9 +213,10 @@ pub async fn sync_once(
     let config = WebSocketConfig::default()
         .max_message_size(Some(opts.max_frame))
         .max_frame_size(Some(opts.max_frame));
-    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
-        .await
-        .map_err(|e| NetError::Connection(e.to_string()))?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
     let (mut session, join) = DeviceSession::start(replica);
     report.bytes_sent += join.len() as u64;
     report.frames_sent += 1;
@@ -225,8 +256,14 @@ pub async fn sync_once(
     };
     let docs = session.documents();
     report.documents = docs.len();
-    report.confirmed = docs.values().filter(|p| **p == super::device::DocProgress::Confirmed).count();
-    report.unavailable = docs.values().filter(|p| **p == super::device::DocProgress::Unavailable).count();
+    report.confirmed = docs
+        .values()
+        .filter(|p| **p == super::device::DocProgress::Confirmed)
+        .count();
+    report.unavailable = docs
+        .values()
+        .filter(|p| **p == super::device::DocProgress::Unavailable)
+        .count();
     report.unsent = session.unconfirmed();
     let _ = ws.close(None).await;
     result
@@ -267,7 +304,12 @@ impl Replica {
     /// Sync every document this device holds, plus its facility's roster documents, with the
     /// server at `server_url` (`wss://host:port/sync`). Resumes from persisted sync states,
     /// retries with backoff, and reports what is still unsent.
-    pub async fn sync(&mut self, server_url: &str, token: &str, trust: Trust) -> Result<SyncReport, NetError> {
+    pub async fn sync(
+        &mut self,
+        server_url: &str,
+        token: &str,
+        trust: Trust,
+    ) -> Result<SyncReport, NetError> {
         let opts = SyncOptions::new(token, trust);
         sync(self, server_url, &opts, &mut |_, _| {}).await
     }

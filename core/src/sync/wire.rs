@@ -308,7 +308,11 @@ impl Message {
                 document_id,
                 data,
             } => {
-                let kind = if matches!(self, Message::Request { .. }) { "request" } else { "sync" };
+                let kind = if matches!(self, Message::Request { .. }) {
+                    "request"
+                } else {
+                    "sync"
+                };
                 put("type", t(kind));
                 put("senderId", t(sender_id));
                 put("targetId", t(target_id));
@@ -351,7 +355,10 @@ impl Message {
                 put("senderId", t(sender_id));
                 put("targetId", t(target_id));
                 put("add", Value::Array(add.iter().map(|v| t(v)).collect()));
-                put("remove", Value::Array(remove.iter().map(|v| t(v)).collect()));
+                put(
+                    "remove",
+                    Value::Array(remove.iter().map(|v| t(v)).collect()),
+                );
             }
             Message::RemoteHeadsChanged {
                 sender_id,
@@ -461,24 +468,35 @@ mod tests {
         frame.extend(b"extra");
         frame.push(0x01);
         let m = Message::decode(&frame).unwrap();
-        assert!(matches!(m, Message::Join { ref peer_metadata, ref supported_protocol_versions, .. }
-            if peer_metadata.storage_id.is_none() && supported_protocol_versions == &["1"]));
+        assert!(
+            matches!(m, Message::Join { ref peer_metadata, ref supported_protocol_versions, .. }
+            if peer_metadata.storage_id.is_none() && supported_protocol_versions == &["1"])
+        );
         assert_eq!(uint(&Value::Float(3.0)), Some(3));
     }
 
     #[test]
     fn strict_where_it_matters() {
-        assert!(matches!(Message::decode(b"\xff\x00"), Err(WireError::NotCbor(_))));
+        assert!(matches!(
+            Message::decode(b"\xff\x00"),
+            Err(WireError::NotCbor(_))
+        ));
         assert!(matches!(Message::decode(&[0x01]), Err(WireError::NotAMap)));
         let unknown = {
             let mut out = Vec::new();
             ciborium::ser::into_writer(
-                &Value::Map(vec![(Value::Text("type".into()), Value::Text("bogus".into()))]),
+                &Value::Map(vec![(
+                    Value::Text("type".into()),
+                    Value::Text("bogus".into()),
+                )]),
                 &mut out,
             )
             .unwrap();
             out
         };
-        assert!(matches!(Message::decode(&unknown), Err(WireError::UnknownType(_))));
+        assert!(matches!(
+            Message::decode(&unknown),
+            Err(WireError::UnknownType(_))
+        ));
     }
 }
