@@ -206,3 +206,80 @@ pub fn entry_ids(replica: &Replica) -> anyhow::Result<Vec<String>> {
     ids.sort();
     Ok(ids)
 }
+
+/// A TLS client config that trusts exactly the server's certificate fingerprint.
+pub fn tls_client(server: &ServerProcess) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let cfg = rounds_core::sync::net::client_config(&rounds_core::sync::net::Trust::Fingerprint(server.fingerprint))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(std::sync::Arc::new(cfg))
+}
+
+/// A plain HTTP/1.1 GET over TLS to the server; returns (status line, body).
+pub async fn https_get(server: &ServerProcess, path: &str) -> anyhow::Result<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls_client(server)?);
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A TCP proxy on 127.0.0.1 that forwards to `port`; the first `cut` connections are cut after
+/// `after` bytes (both directions together). Returns the proxy's port.
+pub async fn cutting_proxy(port: u16, after: usize, cut: usize) -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy_port = listener.local_addr()?.port();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let limit = if n < cut { after } else { usize::MAX };
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    return;
+                };
+                let _ = pipe(client, server, limit).await;
+            });
+        }
+    });
+    Ok(proxy_port)
+}
+
+async fn pipe(client: tokio::net::TcpStream, server: tokio::net::TcpStream, limit: usize) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let mut total = 0usize;
+    let mut a = [0u8; 4096];
+    let mut b = [0u8; 4096];
+    loop {
+        tokio::select! {
+            n = cr.read(&mut a) => {
+                let n = n?;
+                if n == 0 { return Ok(()); }
+                let allowed = n.min(limit.saturating_sub(total));
+                sw.write_all(&a[..allowed]).await?;
+                total += n;
+            }
+            n = sr.read(&mut b) => {
+                let n = n?;
+                if n == 0 { return Ok(()); }
+                let allowed = n.min(limit.saturating_sub(total));
+                cw.write_all(&b[..allowed]).await?;
+                total += n;
+            }
+        }
+        if total >= limit {
+            // Cut: drop both sides mid-stream.
+            return Ok(());
+        }
+    }
+}

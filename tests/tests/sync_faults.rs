@@ -1,0 +1,193 @@
+//! The network misbehaves, peers misbehave: nothing is lost, nothing is duplicated, the server
+//! keeps serving.
+
+use chrono::{Duration, TimeZone, Utc};
+use futures_util::{SinkExt, StreamExt};
+use rounds_core::replica::NewInteraction;
+use rounds_core::sync::wire::{Message, PeerMetadata};
+use rounds_core::{Program, Replica};
+use rounds_tests::{DEV_TOKEN, ServerProcess, cutting_proxy, entry_ids, https_get, sunnyvale, sync_with, tls_client};
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn device(dir: &std::path::Path) -> Replica {
+    let mut r = Replica::open(dir).unwrap();
+    r.import(&sunnyvale().unwrap(), Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap()).unwrap();
+    r
+}
+
+fn log(r: &mut Replica, k: i64) {
+    let start = Utc.with_ymd_and_hms(2026, 12, 3, 14, 0, 0).unwrap() + Duration::minutes(k * 37);
+    r.log_interaction(
+        NewInteraction {
+            patient: ["p-001", "p-002", "p-005"][(k % 3) as usize].into(),
+            staff: "rn-lee".into(),
+            program: Program::Ccm,
+            started_at: start,
+            ended_at: start + Duration::minutes(7),
+            interactive: true,
+            activity: None,
+            note: None,
+        },
+        start,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_after_n_bytes_retries_and_converges_exactly_once() {
+    let store = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(store.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = device(dir.path());
+    let mut k = 0;
+    for cut_at in [60usize, 300, 700, 1_500, 3_000, 6_000, 12_000, 25_000, 50_000, 100_000] {
+        for _ in 0..3 {
+            log(&mut d, k);
+            k += 1;
+        }
+        // Two cut connections, then a clean one.
+        let proxy = cutting_proxy(server.port, cut_at, 2).await.unwrap();
+        let mut opts = server.options();
+        opts.idle_timeout = std::time::Duration::from_secs(5);
+        let url = format!("wss://127.0.0.1:{proxy}/sync");
+        let report = rounds_core::sync::net::sync(&mut d, &url, &opts, &mut |_, _| {}).await.unwrap();
+        assert!(report.unsent.is_empty(), "cut at {cut_at}: {report:?}");
+    }
+    // The server holds each entry exactly once: a new device sees exactly the device's entries.
+    let other = tempfile::tempdir().unwrap();
+    let mut fresh = Replica::open(other.path()).unwrap();
+    fresh.join_facility("sunnyvale").unwrap();
+    sync_with(&mut fresh, &server).await.unwrap();
+    let want = entry_ids(&d).unwrap();
+    let got = entry_ids(&fresh).unwrap();
+    assert_eq!(got, want);
+    let mut dedup = got.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len(), got.len());
+    let (data, _) = fresh.export().unwrap();
+    let minutes: i64 = data
+        .interactions
+        .iter()
+        .filter(|i| i.started_at > chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap())
+        .map(|i| (i.ended_at - i.started_at).num_minutes())
+        .sum();
+    assert_eq!(minutes, 7 * k);
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw(server: &ServerProcess) -> Socket {
+    let mut req = format!("wss://127.0.0.1:{}/sync", server.port).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {DEV_TOKEN}").parse().unwrap());
+    let connector = tokio_tungstenite::Connector::Rustls(tls_client(server).unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await.unwrap();
+    ws
+}
+
+fn join() -> Vec<u8> {
+    Message::Join {
+        sender_id: "raw-peer".into(),
+        peer_metadata: PeerMetadata::default(),
+        supported_protocol_versions: vec!["1".into()],
+    }
+    .encode()
+}
+
+/// Read until the server closes; returns the error message it sent, if any.
+async fn closed_with(ws: &mut Socket) -> Option<String> {
+    let mut error = None;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Ws::Binary(b)))) => {
+                if let Ok(Message::Error { message, .. }) = Message::decode(&b) {
+                    error = Some(message);
+                }
+            }
+            Ok(Some(Ok(Ws::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return error,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("server did not close the connection"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_closes_only_that_connection() {
+    let store = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(store.path(), &["--max-frame", "65536"]).unwrap();
+
+    let mut ws = raw(&server).await;
+    ws.send(Ws::Text("hello".into())).await.unwrap();
+    assert!(closed_with(&mut ws).await.unwrap().contains("text frames"));
+
+    let mut ws = raw(&server).await;
+    ws.send(Ws::Binary(vec![0xff, 0x00, 0x13].into())).await.unwrap();
+    assert!(closed_with(&mut ws).await.unwrap().contains("not CBOR"));
+
+    let mut ws = raw(&server).await;
+    let bogus = {
+        let mut out = Vec::new();
+        ciborium_like_map(&mut out);
+        out
+    };
+    ws.send(Ws::Binary(bogus.into())).await.unwrap();
+    assert!(closed_with(&mut ws).await.unwrap().contains("unknown message type"));
+
+    let mut ws = raw(&server).await;
+    ws.send(Ws::Binary(join().into())).await.unwrap();
+    let Some(Ok(Ws::Binary(peer))) = ws.next().await else { panic!("no peer message") };
+    let Ok(Message::Peer { sender_id: server_id, .. }) = Message::decode(&peer) else { panic!("not a peer message") };
+    let doc = rounds_core::DocumentId::facility("sunnyvale").to_string();
+    let sync = Message::Sync { sender_id: "raw-peer".into(), target_id: server_id, document_id: doc, data: vec![1, 2, 3, 4] };
+    ws.send(Ws::Binary(sync.encode().into())).await.unwrap();
+    assert!(closed_with(&mut ws).await.unwrap().contains("not an Automerge sync message"));
+
+    let mut ws = raw(&server).await;
+    let _ = ws.send(Ws::Binary(vec![0u8; 200_000].into())).await;
+    closed_with(&mut ws).await;
+
+    // A request before the handshake is refused too.
+    let mut ws = raw(&server).await;
+    let early = Message::Request { sender_id: "x".into(), target_id: "y".into(), document_id: "z".into(), data: vec![] };
+    ws.send(Ws::Binary(early.encode().into())).await.unwrap();
+    assert!(closed_with(&mut ws).await.unwrap().contains("join"));
+
+    // The server keeps serving: a device syncs normally, and the errors were counted.
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = device(dir.path());
+    log(&mut d, 1);
+    let report = sync_with(&mut d, &server).await.unwrap();
+    assert!(report.unsent.is_empty());
+    let (status, metrics) = https_get(&server, "/metrics").await.unwrap();
+    assert!(status.contains("200"), "{status}");
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rounds_protocol_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "{metrics}");
+    let (status, body) = https_get(&server, "/healthz").await.unwrap();
+    assert!(status.contains("200") && body.contains("ok"));
+}
+
+/// `{"type": "bogus"}` in CBOR, by hand.
+fn ciborium_like_map(out: &mut Vec<u8>) {
+    out.push(0xa1);
+    out.push(0x64);
+    out.extend(b"type");
+    out.push(0x65);
+    out.extend(b"bogus");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_at_the_upgrade() {
+    let store = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(store.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = device(dir.path());
+    let mut opts = server.options();
+    opts.token = "wrong".into();
+    opts.attempts = 1;
+    let err = rounds_core::sync::net::sync(&mut d, &server.url(), &opts, &mut |_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+}
