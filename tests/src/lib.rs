@@ -209,8 +209,10 @@ pub fn entry_ids(replica: &Replica) -> anyhow::Result<Vec<String>> {
 
 /// A TLS client config that trusts exactly the server's certificate fingerprint.
 pub fn tls_client(server: &ServerProcess) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
-    let cfg = rounds_core::sync::net::client_config(&rounds_core::sync::net::Trust::Fingerprint(server.fingerprint))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = rounds_core::sync::net::client_config(&rounds_core::sync::net::Trust::Fingerprint(
+        server.fingerprint,
+    ))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(std::sync::Arc::new(cfg))
 }
 
@@ -221,13 +223,18 @@ pub async fn https_get(server: &ServerProcess, path: &str) -> anyhow::Result<(St
     let connector = tokio_rustls::TlsConnector::from(tls_client(server)?);
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     let _ = tls.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.lines().next().unwrap_or_default().to_string();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -253,7 +260,11 @@ pub async fn cutting_proxy(port: u16, after: usize, cut: usize) -> anyhow::Resul
     Ok(proxy_port)
 }
 
-async fn pipe(client: tokio::net::TcpStream, server: tokio::net::TcpStream, limit: usize) -> std::io::Result<()> {
+async fn pipe(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    limit: usize,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();

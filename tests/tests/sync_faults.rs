@@ -6,13 +6,19 @@ use futures_util::{SinkExt, StreamExt};
 use rounds_core::replica::NewInteraction;
 use rounds_core::sync::wire::{Message, PeerMetadata};
 use rounds_core::{Program, Replica};
-use rounds_tests::{DEV_TOKEN, ServerProcess, cutting_proxy, entry_ids, https_get, sunnyvale, sync_with, tls_client};
+use rounds_tests::{
+    DEV_TOKEN, ServerProcess, cutting_proxy, entry_ids, https_get, sunnyvale, sync_with, tls_client,
+};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn device(dir: &std::path::Path) -> Replica {
     let mut r = Replica::open(dir).unwrap();
-    r.import(&sunnyvale().unwrap(), Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap()).unwrap();
+    r.import(
+        &sunnyvale().unwrap(),
+        Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap(),
+    )
+    .unwrap();
     r
 }
 
@@ -41,7 +47,9 @@ async fn a_connection_cut_after_n_bytes_retries_and_converges_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = device(dir.path());
     let mut k = 0;
-    for cut_at in [60usize, 300, 700, 1_500, 3_000, 6_000, 12_000, 25_000, 50_000, 100_000] {
+    for cut_at in [
+        60usize, 300, 700, 1_500, 3_000, 6_000, 12_000, 25_000, 50_000, 100_000,
+    ] {
         for _ in 0..3 {
             log(&mut d, k);
             k += 1;
@@ -51,7 +59,9 @@ async fn a_connection_cut_after_n_bytes_retries_and_converges_exactly_once() {
         let mut opts = server.options();
         opts.idle_timeout = std::time::Duration::from_secs(5);
         let url = format!("wss://127.0.0.1:{proxy}/sync");
-        let report = rounds_core::sync::net::sync(&mut d, &url, &opts, &mut |_, _| {}).await.unwrap();
+        let report = rounds_core::sync::net::sync(&mut d, &url, &opts, &mut |_, _| {})
+            .await
+            .unwrap();
         assert!(report.unsent.is_empty(), "cut at {cut_at}: {report:?}");
     }
     // The server holds each entry exactly once: a new device sees exactly the device's entries.
@@ -69,19 +79,30 @@ async fn a_connection_cut_after_n_bytes_retries_and_converges_exactly_once() {
     let minutes: i64 = data
         .interactions
         .iter()
-        .filter(|i| i.started_at > chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap())
+        .filter(|i| {
+            i.started_at > chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap()
+        })
         .map(|i| (i.ended_at - i.started_at).num_minutes())
         .sum();
     assert_eq!(minutes, 7 * k);
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn raw(server: &ServerProcess) -> Socket {
-    let mut req = format!("wss://127.0.0.1:{}/sync", server.port).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {DEV_TOKEN}").parse().unwrap());
+    let mut req = format!("wss://127.0.0.1:{}/sync", server.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {DEV_TOKEN}").parse().unwrap(),
+    );
     let connector = tokio_tungstenite::Connector::Rustls(tls_client(server).unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await.unwrap();
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+            .await
+            .unwrap();
     ws
 }
 
@@ -121,7 +142,9 @@ async fn malformed_input_closes_only_that_connection() {
     assert!(closed_with(&mut ws).await.unwrap().contains("text frames"));
 
     let mut ws = raw(&server).await;
-    ws.send(Ws::Binary(vec![0xff, 0x00, 0x13].into())).await.unwrap();
+    ws.send(Ws::Binary(vec![0xff, 0x00, 0x13].into()))
+        .await
+        .unwrap();
     assert!(closed_with(&mut ws).await.unwrap().contains("not CBOR"));
 
     let mut ws = raw(&server).await;
@@ -131,16 +154,39 @@ async fn malformed_input_closes_only_that_connection() {
         out
     };
     ws.send(Ws::Binary(bogus.into())).await.unwrap();
-    assert!(closed_with(&mut ws).await.unwrap().contains("unknown message type"));
+    assert!(
+        closed_with(&mut ws)
+            .await
+            .unwrap()
+            .contains("unknown message type")
+    );
 
     let mut ws = raw(&server).await;
     ws.send(Ws::Binary(join().into())).await.unwrap();
-    let Some(Ok(Ws::Binary(peer))) = ws.next().await else { panic!("no peer message") };
-    let Ok(Message::Peer { sender_id: server_id, .. }) = Message::decode(&peer) else { panic!("not a peer message") };
+    let Some(Ok(Ws::Binary(peer))) = ws.next().await else {
+        panic!("no peer message")
+    };
+    let Ok(Message::Peer {
+        sender_id: server_id,
+        ..
+    }) = Message::decode(&peer)
+    else {
+        panic!("not a peer message")
+    };
     let doc = rounds_core::DocumentId::facility("sunnyvale").to_string();
-    let sync = Message::Sync { sender_id: "raw-peer".into(), target_id: server_id, document_id: doc, data: vec![1, 2, 3, 4] };
+    let sync = Message::Sync {
+        sender_id: "raw-peer".into(),
+        target_id: server_id,
+        document_id: doc,
+        data: vec![1, 2, 3, 4],
+    };
     ws.send(Ws::Binary(sync.encode().into())).await.unwrap();
-    assert!(closed_with(&mut ws).await.unwrap().contains("not an Automerge sync message"));
+    assert!(
+        closed_with(&mut ws)
+            .await
+            .unwrap()
+            .contains("not an Automerge sync message")
+    );
 
     let mut ws = raw(&server).await;
     let _ = ws.send(Ws::Binary(vec![0u8; 200_000].into())).await;
@@ -148,7 +194,12 @@ async fn malformed_input_closes_only_that_connection() {
 
     // A request before the handshake is refused too.
     let mut ws = raw(&server).await;
-    let early = Message::Request { sender_id: "x".into(), target_id: "y".into(), document_id: "z".into(), data: vec![] };
+    let early = Message::Request {
+        sender_id: "x".into(),
+        target_id: "y".into(),
+        document_id: "z".into(),
+        data: vec![],
+    };
     ws.send(Ws::Binary(early.encode().into())).await.unwrap();
     assert!(closed_with(&mut ws).await.unwrap().contains("join"));
 
@@ -188,6 +239,8 @@ async fn a_wrong_token_is_refused_at_the_upgrade() {
     let mut opts = server.options();
     opts.token = "wrong".into();
     opts.attempts = 1;
-    let err = rounds_core::sync::net::sync(&mut d, &server.url(), &opts, &mut |_, _| {}).await.unwrap_err();
+    let err = rounds_core::sync::net::sync(&mut d, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
 }
