@@ -100,8 +100,14 @@ pub enum Command {
         #[arg(long, default_value = "./rounds-data", conflicts_with = "server")]
         store: PathBuf,
         /// A running server's base URL, e.g. https://127.0.0.1:8443 (imports through its API).
-        #[arg(long)]
+        #[arg(long, requires = "token")]
         server: Option<String>,
+        /// The admin token for --server.
+        #[arg(long, env = "ROUNDS_TOKEN")]
+        token: Option<String>,
+        /// Trust the server certificate with this SHA-256 fingerprint (hex), e.g. a self-signed one.
+        #[arg(long)]
+        fingerprint: Option<String>,
     },
 }
 
@@ -232,12 +238,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             file,
             store,
             server,
+            token,
+            fingerprint,
         } => {
             let data = load_data(&file)?;
             if let Some(url) = server {
-                return Err(CliError::Invalid(format!(
-                    "importing through a running server: POST the file to {url}/api/v1/import with `Authorization: Bearer <token>`"
-                )));
+                let body = read(&file)?;
+                let trust = match fingerprint.as_deref() {
+                    Some(hex) => {
+                        rounds_core::sync::net::Trust::Fingerprint(parse_fingerprint(hex)?)
+                    }
+                    None => rounds_core::sync::net::Trust::SystemRoots,
+                };
+                let reply = runtime()?.block_on(post_import(
+                    &url,
+                    token.as_deref().unwrap_or_default(),
+                    trust,
+                    body,
+                ))?;
+                println!("{reply}");
+                return Ok(());
             }
             let docs = crate::import::documents_of(&data).map_err(CliError::Invalid)?;
             let n = docs.len();
@@ -270,6 +290,51 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
+    }
+}
+
+fn parse_fingerprint(hex: &str) -> Result<[u8; 32], CliError> {
+    let clean: String = hex.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let bytes: Vec<u8> = (0..clean.len() / 2)
+        .filter_map(|i| u8::from_str_radix(clean.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| CliError::Invalid("--fingerprint: expected 64 hex digits (SHA-256)".into()))
+}
+
+async fn post_import(
+    url: &str,
+    token: &str,
+    trust: rounds_core::sync::net::Trust,
+    body: String,
+) -> Result<String, CliError> {
+    let tls = rounds_core::sync::net::client_config(&trust)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| CliError::Invalid(format!("HTTP client: {e}")))?;
+    let endpoint = format!("{}/api/v1/import", url.trim_end_matches('/'));
+    let resp = client
+        .post(&endpoint)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| CliError::Invalid(format!("{endpoint}: {e}")))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| CliError::Invalid(format!("{endpoint}: {e}")))?;
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(CliError::Invalid(format!(
+            "{endpoint}: {status}: {}",
+            text.trim()
+        )))
     }
 }
 

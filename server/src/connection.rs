@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use rounds_core::sync::hub::{AllowAll, ConnId};
@@ -9,6 +10,9 @@ use tokio::sync::mpsc;
 
 use crate::auth::Device;
 use crate::server::{Outbound, Shared};
+
+/// How often the server pings; a peer silent for three intervals is dropped.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Serve one connection until it closes or the server shuts down.
 pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) {
@@ -19,9 +23,20 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
     shared.metrics.connections_open.fetch_add(1, Relaxed);
     tracing::info!(conn, device = %device.name, "connection opened");
     let mut shutdown = shared.shutdown.clone();
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    let mut last_heard = Instant::now();
     let reason = loop {
         tokio::select! {
+            _ = keepalive.tick() => {
+                if last_heard.elapsed() > KEEPALIVE * 3 {
+                    break "no response to pings".to_string();
+                }
+                if socket.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    break "write error on ping".to_string();
+                }
+            }
             incoming = socket.recv() => {
+                last_heard = Instant::now();
                 let frame = match incoming {
                     None => break "closed by peer".to_string(),
                     Some(Err(e)) => break format!("read error: {e}"),

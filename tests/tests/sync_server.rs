@@ -146,3 +146,79 @@ async fn reconnect_with_nothing_new_is_one_small_exchange_per_document() {
     assert!(again.frames_sent <= docs + 1 + docs / 4, "{again:?}");
     assert!(per_doc < 512, "{per_doc} bytes per document");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_through_a_running_server_then_graceful_shutdown_and_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(store.path()).unwrap();
+    let hex: String = server
+        .fingerprint
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = std::process::Command::new(rounds_tests::rounds_bin().unwrap())
+        .args([
+            "import",
+            "--server",
+            &format!("https://127.0.0.1:{}", server.port),
+        ])
+        .args(["--token", rounds_tests::DEV_TOKEN, "--fingerprint", &hex])
+        .arg(rounds_tests::repo_root().join("examples/sunnyvale.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["facility"], "sunnyvale");
+    assert!(
+        reply["facility_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("automerge:")
+    );
+
+    // A new device gets the whole facility from the server.
+    let dir = tempfile::tempdir().unwrap();
+    let mut fresh = Replica::open(dir.path()).unwrap();
+    fresh.join_facility("sunnyvale").unwrap();
+    let report = sync_with(&mut fresh, &server).await.unwrap();
+    assert!(
+        report.unsent.is_empty() && report.unavailable == 0,
+        "{report:?}"
+    );
+    let mut want = sunnyvale().unwrap();
+    want.canonicalize();
+    assert_eq!(fresh.export().unwrap().0, want);
+
+    // Idle documents leave memory once their connections are gone.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = rounds_tests::https_get(&server, "/metrics")
+            .await
+            .unwrap()
+            .1;
+        if metrics.contains("rounds_documents_in_memory 0\n") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.contains("rounds_documents_in_memory 0\n"),
+        "{metrics}"
+    );
+
+    // SIGTERM: a clean exit; the restarted server reuses its certificate.
+    let fingerprint = server.fingerprint;
+    let status = server.stop().unwrap();
+    assert!(status.success(), "{status:?}");
+    let server = ServerProcess::start(store.path()).unwrap();
+    assert_eq!(server.fingerprint, fingerprint);
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut again = Replica::open(dir2.path()).unwrap();
+    again.join_facility("sunnyvale").unwrap();
+    sync_with(&mut again, &server).await.unwrap();
+    assert_eq!(again.export().unwrap().0, want);
+}
