@@ -10,7 +10,7 @@ fn node(server: &ServerProcess, args: &[&str]) -> serde_json::Value {
     let js = repo_root().join("tests/js");
     assert!(
         js.join("node_modules/@automerge/automerge-repo").exists(),
-        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test does)"
+        "tests/js/node_modules is missing: run `npm install --prefix tests/js` (scripts/test does)"
     );
     let url = format!("wss://localhost:{}/sync?token={DEV_TOKEN}", server.port);
     let out = std::process::Command::new("node")
