@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use automerge::{Automerge, ChangeHash};
 
+use crate::crypt::Sealer;
+
 /// Log records after which the document is compacted into a snapshot.
 pub const COMPACT_AFTER_RECORDS: usize = 256;
 
@@ -26,6 +28,8 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("{path}: cannot be decrypted with this key (wrong key, or the file is damaged)")]
+    Decrypt { path: PathBuf },
     #[error("{path}: not a readable Automerge document: {source}")]
     Corrupt {
         path: PathBuf,
@@ -44,6 +48,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 /// One document and its files.
 pub struct DocFile {
     pub doc: Automerge,
+    sealer: Option<Sealer>,
     persisted: Vec<ChangeHash>,
     snap_path: PathBuf,
     log_path: PathBuf,
@@ -53,13 +58,24 @@ pub struct DocFile {
 
 impl DocFile {
     /// Open (or create empty) the files for `stem` in `dir` and load what they hold.
-    pub fn open(dir: &Path, stem: &str) -> Result<DocFile, StoreError> {
+    /// With a `sealer`, every record and snapshot is encrypted on disk.
+    pub fn open(dir: &Path, stem: &str, sealer: Option<&Sealer>) -> Result<DocFile, StoreError> {
         let snap_path = dir.join(format!("{stem}.snap"));
         let log_path = dir.join(format!("{stem}.log"));
+        let unseal = |bytes: Vec<u8>, path: &Path| -> Result<Vec<u8>, StoreError> {
+            match sealer {
+                Some(s) => s.open(&bytes).map_err(|_| StoreError::Decrypt {
+                    path: path.to_path_buf(),
+                }),
+                None => Ok(bytes),
+            }
+        };
         let mut doc = match fs::read(&snap_path) {
-            Ok(bytes) => Automerge::load(&bytes).map_err(|source| StoreError::Corrupt {
-                path: snap_path.clone(),
-                source: Box::new(source),
+            Ok(bytes) => Automerge::load(&unseal(bytes, &snap_path)?).map_err(|source| {
+                StoreError::Corrupt {
+                    path: snap_path.clone(),
+                    source: Box::new(source),
+                }
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Automerge::new(),
             Err(e) => return Err(io_err(&snap_path)(e)),
@@ -75,7 +91,8 @@ impl DocFile {
         let mut pos = 0usize;
         let mut records = 0usize;
         while let Some((chunk, next)) = next_record(&bytes, pos) {
-            if doc.load_incremental(chunk).is_err() {
+            let chunk = unseal(chunk.to_vec(), &log_path)?;
+            if doc.load_incremental(&chunk).is_err() {
                 break;
             }
             pos = next;
@@ -94,6 +111,7 @@ impl DocFile {
         let persisted = doc.get_heads();
         Ok(DocFile {
             doc,
+            sealer: sealer.cloned(),
             persisted,
             snap_path,
             log_path,
@@ -113,7 +131,7 @@ impl DocFile {
         if heads == self.persisted {
             return Ok(());
         }
-        let chunk = self.doc.save_after(&self.persisted);
+        let chunk = self.seal(self.doc.save_after(&self.persisted))?;
         if !chunk.is_empty() {
             let mut rec = Vec::with_capacity(chunk.len() + 8);
             rec.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
@@ -130,10 +148,19 @@ impl DocFile {
         Ok(())
     }
 
+    fn seal(&self, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match &self.sealer {
+            Some(s) if !bytes.is_empty() => s.seal(&bytes).map_err(|_| StoreError::Decrypt {
+                path: self.log_path.clone(),
+            }),
+            _ => Ok(bytes),
+        }
+    }
+
     /// Replace snapshot + log by one snapshot, crash-safely.
     pub fn compact(&mut self) -> Result<(), StoreError> {
         let tmp = self.snap_path.with_extension("snap.tmp");
-        let bytes = self.doc.save();
+        let bytes = self.seal(self.doc.save())?;
         {
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
             f.write_all(&bytes).map_err(io_err(&tmp))?;
@@ -181,7 +208,7 @@ mod tests {
     #[test]
     fn survives_reopen_compaction_and_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = DocFile::open(dir.path(), "x").unwrap();
+        let mut d = DocFile::open(dir.path(), "x", None).unwrap();
         put(&mut d, "a");
         put(&mut d, "b");
         d.compact().unwrap();
@@ -194,12 +221,12 @@ mod tests {
             .unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9]).unwrap();
         drop(f);
-        let mut d = DocFile::open(dir.path(), "x").unwrap();
+        let mut d = DocFile::open(dir.path(), "x", None).unwrap();
         let keys: Vec<String> = automerge::ReadDoc::keys(&d.doc, ROOT).collect();
         assert_eq!(keys, vec!["a", "b", "c"]);
         put(&mut d, "d");
         drop(d);
-        let d = DocFile::open(dir.path(), "x").unwrap();
+        let d = DocFile::open(dir.path(), "x", None).unwrap();
         assert_eq!(automerge::ReadDoc::keys(&d.doc, ROOT).count(), 4);
     }
 }

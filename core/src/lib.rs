@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod crypt;
 pub mod datafile;
 pub mod doc_file;
 pub mod document;

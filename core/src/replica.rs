@@ -17,6 +17,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::crypt::{KeyBytes, Sealer};
 use crate::doc_file::{DocFile, StoreError, sync_dir};
 use crate::document::{self as d, DocKind};
 use crate::ids::DocumentId;
@@ -43,6 +44,10 @@ pub enum ReplicaError {
     Invalid(Problems),
     #[error("{path}: {message}")]
     Meta { path: PathBuf, message: String },
+    #[error("{0}: the replica is encrypted; open it with its key")]
+    KeyRequired(PathBuf),
+    #[error("{0}: wrong key for this replica")]
+    WrongKey(PathBuf),
     #[error("this replica has no facility yet: import a data file first")]
     NoFacility,
     #[error("this replica belongs to facility {have:?}, not {want:?}")]
@@ -71,7 +76,12 @@ struct ReplicaMeta {
     /// Hex of the device's Automerge actor id.
     actor: String,
     facility: Option<String>,
+    /// A known text sealed with the replica's key (hex), to tell a wrong key at open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_check: Option<String>,
 }
+
+const KEY_CHECK: &[u8] = b"rounds-replica-key-check";
 
 /// The stop event of a timer, written once under the timer's id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,13 +163,26 @@ pub struct Replica {
     docs_dir: PathBuf,
     actor: ActorId,
     facility: Option<String>,
+    sealer: Option<Sealer>,
+    key_check: Option<String>,
     docs: BTreeMap<DocumentId, DocFile>,
     sync_states: HashMap<(DocumentId, String), sync::State>,
 }
 
 impl Replica {
-    /// Open the replica in `dir`, creating it (with a new device actor) when empty.
+    /// Open an unencrypted replica in `dir` (tools and tests), creating it when empty.
     pub fn open(dir: impl AsRef<Path>) -> Result<Replica> {
+        Replica::open_with(dir, None)
+    }
+
+    /// Open the replica in `dir` with its 256-bit key (from the platform keystore), creating it
+    /// when empty. Every document file is encrypted with XChaCha20-Poly1305; a wrong key is
+    /// refused at open.
+    pub fn open_encrypted(dir: impl AsRef<Path>, key: &KeyBytes) -> Result<Replica> {
+        Replica::open_with(dir, Some(Sealer::new(key)))
+    }
+
+    fn open_with(dir: impl AsRef<Path>, sealer: Option<Sealer>) -> Result<Replica> {
         let dir = dir.as_ref().to_path_buf();
         let docs_dir = dir.join("docs");
         fs::create_dir_all(&docs_dir).map_err(|source| StoreError::Io {
@@ -183,10 +206,18 @@ impl Replica {
                 meta
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key_check = match &sealer {
+                    Some(s) => Some(hex_encode(
+                        &s.seal(KEY_CHECK)
+                            .map_err(|_| ReplicaError::WrongKey(meta_path.clone()))?,
+                    )),
+                    None => None,
+                };
                 let meta = ReplicaMeta {
                     format: META_FORMAT.to_string(),
                     actor: ActorId::random().to_hex_string(),
                     facility: None,
+                    key_check,
                 };
                 write_meta(&dir, &meta)?;
                 meta
@@ -199,6 +230,24 @@ impl Replica {
                 .into());
             }
         };
+        match (&sealer, &meta.key_check) {
+            (None, Some(_)) => return Err(ReplicaError::KeyRequired(dir.join(META_FILE))),
+            (Some(_), None) => {
+                return Err(ReplicaError::Meta {
+                    path: dir.join(META_FILE),
+                    message: "this replica is not encrypted; open it without a key".into(),
+                });
+            }
+            (Some(s), Some(check)) => {
+                let ok = hex_decode(check)
+                    .and_then(|b| s.open(&b).ok())
+                    .is_some_and(|p| p == KEY_CHECK);
+                if !ok {
+                    return Err(ReplicaError::WrongKey(dir.join(META_FILE)));
+                }
+            }
+            (None, None) => {}
+        }
         let actor_bytes = hex_decode(&meta.actor).ok_or_else(|| ReplicaError::Meta {
             path: dir.join(META_FILE),
             message: "actor is not hex".into(),
@@ -224,7 +273,7 @@ impl Replica {
                 tracing::warn!(file = %stem, "ignoring a file that is not a document");
                 continue;
             };
-            let mut file = DocFile::open(&docs_dir, &stem)?;
+            let mut file = DocFile::open(&docs_dir, &stem, sealer.as_ref())?;
             file.doc.set_actor(actor.clone());
             docs.insert(id, file);
         }
@@ -233,6 +282,8 @@ impl Replica {
             docs_dir,
             actor,
             facility: meta.facility,
+            sealer,
+            key_check: meta.key_check,
             docs,
             sync_states: HashMap::new(),
         })
@@ -272,7 +323,7 @@ impl Replica {
     /// The document, loaded or created from its genesis and persisted.
     fn ensure_doc(&mut self, id: DocumentId, kind: DocKind) -> Result<&mut DocFile> {
         if !self.docs.contains_key(&id) {
-            let mut file = DocFile::open(&self.docs_dir, &id.to_string())?;
+            let mut file = DocFile::open(&self.docs_dir, &id.to_string(), self.sealer.as_ref())?;
             file.doc.set_actor(self.actor.clone());
             self.docs.insert(id, file);
         }
@@ -920,6 +971,7 @@ impl Replica {
                         format: META_FORMAT.to_string(),
                         actor: self.actor.to_hex_string(),
                         facility: Some(fid.clone()),
+                        key_check: self.key_check.clone(),
                     },
                 )?;
             }
@@ -1230,6 +1282,7 @@ impl Replica {
                         format: META_FORMAT.to_string(),
                         actor: self.actor.to_hex_string(),
                         facility: Some(facility.to_string()),
+                        key_check: self.key_check.clone(),
                     },
                 )
             }
@@ -1239,7 +1292,8 @@ impl Replica {
     /// The next sync message for `doc` to `peer`, if there is anything to say.
     pub fn generate_sync_message(&mut self, doc: DocumentId, peer: &str) -> Option<Vec<u8>> {
         if !self.docs.contains_key(&doc) {
-            let mut file = DocFile::open(&self.docs_dir, &doc.to_string()).ok()?;
+            let mut file =
+                DocFile::open(&self.docs_dir, &doc.to_string(), self.sealer.as_ref()).ok()?;
             file.doc.set_actor(self.actor.clone());
             self.docs.insert(doc, file);
         }
@@ -1265,7 +1319,7 @@ impl Replica {
             message: e.to_string(),
         })?;
         if !self.docs.contains_key(&doc) {
-            let mut file = DocFile::open(&self.docs_dir, &doc.to_string())?;
+            let mut file = DocFile::open(&self.docs_dir, &doc.to_string(), self.sealer.as_ref())?;
             file.doc.set_actor(self.actor.clone());
             self.docs.insert(doc, file);
         }
@@ -1391,6 +1445,10 @@ fn write_meta(dir: &Path, meta: &ReplicaMeta) -> Result<()> {
     fs::rename(&tmp, &path).map_err(io(&path))?;
     sync_dir(dir)?;
     Ok(())
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
