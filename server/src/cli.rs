@@ -88,9 +88,50 @@ pub enum Command {
         /// Largest WebSocket frame accepted, in bytes.
         #[arg(long, default_value_t = 8 << 20)]
         max_frame: usize,
-        /// The development token accepted until device enrolment exists (or ROUNDS_DEV_TOKEN).
-        #[arg(long, env = "ROUNDS_DEV_TOKEN", default_value = "rounds-dev")]
-        dev_token: String,
+        /// Accept this development token for every facility's documents (testing only; or
+        /// ROUNDS_DEV_TOKEN). Devices normally enrol: see `rounds device`.
+        #[arg(long, env = "ROUNDS_DEV_TOKEN")]
+        dev_token: Option<String>,
+        /// Connections one device may hold open at once.
+        #[arg(long, default_value_t = 4)]
+        max_connections_per_device: usize,
+        /// Documents one connection may sync.
+        #[arg(long, default_value_t = 50_000)]
+        max_documents_per_connection: usize,
+        /// Sustained frames per second per device (bursts of --frame-burst allowed).
+        #[arg(long, default_value_t = 500.0)]
+        frames_per_second: f64,
+        #[arg(long, default_value_t = 20_000.0)]
+        frame_burst: f64,
+        /// Hours an enrolment code stays valid.
+        #[arg(long, default_value_t = 24.0)]
+        enrolment_code_hours: f64,
+    },
+    /// Enrol, list and revoke devices (through the running server, or on the store).
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// The audit log: who read, wrote or was denied what, and when.
+    Audit {
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// Only records at or after this time (RFC 3339) or date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// CSV instead of JSON.
+        #[arg(long)]
+        csv: bool,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
     },
     /// Load a data file into a server store (the server must not be running on it; use
     /// `--server` to import through a running server).
@@ -109,6 +150,26 @@ pub enum Command {
         #[arg(long)]
         fingerprint: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// A one-time enrolment code for a facility (valid 24 hours, single use).
+    Code {
+        #[arg(long)]
+        facility: String,
+    },
+    /// Create a device and print its token (for scripts).
+    Add {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Every device, with its facility and revocation.
+    List,
+    /// Revoke a device (a lost tablet): its connections close on their next frame.
+    Revoke { name: String },
 }
 
 /// A command failure, printed on stderr as is.
@@ -208,6 +269,51 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .write_all(text.as_bytes())
                 .map_err(out_err)
         }
+        Command::Device {
+            command,
+            store,
+            server,
+        } => {
+            let op = match command {
+                DeviceCommand::Code { facility } => crate::admin_client::Op::Code { facility },
+                DeviceCommand::Add { facility, name } => {
+                    crate::admin_client::Op::Add { facility, name }
+                }
+                DeviceCommand::List => crate::admin_client::Op::List,
+                DeviceCommand::Revoke { name } => crate::admin_client::Op::Revoke { name },
+            };
+            let out =
+                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
+            println!("{}", out.trim_end());
+            Ok(())
+        }
+        Command::Audit {
+            patient,
+            device,
+            since,
+            csv,
+            store,
+            server,
+        } => {
+            let parsed = since
+                .as_deref()
+                .map(crate::admin::parse_since)
+                .transpose()
+                .map_err(|e| CliError::Invalid(format!("--since: {e}")))?;
+            let op = crate::admin_client::Op::Audit {
+                query: crate::security::AuditQuery {
+                    patient,
+                    device,
+                    since: parsed,
+                },
+                csv,
+                raw_since: since,
+            };
+            let out =
+                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
+            println!("{}", out.trim_end());
+            Ok(())
+        }
         Command::Rules => {
             print!("{}", RuleSet::default().to_toml());
             Ok(())
@@ -220,6 +326,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             insecure_http,
             max_frame,
             dev_token,
+            max_connections_per_device,
+            max_documents_per_connection,
+            frames_per_second,
+            frame_burst,
+            enrolment_code_hours,
         } => {
             let opts = crate::server::ServeOptions {
                 store,
@@ -229,6 +340,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 insecure_http,
                 max_frame,
                 dev_token,
+                limits: crate::server::Limits {
+                    connections_per_device: max_connections_per_device,
+                    documents_per_connection: max_documents_per_connection,
+                    frames_per_second,
+                    frame_burst,
+                    code_lifetime: chrono::Duration::milliseconds(
+                        (enrolment_code_hours * 3_600_000.0) as i64,
+                    ),
+                    ..crate::server::Limits::default()
+                },
             };
             runtime()?
                 .block_on(crate::server::serve(opts))
@@ -263,12 +384,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let n = docs.len();
             runtime()?.block_on(async {
                 let (_tx, rx) = tokio::sync::watch::channel(false);
-                let shared = crate::server::Shared::open(&store, 8 << 20, String::new(), rx)
-                    .map_err(|e| {
-                        CliError::Invalid(format!(
-                            "{e} (is a server running on this store? then import through it)"
-                        ))
-                    })?;
+                let shared = crate::server::Shared::open(
+                    &store,
+                    8 << 20,
+                    None,
+                    crate::server::Limits::default(),
+                    rx,
+                )
+                .map_err(|e| {
+                    CliError::Invalid(format!(
+                        "{e} (is a server running on this store? then import through it)"
+                    ))
+                })?;
                 shared.merge(docs).await.map_err(CliError::Invalid)
             })?;
             println!(

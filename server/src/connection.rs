@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
-use rounds_core::sync::hub::{AllowAll, ConnId};
+use rounds_core::sync::hub::ConnId;
 use tokio::sync::mpsc;
 
 use crate::auth::Device;
@@ -18,7 +18,18 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) {
     let conn: ConnId = shared.next_conn.fetch_add(1, Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
-    shared.register(conn, tx, Arc::new(AllowAll));
+    if let Err(reason) = shared.register(conn, tx, device.clone()) {
+        tracing::warn!(conn, device = %device.name, %reason, "connection refused");
+        let frame = rounds_core::sync::wire::Message::Error {
+            sender_id: None,
+            target_id: None,
+            message: reason,
+        }
+        .encode();
+        let _ = socket.send(WsMessage::Binary(frame.into())).await;
+        let _ = socket.send(WsMessage::Close(None)).await;
+        return;
+    }
     shared.metrics.connections_total.fetch_add(1, Relaxed);
     shared.metrics.connections_open.fetch_add(1, Relaxed);
     tracing::info!(conn, device = %device.name, "connection opened");
@@ -49,6 +60,10 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
                     Some(Ok(WsMessage::Close(_))) => break "closed by peer".to_string(),
                     Some(Ok(_)) => continue,
                 };
+                if let Err(reason) = shared.admit_frame(&device) {
+                    shared.protocol_error(conn, &reason).await;
+                    continue;
+                }
                 shared.metrics.messages_received.fetch_add(1, Relaxed);
                 shared.metrics.bytes_received.fetch_add(frame.len() as u64, Relaxed);
                 if frame.len() > shared.max_frame {

@@ -2,12 +2,16 @@
 //! billing a data file (`bill`), the nurse's worklist (`worklist`) and the rule set (`rules`).
 #![forbid(unsafe_code)]
 
+mod access;
+mod admin;
+mod admin_client;
 mod auth;
 mod cli;
 mod connection;
 mod flusher;
 mod import;
 mod metrics;
+mod security;
 mod server;
 mod store;
 mod tls;

@@ -1,6 +1,6 @@
 //! `rounds serve`: axum over rustls, the sync endpoint, health and metrics, graceful shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,12 +14,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use rounds_core::DocumentId;
-use rounds_core::sync::hub::{Access, Action, ConnId, Hub, HubConfig};
+use rounds_core::sync::hub::{Access, Action, AllowAll, ConnId, Hub, HubConfig};
 use tokio::sync::{mpsc, watch};
 
-use crate::auth;
+use crate::access::{FacilityAccess, FacilityIndex};
+use crate::auth::{self, Device};
 use crate::flusher::Flusher;
 use crate::metrics::Metrics;
+use crate::security::{AuditRecord, RateLimiter, Security};
 use crate::store::SledStore;
 use crate::tls;
 
@@ -38,13 +40,50 @@ pub struct ServeOptions {
     pub tls_key: Option<PathBuf>,
     pub insecure_http: bool,
     pub max_frame: usize,
-    pub dev_token: String,
+    /// A development token accepted for every document (never in production).
+    pub dev_token: Option<String>,
+    pub limits: Limits,
+}
+
+/// Per-device limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connections_per_device: usize,
+    pub documents_per_connection: usize,
+    /// Sustained frames per second per device, and the burst allowed above it.
+    pub frames_per_second: f64,
+    pub frame_burst: f64,
+    /// Enrolment attempts per minute per client address.
+    pub enrolments_per_minute: f64,
+    /// How long an enrolment code stays valid.
+    pub code_lifetime: chrono::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connections_per_device: 4,
+            documents_per_connection: 50_000,
+            frames_per_second: 500.0,
+            frame_burst: 20_000.0,
+            enrolments_per_minute: 10.0,
+            code_lifetime: crate::security::CODE_LIFETIME,
+        }
+    }
+}
+
+/// A connection's device and what has been audited for it.
+struct ConnInfo {
+    device: Device,
+    audited: HashSet<(DocumentId, bool)>,
 }
 
 /// The hub and the senders of the open connections, under one lock.
 pub struct Core {
     pub hub: Hub,
     senders: HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    conns: HashMap<ConnId, ConnInfo>,
+    device_conns: HashMap<String, usize>,
 }
 
 /// State shared by all connections.
@@ -56,7 +95,11 @@ pub struct Shared {
     pub max_frame: usize,
     pub next_conn: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
-    dev_token: String,
+    pub security: Security,
+    pub index: Arc<FacilityIndex>,
+    pub limits: Limits,
+    frame_limiter: RateLimiter,
+    enrol_limiter: RateLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +123,8 @@ impl Shared {
     pub fn open(
         store_dir: &std::path::Path,
         max_frame: usize,
-        dev_token: String,
+        dev_token: Option<String>,
+        limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Shared>, ServeError> {
         std::fs::create_dir_all(store_dir).map_err(|source| ServeError::Listen {
@@ -93,20 +137,34 @@ impl Shared {
             format!("rounds-server-{}", store.storage_id()),
             store.storage_id().to_string(),
             store.written_seq(),
-            HubConfig::default(),
+            HubConfig {
+                max_docs_per_conn: limits.documents_per_connection,
+                ..HubConfig::default()
+            },
         );
+        let security = Security::open(store.db(), store_dir, dev_token, limits.code_lifetime)
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
         Ok(Arc::new(Shared {
             core: Mutex::new(Core {
                 hub,
                 senders: HashMap::new(),
+                conns: HashMap::new(),
+                device_conns: HashMap::new(),
             }),
+            security,
+            index: Arc::new(FacilityIndex::new(store.clone())),
+            frame_limiter: RateLimiter::new(limits.frames_per_second, limits.frame_burst),
+            enrol_limiter: RateLimiter::new(
+                limits.enrolments_per_minute / 60.0,
+                limits.enrolments_per_minute,
+            ),
+            limits,
             flusher: Flusher::start(store.clone(), metrics.clone()),
             store,
             metrics,
             max_frame,
             next_conn: AtomicU64::new(1),
             shutdown,
-            dev_token,
         }))
     }
 
@@ -115,15 +173,78 @@ impl Shared {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Register a connection; refused when the device has too many open already.
     pub fn register(
         &self,
         conn: ConnId,
         tx: mpsc::UnboundedSender<Outbound>,
-        access: Arc<dyn Access>,
-    ) {
+        device: Device,
+    ) -> Result<(), String> {
+        let access: Arc<dyn Access> = match &device.facility {
+            Some(f) => Arc::new(FacilityAccess {
+                facility: f.clone(),
+                index: self.index.clone(),
+            }),
+            None => Arc::new(AllowAll),
+        };
         let mut core = self.lock();
+        let open = core.device_conns.entry(device.name.clone()).or_default();
+        if *open >= self.limits.connections_per_device {
+            return Err(format!(
+                "device {} already has {} connections open (limit {})",
+                device.name, open, self.limits.connections_per_device
+            ));
+        }
+        *open += 1;
         core.hub.connect(conn, access);
         core.senders.insert(conn, tx);
+        core.conns.insert(
+            conn,
+            ConnInfo {
+                device,
+                audited: HashSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks before a frame is processed: revocation (takes effect on the next frame) and
+    /// the device's frame rate.
+    pub fn admit_frame(&self, device: &Device) -> Result<(), String> {
+        if device.facility.is_some() && self.security.is_revoked(&device.name) {
+            return Err(format!("device {} has been revoked", device.name));
+        }
+        if !self.frame_limiter.allow(&device.name) {
+            return Err(format!(
+                "device {} exceeded its request rate; slow down and reconnect",
+                device.name
+            ));
+        }
+        Ok(())
+    }
+
+    fn audit_for(
+        &self,
+        core: &Core,
+        conn: ConnId,
+        action: &str,
+        doc: Option<&str>,
+        detail: Option<String>,
+    ) {
+        let mut rec = AuditRecord::new(action);
+        if let Some(info) = core.conns.get(&conn) {
+            rec.device = Some(info.device.name.clone());
+            rec.facility = info.device.facility.clone();
+            if let (Some(f), Some(d)) = (
+                &info.device.facility,
+                doc.and_then(|d| d.parse::<DocumentId>().ok()),
+            ) {
+                rec.patient = self.index.lookup(f, &d).flatten();
+            }
+        }
+        rec.document = doc.map(str::to_string);
+        rec.detail = detail;
+        self.security.record(rec);
     }
 
     /// Carry out hub actions; returns whether something was persisted (a flush is due).
@@ -169,6 +290,17 @@ impl Shared {
                         .access_denied
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(conn, doc = %doc, "document access denied");
+                    self.audit_for(core, conn, "denied", Some(&doc), None);
+                }
+                Action::Accessed { conn, doc, wrote } => {
+                    let first = core
+                        .conns
+                        .get_mut(&conn)
+                        .is_some_and(|i| i.audited.insert((doc, wrote)));
+                    if first {
+                        let action = if wrote { "write" } else { "read" };
+                        self.audit_for(core, conn, action, Some(&doc.to_string()), None);
+                    }
                 }
                 Action::Loaded(_) => {
                     self.metrics
@@ -216,6 +348,13 @@ impl Shared {
     pub async fn protocol_error(&self, conn: ConnId, reason: &str) {
         tracing::warn!(conn, %reason, "protocol error");
         let mut core = self.lock();
+        self.audit_for(
+            &core,
+            conn,
+            "protocol-error",
+            None,
+            Some(reason.to_string()),
+        );
         let target_id = core.hub.peer_of(conn).map(str::to_string);
         if let Some(tx) = core.senders.get(&conn) {
             let frame = rounds_core::sync::wire::Message::Error {
@@ -234,8 +373,18 @@ impl Shared {
     pub async fn unregister(&self, conn: ConnId) {
         let mut core = self.lock();
         core.senders.remove(&conn);
+        if let Some(info) = core.conns.remove(&conn)
+            && let Some(n) = core.device_conns.get_mut(&info.device.name)
+        {
+            *n = n.saturating_sub(1);
+        }
         let actions = core.hub.disconnect(conn);
         self.execute(&mut core, actions);
+    }
+
+    /// Whether another enrolment attempt from `client` is allowed now.
+    pub fn admit_enrolment(&self, client: &str) -> bool {
+        self.enrol_limiter.allow(client)
     }
 
     /// Merge whole documents (an import) and fan them out; returns once they are durable.
@@ -283,7 +432,7 @@ async fn sync_upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let token = auth::token_of(&headers, q.token.as_deref());
-    match auth::authenticate(&shared.dev_token, token) {
+    match shared.security.authenticate(token) {
         Ok(device) => ws
             .max_message_size(shared.max_frame)
             .max_frame_size(shared.max_frame)
@@ -300,7 +449,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
-    if auth::authenticate(&shared.dev_token, auth::token_of(&headers, None)).is_err() {
+    if !shared.security.is_admin(auth::token_of(&headers, None)) {
         return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
     }
     let data = match rounds_core::parse_data_file(&body) {
@@ -331,13 +480,32 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/sync", any(sync_upgrade))
         .route("/api/v1/import", post(import))
+        .route("/api/v1/devices/enroll", post(crate::admin::enroll))
+        .route("/api/v1/devices/codes", post(crate::admin::create_code))
+        .route(
+            "/api/v1/devices",
+            get(crate::admin::list_devices).post(crate::admin::add_device),
+        )
+        .route("/api/v1/devices/{name}/revoke", post(crate::admin::revoke))
+        .route("/api/v1/audit", get(crate::admin::audit))
         .with_state(shared)
 }
 
 /// Run the server until SIGINT/SIGTERM, then close connections and flush.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Shared::open(&opts.store, opts.max_frame, opts.dev_token.clone(), stop_rx)?;
+    let shared = Shared::open(
+        &opts.store,
+        opts.max_frame,
+        opts.dev_token.clone(),
+        opts.limits.clone(),
+        stop_rx,
+    )?;
+    if opts.dev_token.is_some() {
+        eprintln!(
+            "WARNING: --dev-token: a development token is accepted for every facility's documents"
+        );
+    }
     let app = router(shared.clone());
     let handle = axum_server::Handle::new();
     let mut out = std::io::stdout().lock();
@@ -351,7 +519,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         tokio::spawn(async move {
             axum_server::bind(addr)
                 .handle(h)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await
         })
     } else {
@@ -377,7 +545,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         tokio::spawn(async move {
             axum_server::bind_rustls(addr, config)
                 .handle(h)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await
         })
     };

@@ -99,6 +99,11 @@ impl SledStore {
         })
     }
 
+    /// The underlying database (for the security trees).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// This store's stable storage id (sent to peers).
     pub fn storage_id(&self) -> &str {
         &self.storage_id

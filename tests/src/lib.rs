@@ -150,6 +150,13 @@ impl ServerProcess {
         })
     }
 
+    /// The admin credential the server created in its store.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.store.join("admin-token"))?
+            .trim()
+            .to_string())
+    }
+
     pub fn url(&self) -> String {
         format!("wss://127.0.0.1:{}/sync", self.port)
     }
@@ -218,15 +225,36 @@ pub fn tls_client(server: &ServerProcess) -> anyhow::Result<std::sync::Arc<rustl
 
 /// A plain HTTP/1.1 GET over TLS to the server; returns (status line, body).
 pub async fn https_get(server: &ServerProcess, path: &str) -> anyhow::Result<(String, String)> {
+    https_request(server, "GET", path, None, None).await
+}
+
+/// A plain HTTP/1.1 request over TLS with an optional JSON body and bearer token.
+pub async fn https_request(
+    server: &ServerProcess,
+    method: &str,
+    path: &str,
+    json: Option<&serde_json::Value>,
+    token: Option<&str>,
+) -> anyhow::Result<(String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
     let connector = tokio_rustls::TlsConnector::from(tls_client(server)?);
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    let body = json.map(|j| j.to_string()).unwrap_or_default();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if json.is_some() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body.as_bytes()).await?;
     let mut buf = Vec::new();
     let _ = tls.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf).to_string();

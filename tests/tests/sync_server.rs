@@ -162,7 +162,12 @@ async fn import_through_a_running_server_then_graceful_shutdown_and_restart() {
             "--server",
             &format!("https://127.0.0.1:{}", server.port),
         ])
-        .args(["--token", rounds_tests::DEV_TOKEN, "--fingerprint", &hex])
+        .args([
+            "--token",
+            server.admin_token().unwrap().as_str(),
+            "--fingerprint",
+            &hex,
+        ])
         .arg(rounds_tests::repo_root().join("examples/sunnyvale.json"))
         .output()
         .unwrap();

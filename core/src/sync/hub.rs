@@ -71,6 +71,12 @@ pub enum Action {
     },
     /// A document was read into memory from the store.
     Loaded(DocumentId),
+    /// A connection synced a document; `wrote` when it brought changes (for the audit log).
+    Accessed {
+        conn: ConnId,
+        doc: DocumentId,
+        wrote: bool,
+    },
 }
 
 /// Hub settings.
@@ -391,7 +397,13 @@ impl Hub {
             d.peers
                 .extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
         }
-        if d.doc.get_heads() != before {
+        let wrote = d.doc.get_heads() != before;
+        actions.push(Action::Accessed {
+            conn,
+            doc: doc_id,
+            wrote,
+        });
+        if wrote {
             let chunk = d.doc.save_after(&before);
             self.seq += 1;
             d.last_seq = self.seq;

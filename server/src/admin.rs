@@ -1,0 +1,177 @@
+//! The admin API (admin token) and device enrolment (one-time code).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth;
+use crate::security::{AuditQuery, AuditRecord, SecurityError, audit_csv};
+use crate::server::Shared;
+
+fn admin_only(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    if shared.security.is_admin(auth::token_of(headers, None)) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "admin token required\n").into_response())
+    }
+}
+
+fn error(e: SecurityError) -> Response {
+    let status = match e {
+        SecurityError::Exists(_) => StatusCode::CONFLICT,
+        SecurityError::NoDevice(_) => StatusCode::NOT_FOUND,
+        SecurityError::BadCode => StatusCode::FORBIDDEN,
+        SecurityError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, format!("{e}\n")).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct FacilityBody {
+    facility: String,
+}
+
+pub async fn create_code(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(b): Json<FacilityBody>,
+) -> Response {
+    if let Err(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    match shared.security.create_code(&b.facility) {
+        Ok((code, expires_at)) => {
+            Json(json!({"code": code, "facility": b.facility, "expires_at": expires_at}))
+                .into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AddBody {
+    facility: String,
+    name: String,
+}
+
+pub async fn add_device(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(b): Json<AddBody>,
+) -> Response {
+    if let Err(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    match shared.security.add_device(&b.facility, &b.name) {
+        Ok(token) => {
+            Json(json!({"name": b.name, "facility": b.facility, "token": token})).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+pub async fn list_devices(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    Json(shared.security.list()).into_response()
+}
+
+pub async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    match shared.security.revoke(&name) {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AuditParams {
+    patient: Option<String>,
+    device: Option<String>,
+    since: Option<String>,
+    format: Option<String>,
+}
+
+pub async fn audit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(p): Query<AuditParams>,
+) -> Response {
+    if let Err(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    let since = match p.since.as_deref().map(parse_since) {
+        Some(Err(e)) => {
+            return (StatusCode::UNPROCESSABLE_ENTITY, format!("since: {e}\n")).into_response();
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let records = shared.security.query(&AuditQuery {
+        patient: p.patient,
+        device: p.device,
+        since,
+    });
+    if p.format.as_deref() == Some("csv") {
+        ([("content-type", "text/csv")], audit_csv(&records)).into_response()
+    } else {
+        Json(records).into_response()
+    }
+}
+
+/// `2026-11-24T08:00:00Z` or `2026-11-24` (midnight UTC).
+pub fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    s.parse::<chrono::NaiveDate>()
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| format!("{s:?} is not a date or an RFC 3339 time"))
+}
+
+#[derive(Deserialize)]
+pub struct EnrollBody {
+    code: String,
+    name: String,
+}
+
+pub async fn enroll(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(b): Json<EnrollBody>,
+) -> Response {
+    if !shared.admit_enrolment(&peer.ip().to_string()) {
+        let mut rec = AuditRecord::new("enrol-refused");
+        rec.detail = Some("rate limited".into());
+        shared.security.record(rec);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many enrolment attempts; wait a minute\n",
+        )
+            .into_response();
+    }
+    match shared.security.enroll(&b.code, &b.name, chrono::Utc::now()) {
+        Ok((token, facility)) => Json(json!({
+            "name": b.name,
+            "facility": facility,
+            "facility_url": rounds_core::DocumentId::facility(&facility).url(),
+            "token": token,
+        }))
+        .into_response(),
+        Err(e) => error(e),
+    }
+}
