@@ -14,11 +14,12 @@ use crate::auth;
 use crate::security::{AuditQuery, AuditRecord, SecurityError, audit_csv};
 use crate::server::Shared;
 
-fn admin_only(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// `Some(401 response)` unless the request carries the admin credential.
+fn admin_only(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     if shared.security.is_admin(auth::token_of(headers, None)) {
-        Ok(())
+        None
     } else {
-        Err((StatusCode::UNAUTHORIZED, "admin token required\n").into_response())
+        Some((StatusCode::UNAUTHORIZED, "admin token required\n").into_response())
     }
 }
 
@@ -43,7 +44,7 @@ pub async fn create_code(
     headers: HeaderMap,
     Json(b): Json<FacilityBody>,
 ) -> Response {
-    if let Err(r) = admin_only(&shared, &headers) {
+    if let Some(r) = admin_only(&shared, &headers) {
         return r;
     }
     match shared.security.create_code(&b.facility) {
@@ -66,7 +67,7 @@ pub async fn add_device(
     headers: HeaderMap,
     Json(b): Json<AddBody>,
 ) -> Response {
-    if let Err(r) = admin_only(&shared, &headers) {
+    if let Some(r) = admin_only(&shared, &headers) {
         return r;
     }
     match shared.security.add_device(&b.facility, &b.name) {
@@ -78,7 +79,7 @@ pub async fn add_device(
 }
 
 pub async fn list_devices(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin_only(&shared, &headers) {
+    if let Some(r) = admin_only(&shared, &headers) {
         return r;
     }
     Json(shared.security.list()).into_response()
@@ -89,7 +90,7 @@ pub async fn revoke(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = admin_only(&shared, &headers) {
+    if let Some(r) = admin_only(&shared, &headers) {
         return r;
     }
     match shared.security.revoke(&name) {
@@ -111,7 +112,7 @@ pub async fn audit(
     headers: HeaderMap,
     Query(p): Query<AuditParams>,
 ) -> Response {
-    if let Err(r) = admin_only(&shared, &headers) {
+    if let Some(r) = admin_only(&shared, &headers) {
         return r;
     }
     let since = match p.since.as_deref().map(parse_since) {
