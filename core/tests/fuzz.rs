@@ -1,0 +1,349 @@
+//! Fuzzing without a nightly toolchain (cargo-fuzz needs one): a mutation fuzzer over the CBOR
+//! frame decoder, the server hub, and reading documents with the schema. It starts from the
+//! corpus in `fuzz/corpus/` and runs for `ROUNDS_FUZZ_SECONDS` (default 3) per target; CI runs
+//! it longer. A failure prints the input as hex; add it to the corpus once fixed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rounds_core::DocumentId;
+use rounds_core::document::{self, DocKind};
+use rounds_core::sync::hub::{AllowAll, Hub, HubConfig, Loader};
+use rounds_core::sync::wire::{Message, PeerMetadata};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn budget() -> Duration {
+    let secs = std::env::var("ROUNDS_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(secs)
+}
+
+fn corpus(dir: &str) -> Vec<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(dir);
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(&path)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    assert!(!out.is_empty(), "empty corpus at {}", path.display());
+    out
+}
+
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(6) {
+            0 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                v[i] = rng.next() as u8;
+            }
+            2 => {
+                let i = rng.below(v.len() + 1);
+                v.insert(i, rng.next() as u8);
+            }
+            3 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                v.truncate(i);
+            }
+            4 if v.len() > 1 => {
+                let i = rng.below(v.len());
+                v.remove(i);
+            }
+            _ => {
+                let interesting = [0x00, 0xff, 0xf7, 0xf6, 0x7f, 0x9f, 0xbf, 0xfb, 0x1b, 0x5b];
+                let i = rng.below(v.len() + 1);
+                v.insert(i, interesting[rng.below(interesting.len())]);
+            }
+        }
+    }
+    v
+}
+
+fn seed() -> u64 {
+    std::env::var("ROUNDS_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 | 1)
+                .unwrap_or(1)
+        })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn fuzz_frame_decoder() {
+    let seeds = corpus("frames");
+    let s = seed();
+    let mut rng = Rng(s);
+    let deadline = Instant::now() + budget();
+    let mut runs = 0u64;
+    while Instant::now() < deadline {
+        let i = rng.below(seeds.len());
+        let input = mutate(&mut rng, &seeds[i]);
+        let result = std::panic::catch_unwind(|| {
+            if let Ok(m) = Message::decode(&input) {
+                // Whatever decodes re-encodes to something that decodes the same.
+                assert_eq!(Message::decode(&m.encode()).as_ref(), Ok(&m));
+            }
+        });
+        assert!(
+            result.is_ok(),
+            "seed {s}: frame decoder failed on {}",
+            hex(&input)
+        );
+        runs += 1;
+    }
+    eprintln!("fuzz_frame_decoder: {runs} inputs, seed {s}");
+}
+
+struct NoStore;
+impl Loader for NoStore {
+    fn load(&mut self, _: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
+        Ok(None)
+    }
+    fn load_sync_state(&mut self, _: &DocumentId, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+#[test]
+fn fuzz_hub() {
+    let seeds = corpus("frames");
+    let s = seed();
+    let mut rng = Rng(s ^ 0x9e37_79b9);
+    let deadline = Instant::now() + budget();
+    let mut runs = 0u64;
+    while Instant::now() < deadline {
+        let mut hub = Hub::new("server".into(), "storage".into(), 0, HubConfig::default());
+        hub.connect(1, std::sync::Arc::new(AllowAll));
+        let join = Message::Join {
+            sender_id: "p".into(),
+            peer_metadata: PeerMetadata::default(),
+            supported_protocol_versions: vec!["1".into()],
+        }
+        .encode();
+        let frames: Vec<Vec<u8>> = (0..1 + rng.below(6))
+            .map(|_| {
+                let i = rng.below(seeds.len());
+                mutate(&mut rng, &seeds[i])
+            })
+            .collect();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hub.receive(1, &join, &mut NoStore);
+            for f in &frames {
+                hub.receive(1, f, &mut NoStore);
+            }
+            hub.flushed(hub.seq());
+            hub.disconnect(1);
+        }));
+        assert!(
+            result.is_ok(),
+            "seed {s}: hub failed on frames {:?}",
+            frames.iter().map(|f| hex(f)).collect::<Vec<_>>()
+        );
+        runs += 1;
+    }
+    eprintln!("fuzz_hub: {runs} sequences, seed {s}");
+}
+
+#[test]
+fn fuzz_reading_documents() {
+    let seeds = corpus("entries");
+    let s = seed();
+    let mut rng = Rng(s ^ 0x51ed);
+    let deadline = Instant::now() + budget();
+    let mut runs = 0u64;
+    while Instant::now() < deadline {
+        // Mutated JSON entries written into the schema's maps, then read back.
+        let mut doc = document::genesis(DocKind::PatientMonth).expect("genesis");
+        doc.set_actor(automerge::ActorId::random());
+        let containers = [
+            document::INTERACTIONS,
+            document::READINGS,
+            document::TIMERS,
+            document::TIMER_STOPS,
+            document::CORRECTIONS,
+        ];
+        let mut written = Vec::new();
+        let _ = doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+            for k in 0..1 + rng.below(4) {
+                let i = rng.below(seeds.len());
+                let raw = mutate(&mut rng, &seeds[i]);
+                let value: serde_json::Value =
+                    serde_json::from_slice(&raw).unwrap_or(serde_json::Value::String(hex(&raw)));
+                let c = containers[rng.below(containers.len())];
+                if let Some(map) = document::container(tx, c) {
+                    document::put_json(tx, &map, format!("k{k}").as_str(), &value)?;
+                }
+                written.push(raw);
+            }
+            Ok(())
+        });
+        let bytes = doc.save();
+        let mangled = mutate(&mut rng, &bytes);
+        let result = std::panic::catch_unwind(|| {
+            let _ = rounds_core::replica::read_month(&doc);
+            if let Ok(other) = automerge::Automerge::load(&mangled) {
+                let _ = rounds_core::replica::read_month(&other);
+            }
+        });
+        assert!(
+            result.is_ok(),
+            "seed {s}: reading failed; entries {:?}",
+            written
+                .iter()
+                .map(|w| String::from_utf8_lossy(w).to_string())
+                .collect::<Vec<_>>()
+        );
+        runs += 1;
+    }
+    eprintln!("fuzz_reading_documents: {runs} documents, seed {s}");
+}
+
+/// Regenerate the seed corpus: `ROUNDS_WRITE_CORPUS=1 cargo test -p rounds-core --test fuzz`.
+#[test]
+fn write_corpus_when_asked() {
+    if std::env::var("ROUNDS_WRITE_CORPUS").is_err() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let doc = DocumentId::facility("sunnyvale").to_string();
+    let frames = vec![
+        (
+            "join",
+            Message::Join {
+                sender_id: "peer-1".into(),
+                peer_metadata: PeerMetadata {
+                    storage_id: Some("s".into()),
+                    is_ephemeral: false,
+                },
+                supported_protocol_versions: vec!["1".into()],
+            },
+        ),
+        (
+            "peer",
+            Message::Peer {
+                sender_id: "server".into(),
+                target_id: "peer-1".into(),
+                peer_metadata: PeerMetadata::default(),
+                selected_protocol_version: "1".into(),
+            },
+        ),
+        (
+            "request",
+            Message::Request {
+                sender_id: "peer-1".into(),
+                target_id: "server".into(),
+                document_id: doc.clone(),
+                data: vec![0x42, 0, 0, 1, 0, 0],
+            },
+        ),
+        (
+            "sync",
+            Message::Sync {
+                sender_id: "peer-1".into(),
+                target_id: "server".into(),
+                document_id: doc.clone(),
+                data: vec![0x42, 0, 0, 1, 0, 0],
+            },
+        ),
+        (
+            "doc-unavailable",
+            Message::DocUnavailable {
+                sender_id: "s".into(),
+                target_id: "p".into(),
+                document_id: doc.clone(),
+            },
+        ),
+        (
+            "ephemeral",
+            Message::Ephemeral {
+                sender_id: "peer-1".into(),
+                target_id: "server".into(),
+                document_id: doc.clone(),
+                session_id: "x".into(),
+                count: 3,
+                data: vec![0xa0],
+            },
+        ),
+        (
+            "remote-subscription-change",
+            Message::RemoteSubscriptionChange {
+                sender_id: "p".into(),
+                target_id: "s".into(),
+                add: vec!["a".into()],
+                remove: vec![],
+            },
+        ),
+        (
+            "error",
+            Message::Error {
+                sender_id: Some("p".into()),
+                target_id: None,
+                message: "boom".into(),
+            },
+        ),
+        (
+            "leave",
+            Message::Leave {
+                sender_id: "p".into(),
+            },
+        ),
+    ];
+    for (name, m) in frames {
+        std::fs::write(dir.join("frames").join(format!("{name}.cbor")), m.encode()).unwrap();
+    }
+    let entries = [
+        (
+            "interaction",
+            r#"{"id":"01930c1e-7c1a-7cc2-a5d1-2b9e1f0e4a11","patient":"p-001","staff":"rn-lee","program":"ccm","started_at":"2026-11-03T14:00:00-05:00","ended_at":"2026-11-03T14:12:30-05:00","interactive":true,"activity":"phone_call","note":"n"}"#,
+        ),
+        (
+            "reading",
+            r#"{"id":"01930c1f-0000-7000-8000-000000000001","patient":"p-001","kind":"blood_pressure","systolic":142,"diastolic":88,"unit":"mm[Hg]","measured_at":"2026-11-03T08:01:00-05:00","device":"cuff-77","source":"device"}"#,
+        ),
+        (
+            "timer",
+            r#"{"id":"01930c1f-0000-7000-8000-000000000002","patient":"p-001","staff":"rn-lee","program":"rpm","started_at":"2026-11-03T08:01:00-05:00"}"#,
+        ),
+        (
+            "stop",
+            r#"{"ended_at":"2026-11-03T08:21:00-05:00","interactive":true,"note":null}"#,
+        ),
+        (
+            "correction",
+            r#"{"id":"01930c1f-0000-7000-8000-000000000003","target":"01930c1f-0000-7000-8000-000000000001","kind":"void","at":"2026-11-04T08:00:00-05:00","by":"rn-lee"}"#,
+        ),
+    ];
+    for (name, e) in entries {
+        std::fs::write(dir.join("entries").join(format!("{name}.json")), e).unwrap();
+    }
+}
