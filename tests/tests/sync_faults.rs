@@ -163,8 +163,12 @@ async fn malformed_input_closes_only_that_connection() {
 
     let mut ws = raw(&server).await;
     ws.send(Ws::Binary(join().into())).await.unwrap();
-    let Some(Ok(Ws::Binary(peer))) = ws.next().await else {
-        panic!("no peer message")
+    let peer = loop {
+        match ws.next().await {
+            Some(Ok(Ws::Binary(b))) => break b,
+            Some(Ok(_)) => continue,
+            _ => panic!("no peer message"),
+        }
     };
     let Ok(Message::Peer {
         sender_id: server_id,
