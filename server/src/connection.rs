@@ -34,7 +34,8 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
     shared.metrics.connections_open.fetch_add(1, Relaxed);
     tracing::info!(conn, device = %device.name, "connection opened");
     let mut shutdown = shared.shutdown.clone();
-    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let mut last_heard = Instant::now();
     let reason = loop {
         tokio::select! {
