@@ -15,6 +15,7 @@ pub mod problem;
 pub mod replica;
 pub mod sync;
 pub mod validate;
+pub mod view;
 
 pub use datafile::parse_data_file;
 pub use ids::DocumentId;

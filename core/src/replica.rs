@@ -25,6 +25,8 @@ use crate::model::*;
 use crate::month::Month;
 use crate::problem::{Problem, Problems};
 use crate::validate;
+use crate::view;
+pub use crate::view::Roster;
 
 const META_FILE: &str = "replica.json";
 const META_FORMAT: &str = "rounds-replica/1";
@@ -142,16 +144,6 @@ pub struct MonthSummary {
     /// Distinct local dates with at least one device reading.
     pub reading_days: u32,
     pub running_timers: usize,
-}
-
-/// The facility document's content.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Roster {
-    pub facility: Facility,
-    pub practitioners: Vec<Practitioner>,
-    pub staff: Vec<Staff>,
-    /// Roster entries that could not be read.
-    pub problems: Vec<Problem>,
 }
 
 /// Entries to write, per patient-month: (container, key, value).
@@ -385,25 +377,7 @@ impl Replica {
     pub fn facility(&self) -> Result<Roster> {
         let id = self.facility_doc_id()?;
         let doc = self.document(id).ok_or(ReplicaError::NoFacility)?;
-        let mut problems = Vec::new();
-        let facility_json = d::container_json(doc, d::FACILITY);
-        let facility: Facility =
-            crate::datafile::parse_entry(&facility_json, || "facility".into(), &mut problems)
-                .ok_or_else(|| ReplicaError::Invalid(Problems(problems.clone())))?;
-        let practitioners = d::read_entries(doc, d::PRACTITIONERS, "practitioner", &mut problems)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
-        let staff = d::read_entries(doc, d::STAFF, "staff", &mut problems)
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect();
-        Ok(Roster {
-            facility,
-            practitioners,
-            staff,
-            problems,
-        })
+        view::read_roster(doc).map_err(|p| ReplicaError::Invalid(Problems(p)))
     }
 
     fn zone(&self) -> Result<(String, Tz)> {
@@ -427,16 +401,11 @@ impl Replica {
 
     /// Patient ids listed in the facility document.
     pub fn patient_ids(&self) -> Vec<String> {
-        let Ok(id) = self.facility_doc_id() else {
-            return Vec::new();
-        };
-        match self
-            .document(id)
-            .and_then(|doc| d::container(doc, d::PATIENTS).map(|m| (doc, m)))
-        {
-            Some((doc, map)) => doc.keys(&map).collect(),
-            None => Vec::new(),
-        }
+        self.facility_doc_id()
+            .ok()
+            .and_then(|id| self.document(id))
+            .map(view::roster_patient_ids)
+            .unwrap_or_default()
     }
 
     /// One patient, read from their document (with the care-plan text).
@@ -446,37 +415,7 @@ impl Replica {
         let doc = self
             .document(id)
             .ok_or_else(|| ReplicaError::UnknownPatient(patient.to_string()))?;
-        let mut problems = Vec::new();
-        let mut profile = d::container_json(doc, d::PROFILE);
-        let consents: Vec<Consent> = d::read_entries(doc, d::CONSENTS, "consent", &mut problems)
-            .into_iter()
-            .map(|(k, mut c): (String, Consent)| {
-                c.id = Some(k);
-                c
-            })
-            .collect();
-        let text = d::container(doc, d::CARE_PLAN_TEXT)
-            .and_then(|t| doc.text(&t).ok())
-            .unwrap_or_default();
-        if let Some(obj) = profile.as_object_mut() {
-            obj.insert(
-                "consents".into(),
-                serde_json::to_value(&consents).unwrap_or_default(),
-            );
-            if !text.is_empty() {
-                let plan = obj
-                    .entry("care_plan")
-                    .or_insert_with(|| serde_json::json!({}));
-                if plan.is_null() {
-                    *plan = serde_json::json!({});
-                }
-                if let Some(p) = plan.as_object_mut() {
-                    p.insert("text".into(), serde_json::Value::String(text));
-                }
-            }
-        }
-        crate::datafile::parse_entry(&profile, || format!("patient {patient}"), &mut problems)
-            .ok_or(ReplicaError::Invalid(Problems(problems)))
+        view::read_patient(doc, patient).map_err(|p| ReplicaError::Invalid(Problems(p)))
     }
 
     /// Every patient of the facility; unreadable ones are reported, not fatal.

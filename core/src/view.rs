@@ -1,0 +1,128 @@
+//! Reading the facility's documents into the domain model, whoever holds them (a device's
+//! replica, or the server's store at month close).
+
+use automerge::{Automerge, ReadDoc};
+
+use crate::document as d;
+use crate::model::*;
+use crate::month::Month;
+use crate::problem::Problem;
+
+/// The facility document's content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Roster {
+    pub facility: Facility,
+    pub practitioners: Vec<Practitioner>,
+    pub staff: Vec<Staff>,
+    /// Roster entries that could not be read.
+    pub problems: Vec<Problem>,
+}
+
+/// Read a facility document.
+pub fn read_roster(doc: &Automerge) -> Result<Roster, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let facility_json = d::container_json(doc, d::FACILITY);
+    let facility: Facility =
+        crate::datafile::parse_entry(&facility_json, || "facility".into(), &mut problems)
+            .ok_or_else(|| problems.clone())?;
+    let practitioners = d::read_entries(doc, d::PRACTITIONERS, "practitioner", &mut problems)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let staff = d::read_entries(doc, d::STAFF, "staff", &mut problems)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    Ok(Roster {
+        facility,
+        practitioners,
+        staff,
+        problems,
+    })
+}
+
+/// Patient ids listed in a facility document.
+pub fn roster_patient_ids(doc: &Automerge) -> Vec<String> {
+    d::container(doc, d::PATIENTS)
+        .map(|m| doc.keys(&m).collect())
+        .unwrap_or_default()
+}
+
+/// (patient, month) pairs listed in a facility document's month index.
+pub fn roster_months(doc: &Automerge) -> Vec<(String, Month)> {
+    d::container(doc, d::MONTHS)
+        .map(|m| {
+            doc.keys(&m)
+                .filter_map(|k| {
+                    let (p, m) = k.split_once('/')?;
+                    Some((p.to_string(), m.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Read a patient document (with the care-plan text).
+pub fn read_patient(doc: &Automerge, patient: &str) -> Result<Patient, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut profile = d::container_json(doc, d::PROFILE);
+    let consents: Vec<Consent> = d::read_entries(doc, d::CONSENTS, "consent", &mut problems)
+        .into_iter()
+        .map(|(k, mut c): (String, Consent)| {
+            c.id = Some(k);
+            c
+        })
+        .collect();
+    let text = d::container(doc, d::CARE_PLAN_TEXT)
+        .and_then(|t| doc.text(&t).ok())
+        .unwrap_or_default();
+    if let Some(obj) = profile.as_object_mut() {
+        obj.insert(
+            "consents".into(),
+            serde_json::to_value(&consents).unwrap_or_default(),
+        );
+        if !text.is_empty() {
+            let plan = obj
+                .entry("care_plan")
+                .or_insert_with(|| serde_json::json!({}));
+            if plan.is_null() {
+                *plan = serde_json::json!({});
+            }
+            if let Some(p) = plan.as_object_mut() {
+                p.insert("text".into(), serde_json::Value::String(text));
+            }
+        }
+    }
+    crate::datafile::parse_entry(&profile, || format!("patient {patient}"), &mut problems)
+        .ok_or(problems)
+}
+
+/// A data file from a facility document, its patients' documents and month documents, in
+/// canonical order; unreadable entries come back as problems.
+pub fn assemble<'a>(
+    facility_doc: &Automerge,
+    patient_docs: impl IntoIterator<Item = (String, &'a Automerge)>,
+    month_docs: impl IntoIterator<Item = &'a Automerge>,
+) -> Result<(DataFile, Vec<Problem>), Vec<Problem>> {
+    let roster = read_roster(facility_doc)?;
+    let mut problems = roster.problems;
+    let mut data = DataFile::new(roster.facility);
+    data.practitioners = roster.practitioners;
+    data.staff = roster.staff;
+    for (id, doc) in patient_docs {
+        match read_patient(doc, &id) {
+            Ok(p) => data.patients.push(p),
+            Err(ps) => problems.extend(ps),
+        }
+    }
+    for doc in month_docs {
+        let e = crate::replica::read_month(doc);
+        data.interactions.extend(e.interactions);
+        data.readings.extend(e.readings);
+        data.timers.extend(e.running_timers);
+        data.corrections.extend(e.corrections);
+        problems.extend(e.problems);
+    }
+    data.canonicalize();
+    Ok((data, problems))
+}
