@@ -8,6 +8,7 @@ pub mod crypt;
 pub mod datafile;
 pub mod doc_file;
 pub mod document;
+pub mod ehr;
 pub mod ids;
 pub mod model;
 pub mod month;

@@ -176,3 +176,109 @@ pub async fn enroll(
         Err(e) => error(e),
     }
 }
+
+#[derive(Deserialize)]
+pub struct MonthBody {
+    facility: String,
+    month: String,
+}
+
+fn month_of(s: &str) -> Result<rounds_core::Month, Box<Response>> {
+    s.parse().map_err(|e: rounds_core::month::MonthParseError| {
+        (StatusCode::UNPROCESSABLE_ENTITY, format!("month: {e}\n")).into_response()
+    })
+}
+
+pub async fn close_month(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(b): Json<MonthBody>,
+) -> Response {
+    if let Some(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    let month = match month_of(&b.month) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    let s = shared.clone();
+    let facility = b.facility.clone();
+    match tokio::task::spawn_blocking(move || s.close_month(&facility, month)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EncounterParams {
+    facility: String,
+    month: String,
+    changed: Option<bool>,
+}
+
+pub async fn encounters(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(p): Query<EncounterParams>,
+) -> Response {
+    if let Some(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    let month = match month_of(&p.month) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    Json(crate::admin_client::select_versions(
+        &shared.ledger,
+        &p.facility,
+        month,
+        p.changed.unwrap_or(false),
+    ))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct ExportParams {
+    facility: String,
+    month: String,
+    format: crate::export::Format,
+}
+
+pub async fn export(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(p): Query<ExportParams>,
+) -> Response {
+    if let Some(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    let month = match month_of(&p.month) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    let s = shared.clone();
+    let facility = p.facility.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::export::export(
+            &s.store,
+            &s.ledger,
+            &facility,
+            month,
+            p.format,
+            &rounds_core::ehr::ExportConfig::default(),
+        )
+    })
+    .await;
+    match result {
+        Ok(Ok(files)) => {
+            let mut rec = AuditRecord::new("export");
+            rec.facility = Some(p.facility.clone());
+            rec.detail = Some(format!("{month} {:?}, {} files", p.format, files.len()));
+            shared.security.record(rec);
+            Json(files).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}

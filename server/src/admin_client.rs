@@ -34,6 +34,42 @@ pub enum Op {
         csv: bool,
         raw_since: Option<String>,
     },
+    Close {
+        facility: String,
+        month: rounds_core::Month,
+    },
+    Encounters {
+        facility: String,
+        month: rounds_core::Month,
+        changed: bool,
+    },
+    /// Returns the files as JSON (`[{name, bytes(base64)}]`).
+    Export {
+        facility: String,
+        month: rounds_core::Month,
+        format: crate::export::Format,
+    },
+}
+
+/// Versions of a month: all, or (`changed`) those of patients with more than one version.
+pub fn select_versions(
+    ledger: &crate::ledger::Ledger,
+    facility: &str,
+    month: rounds_core::Month,
+    changed: bool,
+) -> Vec<crate::ledger::EncounterVersion> {
+    let all = ledger.versions(facility, month);
+    if !changed {
+        return all;
+    }
+    let changed_patients: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter(|v| v.version > 1)
+        .map(|v| v.patient.clone())
+        .collect();
+    all.into_iter()
+        .filter(|v| changed_patients.contains(&v.patient))
+        .collect()
 }
 
 fn invalid(e: impl std::fmt::Display) -> CliError {
@@ -43,11 +79,16 @@ fn invalid(e: impl std::fmt::Display) -> CliError {
 /// Run an operation; prints its result.
 pub fn run(target: &AdminTarget, op: Op) -> Result<String, CliError> {
     // Straight on the store when nothing holds it (the server is not running).
-    if let Ok(db) = sled::Config::new().path(target.store.join("db")).open() {
-        let security = Security::open(&db, &target.store, None, crate::security::CODE_LIFETIME)
-            .map_err(invalid)?;
-        let out = direct(&security, op);
-        let _ = db.flush();
+    if let Ok(store) = crate::store::SledStore::open(&target.store) {
+        let security = Security::open(
+            store.db(),
+            &target.store,
+            None,
+            crate::security::CODE_LIFETIME,
+        )
+        .map_err(invalid)?;
+        let out = direct(&store, &security, op);
+        let _ = store.flush();
         return out;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -57,7 +98,7 @@ pub fn run(target: &AdminTarget, op: Op) -> Result<String, CliError> {
     rt.block_on(via_api(target, op))
 }
 
-fn direct(s: &Security, op: Op) -> Result<String, CliError> {
+fn direct(store: &crate::store::SledStore, s: &Security, op: Op) -> Result<String, CliError> {
     let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default();
     Ok(match op {
         Op::Code { facility } => {
@@ -79,6 +120,48 @@ fn direct(s: &Security, op: Op) -> Result<String, CliError> {
             } else {
                 serde_json::to_string_pretty(&records).unwrap_or_default()
             }
+        }
+        Op::Close { facility, month } => {
+            let ledger = crate::ledger::Ledger::open(store.db()).map_err(invalid)?;
+            let v = ledger
+                .close(
+                    store,
+                    &facility,
+                    month,
+                    &rounds_core::billing::RuleSet::default(),
+                )
+                .map_err(invalid)?;
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        }
+        Op::Encounters {
+            facility,
+            month,
+            changed,
+        } => {
+            let ledger = crate::ledger::Ledger::open(store.db()).map_err(invalid)?;
+            serde_json::to_string_pretty(&select_versions(&ledger, &facility, month, changed))
+                .unwrap_or_default()
+        }
+        Op::Export {
+            facility,
+            month,
+            format,
+        } => {
+            let ledger = crate::ledger::Ledger::open(store.db()).map_err(invalid)?;
+            let files = crate::export::export(
+                store,
+                &ledger,
+                &facility,
+                month,
+                format,
+                &rounds_core::ehr::ExportConfig::default(),
+            )
+            .map_err(invalid)?;
+            let mut rec = crate::security::AuditRecord::new("export");
+            rec.facility = Some(facility);
+            rec.detail = Some(format!("{month} {format:?}, {} files", files.len()));
+            s.record(rec);
+            serde_json::to_string(&files).unwrap_or_default()
         }
     })
 }
@@ -120,6 +203,34 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
         Op::List => client.get(format!("{base}/api/v1/devices")),
         Op::Revoke { name } => client.post(format!("{base}/api/v1/devices/{name}/revoke")),
+        Op::Close { facility, month } => client
+            .post(format!("{base}/api/v1/close"))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"facility": facility, "month": month.to_string()}).to_string(),
+            ),
+        Op::Encounters {
+            facility,
+            month,
+            changed,
+        } => client.get(format!(
+            "{base}/api/v1/encounters?facility={}&month={month}&changed={changed}",
+            urlencode(&facility)
+        )),
+        Op::Export {
+            facility,
+            month,
+            format,
+        } => {
+            let f = serde_json::to_value(format)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            client.get(format!(
+                "{base}/api/v1/export?facility={}&month={month}&format={f}",
+                urlencode(&facility)
+            ))
+        }
         Op::Audit {
             query,
             csv,

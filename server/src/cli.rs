@@ -106,6 +106,12 @@ pub enum Command {
         /// Hours an enrolment code stays valid.
         #[arg(long, default_value_t = 24.0)]
         enrolment_code_hours: f64,
+        /// A TOML rule set for month close (default: the built-in medicare-ffs-2026).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Seconds between checks for months past their grace window.
+        #[arg(long, default_value_t = 3600)]
+        close_check_seconds: u64,
     },
     /// Enrol, list and revoke devices (through the running server, or on the store).
     Device {
@@ -114,6 +120,46 @@ pub enum Command {
         #[arg(long, default_value = "./rounds-data", global = true)]
         store: PathBuf,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// Close a month now: store each patient's encounter (version 1, or a new version when late
+    /// data changed the lines).
+    CloseMonth {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+    },
+    /// The stored encounter versions of a month (`--changed`: only patients with amendments/voids).
+    Encounters {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        #[arg(long)]
+        changed: bool,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+    },
+    /// Write the monthly package of a closed month: FHIR bundles, HL7 messages, CSV summary or PDF notes.
+    Export {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum)]
+        format: crate::export::Format,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
     /// The audit log: who read, wrote or was denied what, and when.
@@ -314,6 +360,78 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", out.trim_end());
             Ok(())
         }
+        Command::CloseMonth {
+            facility,
+            month,
+            store,
+            server,
+        } => {
+            let month: Month =
+                month
+                    .parse()
+                    .map_err(|e: rounds_core::month::MonthParseError| {
+                        CliError::BadMonth(e.to_string())
+                    })?;
+            let out = crate::admin_client::run(
+                &crate::admin_client::AdminTarget { store, server },
+                crate::admin_client::Op::Close { facility, month },
+            )?;
+            println!("{}", out.trim_end());
+            Ok(())
+        }
+        Command::Encounters {
+            facility,
+            month,
+            changed,
+            store,
+            server,
+        } => {
+            let month: Month =
+                month
+                    .parse()
+                    .map_err(|e: rounds_core::month::MonthParseError| {
+                        CliError::BadMonth(e.to_string())
+                    })?;
+            let out = crate::admin_client::run(
+                &crate::admin_client::AdminTarget { store, server },
+                crate::admin_client::Op::Encounters {
+                    facility,
+                    month,
+                    changed,
+                },
+            )?;
+            println!("{}", out.trim_end());
+            Ok(())
+        }
+        Command::Export {
+            facility,
+            month,
+            format,
+            out,
+            store,
+            server,
+        } => {
+            let month: Month =
+                month
+                    .parse()
+                    .map_err(|e: rounds_core::month::MonthParseError| {
+                        CliError::BadMonth(e.to_string())
+                    })?;
+            let files = crate::admin_client::run(
+                &crate::admin_client::AdminTarget { store, server },
+                crate::admin_client::Op::Export {
+                    facility,
+                    month,
+                    format,
+                },
+            )?;
+            let files: Vec<crate::export::ExportFile> = serde_json::from_str(&files)
+                .map_err(|e| CliError::Invalid(format!("export: {e}")))?;
+            crate::export::write(&out, &files)
+                .map_err(|e| CliError::Invalid(format!("{}: {e}", out.display())))?;
+            println!("wrote {} files to {}", files.len(), out.display());
+            Ok(())
+        }
         Command::Rules => {
             print!("{}", RuleSet::default().to_toml());
             Ok(())
@@ -331,7 +449,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             frames_per_second,
             frame_burst,
             enrolment_code_hours,
+            rules,
+            close_check_seconds,
         } => {
+            let rules = load_rules(rules.as_deref())?;
             let opts = crate::server::ServeOptions {
                 store,
                 listen,
@@ -350,6 +471,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ),
                     ..crate::server::Limits::default()
                 },
+                rules,
+                close_check: std::time::Duration::from_secs(close_check_seconds.max(1)),
             };
             runtime()?
                 .block_on(crate::server::serve(opts))
@@ -389,6 +512,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     8 << 20,
                     None,
                     crate::server::Limits::default(),
+                    RuleSet::default(),
                     rx,
                 )
                 .map_err(|e| {
@@ -396,6 +520,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                         "{e} (is a server running on this store? then import through it)"
                     ))
                 })?;
+                shared.register_facility(&data.facility.id);
                 shared.merge(docs).await.map_err(CliError::Invalid)
             })?;
             println!(

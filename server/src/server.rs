@@ -43,6 +43,9 @@ pub struct ServeOptions {
     /// A development token accepted for every document (never in production).
     pub dev_token: Option<String>,
     pub limits: Limits,
+    pub rules: rounds_core::billing::RuleSet,
+    /// How often to look for months past their grace window (automatic close).
+    pub close_check: Duration,
 }
 
 /// Per-device limits.
@@ -81,6 +84,8 @@ struct ConnInfo {
 /// The hub and the senders of the open connections, under one lock.
 pub struct Core {
     pub hub: Hub,
+    /// Documents persisted since the last flush (for late-data re-evaluation).
+    persisted: Vec<DocumentId>,
     senders: HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
     conns: HashMap<ConnId, ConnInfo>,
     device_conns: HashMap<String, usize>,
@@ -97,6 +102,12 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub security: Security,
     pub index: Arc<FacilityIndex>,
+    pub ledger: crate::ledger::Ledger,
+    pub rules: rounds_core::billing::RuleSet,
+    /// Documents whose changes re-open closed months: document → (facility, month).
+    pub recheck:
+        Mutex<HashMap<DocumentId, std::collections::BTreeSet<(String, rounds_core::Month)>>>,
+    pub facilities: sled::Tree,
     pub limits: Limits,
     frame_limiter: RateLimiter,
     enrol_limiter: RateLimiter,
@@ -125,6 +136,7 @@ impl Shared {
         max_frame: usize,
         dev_token: Option<String>,
         limits: Limits,
+        rules: rounds_core::billing::RuleSet,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Shared>, ServeError> {
         std::fs::create_dir_all(store_dir).map_err(|source| ServeError::Listen {
@@ -144,9 +156,20 @@ impl Shared {
         );
         let security = Security::open(store.db(), store_dir, dev_token, limits.code_lifetime)
             .map_err(|e| ServeError::Flush(e.to_string()))?;
-        Ok(Arc::new(Shared {
+        let ledger = crate::ledger::Ledger::open(store.db())
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let facilities = store
+            .db()
+            .open_tree("facilities")
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            ledger,
+            rules,
+            recheck: Mutex::new(HashMap::new()),
+            facilities,
             core: Mutex::new(Core {
                 hub,
+                persisted: Vec::new(),
                 senders: HashMap::new(),
                 conns: HashMap::new(),
                 device_conns: HashMap::new(),
@@ -165,7 +188,11 @@ impl Shared {
             max_frame,
             next_conn: AtomicU64::new(1),
             shutdown,
-        }))
+        });
+        for (facility, month) in shared.ledger.closed_months() {
+            shared.watch_closed(&facility, month);
+        }
+        Ok(shared)
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -269,6 +296,7 @@ impl Shared {
                     chunk,
                     snapshot,
                 } => {
+                    core.persisted.push(doc);
                     if let Err(e) = self.store.persist(&doc, seq, &chunk, snapshot) {
                         // The document stays held (never flushed), so nothing unsaved is acknowledged.
                         tracing::error!(doc = %doc, error = %e, "could not store a chunk");
@@ -327,9 +355,13 @@ impl Shared {
     async fn flush_and_release(&self) {
         match self.flusher.flush().await {
             Ok(seq) => {
-                let mut core = self.lock();
-                let actions = core.hub.flushed(seq);
-                self.execute(&mut core, actions);
+                let persisted = {
+                    let mut core = self.lock();
+                    let actions = core.hub.flushed(seq);
+                    self.execute(&mut core, actions);
+                    std::mem::take(&mut core.persisted)
+                };
+                self.late_data(persisted).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "store flush failed; changes stay unacknowledged")
@@ -458,6 +490,7 @@ async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
     };
     match crate::import::documents_of(&data) {
         Ok(docs) => {
+            shared.register_facility(&data.facility.id);
             let n = docs.len();
             match shared.merge(docs).await {
                 Ok(()) => axum::Json(serde_json::json!({
@@ -488,6 +521,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/devices/{name}/revoke", post(crate::admin::revoke))
         .route("/api/v1/audit", get(crate::admin::audit))
+        .route("/api/v1/close", post(crate::admin::close_month))
+        .route("/api/v1/encounters", get(crate::admin::encounters))
+        .route("/api/v1/export", get(crate::admin::export))
         .with_state(shared)
 }
 
@@ -499,8 +535,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         opts.max_frame,
         opts.dev_token.clone(),
         opts.limits.clone(),
+        opts.rules.clone(),
         stop_rx,
     )?;
+    shared.clone().start_auto_close(opts.close_check);
     if opts.dev_token.is_some() {
         eprintln!(
             "WARNING: --dev-token: a development token is accepted for every facility's documents"

@@ -1,0 +1,148 @@
+//! The monthly package for the practice's EHR: the note, FHIR R4 transaction bundles, HL7 v2.5.1
+//! messages (`spec/ehr-integration.md`). Pure functions of the data and the encounter.
+
+pub mod fhir;
+pub mod hl7;
+pub mod note;
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::billing::Encounter;
+use crate::model::{DataFile, Patient, Program};
+use crate::month::Month;
+
+/// Per-practice export settings (identifier systems, HL7 applications).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExportConfig {
+    /// Short practice code used in business identifiers (`<practice>-<MRN>-<YYYY-MM>-…`).
+    pub practice: String,
+    /// Base of our own identifier systems (`<base>/monthly-encounter`, `/charge`, …).
+    pub id_base: String,
+    /// The practice EHR's MRN identifier system.
+    pub mrn_system: String,
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub receiving_application: String,
+    pub receiving_facility: String,
+    /// FHIR Encounter.class code (`VR` virtual or `AMB`).
+    pub encounter_class: String,
+}
+
+impl Default for ExportConfig {
+    fn default() -> ExportConfig {
+        ExportConfig {
+            practice: "PRACTICE".into(),
+            id_base: "https://rounds.example.org/fhir/sid".into(),
+            mrn_system: "https://practice.example.org/fhir/sid/mrn".into(),
+            sending_application: "ROUNDS".into(),
+            sending_facility: "ROUNDS".into(),
+            receiving_application: "EHR".into(),
+            receiving_facility: "PRACTICE".into(),
+            encounter_class: "VR".into(),
+        }
+    }
+}
+
+/// Everything about one patient's month that goes into the package.
+pub struct PatientMonth<'a> {
+    pub data: &'a DataFile,
+    pub patient: &'a Patient,
+    pub month: Month,
+    pub encounter: &'a Encounter,
+    /// Ledger version (1 = original).
+    pub version: u32,
+    pub tz: Tz,
+    /// When the package is made (message times, posting dates).
+    pub now: DateTime<Utc>,
+    pub config: &'a ExportConfig,
+}
+
+impl PatientMonth<'_> {
+    pub fn mrn(&self) -> String {
+        self.patient
+            .mrn
+            .clone()
+            .unwrap_or_else(|| self.patient.id.clone())
+    }
+
+    /// `<practice>-<MRN>-<YYYY-MM>`.
+    pub fn key(&self) -> String {
+        format!("{}-{}-{}", self.config.practice, self.mrn(), self.month)
+    }
+
+    /// First and last instant of the month in the facility's zone.
+    pub fn period(&self) -> (DateTime<FixedOffset>, DateTime<FixedOffset>) {
+        let start = crate::billing::time::local_midnight(self.tz, self.month.first_day());
+        let end = crate::billing::time::local_midnight(self.tz, self.month.next().first_day())
+            - chrono::Duration::seconds(1);
+        (self.local(start), self.local(end))
+    }
+
+    pub fn local(&self, t: DateTime<Utc>) -> DateTime<FixedOffset> {
+        self.tz.from_utc_datetime(&t.naive_utc()).fixed_offset()
+    }
+
+    pub fn practitioner_npi(&self) -> String {
+        self.data
+            .practitioners
+            .iter()
+            .find(|p| p.id == self.patient.billing_practitioner)
+            .map(|p| p.npi.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn person_name(&self, id: &str) -> String {
+        self.data
+            .staff
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.name.clone())
+            .or_else(|| {
+                self.data
+                    .practitioners
+                    .iter()
+                    .find(|p| p.id == id)
+                    .map(|p| p.name.clone())
+            })
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    /// Programs with lines this month.
+    pub fn programs(&self) -> Vec<Program> {
+        Program::ALL
+            .into_iter()
+            .filter(|p| {
+                self.encounter
+                    .lines
+                    .iter()
+                    .any(|l| crate::billing::summary::program_of_code(&l.code) == Some(*p))
+            })
+            .collect()
+    }
+}
+
+/// Short descriptions of the codes we bill.
+pub fn code_text(code: &str) -> &'static str {
+    match code {
+        "99490" => "Chronic care mgmt svc 1st 20 min",
+        "99439" => "Chronic care mgmt svc each addl 20 min",
+        "99487" => "Complex chronic care mgmt 1st 60 min",
+        "99489" => "Complex chronic care mgmt each addl 30 min",
+        "99491" => "Chronic care mgmt by physician 1st 30 min",
+        "99437" => "Chronic care mgmt by physician each addl 30 min",
+        "99424" => "Principal care mgmt by physician 1st 30 min",
+        "99425" => "Principal care mgmt by physician each addl 30 min",
+        "99426" => "Principal care mgmt by staff 1st 30 min",
+        "99427" => "Principal care mgmt by staff each addl 30 min",
+        "99453" => "Remote monitoring setup and patient education",
+        "99454" => "Remote monitoring device supply 16-30 days",
+        "99445" => "Remote monitoring device supply 2-15 days",
+        "99470" => "Remote monitoring treatment mgmt 10 min",
+        "99457" => "Remote monitoring treatment mgmt 1st 20 min",
+        "99458" => "Remote monitoring treatment mgmt each addl 20 min",
+        _ => "Care management service",
+    }
+}

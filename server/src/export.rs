@@ -1,0 +1,155 @@
+//! `rounds export`: the monthly package of a closed month, from the ledger's latest versions.
+
+use chrono::Utc;
+use rounds_core::Month;
+use rounds_core::billing::{BillingRun, summary};
+use rounds_core::ehr::{ExportConfig, PatientMonth, fhir, hl7, note};
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{Ledger, LedgerError, facility_data};
+use crate::store::SledStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Fhir,
+    Hl7,
+    Csv,
+    Pdf,
+}
+
+/// One file of the package, relative to the output directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportFile {
+    pub name: String,
+    #[serde(with = "b64")]
+    pub bytes: Vec<u8>,
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Build the package for a closed month.
+pub fn export(
+    store: &SledStore,
+    ledger: &Ledger,
+    facility: &str,
+    month: Month,
+    format: Format,
+    config: &ExportConfig,
+) -> Result<Vec<ExportFile>, LedgerError> {
+    if !ledger.is_closed(facility, month) {
+        return Err(LedgerError::Store(format!(
+            "{facility} {month} is not closed yet: run `rounds close-month --facility {facility} --month {month}` first"
+        )));
+    }
+    let fd = facility_data(store, facility)?;
+    let tz: chrono_tz::Tz = fd
+        .data
+        .facility
+        .timezone
+        .parse()
+        .map_err(|_| LedgerError::Store(format!("facility {facility}: bad time zone")))?;
+    let versions = ledger.latest(facility, month);
+    let now = Utc::now();
+    let mut files = Vec::new();
+    if format == Format::Csv {
+        let run = BillingRun {
+            month,
+            rule_set: versions
+                .first()
+                .map(|v| v.rule_set.clone())
+                .unwrap_or_default(),
+            encounters: versions.iter().map(|v| v.encounter.clone()).collect(),
+        };
+        let mut buf = Vec::new();
+        summary::write_csv(&fd.data, &run, &mut buf)
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        files.push(ExportFile {
+            name: format!("summary-{facility}-{month}.csv"),
+            bytes: buf,
+        });
+        return Ok(files);
+    }
+    for v in &versions {
+        let Some(patient) = fd.data.patients.iter().find(|p| p.id == v.patient) else {
+            continue;
+        };
+        let pm = PatientMonth {
+            data: &fd.data,
+            patient,
+            month,
+            encounter: &v.encounter,
+            version: v.version,
+            tz,
+            now,
+            config,
+        };
+        let stem = format!("{}-{month}-v{}", v.patient, v.version);
+        match format {
+            Format::Fhir => {
+                if !v.encounter.lines.is_empty() {
+                    let bundle = fhir::bundle(&pm);
+                    files.push(ExportFile {
+                        name: format!("fhir/{stem}.json"),
+                        bytes: serde_json::to_vec_pretty(&bundle).unwrap_or_default(),
+                    });
+                }
+            }
+            Format::Hl7 => {
+                if let Some(m) = hl7::dft_p03(&pm, 0) {
+                    files.push(ExportFile {
+                        name: format!("hl7/{stem}-DFT_P03.hl7"),
+                        bytes: m.into_bytes(),
+                    });
+                    files.push(ExportFile {
+                        name: format!("hl7/{stem}-MDM_T02.hl7"),
+                        bytes: hl7::mdm_t02(&pm, 0).into_bytes(),
+                    });
+                }
+                if let Some(m) = hl7::oru_r01(&pm, 0) {
+                    files.push(ExportFile {
+                        name: format!("hl7/{stem}-ORU_R01.hl7"),
+                        bytes: m.into_bytes(),
+                    });
+                }
+            }
+            Format::Pdf => {
+                let title = format!(
+                    "{} - {} - care management note",
+                    patient.name,
+                    month.first_day().format("%B %Y")
+                );
+                files.push(ExportFile {
+                    name: format!("pdf/{stem}.pdf"),
+                    bytes: crate::pdf::render(&title, &note::note_lines(&pm)),
+                });
+            }
+            Format::Csv => {}
+        }
+    }
+    Ok(files)
+}
+
+/// Write files under `dir`.
+pub fn write(dir: &std::path::Path, files: &[ExportFile]) -> std::io::Result<()> {
+    for f in files {
+        let path = dir.join(&f.name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, &f.bytes)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Month close and the encounter ledger: each patient's encounter, versioned, with the document
+//! heads and rule set it was computed from. A new version is stored only when the lines change
+//! (late data): an *amendment* when lines were added or units raised, a *void* when a billed line
+//! lost its basis. Versions are never rewritten.
+
+use std::collections::BTreeMap;
+
+use automerge::Automerge;
+use chrono::{DateTime, Utc};
+use rounds_core::billing::{self, Encounter, Line, RuleSet};
+use rounds_core::sync::hub::Loader;
+use rounds_core::{DataFile, DocumentId, Month, view};
+use serde::{Deserialize, Serialize};
+
+use crate::store::SledStore;
+
+/// What a version is, relative to the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionKind {
+    /// Version 1, at month close.
+    Original,
+    /// Lines added or units raised.
+    Amendment,
+    /// A billed line removed or its units lowered (an overpayment to report).
+    Void,
+}
+
+/// The difference between two versions' lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineDiff {
+    pub added: Vec<Line>,
+    pub removed: Vec<Line>,
+}
+
+/// One stored version of a patient's encounter for a month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncounterVersion {
+    pub facility: String,
+    pub month: Month,
+    pub patient: String,
+    pub version: u32,
+    pub kind: VersionKind,
+    pub rule_set: String,
+    pub computed_at: DateTime<Utc>,
+    /// Document URL → heads (hex) the encounter was computed from.
+    pub heads: BTreeMap<String, Vec<String>>,
+    pub encounter: Encounter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<LineDiff>,
+}
+
+/// Errors of close and export.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("facility {0:?} has no facility document in this store")]
+    NoFacility(String),
+    #[error("facility {facility}: {problems}")]
+    Unreadable { facility: String, problems: String },
+    #[error("store: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Billing(#[from] billing::BillingError),
+}
+
+fn load(store: &SledStore, id: &DocumentId) -> Option<Automerge> {
+    let mut loader = store;
+    let chunks = loader.load(id).ok()??;
+    let mut doc = Automerge::new();
+    for c in chunks {
+        let _ = doc.load_incremental(&c);
+    }
+    Some(doc)
+}
+
+fn heads_hex(doc: &Automerge) -> Vec<String> {
+    doc.get_heads().iter().map(|h| h.to_string()).collect()
+}
+
+/// A facility's data as the server holds it, with the heads of every document read.
+pub struct FacilityData {
+    pub data: DataFile,
+    pub heads: BTreeMap<DocumentId, Vec<String>>,
+    /// Which patient each document belongs to (None: the facility document).
+    pub owner: BTreeMap<DocumentId, Option<String>>,
+}
+
+/// Assemble everything the store holds for a facility.
+pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, LedgerError> {
+    let fid = DocumentId::facility(facility);
+    let fdoc = load(store, &fid).ok_or_else(|| LedgerError::NoFacility(facility.to_string()))?;
+    let mut heads = BTreeMap::new();
+    let mut owner = BTreeMap::new();
+    heads.insert(fid, heads_hex(&fdoc));
+    owner.insert(fid, None);
+    let mut patients = Vec::new();
+    for p in view::roster_patient_ids(&fdoc) {
+        let id = DocumentId::patient(facility, &p);
+        if let Some(doc) = load(store, &id) {
+            heads.insert(id, heads_hex(&doc));
+            owner.insert(id, Some(p.clone()));
+            patients.push((p, doc));
+        }
+    }
+    let mut months = Vec::new();
+    for (p, m) in view::roster_months(&fdoc) {
+        let id = DocumentId::patient_month(facility, &p, m);
+        if let Some(doc) = load(store, &id) {
+            heads.insert(id, heads_hex(&doc));
+            owner.insert(id, Some(p));
+            months.push(doc);
+        }
+    }
+    let (data, problems) = view::assemble(
+        &fdoc,
+        patients.iter().map(|(p, d)| (p.clone(), d)),
+        months.iter(),
+    )
+    .map_err(|p| LedgerError::Unreadable {
+        facility: facility.to_string(),
+        problems: rounds_core::Problems(p).to_string(),
+    })?;
+    for p in problems {
+        tracing::warn!(facility, problem = %p, "entry skipped at month close");
+    }
+    Ok(FacilityData { data, heads, owner })
+}
+
+/// The ledger in the store.
+pub struct Ledger {
+    versions: sled::Tree,
+    closed: sled::Tree,
+}
+
+fn key(facility: &str, month: Month, patient: &str, version: u32) -> Vec<u8> {
+    let mut k = prefix(facility, month);
+    k.extend_from_slice(patient.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn prefix(facility: &str, month: Month) -> Vec<u8> {
+    let mut k = facility.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(month.to_string().as_bytes());
+    k.push(0);
+    k
+}
+
+fn diff(old: &[Line], new: &[Line]) -> LineDiff {
+    LineDiff {
+        added: new.iter().filter(|l| !old.contains(l)).cloned().collect(),
+        removed: old.iter().filter(|l| !new.contains(l)).cloned().collect(),
+    }
+}
+
+/// Void when a billed code disappeared or lost units; otherwise an amendment.
+fn kind_of(d: &LineDiff) -> VersionKind {
+    let lost = d.removed.iter().any(|r| {
+        d.added
+            .iter()
+            .find(|a| a.code == r.code)
+            .is_none_or(|a| a.units < r.units)
+    });
+    if lost {
+        VersionKind::Void
+    } else {
+        VersionKind::Amendment
+    }
+}
+
+impl Ledger {
+    pub fn open(db: &sled::Db) -> Result<Ledger, LedgerError> {
+        let e = |e: sled::Error| LedgerError::Store(e.to_string());
+        Ok(Ledger {
+            versions: db.open_tree("encounter_versions").map_err(e)?,
+            closed: db.open_tree("closed_months").map_err(e)?,
+        })
+    }
+
+    pub fn is_closed(&self, facility: &str, month: Month) -> bool {
+        self.closed
+            .contains_key(prefix(facility, month))
+            .unwrap_or(false)
+    }
+
+    /// Every version of a facility's month, in patient then version order.
+    pub fn versions(&self, facility: &str, month: Month) -> Vec<EncounterVersion> {
+        self.versions
+            .scan_prefix(prefix(facility, month))
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// The newest version per patient.
+    pub fn latest(&self, facility: &str, month: Month) -> Vec<EncounterVersion> {
+        let mut by_patient: BTreeMap<String, EncounterVersion> = BTreeMap::new();
+        for v in self.versions(facility, month) {
+            by_patient.insert(v.patient.clone(), v);
+        }
+        by_patient.into_values().collect()
+    }
+
+    /// Close (or re-evaluate a closed) month: compute every encounter and store a new version
+    /// where the lines changed. Returns the versions written.
+    pub fn close(
+        &self,
+        store: &SledStore,
+        facility: &str,
+        month: Month,
+        rules: &RuleSet,
+    ) -> Result<Vec<EncounterVersion>, LedgerError> {
+        let fd = facility_data(store, facility)?;
+        let run = billing::bill(&fd.data, month, rules)?;
+        let latest: BTreeMap<String, EncounterVersion> = self
+            .latest(facility, month)
+            .into_iter()
+            .map(|v| (v.patient.clone(), v))
+            .collect();
+        let now = Utc::now();
+        let mut written = Vec::new();
+        for enc in run.encounters {
+            let heads: BTreeMap<String, Vec<String>> = fd
+                .owner
+                .iter()
+                .filter(|(_, o)| o.as_deref().is_none_or(|p| p == enc.patient))
+                .filter_map(|(id, _)| fd.heads.get(id).map(|h| (id.url(), h.clone())))
+                .collect();
+            let (version, kind, d) = match latest.get(&enc.patient) {
+                None => (1, VersionKind::Original, None),
+                Some(prev) if prev.encounter.lines == enc.lines => continue,
+                Some(prev) => {
+                    let d = diff(&prev.encounter.lines, &enc.lines);
+                    (prev.version + 1, kind_of(&d), Some(d))
+                }
+            };
+            let v = EncounterVersion {
+                facility: facility.to_string(),
+                month,
+                patient: enc.patient.clone(),
+                version,
+                kind,
+                rule_set: run.rule_set.clone(),
+                computed_at: now,
+                heads,
+                encounter: enc,
+                diff: d,
+            };
+            let bytes = serde_json::to_vec(&v).map_err(|e| LedgerError::Store(e.to_string()))?;
+            // Insert only if absent: a version, once written, is never rewritten.
+            self.versions
+                .compare_and_swap(
+                    key(facility, month, &v.patient, version),
+                    None as Option<&[u8]>,
+                    Some(bytes),
+                )
+                .map_err(|e| LedgerError::Store(e.to_string()))?
+                .map_err(|_| {
+                    LedgerError::Store(format!("version {version} of {} exists", v.patient))
+                })?;
+            written.push(v);
+        }
+        self.closed
+            .insert(prefix(facility, month), now.to_rfc3339().as_bytes())
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        store
+            .flush()
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        Ok(written)
+    }
+
+    /// Closed (facility, month) pairs.
+    pub fn closed_months(&self) -> Vec<(String, Month)> {
+        self.closed
+            .iter()
+            .keys()
+            .flatten()
+            .filter_map(|k| {
+                let s = String::from_utf8_lossy(&k).to_string();
+                let mut parts = s.split('\0');
+                Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+}
