@@ -185,7 +185,7 @@ pub struct MonthBody {
 
 fn month_of(s: &str) -> Result<rounds_core::Month, Box<Response>> {
     s.parse().map_err(|e: rounds_core::month::MonthParseError| {
-        (StatusCode::UNPROCESSABLE_ENTITY, format!("month: {e}\n")).into_response()
+        Box::new((StatusCode::UNPROCESSABLE_ENTITY, format!("month: {e}\n")).into_response())
     })
 }
 
