@@ -65,7 +65,8 @@ impl Shared {
         }
     }
 
-    /// Re-evaluate closed months touched by these (just flushed) documents.
+    /// Queue re-evaluation of closed months touched by these (just flushed) documents; the
+    /// late-data task batches them (a sync touches many documents at once).
     pub async fn late_data(self: &Shared, docs: Vec<DocumentId>) {
         let months: std::collections::BTreeSet<(String, Month)> = {
             let recheck = self.recheck.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,17 +76,37 @@ impl Shared {
                 .cloned()
                 .collect()
         };
-        for (facility, month) in months {
-            match self.close_month(&facility, month) {
-                Ok(v) if !v.is_empty() => {
-                    tracing::warn!(facility = %facility, month = %month, versions = v.len(), "late data changed a closed month: new encounter versions for billing staff")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(facility = %facility, month = %month, error = %e, "re-evaluating a closed month failed")
-                }
-            }
+        for m in months {
+            let _ = self.late_tx.send(m);
         }
+    }
+
+    /// The late-data task: waits for a quiet moment, then re-closes each touched month once.
+    pub fn start_late_data(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, Month)>,
+    ) {
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut due = std::collections::BTreeSet::from([first]);
+                while let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(300), rx.recv()).await
+                {
+                    due.insert(m);
+                }
+                let shared = self.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (facility, month) in due {
+                        match shared.close_month(&facility, month) {
+                            Ok(v) if !v.is_empty() => tracing::warn!(facility = %facility, month = %month, versions = v.len(), "late data changed a closed month: new encounter versions for billing staff"),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(facility = %facility, month = %month, error = %e, "re-evaluating a closed month failed"),
+                        }
+                    }
+                })
+                .await;
+            }
+        });
     }
 
     /// Months past their grace window that are not closed yet.

@@ -108,6 +108,7 @@ pub struct Shared {
     pub recheck:
         Mutex<HashMap<DocumentId, std::collections::BTreeSet<(String, rounds_core::Month)>>>,
     pub facilities: sled::Tree,
+    pub(crate) late_tx: mpsc::UnboundedSender<(String, rounds_core::Month)>,
     pub limits: Limits,
     frame_limiter: RateLimiter,
     enrol_limiter: RateLimiter,
@@ -162,7 +163,9 @@ impl Shared {
             .db()
             .open_tree("facilities")
             .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let (late_tx, late_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            late_tx,
             ledger,
             rules,
             recheck: Mutex::new(HashMap::new()),
@@ -192,6 +195,7 @@ impl Shared {
         for (facility, month) in shared.ledger.closed_months() {
             shared.watch_closed(&facility, month);
         }
+        shared.clone().start_late_data(late_rx);
         Ok(shared)
     }
 
