@@ -36,6 +36,21 @@ pub enum WorklistFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole loop on this machine: server, example facility, tablets syncing a month, month
+    /// close, the EHR package in ./rounds-demo-out/, a summary; then keeps serving until Ctrl-C.
+    Demo {
+        #[arg(long, default_value = "./rounds-demo-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "./rounds-demo-out")]
+        out: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        tablets: usize,
+        /// Exit after the summary.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Bill one month of a `rounds-data/1` file: encounters as JSON (or the CSV summary) on stdout.
     Bill {
         /// The data file.
@@ -432,6 +447,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(())
         }
+        Command::Demo {
+            store,
+            out,
+            listen,
+            tablets,
+            exit,
+        } => runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions {
+            store,
+            out,
+            listen,
+            tablets,
+            exit,
+        })),
         Command::Rules => {
             print!("{}", RuleSet::default().to_toml());
             Ok(())

@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod close;
 mod connection;
+mod demo;
 mod export;
 mod flusher;
 mod import;

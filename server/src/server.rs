@@ -532,7 +532,29 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Run the server until SIGINT/SIGTERM, then close connections and flush.
-pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+/// A started server: its shared state, address and certificate fingerprint.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub addr: SocketAddr,
+    /// SHA-256 of the TLS certificate (hex); empty with --insecure-http.
+    pub fingerprint: String,
+    handle: axum_server::Handle<SocketAddr>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Close the connections, stop listening, flush the store.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        let _ = self.server.await;
+        self.shared.flush().await
+    }
+}
+
+/// Open the store and start listening; prints the certificate and address lines.
+pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared::open(
         &opts.store,
@@ -552,6 +574,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let handle = axum_server::Handle::new();
     let mut out = std::io::stdout().lock();
     let scheme = if opts.insecure_http { "http" } else { "https" };
+    let mut fingerprint = String::new();
     let server = if opts.insecure_http {
         eprintln!(
             "WARNING: --insecure-http: traffic (patient data, tokens) is NOT encrypted; use only on a trusted network"
@@ -581,6 +604,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             },
             tls.fingerprint
         );
+        fingerprint = tls.fingerprint.clone();
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
         let h = handle.clone();
         let addr = opts.listen;
@@ -607,18 +631,27 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         opts.store.display()
     );
     let _ = out.flush();
-    drop(out);
+    Ok(Running {
+        shared,
+        addr,
+        fingerprint,
+        handle,
+        stop: stop_tx,
+        server,
+    })
+}
+
+/// Run the server until SIGINT/SIGTERM, then close connections and flush.
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let running = start(&opts).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    handle.graceful_shutdown(Some(Duration::from_secs(5)));
-    let _ = server.await;
-    shared.flush().await?;
+    running.stop().await?;
     println!("rounds: stopped; store flushed");
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
