@@ -177,6 +177,14 @@ pub enum Command {
         #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
+    /// Push a closed month's package into the practice's EHR (FHIR REST and/or HL7 over MLLP),
+    /// or show the outbox. Works on the store directly (server stopped).
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+    },
     /// The audit log: who read, wrote or was denied what, and when.
     Audit {
         #[arg(long)]
@@ -210,6 +218,31 @@ pub enum Command {
         /// Trust the server certificate with this SHA-256 fingerprint (hex), e.g. a self-signed one.
         #[arg(long)]
         fingerprint: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Queue the month's package and send it; retries with backoff until acknowledged, failed,
+    /// or --wait runs out (what is left stays queued for the next run).
+    Send {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        /// push.toml: [fhir] base_url/token/fingerprint, [hl7] address, [export] identifiers.
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds to keep retrying before returning.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Pending, acknowledged and failed items of the outbox.
+    Status {
+        #[arg(long)]
+        facility: Option<String>,
+        #[arg(long)]
+        month: Option<String>,
     },
 }
 
@@ -460,6 +493,68 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             tablets,
             exit,
         })),
+        Command::Push { command, store } => {
+            let st = crate::store::SledStore::open(&store).map_err(|e| {
+                CliError::Invalid(format!("{e} (stop the server to push from this store)"))
+            })?;
+            let outbox = crate::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
+            match command {
+                PushCommand::Send {
+                    facility,
+                    month,
+                    config,
+                    wait,
+                } => {
+                    let month: Month =
+                        month
+                            .parse()
+                            .map_err(|e: rounds_core::month::MonthParseError| {
+                                CliError::BadMonth(e.to_string())
+                            })?;
+                    let config =
+                        crate::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
+                    let ledger = crate::ledger::Ledger::open(st.db())
+                        .map_err(|e| CliError::Invalid(e.to_string()))?;
+                    let added = outbox
+                        .enqueue(&st, &ledger, &config, &facility, month)
+                        .map_err(|e| CliError::Invalid(e.to_string()))?;
+                    let (ack, failed, pending) = runtime()?
+                        .block_on(outbox.drain(&config, std::time::Duration::from_secs(wait)));
+                    println!(
+                        "queued {added} new; acknowledged {ack}, failed {failed}, pending {pending}"
+                    );
+                    for i in outbox
+                        .all()
+                        .iter()
+                        .filter(|i| i.status == crate::push::Status::Failed)
+                    {
+                        println!(
+                            "  failed {}: {}",
+                            i.key,
+                            i.last_error.clone().unwrap_or_default()
+                        );
+                    }
+                    Ok(())
+                }
+                PushCommand::Status { facility, month } => {
+                    let items: Vec<_> = outbox
+                        .all()
+                        .into_iter()
+                        .filter(|i| facility.as_ref().is_none_or(|f| &i.facility == f))
+                        .filter(|i| month.as_ref().is_none_or(|m| &i.month.to_string() == m))
+                        .map(|mut i| {
+                            i.payload = format!("{} bytes", i.payload.len());
+                            i
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&items).unwrap_or_default()
+                    );
+                    Ok(())
+                }
+            }
+        }
         Command::Rules => {
             print!("{}", RuleSet::default().to_toml());
             Ok(())

@@ -16,6 +16,7 @@ mod import;
 mod ledger;
 mod metrics;
 mod pdf;
+mod push;
 mod security;
 mod server;
 mod store;

@@ -1,0 +1,321 @@
+//! Pushing the monthly package: a local FHIR server that honours `ifNoneExist`, and a local
+//! MLLP listener that answers AA, AE, then times out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use rounds_tests::{repo_root, rounds_bin};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn rounds(args: &[&str]) -> String {
+    let out = std::process::Command::new(rounds_bin().unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rounds {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A closed November in a fresh store.
+fn closed_store() -> tempfile::TempDir {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    rounds(&[
+        "import",
+        "--store",
+        s,
+        repo_root()
+            .join("examples/sunnyvale.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    rounds(&[
+        "close-month",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--store",
+        s,
+    ]);
+    store
+}
+
+#[derive(Default)]
+struct Fhir {
+    /// identifier (the ifNoneExist query) → times created
+    created: Mutex<HashMap<String, usize>>,
+    requests: Mutex<usize>,
+    /// Delay the response to this request number (to kill the pusher mid-push).
+    stall_at: Mutex<Option<usize>>,
+}
+
+async fn transaction(
+    State(f): State<Arc<Fhir>>,
+    Json(bundle): Json<Value>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    let n = {
+        let mut r = f.requests.lock().unwrap();
+        *r += 1;
+        *r
+    };
+    if *f.stall_at.lock().unwrap() == Some(n) {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    }
+    let mut out = Vec::new();
+    for e in bundle["entry"].as_array().cloned().unwrap_or_default() {
+        let key = e["request"]["ifNoneExist"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut created = f.created.lock().unwrap();
+        let status = if created.contains_key(&key) {
+            "200 OK"
+        } else {
+            "201 Created"
+        };
+        *created.entry(key).or_default() += usize::from(status.starts_with("201"));
+        out.push(json!({ "response": { "status": status } }));
+    }
+    (
+        axum::http::StatusCode::OK,
+        Json(json!({ "resourceType": "Bundle", "type": "transaction-response", "entry": out })),
+    )
+}
+
+async fn fhir_server() -> (Arc<Fhir>, u16) {
+    let state = Arc::new(Fhir::default());
+    let app = axum::Router::new()
+        .route("/fhir", post(transaction))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (state, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_push_is_idempotent_across_repeats_and_a_killed_pusher() {
+    let (fhir, port) = fhir_server().await;
+    let store = closed_store();
+    let s = store.path().to_str().unwrap();
+    let config = store.path().join("push.toml");
+    std::fs::write(
+        &config,
+        format!("[fhir]\nbase_url = \"http://127.0.0.1:{port}/fhir\"\ntimeout_seconds = 60\n"),
+    )
+    .unwrap();
+    // Kill the pusher while the 4th bundle is in flight.
+    *fhir.stall_at.lock().unwrap() = Some(4);
+    let mut child = std::process::Command::new(rounds_bin().unwrap())
+        .args([
+            "push",
+            "send",
+            "--facility",
+            "sunnyvale",
+            "--month",
+            "2026-11",
+            "--config",
+            config.to_str().unwrap(),
+            "--store",
+            s,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if *fhir.requests.lock().unwrap() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(*fhir.requests.lock().unwrap() >= 4);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    *fhir.stall_at.lock().unwrap() = None;
+    // Restarted, it finishes what was left (the interrupted bundle is sent again).
+    let out = rounds(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    assert!(
+        out.contains("queued 0 new") && out.contains("failed 0, pending 0"),
+        "{out}"
+    );
+    // And a second push of the same month sends nothing.
+    let again = rounds(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    assert!(again.contains("queued 0 new"), "{again}");
+    let requests = *fhir.requests.lock().unwrap();
+    // A different store pushing the same month: every entry is found by its identifier.
+    let other = closed_store();
+    let o = other.path().to_str().unwrap();
+    let cfg2 = other.path().join("push.toml");
+    std::fs::write(&cfg2, std::fs::read(&config).unwrap()).unwrap();
+    rounds(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        cfg2.to_str().unwrap(),
+        "--store",
+        o,
+    ]);
+    assert!(*fhir.requests.lock().unwrap() > requests);
+    let created = fhir.created.lock().unwrap();
+    assert!(created.len() > 100, "{}", created.len());
+    assert!(
+        created.values().all(|n| *n == 1),
+        "a resource was created twice: {:?}",
+        created.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    let status: Vec<Value> =
+        serde_json::from_str(&rounds(&["push", "status", "--store", s])).unwrap();
+    assert_eq!(status.len(), 14);
+    assert!(status.iter().all(|i| i["status"] == "acknowledged"));
+}
+
+/// MSH-10 of a message, and the message without its MSH (the same across resends).
+fn parse(message: &str) -> (String, String) {
+    let mut segs = message.split('\r');
+    let msh = segs.next().unwrap_or_default();
+    let control = msh.split('|').nth(9).unwrap_or_default().to_string();
+    (control, segs.collect::<Vec<_>>().join("\r"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_push_records_aa_ae_and_retries_a_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let rec = received.clone();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            n += 1;
+            let rec = rec.clone();
+            let k = n;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                while !buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(m) => buf.extend_from_slice(&chunk[..m]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf)
+                    .trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r')
+                    .to_string();
+                let (control, body) = parse(&text);
+                rec.lock().unwrap().push(body);
+                let ack = |code: &str, extra: &str| {
+                    format!(
+                        "\u{b}MSH|^~\\&|EHR|PRACTICE|ROUNDS|ROUNDS|20261201000000||ACK|A{k}|P|2.5.1\rMSA|{code}|{control}{extra}\u{1c}\r"
+                    )
+                };
+                let reply = match k {
+                    2 => ack(
+                        "AE",
+                        "\rERR|^^^207&Application internal error&HL70357||207|E||||FT1-7 unknown charge code",
+                    ),
+                    3 => {
+                        // No answer: the sender times out.
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                        return;
+                    }
+                    _ => ack("AA", ""),
+                };
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    let store = closed_store();
+    let s = store.path().to_str().unwrap();
+    let config = store.path().join("push.toml");
+    std::fs::write(
+        &config,
+        format!("max_attempts = 4\n[hl7]\naddress = \"127.0.0.1:{port}\"\ntimeout_seconds = 1\n"),
+    )
+    .unwrap();
+    let out = rounds(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        s,
+        "--wait",
+        "30",
+    ]);
+    assert!(out.contains("failed 1, pending 0"), "{out}");
+    let items: Vec<Value> =
+        serde_json::from_str(&rounds(&["push", "status", "--store", s])).unwrap();
+    let failed: Vec<&Value> = items.iter().filter(|i| i["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("FT1-7 unknown charge code"),
+        "{failed:?}"
+    );
+    let retried: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["attempts"].as_u64().unwrap() > 1)
+        .collect();
+    assert_eq!(retried.len(), 1, "{items:#?}");
+    assert_eq!(retried[0]["status"], "acknowledged");
+    assert!(
+        retried[0]["acknowledgement"]
+            .as_str()
+            .unwrap()
+            .contains("MSA|AA")
+    );
+    // Nothing acknowledged was sent twice; only the timed-out message went out again.
+    let received = received.lock().unwrap();
+    let mut counts: HashMap<&String, usize> = HashMap::new();
+    for b in received.iter() {
+        *counts.entry(b).or_default() += 1;
+    }
+    assert_eq!(
+        counts.values().filter(|n| **n == 2).count(),
+        1,
+        "{counts:?}"
+    );
+    assert!(counts.values().all(|n| *n <= 2));
+    assert_eq!(received.len(), items.len() + 1);
+}
