@@ -1,6 +1,500 @@
-//! rounds-mobile: the uniffi facade over rounds-core for the Android (Kotlin) and iOS (Swift)
-//! tablet apps. The uniffi surface arrives with the mobile-bindings issue; until then this crate
-//! re-exports the core so the workspace layout is in place.
-#![forbid(unsafe_code)]
+//! rounds-mobile: the Rounds core for the tablet apps, through uniffi (Kotlin on Android, Swift
+//! on iOS, Python for tests). One object, [`RoundsReplica`], with the staff actions, the queries
+//! and sync; records for the domain types; one error enum. No panic crosses the FFI: every
+//! fallible call returns a [`RoundsError`], which becomes a Kotlin/Swift exception.
+//!
+//! Threading: every method is blocking and thread-safe (an internal lock); call them from a
+//! background thread/coroutine/queue, never the UI thread. `sync` runs on an internal tokio
+//! runtime and can be cancelled from another thread with `cancel_sync`.
 
-pub use rounds_core as core;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rounds_core::replica::{NewInteraction, NewReading};
+use rounds_core::{Month, Program as CoreProgram, ReadingKind as CoreKind, ReadingSource, Replica};
+
+uniffi::setup_scaffolding!();
+
+/// Every failure, with a message fit for a log or a support ticket (ids, never names).
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum RoundsError {
+    /// Bad input: the message names the entry and the field.
+    #[error("{message}")]
+    Invalid { message: String },
+    #[error("not found: {message}")]
+    NotFound { message: String },
+    #[error("storage: {message}")]
+    Storage { message: String },
+    #[error("wrong key: {message}")]
+    WrongKey { message: String },
+    #[error("sync: {message}")]
+    Sync { message: String },
+    #[error("sync cancelled")]
+    Cancelled,
+}
+
+impl From<rounds_core::ReplicaError> for RoundsError {
+    fn from(e: rounds_core::ReplicaError) -> RoundsError {
+        use rounds_core::ReplicaError as E;
+        let message = e.to_string();
+        match e {
+            E::Invalid(_) | E::OtherFacility { .. } | E::TimerAlreadyStopped(_) => {
+                RoundsError::Invalid { message }
+            }
+            E::UnknownPatient(_) | E::UnknownEntry(_) | E::NoFacility => {
+                RoundsError::NotFound { message }
+            }
+            E::WrongKey(_) | E::KeyRequired(_) => RoundsError::WrongKey { message },
+            _ => RoundsError::Storage { message },
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> RoundsError {
+    RoundsError::Invalid {
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Program {
+    Ccm,
+    Pcm,
+    Rpm,
+}
+
+impl From<Program> for CoreProgram {
+    fn from(p: Program) -> CoreProgram {
+        match p {
+            Program::Ccm => CoreProgram::Ccm,
+            Program::Pcm => CoreProgram::Pcm,
+            Program::Rpm => CoreProgram::Rpm,
+        }
+    }
+}
+
+impl From<CoreProgram> for Program {
+    fn from(p: CoreProgram) -> Program {
+        match p {
+            CoreProgram::Ccm => Program::Ccm,
+            CoreProgram::Pcm => Program::Pcm,
+            CoreProgram::Rpm => Program::Rpm,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ReadingKind {
+    BloodPressure,
+    HeartRate,
+    Weight,
+    Glucose,
+    Spo2,
+    Temperature,
+    RespiratoryRate,
+}
+
+impl From<ReadingKind> for CoreKind {
+    fn from(k: ReadingKind) -> CoreKind {
+        match k {
+            ReadingKind::BloodPressure => CoreKind::BloodPressure,
+            ReadingKind::HeartRate => CoreKind::HeartRate,
+            ReadingKind::Weight => CoreKind::Weight,
+            ReadingKind::Glucose => CoreKind::Glucose,
+            ReadingKind::Spo2 => CoreKind::Spo2,
+            ReadingKind::Temperature => CoreKind::Temperature,
+            ReadingKind::RespiratoryRate => CoreKind::RespiratoryRate,
+        }
+    }
+}
+
+/// A running timer.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Timer {
+    pub id: String,
+    pub patient: String,
+    pub staff: String,
+    pub program: Program,
+    /// RFC 3339 with the facility's offset.
+    pub started_at: String,
+}
+
+/// A time entry.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Interaction {
+    pub id: String,
+    pub patient: String,
+    pub staff: String,
+    pub program: Program,
+    pub started_at: String,
+    pub ended_at: String,
+    pub seconds: i64,
+    pub interactive: bool,
+    pub note: Option<String>,
+}
+
+/// A reading to record.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ReadingInput {
+    pub patient: String,
+    pub kind: ReadingKind,
+    pub systolic: Option<f64>,
+    pub diastolic: Option<f64>,
+    pub value: Option<f64>,
+    /// UCUM: `mm[Hg]`, `/min`, `kg`, `[lb_av]`, `mg/dL`, `mmol/L`, `%`, `Cel`, `[degF]`.
+    pub unit: String,
+    pub device: Option<String>,
+    /// True when typed in by staff (never counts as an RPM day).
+    pub manual: bool,
+}
+
+/// A patient in the facility list.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct PatientInfo {
+    pub id: String,
+    pub name: String,
+    pub mrn: Option<String>,
+    pub programs: Vec<Program>,
+}
+
+/// Minutes and reading days of one patient-month.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct MonthSummary {
+    pub patient: String,
+    pub month: String,
+    pub ccm_minutes: u32,
+    pub pcm_minutes: u32,
+    pub rpm_minutes: u32,
+    pub reading_days: u32,
+    pub running_timers: u32,
+}
+
+/// One worklist row: where a patient stands this month in one program.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct WorklistItem {
+    pub patient: String,
+    pub program: Program,
+    pub minutes: u32,
+    pub next_code: Option<String>,
+    pub minutes_to_next: Option<u32>,
+    pub reading_days: Option<u32>,
+    pub reading_days_left: Option<u32>,
+    pub blocked_by: Vec<String>,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncResult {
+    pub documents: u32,
+    pub confirmed: u32,
+    /// Documents whose changes the server has not confirmed yet.
+    pub unsent: u32,
+    pub attempts: u32,
+}
+
+/// Progress of a sync, reported from the sync's thread.
+#[uniffi::export(with_foreign)]
+pub trait SyncProgress: Send + Sync {
+    fn on_progress(&self, done: u32, total: u32);
+}
+
+/// The device's store of the facility's documents.
+#[derive(uniffi::Object)]
+pub struct RoundsReplica {
+    inner: Mutex<Replica>,
+    cancel: Arc<AtomicBool>,
+}
+
+fn ts(s: &str, field: &str) -> Result<DateTime<Utc>, RoundsError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| invalid(format!("{field}: {s:?} is not an RFC 3339 time")))
+}
+
+fn interaction(i: rounds_core::Interaction) -> Interaction {
+    Interaction {
+        id: i.id.to_string(),
+        seconds: (i.ended_at - i.started_at).num_seconds(),
+        patient: i.patient,
+        staff: i.staff,
+        program: i.program.into(),
+        started_at: i.started_at.to_rfc3339(),
+        ended_at: i.ended_at.to_rfc3339(),
+        interactive: i.interactive,
+        note: i.note,
+    }
+}
+
+fn timer(t: rounds_core::RunningTimer) -> Timer {
+    Timer {
+        id: t.id.to_string(),
+        patient: t.patient,
+        staff: t.staff,
+        program: t.program.into(),
+        started_at: t.started_at.to_rfc3339(),
+    }
+}
+
+fn uuid_of(s: &str, field: &str) -> Result<uuid::Uuid, RoundsError> {
+    s.parse()
+        .map_err(|_| invalid(format!("{field}: {s:?} is not an entry id")))
+}
+
+impl RoundsReplica {
+    fn lock(&self) -> MutexGuard<'_, Replica> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[uniffi::export]
+impl RoundsReplica {
+    /// Open (or create) the replica in `dir`, encrypted with the 32-byte `key` from the platform
+    /// keystore.
+    #[uniffi::constructor]
+    pub fn open(dir: String, key: Vec<u8>) -> Result<Arc<RoundsReplica>, RoundsError> {
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| invalid("key: must be 32 bytes"))?;
+        let replica = Replica::open_encrypted(&dir, &key)?;
+        Ok(Arc::new(RoundsReplica {
+            inner: Mutex::new(replica),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    /// Bind a new device to its facility (then `sync` fetches the roster).
+    pub fn join_facility(&self, facility: String) -> Result<(), RoundsError> {
+        Ok(self.lock().join_facility(&facility)?)
+    }
+
+    /// The patients of the facility.
+    pub fn patients(&self) -> Vec<PatientInfo> {
+        let (patients, _) = self.lock().patients();
+        patients
+            .into_iter()
+            .map(|p| {
+                let mut programs: Vec<Program> =
+                    p.consents.iter().map(|c| c.program.into()).collect();
+                programs.dedup();
+                PatientInfo {
+                    id: p.id,
+                    name: p.name,
+                    mrn: p.mrn,
+                    programs,
+                }
+            })
+            .collect()
+    }
+
+    /// Start a timer now; it survives the app being killed.
+    pub fn start_timer(
+        &self,
+        patient: String,
+        staff: String,
+        program: Program,
+    ) -> Result<Timer, RoundsError> {
+        Ok(timer(self.lock().start_timer(
+            &patient,
+            &staff,
+            program.into(),
+            None,
+            Utc::now(),
+        )?))
+    }
+
+    /// Stop a running timer now; returns the time entry.
+    pub fn stop_timer(
+        &self,
+        timer_id: String,
+        interactive: bool,
+        note: Option<String>,
+    ) -> Result<Interaction, RoundsError> {
+        let id = uuid_of(&timer_id, "timer_id")?;
+        Ok(interaction(self.lock().stop_timer(
+            id,
+            interactive,
+            note,
+            Utc::now(),
+        )?))
+    }
+
+    pub fn running_timers(&self) -> Vec<Timer> {
+        self.lock()
+            .running_timers()
+            .into_iter()
+            .map(timer)
+            .collect()
+    }
+
+    /// Log a time entry after the fact (RFC 3339 times).
+    pub fn log_interaction(
+        &self,
+        patient: String,
+        staff: String,
+        program: Program,
+        started_at: String,
+        ended_at: String,
+        interactive: bool,
+        note: Option<String>,
+    ) -> Result<Interaction, RoundsError> {
+        let n = NewInteraction {
+            patient,
+            staff,
+            program: program.into(),
+            started_at: ts(&started_at, "started_at")?,
+            ended_at: ts(&ended_at, "ended_at")?,
+            interactive,
+            activity: None,
+            note,
+        };
+        Ok(interaction(self.lock().log_interaction(n, Utc::now())?))
+    }
+
+    /// Record a reading taken now; impossible values are refused with the field named.
+    pub fn record_reading(&self, reading: ReadingInput) -> Result<String, RoundsError> {
+        let n = NewReading {
+            patient: reading.patient,
+            kind: reading.kind.into(),
+            systolic: reading.systolic,
+            diastolic: reading.diastolic,
+            value: reading.value,
+            unit: reading.unit,
+            measured_at: Utc::now(),
+            device: reading.device,
+            source: if reading.manual {
+                ReadingSource::Manual
+            } else {
+                ReadingSource::Device
+            },
+        };
+        Ok(self.lock().record_reading(n, Utc::now())?.id.to_string())
+    }
+
+    /// Void an entry (it stays on record and stops counting).
+    pub fn void_entry(
+        &self,
+        entry_id: String,
+        by: String,
+        reason: Option<String>,
+    ) -> Result<(), RoundsError> {
+        let id = uuid_of(&entry_id, "entry_id")?;
+        self.lock().void_entry(id, &by, reason, Utc::now())?;
+        Ok(())
+    }
+
+    /// Replace the care plan's text (concurrent edits on other tablets merge).
+    pub fn edit_care_plan(&self, patient: String, text: String) -> Result<(), RoundsError> {
+        Ok(self.lock().edit_care_plan(&patient, &text, Utc::now())?)
+    }
+
+    /// Minutes per program and device reading days of a month (`YYYY-MM`).
+    pub fn patient_month_summary(
+        &self,
+        patient: String,
+        month: String,
+    ) -> Result<MonthSummary, RoundsError> {
+        let m: Month = month
+            .parse()
+            .map_err(|e: rounds_core::month::MonthParseError| invalid(format!("month: {e}")))?;
+        let s = self.lock().patient_month_summary(&patient, m)?;
+        let minutes = |p| s.minutes.get(&p).copied().unwrap_or(0);
+        Ok(MonthSummary {
+            patient: s.patient.clone(),
+            month: s.month.to_string(),
+            ccm_minutes: minutes(CoreProgram::Ccm),
+            pcm_minutes: minutes(CoreProgram::Pcm),
+            rpm_minutes: minutes(CoreProgram::Rpm),
+            reading_days: s.reading_days,
+            running_timers: s.running_timers as u32,
+        })
+    }
+
+    /// Who needs what this month, as of a date (`YYYY-MM-DD`).
+    pub fn worklist(&self, as_of: String) -> Result<Vec<WorklistItem>, RoundsError> {
+        let day: NaiveDate = as_of
+            .parse()
+            .map_err(|_| invalid(format!("as_of: {as_of:?} is not a date")))?;
+        let (data, _) = self.lock().export()?;
+        let items = rounds_core::billing::worklist::worklist(
+            &data,
+            day,
+            &rounds_core::billing::RuleSet::default(),
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(items
+            .into_iter()
+            .map(|i| WorklistItem {
+                patient: i.patient,
+                program: i.program.into(),
+                minutes: i.minutes,
+                next_code: i.next_code,
+                minutes_to_next: i.minutes_to_next,
+                reading_days: i.period.as_ref().map(|p| p.reading_days),
+                reading_days_left: i.period.as_ref().map(|p| p.days_left),
+                blocked_by: i.blocked_by,
+            })
+            .collect())
+    }
+
+    /// Sync with the server (`wss://host:port/sync`), trusting the certificate with this SHA-256
+    /// fingerprint (hex; empty for the system roots). Blocks until done, failed or cancelled.
+    pub fn sync(
+        &self,
+        url: String,
+        token: String,
+        fingerprint: String,
+        progress: Option<Arc<dyn SyncProgress>>,
+    ) -> Result<SyncResult, RoundsError> {
+        let trust = if fingerprint.is_empty() {
+            rounds_core::sync::net::Trust::SystemRoots
+        } else {
+            let bytes: Vec<u8> = (0..fingerprint.len() / 2)
+                .filter_map(|i| u8::from_str_radix(fingerprint.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            rounds_core::sync::net::Trust::Fingerprint(
+                bytes
+                    .try_into()
+                    .map_err(|_| invalid("fingerprint: expected 64 hex digits"))?,
+            )
+        };
+        self.cancel.store(false, Ordering::SeqCst);
+        let mut opts = rounds_core::sync::net::SyncOptions::new(token, trust);
+        opts.cancel = Some(self.cancel.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| RoundsError::Sync {
+                message: e.to_string(),
+            })?;
+        let mut replica = self.lock();
+        let result = runtime.block_on(rounds_core::sync::net::sync(
+            &mut replica,
+            &url,
+            &opts,
+            &mut |done, total| {
+                if let Some(p) = &progress {
+                    p.on_progress(done as u32, total as u32);
+                }
+            },
+        ));
+        match result {
+            Ok(r) => Ok(SyncResult {
+                documents: r.documents as u32,
+                confirmed: r.confirmed as u32,
+                unsent: r.unsent.len() as u32,
+                attempts: r.attempts,
+            }),
+            Err(rounds_core::sync::net::NetError::Cancelled) => Err(RoundsError::Cancelled),
+            Err(e) => Err(RoundsError::Sync {
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Stop a running `sync` (from another thread).
+    pub fn cancel_sync(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}

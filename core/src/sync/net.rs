@@ -43,6 +43,8 @@ pub struct SyncOptions {
     pub backoff: Duration,
     /// Largest frame accepted from the server.
     pub max_frame: usize,
+    /// Set to stop the sync (checked between frames and retries).
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl SyncOptions {
@@ -54,6 +56,7 @@ impl SyncOptions {
             attempts: 8,
             backoff: Duration::from_millis(200),
             max_frame: 64 << 20,
+            cancel: None,
         }
     }
 }
@@ -90,6 +93,8 @@ pub enum NetError {
     Closed,
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error("sync cancelled")]
+    Cancelled,
     #[error("gave up after {attempts} attempts; last error: {last}")]
     GaveUp {
         attempts: u32,
@@ -223,9 +228,17 @@ pub async fn sync_once(
     ws.send(WsMessage::Binary(join.into()))
         .await
         .map_err(|e| NetError::Connection(e.to_string()))?;
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    };
     let result = loop {
         if session.is_complete() {
             break Ok(());
+        }
+        if cancelled() {
+            break Err(NetError::Cancelled);
         }
         let next = match tokio::time::timeout(opts.idle_timeout, ws.next()).await {
             Err(_) => break Err(NetError::Timeout(opts.idle_timeout)),
@@ -284,7 +297,9 @@ pub async fn sync(
         report.attempts = attempt;
         match sync_once(replica, url, opts, progress, &mut report).await {
             Ok(()) => return Ok(report),
-            Err(e @ NetError::Url(_)) | Err(e @ NetError::Tls(_)) => return Err(e),
+            Err(e @ NetError::Url(_))
+            | Err(e @ NetError::Tls(_))
+            | Err(e @ NetError::Cancelled) => return Err(e),
             Err(e) => {
                 tracing::info!(attempt, error = %e, "sync attempt failed; retrying");
                 last = e.to_string();

@@ -1,0 +1,38 @@
+// The tablet flow through the generated Kotlin bindings, on the JVM.
+// Usage: MainKt URL TOKEN FINGERPRINT REPLICA_DIR — prints {"interaction": id, "reading": id}.
+import uniffi.rounds_mobile.*
+
+class Progress : SyncProgress {
+    val calls = mutableListOf<Pair<UInt, UInt>>()
+    override fun onProgress(done: UInt, total: UInt) {
+        calls.add(done to total)
+    }
+}
+
+fun main(args: Array<String>) {
+    val (url, token, fingerprint, dir) = args
+    val replica = RoundsReplica.open(dir, ByteArray(32) { 9 })
+    replica.joinFacility("sunnyvale")
+    val progress = Progress()
+    val first = replica.sync(url, token, fingerprint, progress)
+    check(first.unsent == 0u) { "unsent after first sync: $first" }
+    check(progress.calls.isNotEmpty() && progress.calls.last().first == progress.calls.last().second)
+    check(replica.patients().size == 20)
+
+    val timer = replica.startTimer("p-002", "rn-okafor", Program.CCM)
+    check(replica.runningTimers().map { it.id } == listOf(timer.id))
+    val entry = replica.stopTimer(timer.id, true, "call from the Kotlin flow")
+    val reading = replica.recordReading(ReadingInput("p-007", ReadingKind.HEART_RATE, null, null, 72.0, "/min", "cuff-07", false))
+    try {
+        replica.recordReading(ReadingInput("p-007", ReadingKind.SPO2, null, null, 140.0, "%", null, true))
+        error("an impossible reading was accepted")
+    } catch (e: RoundsException.Invalid) {
+        check(e.message?.contains("value") == true) { "message: ${e.message}" }
+    }
+    val summary = replica.patientMonthSummary("p-002", entry.startedAt.substring(0, 7))
+    check(summary.ccmMinutes >= 0u)
+    val second = replica.sync(url, token, fingerprint, null)
+    check(second.unsent == 0u) { "unsent after second sync: $second" }
+    replica.close()
+    println("{\"interaction\":\"${entry.id}\",\"reading\":\"$reading\"}")
+}

@@ -1,0 +1,48 @@
+"""The tablet flow through the generated Python bindings.
+Usage: flow.py BINDINGS_DIR URL TOKEN FINGERPRINT REPLICA_DIR
+Prints {"interaction": id, "reading": id} on success."""
+import json
+import sys
+
+sys.path.insert(0, sys.argv[1])
+import rounds_mobile as rm  # noqa: E402
+
+url, token, fingerprint, replica_dir = sys.argv[2:6]
+replica = rm.RoundsReplica.open(replica_dir, bytes([7] * 32))
+replica.join_facility("sunnyvale")
+
+
+class Progress(rm.SyncProgress):
+    def __init__(self):
+        self.calls = []
+
+    def on_progress(self, done, total):
+        self.calls.append((done, total))
+
+
+progress = Progress()
+result = replica.sync(url, token, fingerprint, progress)
+assert result.unsent == 0, result
+assert progress.calls and progress.calls[-1][0] == progress.calls[-1][1], progress.calls
+assert len(replica.patients()) == 20
+
+timer = replica.start_timer("p-001", "rn-lee", rm.Program.CCM)
+assert [t.id for t in replica.running_timers()] == [timer.id]
+entry = replica.stop_timer(timer.id, True, "call from the Python flow")
+assert entry.program == rm.Program.CCM and entry.seconds >= 0
+reading = replica.record_reading(rm.ReadingInput(
+    patient="p-007", kind=rm.ReadingKind.BLOOD_PRESSURE, systolic=131.0, diastolic=82.0,
+    value=None, unit="mm[Hg]", device="cuff-07", manual=False))
+try:
+    replica.record_reading(rm.ReadingInput(
+        patient="p-007", kind=rm.ReadingKind.BLOOD_PRESSURE, systolic=400.0, diastolic=82.0,
+        value=None, unit="mm[Hg]", device="cuff-07", manual=False))
+    raise SystemExit("an impossible reading was accepted")
+except rm.RoundsError.Invalid as e:
+    assert "systolic" in str(e), str(e)
+summary = replica.patient_month_summary("p-007", entry.started_at[:7])
+assert summary.reading_days >= 1
+assert replica.worklist(entry.started_at[:10])
+result = replica.sync(url, token, fingerprint, None)
+assert result.unsent == 0, result
+print(json.dumps({"interaction": entry.id, "reading": reading}))

@@ -1,0 +1,208 @@
+//! The mobile bindings for real: the generated Python and Kotlin (on the JVM) run the tablet flow
+//! against a running `rounds serve`, and the server has their entries. `scripts/bindings`
+//! (run by `scripts/test`) generates the bindings; `scripts/test` installs kotlinc and JNA.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use rounds_core::Replica;
+use rounds_tests::{ServerProcess, repo_root, rounds_bin, sync_with};
+
+fn bindings() -> PathBuf {
+    let dir = std::env::var("ROUNDS_BINDINGS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent()
+                .and_then(|p| p.parent())
+                .and_then(|p| p.parent())
+                .unwrap()
+                .join("bindings")
+        });
+    assert!(
+        dir.join("python/rounds_mobile.py").exists(),
+        "no generated bindings in {}: run scripts/bindings",
+        dir.display()
+    );
+    dir
+}
+
+fn server_with_device() -> (tempfile::TempDir, ServerProcess, String) {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(rounds_bin().unwrap())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&[
+        "import",
+        "--store",
+        s,
+        repo_root()
+            .join("examples/sunnyvale.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    let added: serde_json::Value = serde_json::from_str(&run(&[
+        "device",
+        "add",
+        "--facility",
+        "sunnyvale",
+        "--name",
+        "tablet",
+        "--store",
+        s,
+    ]))
+    .unwrap();
+    let server = ServerProcess::start(store.path()).unwrap();
+    (store, server, added["token"].as_str().unwrap().to_string())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The entry ids a fresh replica gets from the server.
+async fn on_server(server: &ServerProcess) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Replica::open(dir.path()).unwrap();
+    r.join_facility("sunnyvale").unwrap();
+    sync_with(&mut r, server).await.unwrap();
+    let (data, _) = r.export().unwrap();
+    data.interactions
+        .iter()
+        .map(|i| i.id.to_string())
+        .chain(data.readings.iter().map(|x| x.id.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_flow_reaches_the_server() {
+    let b = bindings();
+    let (_store, server, token) = server_with_device();
+    let replica = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/mobile/flow.py"))
+        .arg(b.join("python"))
+        .args([&server.url(), &token, &hex(&server.fingerprint)])
+        .arg(replica.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let held = on_server(&server).await;
+    assert!(held.contains(&ids["interaction"].as_str().unwrap().to_string()));
+    assert!(held.contains(&ids["reading"].as_str().unwrap().to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kotlin_flow_on_the_jvm_reaches_the_server() {
+    let b = bindings();
+    let kt_home = std::env::var("ROUNDS_KOTLIN_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/rounds-kotlin/node_modules/kotlin-compiler")
+        });
+    let kotlinc = kt_home.join("bin/kotlinc");
+    assert!(
+        kotlinc.exists(),
+        "kotlinc missing at {} (scripts/test installs it)",
+        kotlinc.display()
+    );
+    let jna = PathBuf::from("/usr/share/java/jna.jar");
+    assert!(
+        jna.exists(),
+        "JNA missing (apt-get install libjna-java; scripts/test does)"
+    );
+    let lib = kt_home.join("lib");
+    let work = tempfile::tempdir().unwrap();
+    let jar = work.path().join("flow.jar");
+    let generated = b.join("kotlin/uniffi/rounds_mobile/rounds_mobile.kt");
+    let cp = format!(
+        "{}:{}",
+        jna.display(),
+        lib.join("kotlinx-coroutines-core-jvm.jar").display()
+    );
+    let compile = Command::new(&kotlinc)
+        .arg(&generated)
+        .arg(repo_root().join("tests/mobile/Main.kt"))
+        .args(["-cp", &cp, "-d"])
+        .arg(&jar)
+        .output()
+        .unwrap();
+    assert!(
+        compile.status.success(),
+        "kotlinc: {}",
+        String::from_utf8_lossy(&compile.stderr)
+    );
+
+    let (_store, server, token) = server_with_device();
+    let replica = tempfile::tempdir().unwrap();
+    let run_cp = format!(
+        "{}:{cp}:{}",
+        jar.display(),
+        lib.join("kotlin-stdlib.jar").display()
+    );
+    let libdir = b.join("python");
+    let out = Command::new("java")
+        .arg(format!("-Djna.library.path={}", libdir.display()))
+        .args([
+            "-cp",
+            &run_cp,
+            "MainKt",
+            &server.url(),
+            &token,
+            &hex(&server.fingerprint),
+        ])
+        .arg(replica.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let held = on_server(&server).await;
+    assert!(held.contains(&ids["interaction"].as_str().unwrap().to_string()));
+    assert!(held.contains(&ids["reading"].as_str().unwrap().to_string()));
+}
+
+#[test]
+fn swift_sources_have_the_public_api() {
+    let swift = std::fs::read_to_string(bindings().join("swift/rounds_mobile.swift")).unwrap();
+    for needle in [
+        "open class RoundsReplica",
+        "public static func `open`(dir: String, key: Data)throws  -> RoundsReplica",
+        "func startTimer(patient: String, staff: String, program: Program) throws  -> Timer",
+        "func stopTimer(timerId: String, interactive: Bool, note: String?) throws  -> Interaction",
+        "func recordReading(reading: ReadingInput) throws  -> String",
+        "func sync(url: String, token: String, fingerprint: String, progress: SyncProgress?) throws  -> SyncResult",
+        "func cancelSync()",
+        "func worklist(asOf: String) throws  -> [WorklistItem]",
+        "public protocol SyncProgress",
+        "enum RoundsError: Swift.Error",
+        "public struct WorklistItem",
+    ] {
+        assert!(swift.contains(needle), "generated Swift lacks {needle:?}");
+    }
+    let header = std::fs::read_to_string(bindings().join("swift/rounds_mobileFFI.h")).unwrap();
+    assert!(header.contains("uniffi_rounds_mobile_fn_method_roundsreplica_sync"));
+}
