@@ -135,6 +135,19 @@ pub struct Interaction {
     pub note: Option<String>,
 }
 
+/// A time entry to log after the fact (RFC 3339 times).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct InteractionInput {
+    pub patient: String,
+    pub staff: String,
+    pub program: Program,
+    pub started_at: String,
+    pub ended_at: String,
+    pub interactive: bool,
+    pub activity: Option<String>,
+    pub note: Option<String>,
+}
+
 /// A reading to record.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct ReadingInput {
@@ -328,26 +341,17 @@ impl RoundsReplica {
             .collect()
     }
 
-    /// Log a time entry after the fact (RFC 3339 times).
-    pub fn log_interaction(
-        &self,
-        patient: String,
-        staff: String,
-        program: Program,
-        started_at: String,
-        ended_at: String,
-        interactive: bool,
-        note: Option<String>,
-    ) -> Result<Interaction, RoundsError> {
+    /// Log a time entry after the fact.
+    pub fn log_interaction(&self, input: InteractionInput) -> Result<Interaction, RoundsError> {
         let n = NewInteraction {
-            patient,
-            staff,
-            program: program.into(),
-            started_at: ts(&started_at, "started_at")?,
-            ended_at: ts(&ended_at, "ended_at")?,
-            interactive,
-            activity: None,
-            note,
+            patient: input.patient,
+            staff: input.staff,
+            program: input.program.into(),
+            started_at: ts(&input.started_at, "started_at")?,
+            ended_at: ts(&input.ended_at, "ended_at")?,
+            interactive: input.interactive,
+            activity: input.activity,
+            note: input.note,
         };
         Ok(interaction(self.lock().log_interaction(n, Utc::now())?))
     }
