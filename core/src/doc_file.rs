@@ -49,6 +49,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 pub struct DocFile {
     pub doc: Automerge,
     sealer: Option<Sealer>,
+    /// fsync every write (false only for throw-away scratch replicas).
+    durable: bool,
     persisted: Vec<ChangeHash>,
     snap_path: PathBuf,
     log_path: PathBuf,
@@ -112,6 +114,7 @@ impl DocFile {
         Ok(DocFile {
             doc,
             sealer: sealer.cloned(),
+            durable: true,
             persisted,
             snap_path,
             log_path,
@@ -138,7 +141,9 @@ impl DocFile {
             rec.extend_from_slice(&crc32fast::hash(&chunk).to_le_bytes());
             rec.extend_from_slice(&chunk);
             self.log.write_all(&rec).map_err(io_err(&self.log_path))?;
-            self.log.sync_data().map_err(io_err(&self.log_path))?;
+            if self.durable {
+                self.log.sync_data().map_err(io_err(&self.log_path))?;
+            }
             self.log_records += 1;
         }
         self.persisted = heads;
@@ -146,6 +151,11 @@ impl DocFile {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// Stop fsyncing (a scratch copy whose durability does not matter).
+    pub fn set_scratch(&mut self) {
+        self.durable = false;
     }
 
     fn seal(&self, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {

@@ -157,6 +157,8 @@ pub struct Replica {
     facility: Option<String>,
     sealer: Option<Sealer>,
     key_check: Option<String>,
+    /// A throw-away replica: no fsync (import staging, benchmarks' templates).
+    scratch: bool,
     docs: BTreeMap<DocumentId, DocFile>,
     sync_states: HashMap<(DocumentId, String), sync::State>,
 }
@@ -172,6 +174,17 @@ impl Replica {
     /// refused at open.
     pub fn open_encrypted(dir: impl AsRef<Path>, key: &KeyBytes) -> Result<Replica> {
         Replica::open_with(dir, Some(Sealer::new(key)))
+    }
+
+    /// A throw-away, unencrypted replica that does not fsync: for building documents (import
+    /// staging), never for a device's data.
+    pub fn open_scratch(dir: impl AsRef<Path>) -> Result<Replica> {
+        let mut r = Replica::open_with(dir, None)?;
+        r.scratch = true;
+        for f in r.docs.values_mut() {
+            f.set_scratch();
+        }
+        Ok(r)
     }
 
     fn open_with(dir: impl AsRef<Path>, sealer: Option<Sealer>) -> Result<Replica> {
@@ -276,6 +289,7 @@ impl Replica {
             facility: meta.facility,
             sealer,
             key_check: meta.key_check,
+            scratch: false,
             docs,
             sync_states: HashMap::new(),
         })
@@ -317,6 +331,9 @@ impl Replica {
         if !self.docs.contains_key(&id) {
             let mut file = DocFile::open(&self.docs_dir, &id.to_string(), self.sealer.as_ref())?;
             file.doc.set_actor(self.actor.clone());
+            if self.scratch {
+                file.set_scratch();
+            }
             self.docs.insert(id, file);
         }
         let file = self.docs.get_mut(&id).ok_or(ReplicaError::Meta {

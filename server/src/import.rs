@@ -7,7 +7,7 @@ use rounds_core::{DataFile, DocumentId, Replica};
 /// same ones a device would create) and return them as (id, bytes).
 pub fn documents_of(data: &DataFile) -> Result<Vec<(DocumentId, Vec<u8>)>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let mut replica = Replica::open(dir.path()).map_err(|e| e.to_string())?;
+    let mut replica = Replica::open_scratch(dir.path()).map_err(|e| e.to_string())?;
     replica
         .import(data, Utc::now())
         .map_err(|e| e.to_string())?;
