@@ -1183,7 +1183,12 @@ impl Replica {
                 theirs.sort();
                 theirs == ours
             }
-            None => false,
+            // Nothing heard in this session: confirmed if nothing changed since the last one.
+            None => {
+                let mut shared = state.shared_heads.clone();
+                shared.sort();
+                !ours.is_empty() && shared == ours
+            }
         }
     }
 

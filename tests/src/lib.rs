@@ -80,14 +80,23 @@ pub const DEV_TOKEN: &str = "test-token";
 /// The `rounds` binary, built on demand when `cargo test` did not build it.
 pub fn rounds_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
+    let here = exe
         .parent()
-        .and_then(Path::parent)
         .ok_or_else(|| anyhow::anyhow!("no target directory"))?;
+    // Test executables live in <profile>/deps, binaries in <profile>.
+    let dir = if here.ends_with("deps") {
+        here.parent().unwrap_or(here)
+    } else {
+        here
+    };
     let bin = dir.join("rounds");
     if !bin.exists() {
+        let mut args = vec!["build", "-p", "rounds-server", "--bin", "rounds"];
+        if dir.ends_with("release") {
+            args.push("--release");
+        }
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "rounds-server", "--bin", "rounds"])
+            .args(&args)
             .current_dir(repo_root())
             .status()?;
         anyhow::ensure!(status.success(), "building rounds failed");

@@ -131,6 +131,20 @@ impl DeviceSession {
         out
     }
 
+    /// The server has been quiet: documents that did not change since the last confirmed sync
+    /// are confirmed (some servers, like the automerge-repo reference server, do not answer a
+    /// peer that has nothing new). Returns whether the session is complete.
+    pub fn settle(&mut self, replica: &Replica) -> bool {
+        if let Some((_, key)) = &self.server {
+            for (doc, status) in self.docs.iter_mut() {
+                if *status == DocProgress::Syncing && replica.in_sync_with(*doc, key) {
+                    *status = DocProgress::Confirmed;
+                }
+            }
+        }
+        self.is_complete()
+    }
+
     /// A frame from the server; returns the frames to send in reply.
     pub fn receive(
         &mut self,

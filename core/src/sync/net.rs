@@ -240,8 +240,18 @@ pub async fn sync_once(
         if cancelled() {
             break Err(NetError::Cancelled);
         }
-        let next = match tokio::time::timeout(opts.idle_timeout, ws.next()).await {
-            Err(_) => break Err(NetError::Timeout(opts.idle_timeout)),
+        let quiet = Duration::from_millis(1500).min(opts.idle_timeout);
+        let next = match tokio::time::timeout(quiet, ws.next()).await {
+            Err(_) if session.settle(replica) => break Ok(()),
+            Err(_) => {
+                match tokio::time::timeout(opts.idle_timeout.saturating_sub(quiet), ws.next()).await
+                {
+                    Err(_) => break Err(NetError::Timeout(opts.idle_timeout)),
+                    Ok(None) => break Err(NetError::Closed),
+                    Ok(Some(Err(e))) => break Err(NetError::Connection(e.to_string())),
+                    Ok(Some(Ok(m))) => m,
+                }
+            }
             Ok(None) => break Err(NetError::Closed),
             Ok(Some(Err(e))) => break Err(NetError::Connection(e.to_string())),
             Ok(Some(Ok(m))) => m,

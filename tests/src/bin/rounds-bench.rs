@@ -244,7 +244,11 @@ fn start_reference(store: &Path) -> Server {
         .arg(port.to_string())
         .arg(store)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var("ROUNDS_BENCH_DEBUG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("start node");
     wait_listening(port);
