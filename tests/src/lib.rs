@@ -331,3 +331,17 @@ async fn pipe(
         }
     }
 }
+
+/// Run `rounds ARGS…`, panicking with its stderr on failure; returns stdout.
+pub fn rounds_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(rounds_bin().expect("rounds binary"))
+        .args(args)
+        .output()
+        .expect("run rounds");
+    assert!(
+        out.status.success(),
+        "rounds {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

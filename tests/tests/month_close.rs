@@ -5,19 +5,10 @@ use chrono::{DateTime, Duration, Utc};
 use rounds_core::billing::{RuleSet, bill};
 use rounds_core::replica::NewInteraction;
 use rounds_core::{Program, Replica};
-use rounds_tests::{ServerProcess, repo_root, rounds_bin, sunnyvale, sync_with};
+use rounds_tests::{ServerProcess, repo_root, sunnyvale, sync_with};
 
 fn rounds(args: &[&str]) -> String {
-    let out = std::process::Command::new(rounds_bin().unwrap())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rounds {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    rounds_tests::rounds_cli(args)
 }
 
 fn tool(cmd: &str, args: &[&str]) -> (bool, String) {

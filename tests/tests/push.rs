@@ -12,16 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn rounds(args: &[&str]) -> String {
-    let out = std::process::Command::new(rounds_bin().unwrap())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rounds {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    rounds_tests::rounds_cli(args)
 }
 
 /// A closed November in a fresh store.

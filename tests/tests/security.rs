@@ -3,22 +3,12 @@
 use futures_util::{SinkExt, StreamExt};
 use rounds_core::sync::wire::{Message, PeerMetadata};
 use rounds_core::{DocumentId, Month, Replica};
-use rounds_tests::{ServerProcess, https_request, repo_root, rounds_bin, sunnyvale, tls_client};
+use rounds_tests::{ServerProcess, https_request, repo_root, sunnyvale, tls_client};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// `rounds <args>` on a store, returning stdout (panics with stderr on failure).
 fn rounds(args: &[&str]) -> String {
-    let out = std::process::Command::new(rounds_bin().unwrap())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rounds {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    rounds_tests::rounds_cli(args)
 }
 
 /// Two facilities in one store: sunnyvale (the example) and oakwood (the same residents under
