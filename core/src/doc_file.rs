@@ -9,7 +9,7 @@
 //! Automerge ignores.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use automerge::{Automerge, ChangeHash};
@@ -54,7 +54,6 @@ pub struct DocFile {
     persisted: Vec<ChangeHash>,
     snap_path: PathBuf,
     log_path: PathBuf,
-    log: File,
     log_records: usize,
 }
 
@@ -109,7 +108,7 @@ impl DocFile {
             log.set_len(pos as u64).map_err(io_err(&log_path))?;
             log.sync_all().map_err(io_err(&log_path))?;
         }
-        log.seek(SeekFrom::End(0)).map_err(io_err(&log_path))?;
+        drop(log);
         let persisted = doc.get_heads();
         Ok(DocFile {
             doc,
@@ -118,7 +117,6 @@ impl DocFile {
             persisted,
             snap_path,
             log_path,
-            log,
             log_records: records,
         })
     }
@@ -140,9 +138,15 @@ impl DocFile {
             rec.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
             rec.extend_from_slice(&crc32fast::hash(&chunk).to_le_bytes());
             rec.extend_from_slice(&chunk);
-            self.log.write_all(&rec).map_err(io_err(&self.log_path))?;
+            // Opened per write: a device (or an import) may hold thousands of documents.
+            let mut log = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&self.log_path)
+                .map_err(io_err(&self.log_path))?;
+            log.write_all(&rec).map_err(io_err(&self.log_path))?;
             if self.durable {
-                self.log.sync_data().map_err(io_err(&self.log_path))?;
+                log.sync_data().map_err(io_err(&self.log_path))?;
             }
             self.log_records += 1;
         }
@@ -180,8 +184,14 @@ impl DocFile {
         if let Some(dir) = self.snap_path.parent() {
             sync_dir(dir)?;
         }
-        self.log.set_len(0).map_err(io_err(&self.log_path))?;
-        self.log.sync_all().map_err(io_err(&self.log_path))?;
+        let log = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.log_path)
+            .map_err(io_err(&self.log_path))?;
+        log.set_len(0).map_err(io_err(&self.log_path))?;
+        log.sync_all().map_err(io_err(&self.log_path))?;
         self.log_records = 0;
         self.persisted = self.doc.get_heads();
         Ok(())
