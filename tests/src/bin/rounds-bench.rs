@@ -42,7 +42,12 @@ fn args() -> Args {
         |name: &str, default: usize| get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     Args {
         facilities: get("--facilities")
-            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).filter(|f: &usize| *f > 0).collect())
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|x| x.parse().ok())
+                    .filter(|f: &usize| *f > 0)
+                    .collect()
+            })
             .unwrap_or_else(|| vec![1]),
         residents: num("--residents", 200),
         tablets: num("--tablets", 10),
