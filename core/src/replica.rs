@@ -1086,33 +1086,26 @@ impl Replica {
     /// Everything the replica holds for its facility, as a data file in canonical order.
     /// Entries that cannot be read are returned as problems beside it.
     pub fn export(&self) -> Result<(DataFile, Vec<Problem>)> {
-        let Roster {
-            facility,
-            practitioners,
-            staff,
-            mut problems,
-        } = self.facility()?;
-        let (patients, pp) = self.patients();
-        problems.extend(pp);
-        let mut data = DataFile::new(facility);
-        data.practitioners = practitioners;
-        data.staff = staff;
-        data.patients = patients;
-        for (_, _, id) in self.month_docs() {
-            if let Some(doc) = self.document(id) {
-                let e = read_month(doc);
-                data.interactions.extend(e.interactions);
-                data.readings.extend(e.readings);
-                data.timers.extend(e.running_timers);
-                data.corrections.extend(e.corrections);
-                problems.extend(e.problems);
-            }
-        }
-        data.canonicalize();
-        Ok((data, problems))
+        let facility = self.facility_doc_id()?;
+        let fdoc = self.document(facility).ok_or(ReplicaError::NoFacility)?;
+        let fid = self.facility.clone().unwrap_or_default();
+        let patients: Vec<(String, &automerge::Automerge)> = self
+            .patient_ids()
+            .into_iter()
+            .filter_map(|p| {
+                let doc = self.document(DocumentId::patient(&fid, &p))?;
+                Some((p, doc))
+            })
+            .collect();
+        let months: Vec<&automerge::Automerge> = self
+            .month_docs()
+            .into_iter()
+            .filter_map(|(_, _, id)| self.document(id))
+            .collect();
+        view::assemble(fdoc, patients, months).map_err(|p| ReplicaError::Invalid(Problems(p)))
     }
 
-    // ----- sync (in memory; the network comes with the sync issue) ---------------------------
+    // ----- sync -------------------------------------------------------------------------------
 
     fn sync_state_path(&self, doc: DocumentId, peer: &str) -> PathBuf {
         let safe: String = peer

@@ -6,7 +6,7 @@ use rounds_core::billing::{BillingRun, summary};
 use rounds_core::ehr::{ExportConfig, PatientMonth, fhir, hl7, note};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{Ledger, LedgerError, facility_data};
+use crate::ledger::{ClosedMonth, Ledger, LedgerError, closed_month};
 use crate::store::SledStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -49,19 +49,11 @@ pub fn export(
     format: Format,
     config: &ExportConfig,
 ) -> Result<Vec<ExportFile>, LedgerError> {
-    if !ledger.is_closed(facility, month) {
-        return Err(LedgerError::Store(format!(
-            "{facility} {month} is not closed yet: run `rounds close-month --facility {facility} --month {month}` first"
-        )));
-    }
-    let fd = facility_data(store, facility)?;
-    let tz: chrono_tz::Tz = fd
-        .data
-        .facility
-        .timezone
-        .parse()
-        .map_err(|_| LedgerError::Store(format!("facility {facility}: bad time zone")))?;
-    let versions = ledger.latest(facility, month);
+    let ClosedMonth {
+        data: fd,
+        tz,
+        versions,
+    } = closed_month(store, ledger, facility, month)?;
     let now = Utc::now();
     let mut files = Vec::new();
     if format == Format::Csv {

@@ -286,3 +286,36 @@ impl Ledger {
             .collect()
     }
 }
+
+/// A closed month ready for packaging: the facility's data, its zone and the latest versions.
+pub struct ClosedMonth {
+    pub data: FacilityData,
+    pub tz: chrono_tz::Tz,
+    pub versions: Vec<EncounterVersion>,
+}
+
+/// Load a closed month (an error naming the command to run when it is not closed).
+pub fn closed_month(
+    store: &SledStore,
+    ledger: &Ledger,
+    facility: &str,
+    month: Month,
+) -> Result<ClosedMonth, LedgerError> {
+    if !ledger.is_closed(facility, month) {
+        return Err(LedgerError::Store(format!(
+            "{facility} {month} is not closed yet: run `rounds close-month --facility {facility} --month {month}` first"
+        )));
+    }
+    let data = facility_data(store, facility)?;
+    let tz = data
+        .data
+        .facility
+        .timezone
+        .parse()
+        .map_err(|_| LedgerError::Store(format!("facility {facility}: bad time zone")))?;
+    Ok(ClosedMonth {
+        data,
+        tz,
+        versions: ledger.latest(facility, month),
+    })
+}

@@ -14,7 +14,7 @@ use rounds_core::ehr::{ExportConfig, PatientMonth, fhir, hl7};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::ledger::{Ledger, LedgerError, facility_data};
+use crate::ledger::{ClosedMonth, Ledger, LedgerError, closed_month};
 use crate::store::SledStore;
 
 /// `push.toml`: where a practice's EHR listens.
@@ -111,21 +111,14 @@ impl Outbox {
         facility: &str,
         month: Month,
     ) -> Result<usize, LedgerError> {
-        if !ledger.is_closed(facility, month) {
-            return Err(LedgerError::Store(format!(
-                "{facility} {month} is not closed yet"
-            )));
-        }
-        let fd = facility_data(store, facility)?;
-        let tz: chrono_tz::Tz = fd
-            .data
-            .facility
-            .timezone
-            .parse()
-            .map_err(|_| LedgerError::Store("bad time zone".into()))?;
+        let ClosedMonth {
+            data: fd,
+            tz,
+            versions,
+        } = closed_month(store, ledger, facility, month)?;
         let now = Utc::now();
         let mut added = 0;
-        for v in ledger.latest(facility, month) {
+        for v in versions {
             if v.encounter.lines.is_empty() {
                 continue;
             }
