@@ -228,7 +228,27 @@ fn fuzz_reading_documents() {
     eprintln!("fuzz_reading_documents: {runs} documents, seed {s}");
 }
 
-/// Regenerate the seed corpus: `ROUNDS_WRITE_CORPUS=1 cargo test -p rounds-core --test fuzz`.
+/// The committed seeds are valid inputs (every frame decodes, every entry is JSON), so the
+/// fuzzers mutate from meaningful starting points.
+#[test]
+fn corpus_seeds_are_valid() {
+    for frame in corpus("frames") {
+        assert!(
+            Message::decode(&frame).is_ok(),
+            "corpus frame does not decode: {}",
+            hex(&frame)
+        );
+    }
+    for entry in corpus("entries") {
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&entry).is_ok(),
+            "corpus entry is not JSON"
+        );
+    }
+}
+
+/// Regenerate the seed corpus: `ROUNDS_WRITE_CORPUS=1 cargo test -p rounds-core --test fuzz`
+/// (does nothing otherwise).
 #[test]
 fn write_corpus_when_asked() {
     if std::env::var("ROUNDS_WRITE_CORPUS").is_err() {

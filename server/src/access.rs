@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use automerge::{ChangeHash, ReadDoc};
 use chrono::{Datelike, Utc};
-use rounds_core::sync::hub::{Access, Loader};
+use rounds_core::sync::hub::Access;
 use rounds_core::{DocumentId, Month};
 
 use crate::store::SledStore;
@@ -36,13 +36,7 @@ impl FacilityIndex {
     }
 
     fn facility_doc(&self, facility: &str) -> Option<automerge::Automerge> {
-        let mut loader = &*self.store;
-        let chunks = loader.load(&DocumentId::facility(facility)).ok()??;
-        let mut doc = automerge::Automerge::new();
-        for c in chunks {
-            let _ = doc.load_incremental(&c);
-        }
-        Some(doc)
+        self.store.load_doc(&DocumentId::facility(facility))
     }
 
     fn build(&self, facility: &str) -> Built {

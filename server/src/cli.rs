@@ -293,6 +293,11 @@ fn read(path: &Path) -> Result<String, CliError> {
     })
 }
 
+fn parse_month(s: &str) -> Result<Month, CliError> {
+    s.parse()
+        .map_err(|e: rounds_core::month::MonthParseError| CliError::BadMonth(e.to_string()))
+}
+
 fn load_data(path: &Path) -> Result<DataFile, CliError> {
     let text = read(path)?;
     parse_data_file(&text).map_err(|p| CliError::Invalid(p.to_string()))
@@ -318,12 +323,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             rules,
             format,
         } => {
-            let month: Month =
-                month
-                    .parse()
-                    .map_err(|e: rounds_core::month::MonthParseError| {
-                        CliError::BadMonth(e.to_string())
-                    })?;
+            let month = parse_month(&month)?;
             let rules = load_rules(rules.as_deref())?;
             let data = load_data(&data)?;
             let run = billing::bill(&data, month, &rules)
@@ -414,12 +414,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             store,
             server,
         } => {
-            let month: Month =
-                month
-                    .parse()
-                    .map_err(|e: rounds_core::month::MonthParseError| {
-                        CliError::BadMonth(e.to_string())
-                    })?;
+            let month = parse_month(&month)?;
             let out = crate::admin_client::run(
                 &crate::admin_client::AdminTarget { store, server },
                 crate::admin_client::Op::Close { facility, month },
@@ -434,12 +429,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             store,
             server,
         } => {
-            let month: Month =
-                month
-                    .parse()
-                    .map_err(|e: rounds_core::month::MonthParseError| {
-                        CliError::BadMonth(e.to_string())
-                    })?;
+            let month = parse_month(&month)?;
             let out = crate::admin_client::run(
                 &crate::admin_client::AdminTarget { store, server },
                 crate::admin_client::Op::Encounters {
@@ -459,12 +449,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             store,
             server,
         } => {
-            let month: Month =
-                month
-                    .parse()
-                    .map_err(|e: rounds_core::month::MonthParseError| {
-                        CliError::BadMonth(e.to_string())
-                    })?;
+            let month = parse_month(&month)?;
             let files = crate::admin_client::run(
                 &crate::admin_client::AdminTarget { store, server },
                 crate::admin_client::Op::Export {
@@ -505,12 +490,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     config,
                     wait,
                 } => {
-                    let month: Month =
-                        month
-                            .parse()
-                            .map_err(|e: rounds_core::month::MonthParseError| {
-                                CliError::BadMonth(e.to_string())
-                            })?;
+                    let month = parse_month(&month)?;
                     let config =
                         crate::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
                     let ledger = crate::ledger::Ledger::open(st.db())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rounds_core::{DocumentId, Month, view};
 
-use crate::ledger::{EncounterVersion, LedgerError, facility_data};
+use crate::ledger::{EncounterVersion, LedgerError};
 use crate::server::Shared;
 
 impl Shared {
@@ -46,9 +46,11 @@ impl Shared {
 
     /// Watch the documents whose changes affect a closed month.
     pub fn watch_closed(&self, facility: &str, month: Month) {
-        let Ok(fd) = facility_data(&self.store, facility) else {
+        // Only the roster is needed: read the facility document, not the whole facility.
+        let Some(roster) = self.facility_doc(facility) else {
             return;
         };
+        let patients = view::roster_patient_ids(&roster);
         let mut recheck = self.recheck.lock().unwrap_or_else(|p| p.into_inner());
         let mut add = |id: DocumentId| {
             recheck
@@ -57,11 +59,11 @@ impl Shared {
                 .insert((facility.to_string(), month));
         };
         add(DocumentId::facility(facility));
-        for p in &fd.data.patients {
-            add(DocumentId::patient(facility, &p.id));
+        for p in &patients {
+            add(DocumentId::patient(facility, p));
             // The month itself, and the one before (entries crossing midnight, RPM periods).
-            add(DocumentId::patient_month(facility, &p.id, month));
-            add(DocumentId::patient_month(facility, &p.id, month.previous()));
+            add(DocumentId::patient_month(facility, p, month));
+            add(DocumentId::patient_month(facility, p, month.previous()));
         }
     }
 
@@ -129,23 +131,19 @@ impl Shared {
         out
     }
 
+    fn facility_doc(&self, facility: &str) -> Option<automerge::Automerge> {
+        self.store.load_doc(&DocumentId::facility(facility))
+    }
+
     fn store_months(&self, facility: &str) -> Vec<Month> {
-        let mut loader = &*self.store;
-        let Some(chunks) =
-            rounds_core::sync::hub::Loader::load(&mut loader, &DocumentId::facility(facility))
-                .ok()
-                .flatten()
-        else {
-            return Vec::new();
-        };
-        let mut doc = automerge::Automerge::new();
-        for c in chunks {
-            let _ = doc.load_incremental(&c);
-        }
-        view::roster_months(&doc)
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect()
+        self.facility_doc(facility)
+            .map(|doc| {
+                view::roster_months(&doc)
+                    .into_iter()
+                    .map(|(_, m)| m)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Close due months now and then every `every`.

@@ -3,10 +3,10 @@
 use chrono::Utc;
 use rounds_core::Month;
 use rounds_core::billing::{BillingRun, summary};
-use rounds_core::ehr::{ExportConfig, PatientMonth, fhir, hl7, note};
+use rounds_core::ehr::{ExportConfig, fhir, hl7, note};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{ClosedMonth, Ledger, LedgerError, closed_month};
+use crate::ledger::{Ledger, LedgerError, closed_month};
 use crate::store::SledStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -49,11 +49,8 @@ pub fn export(
     format: Format,
     config: &ExportConfig,
 ) -> Result<Vec<ExportFile>, LedgerError> {
-    let ClosedMonth {
-        data: fd,
-        tz,
-        versions,
-    } = closed_month(store, ledger, facility, month)?;
+    let closed = closed_month(store, ledger, facility, month)?;
+    let (fd, versions) = (&closed.data, &closed.versions);
     let now = Utc::now();
     let mut files = Vec::new();
     if format == Format::Csv {
@@ -74,24 +71,13 @@ pub fn export(
         });
         return Ok(files);
     }
-    for v in &versions {
-        let Some(patient) = fd.data.patients.iter().find(|p| p.id == v.patient) else {
-            continue;
-        };
-        let pm = PatientMonth {
-            data: &fd.data,
-            patient,
-            month,
-            encounter: &v.encounter,
-            version: v.version,
-            tz,
-            now,
-            config,
-        };
-        let stem = format!("{}-{month}-v{}", v.patient, v.version);
+    for pm in closed.patient_months(month, now, config) {
+        let v = pm.encounter;
+        let patient = pm.patient;
+        let stem = format!("{}-{month}-v{}", patient.id, pm.version);
         match format {
             Format::Fhir => {
-                if !v.encounter.lines.is_empty() {
+                if !v.lines.is_empty() {
                     let bundle = fhir::bundle(&pm);
                     files.push(ExportFile {
                         name: format!("fhir/{stem}.json"),

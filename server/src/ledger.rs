@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use automerge::Automerge;
 use chrono::{DateTime, Utc};
 use rounds_core::billing::{self, Encounter, Line, RuleSet};
-use rounds_core::sync::hub::Loader;
 use rounds_core::{DataFile, DocumentId, Month, view};
 use serde::{Deserialize, Serialize};
 
@@ -63,16 +62,6 @@ pub enum LedgerError {
     Billing(#[from] billing::BillingError),
 }
 
-fn load(store: &SledStore, id: &DocumentId) -> Option<Automerge> {
-    let mut loader = store;
-    let chunks = loader.load(id).ok()??;
-    let mut doc = Automerge::new();
-    for c in chunks {
-        let _ = doc.load_incremental(&c);
-    }
-    Some(doc)
-}
-
 fn heads_hex(doc: &Automerge) -> Vec<String> {
     doc.get_heads().iter().map(|h| h.to_string()).collect()
 }
@@ -88,7 +77,9 @@ pub struct FacilityData {
 /// Assemble everything the store holds for a facility.
 pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, LedgerError> {
     let fid = DocumentId::facility(facility);
-    let fdoc = load(store, &fid).ok_or_else(|| LedgerError::NoFacility(facility.to_string()))?;
+    let fdoc = store
+        .load_doc(&fid)
+        .ok_or_else(|| LedgerError::NoFacility(facility.to_string()))?;
     let mut heads = BTreeMap::new();
     let mut owner = BTreeMap::new();
     heads.insert(fid, heads_hex(&fdoc));
@@ -96,7 +87,7 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, 
     let mut patients = Vec::new();
     for p in view::roster_patient_ids(&fdoc) {
         let id = DocumentId::patient(facility, &p);
-        if let Some(doc) = load(store, &id) {
+        if let Some(doc) = store.load_doc(&id) {
             heads.insert(id, heads_hex(&doc));
             owner.insert(id, Some(p.clone()));
             patients.push((p, doc));
@@ -105,7 +96,7 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, 
     let mut months = Vec::new();
     for (p, m) in view::roster_months(&fdoc) {
         let id = DocumentId::patient_month(facility, &p, m);
-        if let Some(doc) = load(store, &id) {
+        if let Some(doc) = store.load_doc(&id) {
             heads.insert(id, heads_hex(&doc));
             owner.insert(id, Some(p));
             months.push(doc);
@@ -292,6 +283,33 @@ pub struct ClosedMonth {
     pub data: FacilityData,
     pub tz: chrono_tz::Tz,
     pub versions: Vec<EncounterVersion>,
+}
+
+impl ClosedMonth {
+    /// Each latest version with its patient, ready for the package builders.
+    pub fn patient_months<'a>(
+        &'a self,
+        month: Month,
+        now: DateTime<Utc>,
+        config: &'a rounds_core::ehr::ExportConfig,
+    ) -> Vec<rounds_core::ehr::PatientMonth<'a>> {
+        self.versions
+            .iter()
+            .filter_map(|v| {
+                let patient = self.data.data.patients.iter().find(|p| p.id == v.patient)?;
+                Some(rounds_core::ehr::PatientMonth {
+                    data: &self.data.data,
+                    patient,
+                    month,
+                    encounter: &v.encounter,
+                    version: v.version,
+                    tz: self.tz,
+                    now,
+                    config,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Load a closed month (an error naming the command to run when it is not closed).

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rounds_core::Month;
-use rounds_core::ehr::{ExportConfig, PatientMonth, fhir, hl7};
+use rounds_core::ehr::{ExportConfig, fhir, hl7};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::ledger::{ClosedMonth, Ledger, LedgerError, closed_month};
+use crate::ledger::{Ledger, LedgerError, closed_month};
 use crate::store::SledStore;
 
 /// `push.toml`: where a practice's EHR listens.
@@ -111,30 +111,13 @@ impl Outbox {
         facility: &str,
         month: Month,
     ) -> Result<usize, LedgerError> {
-        let ClosedMonth {
-            data: fd,
-            tz,
-            versions,
-        } = closed_month(store, ledger, facility, month)?;
+        let closed = closed_month(store, ledger, facility, month)?;
         let now = Utc::now();
         let mut added = 0;
-        for v in versions {
-            if v.encounter.lines.is_empty() {
+        for pm in closed.patient_months(month, now, &config.export) {
+            if pm.encounter.lines.is_empty() {
                 continue;
             }
-            let Some(patient) = fd.data.patients.iter().find(|p| p.id == v.patient) else {
-                continue;
-            };
-            let pm = PatientMonth {
-                data: &fd.data,
-                patient,
-                month,
-                encounter: &v.encounter,
-                version: v.version,
-                tz,
-                now,
-                config: &config.export,
-            };
             let mut payloads: Vec<(Target, String, String)> = Vec::new();
             if config.fhir.is_some() {
                 payloads.push((
@@ -153,13 +136,13 @@ impl Outbox {
                 }
             }
             for (target, kind, payload) in payloads {
-                let key = format!("{}-v{}-{kind}", pm.key(), v.version);
+                let key = format!("{}-v{}-{kind}", pm.key(), pm.version);
                 let item = OutboxItem {
                     key: key.clone(),
                     facility: facility.to_string(),
                     month,
-                    patient: v.patient.clone(),
-                    version: v.version,
+                    patient: pm.patient.id.clone(),
+                    version: pm.version,
                     target,
                     payload,
                     status: Status::Pending,

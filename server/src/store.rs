@@ -173,6 +173,19 @@ impl SledStore {
         out
     }
 
+    /// A stored document, loaded (None when the store does not have it).
+    pub fn load_doc(&self, id: &DocumentId) -> Option<automerge::Automerge> {
+        let mut loader = self;
+        let chunks = loader.load(id).ok()??;
+        let mut doc = automerge::Automerge::new();
+        for c in chunks {
+            if let Err(e) = doc.load_incremental(&c) {
+                tracing::error!(doc = %id, error = %e, "stored chunk does not load");
+            }
+        }
+        Some(doc)
+    }
+
     /// Number of stored chunks of a document.
     pub fn chunk_count(&self, doc: &DocumentId) -> usize {
         self.chunks.scan_prefix(doc.as_bytes()).count()

@@ -290,16 +290,7 @@ impl Hub {
     }
 
     fn unavailable(&self, conn: ConnId, document_id: &str) -> Action {
-        let target_id = self.peer_of(conn).unwrap_or_default().to_string();
-        Action::Send(
-            conn,
-            Message::DocUnavailable {
-                sender_id: self.peer_id.clone(),
-                target_id,
-                document_id: document_id.to_string(),
-            }
-            .encode(),
-        )
+        unavailable_action(&self.peer_id, &self.conns, conn, document_id)
     }
 
     fn receive_sync(
@@ -345,8 +336,8 @@ impl Hub {
                     ),
                 ),
             };
-        let unavailable = self.unavailable(conn, document_id);
         if let Entry::Vacant(slot) = self.docs.entry(doc_id) {
+            let unavailable = || unavailable_action(&self.peer_id, &self.conns, conn, document_id);
             match loader.load(&doc_id) {
                 Ok(Some(chunks)) => {
                     let mut doc = Automerge::new();
@@ -360,7 +351,7 @@ impl Hub {
                 }
                 Ok(None) if is_request => {
                     self.waiting.entry(doc_id).or_default().insert(conn);
-                    return vec![unavailable];
+                    return vec![unavailable()];
                 }
                 Ok(None) => {
                     // A push of a document we have never seen creates it.
@@ -368,7 +359,7 @@ impl Hub {
                 }
                 Err(e) => {
                     tracing::error!(doc = %doc_id, error = %e, "could not load a document");
-                    return vec![unavailable];
+                    return vec![unavailable()];
                 }
             }
         }
@@ -621,6 +612,28 @@ impl Hub {
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
+}
+
+/// A `doc-unavailable` reply to a connection.
+fn unavailable_action(
+    server: &str,
+    conns: &HashMap<ConnId, HubConn>,
+    conn: ConnId,
+    document_id: &str,
+) -> Action {
+    let target_id = conns
+        .get(&conn)
+        .and_then(|c| c.peer_id.clone())
+        .unwrap_or_default();
+    Action::Send(
+        conn,
+        Message::DocUnavailable {
+            sender_id: server.to_string(),
+            target_id,
+            document_id: document_id.to_string(),
+        }
+        .encode(),
+    )
 }
 
 fn new_doc(doc: Automerge, chunks: usize) -> HubDoc {
