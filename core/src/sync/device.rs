@@ -41,7 +41,18 @@ pub struct DeviceSession {
 impl DeviceSession {
     /// A new session and the `join` frame to send first.
     pub fn start(replica: &Replica) -> (DeviceSession, Vec<u8>) {
-        let peer_id = format!("device-{}", replica.actor());
+        // A fresh peer id per connection (as automerge-repo's own peers do): a server keeps
+        // in-memory sync state per peer id, and a state that outlived its connection remembers
+        // changes "sent" into a closed socket and would never send them again. What persists
+        // across connections is keyed by the storage id (the replica's actor) instead.
+        let session = uuid::Uuid::new_v4().simple().to_string();
+        // Short, because every sync message carries it: an actor prefix for the logs + 48 random bits.
+        let actor = replica.actor();
+        let peer_id = format!(
+            "device-{}-{}",
+            actor.get(..8).unwrap_or(&actor),
+            &session[..12]
+        );
         let join = Message::Join {
             sender_id: peer_id.clone(),
             peer_metadata: PeerMetadata {
