@@ -73,6 +73,8 @@ impl DocKind {
                 (TIMERS, ObjType::Map),
                 (TIMER_STOPS, ObjType::Map),
                 (CORRECTIONS, ObjType::Map),
+                (ALERTS, ObjType::Map),
+                (ALERT_EVENTS, ObjType::Map),
             ],
         }
     }
@@ -94,6 +96,12 @@ pub const READINGS: &str = "readings";
 pub const TIMERS: &str = "timers";
 pub const TIMER_STOPS: &str = "timer_stops";
 pub const CORRECTIONS: &str = "corrections";
+/// Patient-month: alert id (derived from reading + rule) → alert.
+pub const ALERTS: &str = "alerts";
+/// Patient-month: event id → acknowledgement / resolution / escalation of an alert.
+pub const ALERT_EVENTS: &str = "alert_events";
+/// Facility document: the alert protocol as a JSON string (replaced whole, last writer wins).
+pub const ALERT_PROTOCOL: &str = "alert_protocol";
 
 /// The deterministic first change of a document type: identical bytes on every replica.
 pub fn genesis(kind: DocKind) -> Result<Automerge, AutomergeError> {

@@ -28,6 +28,10 @@ use crate::validate;
 use crate::view;
 pub use crate::view::Roster;
 
+mod alert_actions;
+use alert_actions::write_alerts;
+pub use alert_actions::{Acknowledgement, TriageCall};
+
 const META_FILE: &str = "replica.json";
 const META_FORMAT: &str = "rounds-replica/1";
 
@@ -130,6 +134,9 @@ pub struct MonthEntries {
     pub readings: Vec<Reading>,
     pub running_timers: Vec<RunningTimer>,
     pub corrections: Vec<Correction>,
+    /// Alerts raised by this month's readings, and what was done about them.
+    pub alerts: Vec<crate::alerts::Alert>,
+    pub alert_events: Vec<crate::alerts::AlertEvent>,
     /// Entries that could not be read (skipped).
     pub problems: Vec<Problem>,
 }
@@ -790,12 +797,43 @@ impl Replica {
         Ok(i)
     }
 
-    /// Record a reading; impossible values are rejected with the field named.
+    /// Record a reading; impossible values are rejected with the field named. Alerts it raises
+    /// under the facility's protocol are written in the same change (see [`Replica::record_reading_alerts`]).
     pub fn record_reading(&mut self, n: NewReading, now: DateTime<Utc>) -> Result<Reading> {
+        self.record_reading_alerts(n, now).map(|(r, _)| r)
+    }
+
+    /// Record a reading and return the alerts it raised (on the tablet, offline too).
+    pub fn record_reading_alerts(
+        &mut self,
+        n: NewReading,
+        now: DateTime<Utc>,
+    ) -> Result<(Reading, Vec<crate::alerts::Alert>)> {
+        self.write_reading(Uuid::now_v7(), n, now)
+            .map(|(r, a, _)| (r, a))
+    }
+
+    /// Record a reading under a given id (a vendor reading's derived id). Returns whether it was
+    /// new: a reading already stored under `id` is left as it is and nothing is written.
+    pub fn record_reading_with_id(
+        &mut self,
+        id: Uuid,
+        n: NewReading,
+        now: DateTime<Utc>,
+    ) -> Result<(Reading, Vec<crate::alerts::Alert>, bool)> {
+        self.write_reading(id, n, now)
+    }
+
+    fn write_reading(
+        &mut self,
+        id: Uuid,
+        n: NewReading,
+        now: DateTime<Utc>,
+    ) -> Result<(Reading, Vec<crate::alerts::Alert>, bool)> {
         self.require_patient(&n.patient)?;
         let (measured_at, month) = self.local(n.measured_at)?;
         let reading = Reading {
-            id: Uuid::now_v7(),
+            id,
             patient: n.patient,
             kind: n.kind,
             systolic: n.systolic,
@@ -811,12 +849,22 @@ impl Replica {
         if !problems.is_empty() {
             return Err(ReplicaError::Invalid(Problems(problems)));
         }
+        let existing = self
+            .month_entries(&reading.patient, month)
+            .readings
+            .into_iter()
+            .find(|r| r.id == id);
+        if let Some(r) = existing {
+            return Ok((r, Vec::new(), false));
+        }
+        let alerts = self.alerts_for(&reading, month, now)?;
         let doc = self.month_doc(&reading.patient, month, now)?;
         self.change(doc, DocKind::PatientMonth, now, |tx| {
             let map = d::container(tx, d::READINGS).ok_or(AutomergeError::NotAnObject)?;
-            d::put_entry(tx, &map, &reading.id.to_string(), &reading)
+            d::put_entry(tx, &map, &reading.id.to_string(), &reading)?;
+            write_alerts(tx, &alerts)
         })?;
-        Ok(reading)
+        Ok((reading, alerts, true))
     }
 
     /// Void an entry (interaction, timer or reading): it stays on record and stops counting.
@@ -1334,12 +1382,22 @@ pub fn read_month(doc: &automerge::Automerge) -> MonthEntries {
         .into_iter()
         .map(|(_, c)| c)
         .collect();
+    let alerts = d::read_entries(doc, d::ALERTS, "alert", &mut problems)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let alert_events = d::read_entries(doc, d::ALERT_EVENTS, "alert event", &mut problems)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
     interactions.sort_by_key(|i| i.id);
     MonthEntries {
         interactions,
         readings,
         running_timers,
         corrections,
+        alerts,
+        alert_events,
         problems,
     }
 }

@@ -43,6 +43,17 @@ pub enum Op {
         month: rounds_core::Month,
         changed: bool,
     },
+    /// A vendor integration allowed to post device readings; returns its API key once.
+    Integration {
+        facility: String,
+        name: String,
+    },
+    Integrations,
+    /// Set a facility's alert protocol from TOML text.
+    Protocol {
+        facility: String,
+        toml: String,
+    },
     /// Returns the files as JSON (`[{name, bytes(base64)}]`).
     Export {
         facility: String,
@@ -110,6 +121,28 @@ fn direct(store: &crate::store::SledStore, s: &Security, op: Op) -> Result<Strin
             json(serde_json::json!({"name": name, "facility": facility, "token": token}))
         }
         Op::List => serde_json::to_string_pretty(&s.list()).unwrap_or_default(),
+        Op::Integration { facility, name } => {
+            let (alerting, _) =
+                crate::alerting::Alerting::open(store.db(), store.storage_id()).map_err(invalid)?;
+            let key = alerting
+                .add_integration(&facility, &name)
+                .map_err(invalid)?;
+            json(serde_json::json!({"name": name, "facility": facility, "api_key": key}))
+        }
+        Op::Integrations => {
+            let (alerting, _) =
+                crate::alerting::Alerting::open(store.db(), store.storage_id()).map_err(invalid)?;
+            serde_json::to_string_pretty(&alerting.integrations()).unwrap_or_default()
+        }
+        Op::Protocol { facility, toml } => {
+            let rules = crate::alerting::set_protocol_on_store(store, &facility, &toml)
+                .map_err(CliError::Invalid)?;
+            let mut rec = crate::security::AuditRecord::new("protocol-set");
+            rec.facility = Some(facility.clone());
+            rec.detail = Some(format!("{rules} rules"));
+            s.record(rec);
+            json(serde_json::json!({"facility": facility, "rules": rules}))
+        }
         Op::Revoke { name } => {
             serde_json::to_string_pretty(&s.revoke(&name).map_err(invalid)?).unwrap_or_default()
         }
@@ -202,6 +235,15 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             .header("content-type", "application/json")
             .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
         Op::List => client.get(format!("{base}/api/v1/devices")),
+        Op::Integration { facility, name } => client
+            .post(format!("{base}/api/v1/integrations"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
+        Op::Integrations => client.get(format!("{base}/api/v1/integrations")),
+        Op::Protocol { facility, toml } => client
+            .post(format!("{base}/api/v1/protocol"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"facility": facility, "toml": toml}).to_string()),
         Op::Revoke { name } => client.post(format!("{base}/api/v1/devices/{name}/revoke")),
         Op::Close { facility, month } => client
             .post(format!("{base}/api/v1/close"))

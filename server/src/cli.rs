@@ -127,6 +127,34 @@ pub enum Command {
         /// Seconds between checks for months past their grace window.
         #[arg(long, default_value_t = 3600)]
         close_check_seconds: u64,
+        /// Alert notifications: a TOML file with [webhook] (url, HMAC secret) and/or [email]
+        /// (SMTP); see ARCHITECTURE.md. Without it, alerts show only in the apps.
+        #[arg(long)]
+        notify: Option<PathBuf>,
+        /// Seconds between escalation checks and notification deliveries.
+        #[arg(long, default_value_t = 10)]
+        alert_tick_seconds: u64,
+        /// Read the current time from this file (RFC 3339) for alert deadlines (tests only).
+        #[arg(long, hide = true)]
+        clock_file: Option<PathBuf>,
+    },
+    /// Vendor integrations allowed to post RPM device readings to /api/v1/readings.
+    Integration {
+        #[command(subcommand)]
+        command: IntegrationCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// Alert protocols: thresholds, deadlines and on-call staff per facility.
+    Protocol {
+        #[command(subcommand)]
+        command: ProtocolCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
     },
     /// Enrol, list and revoke devices (through the running server, or on the store).
     Device {
@@ -247,6 +275,33 @@ pub enum PushCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum IntegrationCommand {
+    /// Create an integration for a facility and print its API key (shown once).
+    Add {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Every integration (names and facilities; keys are never shown again).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProtocolCommand {
+    /// Check a protocol file and set it as the facility's protocol (synced to its tablets).
+    Set {
+        #[arg(long)]
+        facility: String,
+        file: PathBuf,
+    },
+    /// Check a protocol file without setting it.
+    Check { file: PathBuf },
+    /// Print the built-in default protocol (a starting point for your own).
+    Default,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// A one-time enrolment code for a facility (valid 24 hours, single use).
     Code {
@@ -363,6 +418,57 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .write_all(text.as_bytes())
                 .map_err(out_err)
         }
+        Command::Integration {
+            command,
+            store,
+            server,
+        } => {
+            let op = match command {
+                IntegrationCommand::Add { facility, name } => {
+                    crate::admin_client::Op::Integration { facility, name }
+                }
+                IntegrationCommand::List => crate::admin_client::Op::Integrations,
+            };
+            let out =
+                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
+            println!("{}", out.trim_end());
+            Ok(())
+        }
+        Command::Protocol {
+            command,
+            store,
+            server,
+        } => match command {
+            ProtocolCommand::Default => {
+                print!("{}", rounds_core::alerts::DEFAULT_PROTOCOL);
+                Ok(())
+            }
+            ProtocolCommand::Check { file } => {
+                let text = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+                let p = rounds_core::alerts::AlertProtocol::from_toml(&text)
+                    .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+                println!("{}: ok, {} rules", file.display(), p.rules.len());
+                Ok(())
+            }
+            ProtocolCommand::Set { facility, file } => {
+                let toml = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+                rounds_core::alerts::AlertProtocol::from_toml(&toml)
+                    .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+                let op = crate::admin_client::Op::Protocol { facility, toml };
+                let out = crate::admin_client::run(
+                    &crate::admin_client::AdminTarget { store, server },
+                    op,
+                )?;
+                println!("{}", out.trim_end());
+                Ok(())
+            }
+        },
         Command::Device {
             command,
             store,
@@ -554,8 +660,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             enrolment_code_hours,
             rules,
             close_check_seconds,
+            notify,
+            alert_tick_seconds,
+            clock_file,
         } => {
             let rules = load_rules(rules.as_deref())?;
+            let notify = notify
+                .as_deref()
+                .map(crate::notify::NotifyConfig::load)
+                .transpose()
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
             let opts = crate::server::ServeOptions {
                 store,
                 listen,
@@ -576,6 +690,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 },
                 rules,
                 close_check: std::time::Duration::from_secs(close_check_seconds.max(1)),
+                notify,
+                clock_file,
+                alert_tick: std::time::Duration::from_secs(alert_tick_seconds.max(1)),
             };
             runtime()?
                 .block_on(crate::server::serve(opts))

@@ -57,6 +57,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
         limits: Limits::default(),
         rules: rounds_core::billing::RuleSet::default(),
         close_check: std::time::Duration::from_secs(3600),
+        notify: None,
+        clock_file: None,
+        alert_tick: std::time::Duration::from_secs(10),
     };
     let running = crate::server::start(&serve).await.map_err(err)?;
     let shared = running.shared.clone();

@@ -5,6 +5,7 @@
 mod access;
 mod admin;
 mod admin_client;
+mod alerting;
 mod auth;
 mod cli;
 mod close;
@@ -15,6 +16,7 @@ mod flusher;
 mod import;
 mod ledger;
 mod metrics;
+mod notify;
 mod pdf;
 mod push;
 mod security;

@@ -46,6 +46,12 @@ pub struct ServeOptions {
     pub rules: rounds_core::billing::RuleSet,
     /// How often to look for months past their grace window (automatic close).
     pub close_check: Duration,
+    /// Alert notification settings (`notify.toml`); none: alerts only in the apps.
+    pub notify: Option<crate::notify::NotifyConfig>,
+    /// Read "now" from this file (RFC 3339) for deadlines (tests); None: the system clock.
+    pub clock_file: Option<PathBuf>,
+    /// How often to escalate overdue alerts and deliver notifications.
+    pub alert_tick: Duration,
 }
 
 /// Per-device limits.
@@ -110,6 +116,8 @@ pub struct Shared {
     pub facilities: sled::Tree,
     pub(crate) late_tx: mpsc::UnboundedSender<(String, rounds_core::Month)>,
     pub limits: Limits,
+    pub alerting: crate::alerting::Alerting,
+    alert_rx: Mutex<Option<mpsc::UnboundedReceiver<DocumentId>>>,
     frame_limiter: RateLimiter,
     enrol_limiter: RateLimiter,
 }
@@ -164,7 +172,11 @@ impl Shared {
             .open_tree("facilities")
             .map_err(|e| ServeError::Flush(e.to_string()))?;
         let (late_tx, late_rx) = mpsc::unbounded_channel();
+        let (alerting, alert_rx) = crate::alerting::Alerting::open(store.db(), store.storage_id())
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
         let shared = Arc::new(Shared {
+            alerting,
+            alert_rx: Mutex::new(Some(alert_rx)),
             late_tx,
             ledger,
             rules,
@@ -199,7 +211,7 @@ impl Shared {
         Ok(shared)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Core> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock would be a bug; keep serving with the state as it is.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -365,6 +377,7 @@ impl Shared {
                     self.execute(&mut core, actions);
                     std::mem::take(&mut core.persisted)
                 };
+                self.alerts_changed(&persisted);
                 self.late_data(persisted).await;
             }
             Err(e) => {
@@ -517,6 +530,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/sync", any(sync_upgrade))
         .route("/api/v1/import", post(import))
+        .route("/api/v1/readings", post(crate::alerting::ingest))
+        .route(
+            "/api/v1/integrations",
+            get(crate::alerting::list_integrations).post(crate::alerting::add_integration),
+        )
+        .route("/api/v1/protocol", post(crate::alerting::set_protocol))
+        .route("/api/v1/notifications", get(crate::alerting::notifications))
         .route("/api/v1/devices/enroll", post(crate::admin::enroll))
         .route("/api/v1/devices/codes", post(crate::admin::create_code))
         .route(
@@ -565,6 +585,20 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
         stop_rx,
     )?;
     shared.clone().start_auto_close(opts.close_check);
+    if let Ok(mut c) = shared.alerting.config.write() {
+        *c = opts.notify.clone().unwrap_or_default();
+    }
+    if let (Some(f), Ok(mut c)) = (&opts.clock_file, shared.alerting.clock.write()) {
+        *c = crate::alerting::Clock::File(f.clone());
+    }
+    let alert_rx = shared
+        .alert_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(rx) = alert_rx {
+        shared.clone().start_alerting(rx, opts.alert_tick);
+    }
     if opts.dev_token.is_some() {
         eprintln!(
             "WARNING: --dev-token: a development token is accepted for every facility's documents"

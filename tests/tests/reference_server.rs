@@ -113,7 +113,11 @@ async fn three_tablets_converge_through_the_reference_server() {
         .await
         .expect("tablets did not converge through the reference server within 120 s");
     let ids: Vec<Vec<String>> = tablets.iter().map(|r| entry_ids(r).unwrap()).collect();
-    assert!(ids[0].len() >= 9, "expected the 9 interactions, got {}", ids[0].len());
+    assert!(
+        ids[0].len() >= 9,
+        "expected the 9 interactions, got {}",
+        ids[0].len()
+    );
     assert_eq!(ids[0], ids[1]);
     assert_eq!(ids[1], ids[2]);
 }

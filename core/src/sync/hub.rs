@@ -476,6 +476,33 @@ impl Hub {
         out
     }
 
+    /// The current state of a document as bytes (from memory, or loaded from the store without
+    /// keeping it); None when neither has it.
+    pub fn document_bytes(
+        &mut self,
+        doc_id: DocumentId,
+        loader: &mut dyn Loader,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if let Some(d) = self.docs.get(&doc_id) {
+            return Ok(Some(d.doc.save()));
+        }
+        let Some(chunks) = loader.load(&doc_id)? else {
+            return Ok(None);
+        };
+        let mut doc = Automerge::new();
+        for chunk in &chunks {
+            doc.load_incremental(chunk).map_err(|e| e.to_string())?;
+        }
+        Ok(Some(doc.save()))
+    }
+
+    /// A loaded document's root string field (`type`, `facility`, `patient`, `month`).
+    pub fn root_str(&self, doc_id: DocumentId, key: &str) -> Option<String> {
+        self.docs
+            .get(&doc_id)
+            .and_then(|d| crate::document::root_str(&d.doc, key))
+    }
+
     /// Merge document bytes from outside (an import); persisted and fanned out like a push.
     pub fn merge(
         &mut self,
