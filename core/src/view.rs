@@ -126,3 +126,17 @@ pub fn assemble<'a>(
     data.canonicalize();
     Ok((data, problems))
 }
+
+/// Every alert of these patient-month documents, with its history folded.
+pub fn assemble_alerts<'a>(
+    month_docs: impl IntoIterator<Item = &'a Automerge>,
+) -> Vec<crate::alerts::AlertView> {
+    let mut alerts = Vec::new();
+    let mut events = Vec::new();
+    for doc in month_docs {
+        let e = crate::replica::read_month(doc);
+        alerts.extend(e.alerts);
+        events.extend(e.alert_events);
+    }
+    crate::alerts::fold(&alerts, &events)
+}

@@ -194,7 +194,63 @@ pub struct WorklistItem {
     pub minutes_to_next: Option<u32>,
     pub reading_days: Option<u32>,
     pub reading_days_left: Option<u32>,
+    /// Alerts of the patient still waiting for a response.
+    pub open_alerts: u32,
     pub blocked_by: Vec<String>,
+}
+
+/// An alert raised by a reading, with where it stands.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct AlertInfo {
+    pub id: String,
+    pub patient: String,
+    pub reading: String,
+    pub rule: String,
+    /// `urgent` or `warning`.
+    pub severity: String,
+    /// What broke the rule ("spo2 85 % < 90"), without patient identifiers.
+    pub message: String,
+    pub raised_at: String,
+    /// Acknowledge before this or it escalates to the billing practitioner.
+    pub deadline: String,
+    /// `open`, `escalated`, `acknowledged` or `resolved`.
+    pub status: String,
+    /// Notes of acknowledgements, resolutions and escalations, oldest first.
+    pub notes: Vec<String>,
+}
+
+/// A recorded reading and the alerts it raised on this tablet.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct RecordedReading {
+    pub id: String,
+    pub alerts: Vec<AlertInfo>,
+}
+
+/// A call to the 24/7 line (RFC 3339 times). Outcome: `advised`, `nurse_visit`,
+/// `practitioner_notified`, `sent_to_emergency` or `no_action_needed`.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TriageCallInput {
+    pub patient: String,
+    pub staff: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub outcome: String,
+    pub note: Option<String>,
+}
+
+fn alert_info(v: rounds_core::alerts::AlertView) -> AlertInfo {
+    AlertInfo {
+        id: v.alert.id.to_string(),
+        patient: v.alert.patient.clone(),
+        reading: v.alert.reading.to_string(),
+        rule: v.alert.rule.clone(),
+        severity: v.alert.severity.as_str().to_string(),
+        message: v.alert.message.clone(),
+        raised_at: v.alert.raised_at.to_rfc3339(),
+        deadline: v.alert.deadline.to_rfc3339(),
+        status: format!("{:?}", v.status).to_lowercase(),
+        notes: v.events.iter().filter_map(|e| e.note.clone()).collect(),
+    }
 }
 
 /// What a sync did.
@@ -376,6 +432,127 @@ impl RoundsReplica {
         Ok(self.lock().record_reading(n, Utc::now())?.id.to_string())
     }
 
+    /// Record a reading taken now and return the alerts it raised under the facility's
+    /// protocol (evaluated here, offline too).
+    pub fn record_reading_with_alerts(
+        &self,
+        reading: ReadingInput,
+    ) -> Result<RecordedReading, RoundsError> {
+        let n = NewReading {
+            patient: reading.patient,
+            kind: reading.kind.into(),
+            systolic: reading.systolic,
+            diastolic: reading.diastolic,
+            value: reading.value,
+            unit: reading.unit,
+            measured_at: Utc::now(),
+            device: reading.device,
+            source: if reading.manual {
+                ReadingSource::Manual
+            } else {
+                ReadingSource::Device
+            },
+        };
+        let mut r = self.lock();
+        let (reading, raised) = r.record_reading_alerts(n, Utc::now())?;
+        let ids: Vec<uuid::Uuid> = raised.iter().map(|a| a.id).collect();
+        let alerts = r
+            .open_alerts()
+            .into_iter()
+            .filter(|v| ids.contains(&v.alert.id))
+            .map(alert_info)
+            .collect();
+        Ok(RecordedReading {
+            id: reading.id.to_string(),
+            alerts,
+        })
+    }
+
+    /// Alerts waiting for a response (open or escalated), soonest deadline first.
+    pub fn open_alerts(&self) -> Vec<AlertInfo> {
+        self.lock()
+            .open_alerts()
+            .into_iter()
+            .map(alert_info)
+            .collect()
+    }
+
+    /// Acknowledge an alert with a note; `minutes` spent are logged as an interaction.
+    pub fn acknowledge_alert(
+        &self,
+        alert_id: String,
+        by: String,
+        note: String,
+        minutes: u32,
+        interactive: bool,
+    ) -> Result<(), RoundsError> {
+        let id = uuid_of(&alert_id, "alert_id")?;
+        self.lock().acknowledge_alert(
+            id,
+            rounds_core::replica::Acknowledgement {
+                by,
+                note,
+                minutes,
+                interactive,
+            },
+            Utc::now(),
+        )?;
+        Ok(())
+    }
+
+    /// Mark an alert resolved.
+    pub fn resolve_alert(
+        &self,
+        alert_id: String,
+        by: String,
+        note: Option<String>,
+    ) -> Result<(), RoundsError> {
+        let id = uuid_of(&alert_id, "alert_id")?;
+        self.lock().resolve_alert(id, &by, note, Utc::now())?;
+        Ok(())
+    }
+
+    /// Escalate an alert to the patient's billing practitioner now.
+    pub fn escalate_alert(
+        &self,
+        alert_id: String,
+        by: String,
+        note: Option<String>,
+    ) -> Result<(), RoundsError> {
+        let id = uuid_of(&alert_id, "alert_id")?;
+        self.lock().escalate_alert(id, &by, note, Utc::now())?;
+        Ok(())
+    }
+
+    /// Log a 24/7 line call (an interactive interaction recording the triage outcome).
+    pub fn log_triage_call(&self, call: TriageCallInput) -> Result<Interaction, RoundsError> {
+        use rounds_core::alerts::TriageOutcome as T;
+        let outcome = match call.outcome.as_str() {
+            "advised" => T::Advised,
+            "nurse_visit" => T::NurseVisit,
+            "practitioner_notified" => T::PractitionerNotified,
+            "sent_to_emergency" => T::SentToEmergency,
+            "no_action_needed" => T::NoActionNeeded,
+            other => {
+                return Err(invalid(format!(
+                    "outcome: {other:?} is not a triage outcome"
+                )));
+            }
+        };
+        let i = self.lock().log_triage_call(
+            rounds_core::replica::TriageCall {
+                patient: call.patient,
+                staff: call.staff,
+                started_at: ts(&call.started_at, "started_at")?,
+                ended_at: ts(&call.ended_at, "ended_at")?,
+                outcome,
+                note: call.note,
+            },
+            Utc::now(),
+        )?;
+        Ok(interaction(i))
+    }
+
     /// Void an entry (it stays on record and stops counting).
     pub fn void_entry(
         &self,
@@ -420,13 +597,17 @@ impl RoundsReplica {
         let day: NaiveDate = as_of
             .parse()
             .map_err(|_| invalid(format!("as_of: {as_of:?} is not a date")))?;
-        let (data, _) = self.lock().export()?;
-        let items = rounds_core::billing::worklist::worklist(
+        let (data, alerts) = {
+            let r = self.lock();
+            (r.export()?.0, r.open_alerts())
+        };
+        let mut items = rounds_core::billing::worklist::worklist(
             &data,
             day,
             &rounds_core::billing::RuleSet::default(),
         )
         .map_err(|e| invalid(e.to_string()))?;
+        rounds_core::billing::worklist::attach_alerts(&mut items, &alerts);
         Ok(items
             .into_iter()
             .map(|i| WorklistItem {
@@ -437,6 +618,7 @@ impl RoundsReplica {
                 minutes_to_next: i.minutes_to_next,
                 reading_days: i.period.as_ref().map(|p| p.reading_days),
                 reading_days_left: i.period.as_ref().map(|p| p.days_left),
+                open_alerts: i.open_alerts,
                 blocked_by: i.blocked_by,
             })
             .collect())

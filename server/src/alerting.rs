@@ -304,79 +304,76 @@ impl Shared {
         let _ = self.alerting.open.flush();
     }
 
-    /// (type, facility, patient, month) of a document, from the hub (loaded from the store if
-    /// the hub let it go).
-    fn month_info(
-        &self,
-        id: DocumentId,
-    ) -> (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ) {
+    /// A document's bytes as the hub holds them now (loaded from the store if it let it go).
+    fn current_bytes(&self, id: DocumentId) -> Option<Vec<u8>> {
         let mut core = self.lock();
-        let get = |core: &crate::server::Core, k: &str| core.hub.root_str(id, k);
-        if let Some(kind) = get(&core, "type") {
-            return (
-                Some(kind),
-                get(&core, "facility"),
-                get(&core, "patient"),
-                get(&core, "month"),
-            );
-        }
         let mut loader = &*self.store;
-        let Ok(Some(bytes)) = core.hub.document_bytes(id, &mut loader) else {
-            return (None, None, None, None);
-        };
-        drop(core);
-        let Ok(doc) = automerge::Automerge::load(&bytes) else {
-            return (None, None, None, None);
-        };
-        let get = |k: &str| rounds_core::document::root_str(&doc, k);
-        (get("type"), get("facility"), get("patient"), get("month"))
+        core.hub.document_bytes(id, &mut loader).ok().flatten()
     }
 
-    /// Raise missing alerts on changed patient-month documents and refresh the index.
-    async fn evaluate_months(&self, docs: Vec<DocumentId>) {
+    /// Raise missing alerts on changed patient-month documents and refresh the index. The work
+    /// runs on blocking threads: a sync storm must not starve the connections.
+    async fn evaluate_months(self: &Arc<Self>, docs: Vec<DocumentId>) {
         let _guard = self.alerting.stage_lock.lock().await;
         let now = self.alerting.now();
+        let since = now - chrono::Duration::days(7);
         for id in docs {
-            let info = self.month_info(id);
-            let (Some(kind), Some(facility), Some(patient), Some(month)) = info else {
-                continue;
-            };
-            let Ok(month) = month.parse::<Month>() else {
-                continue;
-            };
-            if kind != "patient-month"
-                || DocumentId::patient_month(&facility, &patient, month) != id
-            {
-                continue;
-            }
-            let staged = match self.stage(&facility, &Self::month_set(&facility, &patient, month)) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(doc = %id, error = %e, "alert evaluation: staging failed");
-                    continue;
+            let shared = self.clone();
+            // Cheap survey first: is it a patient-month, and has it readings recent enough to
+            // alert on? Most synced documents only need their alerts indexed.
+            let survey = tokio::task::spawn_blocking(move || {
+                let bytes = shared.current_bytes(id)?;
+                let doc = automerge::Automerge::load(&bytes).ok()?;
+                let get = |k: &str| rounds_core::document::root_str(&doc, k);
+                if get("type")?.as_str() != "patient-month" {
+                    return None;
                 }
+                let (facility, patient) = (get("facility")?, get("patient")?);
+                let month: Month = get("month")?.parse().ok()?;
+                if DocumentId::patient_month(&facility, &patient, month) != id {
+                    return None;
+                }
+                let e = rounds_core::replica::read_month(&doc);
+                let recent = e
+                    .readings
+                    .iter()
+                    .any(|r| r.measured_at.with_timezone(&Utc) >= since);
+                let views = rounds_core::alerts::fold(&e.alerts, &e.alert_events);
+                Some((facility, patient, month, recent, views))
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some((facility, patient, month, recent, mut views)) = survey else {
+                continue;
             };
-            let mut staged = staged;
-            let since = now - chrono::Duration::days(7);
-            match staged
-                .replica
-                .raise_missing_alerts(&patient, month, since, now)
-            {
-                Ok(new) if !new.is_empty() => {
-                    tracing::info!(doc = %id, alerts = new.len(), "alerts raised for readings that arrived without them");
-                    if let Err(e) = self.commit(&staged).await {
-                        tracing::error!(doc = %id, error = %e, "could not store raised alerts");
+            if recent {
+                let shared = self.clone();
+                let (f, p) = (facility.clone(), patient.clone());
+                let staged = tokio::task::spawn_blocking(move || {
+                    let mut staged = shared.stage(&f, &Self::month_set(&f, &p, month))?;
+                    let new = staged
+                        .replica
+                        .raise_missing_alerts(&p, month, since, now)
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((staged, new.len()))
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                match staged {
+                    Ok((staged, n)) => {
+                        if n > 0 {
+                            tracing::info!(doc = %id, alerts = n, "alerts raised for readings that arrived without them");
+                            if let Err(e) = self.commit(&staged).await {
+                                tracing::error!(doc = %id, error = %e, "could not store raised alerts");
+                            }
+                        }
+                        views = staged.replica.alerts(&patient, month);
                     }
+                    Err(e) => tracing::warn!(doc = %id, error = %e, "alert evaluation failed"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(doc = %id, error = %e, "alert evaluation failed"),
             }
-            let views = staged.replica.alerts(&patient, month);
             self.index_alerts(&facility, &patient, month, &views);
         }
     }

@@ -72,6 +72,8 @@ pub struct FacilityData {
     pub heads: BTreeMap<DocumentId, Vec<String>>,
     /// Which patient each document belongs to (None: the facility document).
     pub owner: BTreeMap<DocumentId, Option<String>>,
+    /// Every alert of the facility's months, with its history.
+    pub alerts: Vec<rounds_core::alerts::AlertView>,
 }
 
 /// Assemble everything the store holds for a facility.
@@ -114,7 +116,13 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, 
     for p in problems {
         tracing::warn!(facility, problem = %p, "entry skipped at month close");
     }
-    Ok(FacilityData { data, heads, owner })
+    let alerts = view::assemble_alerts(months.iter());
+    Ok(FacilityData {
+        data,
+        heads,
+        owner,
+        alerts,
+    })
 }
 
 /// The ledger in the store.
@@ -302,6 +310,7 @@ impl ClosedMonth {
                     patient,
                     month,
                     encounter: &v.encounter,
+                    alerts: &self.data.alerts,
                     version: v.version,
                     tz: self.tz,
                     now,

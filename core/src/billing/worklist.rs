@@ -27,6 +27,9 @@ pub struct WorklistItem {
     /// RPM: the open device period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<OpenPeriod>,
+    /// Alerts of the patient still waiting for a response (see [`attach_alerts`]).
+    #[serde(default)]
+    pub open_alerts: u32,
     /// Requirements that block billing whatever the minutes (consent, conditions, …).
     pub blocked_by: Vec<String>,
 }
@@ -226,7 +229,18 @@ fn item(
         minutes_to_next: step.as_ref().map(|(_, at)| at.saturating_sub(minutes)),
         next_code: step.map(|(code, _)| code),
         period,
+        open_alerts: 0,
         blocked_by,
+    }
+}
+
+/// Count each patient's alerts that still need a response into their worklist rows.
+pub fn attach_alerts(items: &mut [WorklistItem], alerts: &[crate::alerts::AlertView]) {
+    for item in items.iter_mut() {
+        item.open_alerts = alerts
+            .iter()
+            .filter(|v| v.alert.patient == item.patient && v.needs_response())
+            .count() as u32;
     }
 }
 

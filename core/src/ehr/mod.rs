@@ -52,6 +52,8 @@ pub struct PatientMonth<'a> {
     pub patient: &'a Patient,
     pub month: Month,
     pub encounter: &'a Encounter,
+    /// Alerts (any patient; the note picks this patient's of this month).
+    pub alerts: &'a [crate::alerts::AlertView],
     /// Ledger version (1 = original).
     pub version: u32,
     pub tz: Tz,

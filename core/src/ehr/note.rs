@@ -137,6 +137,47 @@ pub fn note_lines(pm: &PatientMonth<'_>) -> Vec<String> {
             rs[0].unit
         ));
     }
+    let alerts: Vec<&crate::alerts::AlertView> = pm
+        .alerts
+        .iter()
+        .filter(|v| {
+            v.alert.patient == p.id
+                && pm
+                    .month
+                    .contains(v.alert.raised_at.with_timezone(&pm.tz).date_naive())
+        })
+        .collect();
+    let owned: Vec<crate::alerts::AlertView> = alerts.iter().map(|v| (*v).clone()).collect();
+    let stats = crate::alerts::AlertStats::of(&owned);
+    if stats.raised > 0 {
+        out.push(format!(
+            "  Alerts: {} raised ({} urgent), {} acknowledged{}, {} escalated, {} still open",
+            stats.raised,
+            stats.urgent,
+            stats.acknowledged,
+            stats
+                .median_minutes_to_acknowledge
+                .map(|m| format!(" (median {m} min to acknowledge)"))
+                .unwrap_or_default(),
+            stats.escalated,
+            stats.open,
+        ));
+        for v in alerts {
+            let at = v.alert.raised_at.with_timezone(&pm.tz);
+            let outcome = match v.minutes_to_acknowledge {
+                Some(m) => format!("acknowledged after {m} min"),
+                None => format!("{:?}", v.status).to_lowercase(),
+            };
+            out.push(format!(
+                "    {} {} {}: {} - {}",
+                at.format("%m/%d %H:%M"),
+                v.alert.severity.as_str(),
+                v.alert.rule,
+                v.alert.message,
+                outcome
+            ));
+        }
+    }
     for period in &pm.encounter.rpm_periods {
         out.push(format!(
             "  RPM period {} to {}: {} days with device data",
