@@ -49,6 +49,14 @@ pub enum Op {
         name: String,
     },
     Integrations,
+    /// A web console account.
+    UserAdd {
+        username: String,
+        role: crate::console::accounts::Role,
+        facilities: Vec<String>,
+        password: String,
+    },
+    Users,
     /// Set a facility's alert protocol from TOML text.
     Protocol {
         facility: String,
@@ -128,6 +136,32 @@ fn direct(store: &crate::store::SledStore, s: &Security, op: Op) -> Result<Strin
                 .add_integration(&facility, &name)
                 .map_err(invalid)?;
             json(serde_json::json!({"name": name, "facility": facility, "api_key": key}))
+        }
+        Op::UserAdd {
+            username,
+            role,
+            facilities,
+            password,
+        } => {
+            let accounts = crate::console::accounts::Accounts::open(store.db()).map_err(invalid)?;
+            let u = accounts
+                .add_user(&username, &password, role, &facilities)
+                .map_err(invalid)?;
+            let mut rec = crate::security::AuditRecord::new("user-added");
+            rec.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
+            s.record(rec);
+            json(
+                serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities}),
+            )
+        }
+        Op::Users => {
+            let accounts = crate::console::accounts::Accounts::open(store.db()).map_err(invalid)?;
+            let users: Vec<serde_json::Value> = accounts
+                .users()
+                .into_iter()
+                .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "created_at": u.created_at}))
+                .collect();
+            json(serde_json::Value::Array(users))
         }
         Op::Integrations => {
             let (alerting, _) =
@@ -240,6 +274,19 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             .header("content-type", "application/json")
             .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
         Op::Integrations => client.get(format!("{base}/api/v1/integrations")),
+        Op::UserAdd {
+            username,
+            role,
+            facilities,
+            password,
+        } => client
+            .post(format!("{base}/api/v1/users"))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"username": username, "role": role, "facilities": facilities, "password": password})
+                    .to_string(),
+            ),
+        Op::Users => client.get(format!("{base}/api/v1/users")),
         Op::Protocol { facility, toml } => client
             .post(format!("{base}/api/v1/protocol"))
             .header("content-type", "application/json")

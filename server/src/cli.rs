@@ -137,6 +137,19 @@ pub enum Command {
         /// Read the current time from this file (RFC 3339) for alert deadlines (tests only).
         #[arg(long, hide = true)]
         clock_file: Option<PathBuf>,
+        /// The practice's EHR (push.toml, as for `rounds push`): the console's "approve and
+        /// push" queues a closed month and the server sends it.
+        #[arg(long)]
+        push: Option<PathBuf>,
+    },
+    /// Web console accounts (the console is at https://HOST:PORT/console/).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
     },
     /// Vendor integrations allowed to post RPM device readings to /api/v1/readings.
     Integration {
@@ -272,6 +285,22 @@ pub enum PushCommand {
         #[arg(long)]
         month: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; the password is read from standard input (one line, 12+ characters).
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_enum)]
+        role: crate::console::accounts::Role,
+        /// A facility the user works for (repeat for several).
+        #[arg(long = "facility", required = true)]
+        facilities: Vec<String>,
+    },
+    /// Every account (no passwords).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -417,6 +446,35 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .lock()
                 .write_all(text.as_bytes())
                 .map_err(out_err)
+        }
+        Command::User {
+            command,
+            store,
+            server,
+        } => {
+            let op = match command {
+                UserCommand::Add {
+                    username,
+                    role,
+                    facilities,
+                } => {
+                    let mut password = String::new();
+                    std::io::stdin()
+                        .read_line(&mut password)
+                        .map_err(|e| CliError::Invalid(format!("password from stdin: {e}")))?;
+                    crate::admin_client::Op::UserAdd {
+                        username,
+                        role,
+                        facilities,
+                        password: password.trim_end_matches(['\r', '\n']).to_string(),
+                    }
+                }
+                UserCommand::List => crate::admin_client::Op::Users,
+            };
+            let out =
+                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
+            println!("{}", out.trim_end());
+            Ok(())
         }
         Command::Integration {
             command,
@@ -663,7 +721,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             notify,
             alert_tick_seconds,
             clock_file,
+            push,
         } => {
+            let push = push
+                .as_deref()
+                .map(crate::push::PushConfig::load)
+                .transpose()
+                .map_err(CliError::Invalid)?;
             let rules = load_rules(rules.as_deref())?;
             let notify = notify
                 .as_deref()
@@ -693,6 +757,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 notify,
                 clock_file,
                 alert_tick: std::time::Duration::from_secs(alert_tick_seconds.max(1)),
+                push,
             };
             runtime()?
                 .block_on(crate::server::serve(opts))

@@ -60,6 +60,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
         notify: None,
         clock_file: None,
         alert_tick: std::time::Duration::from_secs(10),
+        push: None,
     };
     let running = crate::server::start(&serve).await.map_err(err)?;
     let shared = running.shared.clone();

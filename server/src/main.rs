@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod close;
 mod connection;
+mod console;
 mod demo;
 mod export;
 mod flusher;

@@ -179,6 +179,20 @@ impl Outbox {
             .collect()
     }
 
+    /// Put a failed item back in the queue (a person decided to try again).
+    pub fn retry(&self, key: &str) -> Result<(), String> {
+        let Some(mut item) = self.all().into_iter().find(|i| i.key == key) else {
+            return Err(format!("no push item {key:?}"));
+        };
+        if item.status == Status::Failed {
+            item.status = Status::Pending;
+            item.attempts = 0;
+            item.next_attempt_at = Utc::now();
+            self.save(&item)?;
+        }
+        Ok(())
+    }
+
     fn save(&self, item: &OutboxItem) -> Result<(), String> {
         let bytes = serde_json::to_vec(item).map_err(|e| e.to_string())?;
         self.items

@@ -52,6 +52,9 @@ pub struct ServeOptions {
     pub clock_file: Option<PathBuf>,
     /// How often to escalate overdue alerts and deliver notifications.
     pub alert_tick: Duration,
+    /// The practice's EHR (`push.toml`): the console's "approve and push" queues packages and
+    /// the server sends them. None: packages are downloaded or pushed with `rounds push`.
+    pub push: Option<crate::push::PushConfig>,
 }
 
 /// Per-device limits.
@@ -117,6 +120,8 @@ pub struct Shared {
     pub(crate) late_tx: mpsc::UnboundedSender<(String, rounds_core::Month)>,
     pub limits: Limits,
     pub alerting: crate::alerting::Alerting,
+    pub accounts: crate::console::accounts::Accounts,
+    push: std::sync::RwLock<Option<crate::push::PushConfig>>,
     alert_rx: Mutex<Option<mpsc::UnboundedReceiver<DocumentId>>>,
     frame_limiter: RateLimiter,
     enrol_limiter: RateLimiter,
@@ -174,7 +179,11 @@ impl Shared {
         let (late_tx, late_rx) = mpsc::unbounded_channel();
         let (alerting, alert_rx) = crate::alerting::Alerting::open(store.db(), store.storage_id())
             .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let accounts = crate::console::accounts::Accounts::open(store.db())
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
         let shared = Arc::new(Shared {
+            accounts,
+            push: std::sync::RwLock::new(None),
             alerting,
             alert_rx: Mutex::new(Some(alert_rx)),
             late_tx,
@@ -455,6 +464,37 @@ impl Shared {
         failure.map_or(Ok(()), Err)
     }
 
+    /// The EHR push configuration, when the server was started with one.
+    pub fn push_config(&self) -> Option<crate::push::PushConfig> {
+        self.push.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Send due push items every `every` (only with a push configuration).
+    fn start_push_worker(self: Arc<Self>, every: Duration) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut shutdown = self.shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                let Some(config) = self.push_config() else {
+                    continue;
+                };
+                match crate::push::Outbox::open(self.store.db()) {
+                    Ok(outbox) => {
+                        let (ok, failed, pending) = outbox.process(&config).await;
+                        if ok + failed > 0 {
+                            tracing::info!(ok, failed, pending, "push round");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "push outbox unavailable"),
+                }
+            }
+        });
+    }
+
     pub fn documents_in_memory(&self) -> usize {
         self.lock().hub.loaded_documents()
     }
@@ -525,7 +565,7 @@ async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
 
 /// The HTTP routes.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    crate::console::routes()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/sync", any(sync_upgrade))
@@ -585,6 +625,10 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
         stop_rx,
     )?;
     shared.clone().start_auto_close(opts.close_check);
+    if let Ok(mut p) = shared.push.write() {
+        *p = opts.push.clone();
+    }
+    shared.clone().start_push_worker(Duration::from_secs(5));
     if let Ok(mut c) = shared.alerting.config.write() {
         *c = opts.notify.clone().unwrap_or_default();
     }

@@ -1,0 +1,311 @@
+//! Staff accounts of the web console: roles, facilities, argon2 password hashes, lockout after
+//! repeated failures, and sessions (stored by the SHA-256 of their cookie value) with a CSRF
+//! token each.
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including devices and the audit log.
+    Admin,
+    /// Worklist, patients, month close, push, downloads.
+    Billing,
+    /// Worklist and patients.
+    Nurse,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Billing => "billing",
+            Role::Nurse => "nurse",
+        }
+    }
+
+    pub fn can_bill(self) -> bool {
+        matches!(self, Role::Admin | Role::Billing)
+    }
+
+    pub fn is_admin(self) -> bool {
+        self == Role::Admin
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    pub role: Role,
+    pub facilities: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    password_hash: String,
+    #[serde(default)]
+    failed_attempts: u32,
+    #[serde(default)]
+    locked_until: Option<DateTime<Utc>>,
+}
+
+impl User {
+    pub fn sees(&self, facility: &str) -> bool {
+        self.facilities.iter().any(|f| f == facility)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub username: String,
+    pub csrf: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("user {0:?} exists")]
+    Exists(String),
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("too many failed attempts: the account is locked until {0}")]
+    Locked(DateTime<Utc>),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl From<sled::Error> for AccountError {
+    fn from(e: sled::Error) -> Self {
+        AccountError::Store(e.to_string())
+    }
+}
+
+/// Failed logins in a row before the account locks, and for how long.
+pub const MAX_FAILURES: u32 = 5;
+pub const LOCKOUT_MINUTES: i64 = 15;
+pub const SESSION_HOURS: i64 = 12;
+
+pub struct Accounts {
+    users: sled::Tree,
+    sessions: sled::Tree,
+}
+
+pub fn random_hex(bytes: usize) -> Result<String, AccountError> {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).map_err(|e| AccountError::Store(e.to_string()))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Accounts {
+    pub fn open(db: &sled::Db) -> Result<Accounts, AccountError> {
+        Ok(Accounts {
+            users: db.open_tree("console_users")?,
+            sessions: db.open_tree("console_sessions")?,
+        })
+    }
+
+    fn save(&self, u: &User) -> Result<(), AccountError> {
+        let bytes = serde_json::to_vec(u).map_err(|e| AccountError::Store(e.to_string()))?;
+        self.users.insert(u.username.as_bytes(), bytes)?;
+        self.users.flush()?;
+        Ok(())
+    }
+
+    pub fn user(&self, username: &str) -> Option<User> {
+        serde_json::from_slice(&self.users.get(username.as_bytes()).ok()??).ok()
+    }
+
+    pub fn users(&self) -> Vec<User> {
+        self.users
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// Create an account. Passwords: at least 12 characters.
+    pub fn add_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        facilities: &[String],
+    ) -> Result<User, AccountError> {
+        let ok = !username.is_empty()
+            && username.len() <= 64
+            && username
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !ok {
+            return Err(AccountError::Invalid(format!(
+                "username {username:?}: use 1–64 letters, digits, '-', '_', '.' or '@'"
+            )));
+        }
+        if password.chars().count() < 12 {
+            return Err(AccountError::Invalid(
+                "password: use at least 12 characters".into(),
+            ));
+        }
+        if facilities.is_empty() || facilities.iter().any(|f| f.trim().is_empty()) {
+            return Err(AccountError::Invalid(
+                "facility: give at least one facility id".into(),
+            ));
+        }
+        if self.users.contains_key(username.as_bytes())? {
+            return Err(AccountError::Exists(username.to_string()));
+        }
+        let salt = SaltString::generate(&mut OsRng);
+        let hash = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| AccountError::Store(e.to_string()))?
+            .to_string();
+        let u = User {
+            username: username.to_string(),
+            role,
+            facilities: facilities.to_vec(),
+            created_at: Utc::now(),
+            password_hash: hash,
+            failed_attempts: 0,
+            locked_until: None,
+        };
+        self.save(&u)?;
+        Ok(u)
+    }
+
+    /// Check a password; returns a new session (its cookie value and record).
+    pub fn login(
+        &self,
+        username: &str,
+        password: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Session), AccountError> {
+        let Some(mut u) = self.user(username) else {
+            // Same work as a real check, so timing does not tell which usernames exist.
+            let salt = SaltString::generate(&mut OsRng);
+            let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
+            return Err(AccountError::BadCredentials);
+        };
+        if let Some(until) = u.locked_until
+            && until > now
+        {
+            return Err(AccountError::Locked(until));
+        }
+        let ok = PasswordHash::new(&u.password_hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if !ok {
+            u.failed_attempts += 1;
+            let locked = u.failed_attempts >= MAX_FAILURES;
+            if locked {
+                u.locked_until = Some(now + Duration::minutes(LOCKOUT_MINUTES));
+                u.failed_attempts = 0;
+            }
+            self.save(&u)?;
+            return Err(match u.locked_until {
+                Some(until) if locked => AccountError::Locked(until),
+                _ => AccountError::BadCredentials,
+            });
+        }
+        u.failed_attempts = 0;
+        u.locked_until = None;
+        self.save(&u)?;
+        let id = random_hex(32)?;
+        let s = Session {
+            username: u.username.clone(),
+            csrf: random_hex(32)?,
+            expires_at: now + Duration::hours(SESSION_HOURS),
+        };
+        let bytes = serde_json::to_vec(&s).map_err(|e| AccountError::Store(e.to_string()))?;
+        self.sessions.insert(sha256_hex(&id).as_bytes(), bytes)?;
+        Ok((id, s))
+    }
+
+    /// The live session and its user for a cookie value.
+    pub fn session(&self, id: &str, now: DateTime<Utc>) -> Option<(Session, User)> {
+        let key = sha256_hex(id);
+        let s: Session = serde_json::from_slice(&self.sessions.get(key.as_bytes()).ok()??).ok()?;
+        if s.expires_at <= now {
+            let _ = self.sessions.remove(key.as_bytes());
+            return None;
+        }
+        let u = self.user(&s.username)?;
+        Some((s, u))
+    }
+
+    pub fn logout(&self, id: &str) {
+        let _ = self.sessions.remove(sha256_hex(id).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hashed_and_five_failures_lock_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let a = Accounts::open(&db).unwrap();
+        let pw = "correct horse battery";
+        a.add_user("nina", pw, Role::Nurse, &["sunnyvale".into()])
+            .unwrap();
+        let raw = String::from_utf8_lossy(
+            &db.open_tree("console_users")
+                .unwrap()
+                .get("nina")
+                .unwrap()
+                .unwrap(),
+        )
+        .to_string();
+        assert!(!raw.contains(pw) && raw.contains("$argon2"), "{raw}");
+        assert!(matches!(
+            a.add_user("x", "short", Role::Nurse, &["f".into()]),
+            Err(AccountError::Invalid(_))
+        ));
+        let now = Utc::now();
+        let (id, s) = a.login("nina", pw, now).unwrap();
+        assert_eq!(a.session(&id, now).unwrap().0.csrf, s.csrf);
+        a.logout(&id);
+        assert!(a.session(&id, now).is_none());
+        for _ in 0..4 {
+            assert!(matches!(
+                a.login("nina", "wrong password!", now),
+                Err(AccountError::BadCredentials)
+            ));
+        }
+        assert!(matches!(
+            a.login("nina", "wrong password!", now),
+            Err(AccountError::Locked(_))
+        ));
+        // Locked: even the right password is refused until the lock ends.
+        assert!(matches!(
+            a.login("nina", pw, now),
+            Err(AccountError::Locked(_))
+        ));
+        assert!(
+            a.login("nina", pw, now + Duration::minutes(LOCKOUT_MINUTES + 1))
+                .is_ok()
+        );
+        assert!(matches!(
+            a.login("nobody", pw, now),
+            Err(AccountError::BadCredentials)
+        ));
+    }
+}
