@@ -104,27 +104,47 @@ pub fn assemble<'a>(
     patient_docs: impl IntoIterator<Item = (String, &'a Automerge)>,
     month_docs: impl IntoIterator<Item = &'a Automerge>,
 ) -> Result<(DataFile, Vec<Problem>), Vec<Problem>> {
+    assemble_read(
+        facility_doc,
+        patient_docs
+            .into_iter()
+            .map(|(id, doc)| read_patient(doc, &id)),
+        month_docs.into_iter().map(crate::replica::read_month),
+    )
+    .map(|(data, problems, _)| (data, problems))
+}
+
+/// [`assemble`] from documents already read (patients and months may be read in parallel),
+/// with the months' alerts folded.
+pub fn assemble_read(
+    facility_doc: &Automerge,
+    patients: impl IntoIterator<Item = Result<crate::model::Patient, Vec<Problem>>>,
+    months: impl IntoIterator<Item = crate::replica::MonthEntries>,
+) -> Result<(DataFile, Vec<Problem>, Vec<crate::alerts::AlertView>), Vec<Problem>> {
     let roster = read_roster(facility_doc)?;
     let mut problems = roster.problems;
     let mut data = DataFile::new(roster.facility);
     data.practitioners = roster.practitioners;
     data.staff = roster.staff;
-    for (id, doc) in patient_docs {
-        match read_patient(doc, &id) {
+    for p in patients {
+        match p {
             Ok(p) => data.patients.push(p),
             Err(ps) => problems.extend(ps),
         }
     }
-    for doc in month_docs {
-        let e = crate::replica::read_month(doc);
+    let mut alerts = Vec::new();
+    let mut events = Vec::new();
+    for e in months {
         data.interactions.extend(e.interactions);
         data.readings.extend(e.readings);
         data.timers.extend(e.running_timers);
         data.corrections.extend(e.corrections);
+        alerts.extend(e.alerts);
+        events.extend(e.alert_events);
         problems.extend(e.problems);
     }
     data.canonicalize();
-    Ok((data, problems))
+    Ok((data, problems, crate::alerts::fold(&alerts, &events)))
 }
 
 /// Every alert of these patient-month documents, with its history folded.

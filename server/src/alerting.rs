@@ -294,7 +294,7 @@ impl Shared {
                     self.alerting.outbox.enqueue(
                         &config,
                         &format!("{}/raised", v.alert.id),
-                        &notice("alert.urgent_raised", facility, v, None),
+                        &notice("alert.urgent_raised", facility, v, None, Vec::new()),
                     );
                 }
             } else {
@@ -442,7 +442,13 @@ impl Shared {
                             self.alerting.outbox.enqueue(
                                 &config,
                                 &format!("{alert}/escalated"),
-                                &notice("alert.escalated", &o.facility, &v, Some(&event)),
+                                &notice(
+                                    "alert.escalated",
+                                    &o.facility,
+                                    &v,
+                                    Some(&event),
+                                    staged.replica.alert_protocol().on_call,
+                                ),
                             );
                         }
                     }
@@ -538,6 +544,7 @@ fn notice(
     facility: &str,
     v: &AlertView,
     escalation: Option<&rounds_core::alerts::AlertEvent>,
+    on_call: Vec<String>,
 ) -> AlertNotice {
     AlertNotice {
         event: event.to_string(),
@@ -551,6 +558,7 @@ fn notice(
         deadline: v.alert.deadline.to_rfc3339(),
         escalated_to: escalation.and_then(|e| e.to.clone()),
         escalated_at: escalation.map(|e| e.at.to_rfc3339()),
+        on_call,
     }
 }
 

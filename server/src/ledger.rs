@@ -86,37 +86,70 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, 
     let mut owner = BTreeMap::new();
     heads.insert(fid, heads_hex(&fdoc));
     owner.insert(fid, None);
-    let mut patients = Vec::new();
+    // Load and read the patient and month documents on every core (the bulk of a month close).
+    let mut jobs: Vec<(DocumentId, String, bool)> = Vec::new();
     for p in view::roster_patient_ids(&fdoc) {
-        let id = DocumentId::patient(facility, &p);
-        if let Some(doc) = store.load_doc(&id) {
-            heads.insert(id, heads_hex(&doc));
-            owner.insert(id, Some(p.clone()));
-            patients.push((p, doc));
-        }
+        jobs.push((DocumentId::patient(facility, &p), p, false));
     }
-    let mut months = Vec::new();
     for (p, m) in view::roster_months(&fdoc) {
-        let id = DocumentId::patient_month(facility, &p, m);
-        if let Some(doc) = store.load_doc(&id) {
-            heads.insert(id, heads_hex(&doc));
-            owner.insert(id, Some(p));
-            months.push(doc);
+        jobs.push((DocumentId::patient_month(facility, &p, m), p, true));
+    }
+    enum Read {
+        Patient(Box<Result<rounds_core::Patient, Vec<rounds_core::Problem>>>),
+        Month(Box<rounds_core::replica::MonthEntries>),
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = jobs.len().div_ceil(workers).max(1);
+    type Rows = Vec<(DocumentId, String, Vec<String>, Read)>;
+    let results: Option<Rows> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .filter_map(|(id, p, month)| {
+                            let doc = store.load_doc(id)?;
+                            let read = if *month {
+                                Read::Month(Box::new(rounds_core::replica::read_month(&doc)))
+                            } else {
+                                Read::Patient(Box::new(view::read_patient(&doc, p)))
+                            };
+                            Some((*id, p.clone(), heads_hex(&doc), read))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A reader that panicked must fail the close, never drop documents silently.
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().ok()?);
+        }
+        Some(all)
+    });
+    let results = results
+        .ok_or_else(|| LedgerError::Store("a document reader failed; nothing was closed".into()))?;
+    let mut patients = Vec::new();
+    let mut months = Vec::new();
+    for (id, p, h, read) in results {
+        heads.insert(id, h);
+        owner.insert(id, Some(p));
+        match read {
+            Read::Patient(r) => patients.push(*r),
+            Read::Month(e) => months.push(*e),
         }
     }
-    let (data, problems) = view::assemble(
-        &fdoc,
-        patients.iter().map(|(p, d)| (p.clone(), d)),
-        months.iter(),
-    )
-    .map_err(|p| LedgerError::Unreadable {
-        facility: facility.to_string(),
-        problems: rounds_core::Problems(p).to_string(),
-    })?;
+    let (data, problems, alerts) =
+        view::assemble_read(&fdoc, patients, months).map_err(|p| LedgerError::Unreadable {
+            facility: facility.to_string(),
+            problems: rounds_core::Problems(p).to_string(),
+        })?;
     for p in problems {
         tracing::warn!(facility, problem = %p, "entry skipped at month close");
     }
-    let alerts = view::assemble_alerts(months.iter());
     Ok(FacilityData {
         data,
         heads,
@@ -221,13 +254,29 @@ impl Ledger {
             .collect();
         let now = Utc::now();
         let mut written = Vec::new();
+        // Each encounter rests on the facility document and its patient's documents: group the
+        // documents by owner once (not once per encounter).
+        let mut shared_docs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_patient: BTreeMap<&str, Vec<(String, Vec<String>)>> = BTreeMap::new();
+        for (id, owner) in &fd.owner {
+            let Some(h) = fd.heads.get(id) else {
+                continue;
+            };
+            match owner {
+                None => {
+                    shared_docs.insert(id.url(), h.clone());
+                }
+                Some(p) => by_patient
+                    .entry(p.as_str())
+                    .or_default()
+                    .push((id.url(), h.clone())),
+            }
+        }
         for enc in run.encounters {
-            let heads: BTreeMap<String, Vec<String>> = fd
-                .owner
-                .iter()
-                .filter(|(_, o)| o.as_deref().is_none_or(|p| p == enc.patient))
-                .filter_map(|(id, _)| fd.heads.get(id).map(|h| (id.url(), h.clone())))
-                .collect();
+            let mut heads = shared_docs.clone();
+            if let Some(docs) = by_patient.get(enc.patient.as_str()) {
+                heads.extend(docs.iter().cloned());
+            }
             let (version, kind, d) = match latest.get(&enc.patient) {
                 None => (1, VersionKind::Original, None),
                 Some(prev) if prev.encounter.lines == enc.lines => continue,

@@ -137,6 +137,9 @@ pub struct AlertNotice {
     pub escalated_to: Option<String>,
     #[serde(default)]
     pub escalated_at: Option<String>,
+    /// The protocol's on-call staff ids.
+    #[serde(default)]
+    pub on_call: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +368,9 @@ fn email_body(n: &AlertNotice) -> String {
     if let Some(to) = &n.escalated_to {
         s.push_str(&format!("Escalated to: {to}\n"));
     }
+    if !n.on_call.is_empty() {
+        s.push_str(&format!("On call: {}\n", n.on_call.join(", ")));
+    }
     s.push_str("\nOpen Rounds to acknowledge it.\n");
     s
 }
@@ -435,6 +441,7 @@ mod tests {
             deadline: String::new(),
             escalated_to: None,
             escalated_at: None,
+            on_call: Vec::new(),
         };
         let s = subject(&n);
         assert!(!s.contains("p-001"));

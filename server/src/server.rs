@@ -160,7 +160,11 @@ impl Shared {
         let store = Arc::new(SledStore::open(store_dir)?);
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(
-            format!("rounds-server-{}", store.storage_id()),
+            // Short: every sync message carries it (the storage id keys what persists).
+            format!(
+                "rounds-{}",
+                store.storage_id().get(..8).unwrap_or(store.storage_id())
+            ),
             store.storage_id().to_string(),
             store.written_seq(),
             HubConfig {
