@@ -525,3 +525,56 @@ fn invalid_protocol_thresholds_are_rejected_by_the_cli() {
     let ok = rounds_cli(&["protocol", "check", f.to_str().unwrap()]);
     assert!(ok.contains("5 rules"), "{ok}");
 }
+
+#[test]
+fn triage_calls_resolutions_and_staff_escalations_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = tablet(&dir.path().join("t"));
+    let now = Utc.with_ymd_and_hms(2026, 11, 20, 15, 0, 0).unwrap();
+    // A 24/7 line call: an interactive interaction recording the outcome; it counts.
+    let call = r
+        .log_triage_call(
+            rounds_core::replica::TriageCall {
+                patient: "p-007".into(),
+                staff: "rn-lee".into(),
+                started_at: now - chrono::Duration::minutes(12),
+                ended_at: now,
+                outcome: rounds_core::alerts::TriageOutcome::NurseVisit,
+                note: Some("Daughter called: dizziness; nurse visited".into()),
+            },
+            now,
+        )
+        .unwrap();
+    assert!(call.interactive);
+    assert_eq!(call.program, rounds_core::Program::Rpm, "p-007 is enrolled in RPM");
+    assert_eq!(call.activity.as_deref(), Some("triage-call: nurse_visit"));
+    let (data, _) = r.export().unwrap();
+    assert!(data.interactions.iter().any(|i| i.id == call.id));
+
+    // Escalated by staff, then resolved: the history keeps both; resolved needs no response.
+    let (_, raised) = r
+        .record_reading_alerts(spo2("p-007", 84.0, now), now)
+        .unwrap();
+    let alert = raised[0].id;
+    let e = r
+        .escalate_alert(alert, "rn-lee", Some("Not improving".into()), now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.to.as_deref(), Some("dr-smith"));
+    assert_eq!(r.open_alerts()[0].status, AlertStatus::Escalated);
+    r.resolve_alert(alert, "dr-smith", Some("Seen; O2 started".into()), now)
+        .unwrap();
+    assert!(r.open_alerts().is_empty());
+    // Bad input changes nothing: unknown staff, empty note, zero minutes.
+    let before = r.export().unwrap().0.interactions.len();
+    let ack = |by: &str, note: &str, minutes| Acknowledgement {
+        by: by.into(),
+        note: note.into(),
+        minutes,
+        interactive: false,
+    };
+    assert!(r.acknowledge_alert(alert, ack("nobody", "x", 3), now).is_err());
+    assert!(r.acknowledge_alert(alert, ack("rn-lee", " ", 3), now).is_err());
+    assert!(r.acknowledge_alert(alert, ack("rn-lee", "ok", 0), now).is_err());
+    assert_eq!(r.export().unwrap().0.interactions.len(), before);
+}

@@ -525,6 +525,18 @@ pub async fn close_page(
         (facility_picker(&c, &facility, "/console/close", html! {
             label { "Month " input type="month" name="month" value=(month.to_string()); }
         }))
+        table #facilities {
+            thead { tr { th { "Facility" } th { (month.first_day().format("%B %Y")) } th.num { "Encounters" } th.num { "Amended / voided" } } }
+            tbody { @for f in &c.user.facilities {
+                @let versions = shared.ledger.versions(f, month);
+                tr {
+                    td { a href=(format!("/console/close?facility={f}&month={month}")) { (f) } }
+                    td { @if shared.ledger.is_closed(f, month) { span.badge.ok { "closed" } } @else { span.badge.warning { "open" } } }
+                    td.num { (versions.iter().filter(|v| v.version == 1).count()) }
+                    td.num { (versions.iter().filter(|v| v.version > 1).count()) }
+                }
+            } }
+        }
         div.card {
             @if closed {
                 p { span.badge.ok { "closed" } " " (latest.len()) " encounters, " (latest.iter().filter(|v| !v.encounter.lines.is_empty()).count()) " with billable lines." }
