@@ -168,6 +168,8 @@ pub struct Replica {
     scratch: bool,
     docs: BTreeMap<DocumentId, DocFile>,
     sync_states: HashMap<(DocumentId, String), sync::State>,
+    /// Per peer: the sync states as last saved (document → encoded state).
+    saved_sync: HashMap<String, HashMap<DocumentId, Vec<u8>>>,
 }
 
 impl Replica {
@@ -299,6 +301,7 @@ impl Replica {
             scratch: false,
             docs,
             sync_states: HashMap::new(),
+            saved_sync: HashMap::new(),
         })
     }
 
@@ -1155,7 +1158,7 @@ impl Replica {
 
     // ----- sync -------------------------------------------------------------------------------
 
-    fn sync_state_path(&self, doc: DocumentId, peer: &str) -> PathBuf {
+    fn sync_states_path(&self, peer: &str) -> PathBuf {
         let safe: String = peer
             .chars()
             .map(|c| {
@@ -1166,27 +1169,65 @@ impl Replica {
                 }
             })
             .collect();
-        self.dir.join("sync").join(format!("{doc}~{safe}"))
+        self.dir.join("sync").join(format!("{safe}.states"))
+    }
+
+    /// The sync states last saved for `peer` (one file per peer, read once).
+    fn saved_states(&mut self, peer: &str) -> &HashMap<DocumentId, Vec<u8>> {
+        if !self.saved_sync.contains_key(peer) {
+            let mut map = HashMap::new();
+            if let Ok(bytes) = fs::read(self.sync_states_path(peer)) {
+                // Records: 16-byte document id, u32 LE length, encoded state. A damaged tail
+                // only costs a fuller resync of the documents it held.
+                let mut rest = bytes.as_slice();
+                while rest.len() >= 20 {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(&rest[..16]);
+                    let len = u32::from_le_bytes([rest[16], rest[17], rest[18], rest[19]]) as usize;
+                    let Some(state) = rest.get(20..20 + len) else {
+                        break;
+                    };
+                    map.insert(DocumentId::from_bytes(id), state.to_vec());
+                    rest = &rest[20 + len..];
+                }
+            }
+            self.saved_sync.insert(peer.to_string(), map);
+        }
+        self.saved_sync.entry(peer.to_string()).or_default()
     }
 
     /// The sync state with `peer` for `doc`: in memory, else as last saved on disk, else new.
     fn sync_state(&mut self, doc: DocumentId, peer: &str) -> &mut sync::State {
         let key = (doc, peer.to_string());
         if !self.sync_states.contains_key(&key) {
-            let saved = fs::read(self.sync_state_path(doc, peer))
-                .ok()
-                .and_then(|b| sync::State::decode(&b).ok())
+            let saved = self
+                .saved_states(peer)
+                .get(&doc)
+                .and_then(|b| sync::State::decode(b).ok())
                 .unwrap_or_default();
             self.sync_states.insert(key.clone(), saved);
         }
         self.sync_states.entry(key).or_default()
     }
 
-    /// Save the sync state with `peer` for `doc` (only the shared heads), so that a reconnect
-    /// resumes instead of starting over.
-    pub fn save_sync_state(&mut self, doc: DocumentId, peer: &str) -> Result<()> {
-        let bytes = self.sync_state(doc, peer).encode();
-        let path = self.sync_state_path(doc, peer);
+    /// Save the sync states with `peer` (their shared heads) in one file, so that a reconnect
+    /// resumes instead of starting over. Called at the end of a connection, not per message.
+    pub fn save_sync_states(&mut self, peer: &str) -> Result<()> {
+        let mut map = self.saved_states(peer).clone();
+        for ((doc, p), state) in &self.sync_states {
+            if p == peer {
+                map.insert(*doc, state.encode());
+            }
+        }
+        let mut bytes = Vec::new();
+        let mut docs: Vec<_> = map.iter().collect();
+        docs.sort_by_key(|(d, _)| **d);
+        for (doc, state) in docs {
+            bytes.extend_from_slice(doc.as_bytes());
+            bytes.extend_from_slice(&(state.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(state);
+        }
+        let path = self.sync_states_path(peer);
         let io = |source| {
             ReplicaError::Store(StoreError::Io {
                 path: path.clone(),
@@ -1199,6 +1240,7 @@ impl Replica {
         let tmp = path.with_extension("tmp");
         fs::write(&tmp, &bytes).map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)?;
+        self.saved_sync.insert(peer.to_string(), map);
         Ok(())
     }
 

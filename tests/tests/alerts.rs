@@ -546,7 +546,11 @@ fn triage_calls_resolutions_and_staff_escalations_are_recorded() {
         )
         .unwrap();
     assert!(call.interactive);
-    assert_eq!(call.program, rounds_core::Program::Rpm, "p-007 is enrolled in RPM");
+    assert_eq!(
+        call.program,
+        rounds_core::Program::Rpm,
+        "p-007 is enrolled in RPM"
+    );
     assert_eq!(call.activity.as_deref(), Some("triage-call: nurse_visit"));
     let (data, _) = r.export().unwrap();
     assert!(data.interactions.iter().any(|i| i.id == call.id));
@@ -573,8 +577,17 @@ fn triage_calls_resolutions_and_staff_escalations_are_recorded() {
         minutes,
         interactive: false,
     };
-    assert!(r.acknowledge_alert(alert, ack("nobody", "x", 3), now).is_err());
-    assert!(r.acknowledge_alert(alert, ack("rn-lee", " ", 3), now).is_err());
-    assert!(r.acknowledge_alert(alert, ack("rn-lee", "ok", 0), now).is_err());
+    assert!(
+        r.acknowledge_alert(alert, ack("nobody", "x", 3), now)
+            .is_err()
+    );
+    assert!(
+        r.acknowledge_alert(alert, ack("rn-lee", " ", 3), now)
+            .is_err()
+    );
+    assert!(
+        r.acknowledge_alert(alert, ack("rn-lee", "ok", 0), now)
+            .is_err()
+    );
     assert_eq!(r.export().unwrap().0.interactions.len(), before);
 }

@@ -142,6 +142,15 @@ impl DeviceSession {
         out
     }
 
+    /// Save the session's sync states (shared heads) for the next connection; call when the
+    /// connection ends, however it ends.
+    pub fn save(&self, replica: &mut Replica) -> Result<(), SessionError> {
+        if let Some((_, key)) = &self.server {
+            replica.save_sync_states(key)?;
+        }
+        Ok(())
+    }
+
     /// The server has been quiet: documents that did not change since the last confirmed sync
     /// are confirmed (some servers, like the automerge-repo reference server, do not answer a
     /// peer that has nothing new). Returns whether the session is complete.
@@ -190,7 +199,6 @@ impl DeviceSession {
                     SessionError::BadFrame(format!("bad document id {document_id:?}"))
                 })?;
                 replica.receive_sync_message(doc, &key, &data)?;
-                replica.save_sync_state(doc, &key)?;
                 let mut out: Vec<Vec<u8>> = self.sync_frame(replica, doc).into_iter().collect();
                 let confirmed = replica.in_sync_with(doc, &key);
                 self.docs.insert(
@@ -201,8 +209,11 @@ impl DeviceSession {
                         DocProgress::Syncing
                     },
                 );
-                // The facility document lists patients: sync their documents too.
-                out.extend(self.add_documents(replica));
+                // The facility document lists patients and months: when it changes, sync the
+                // documents it lists too (only then: listing them all hashes every id).
+                if replica.facility_id().map(DocumentId::facility) == Some(doc) {
+                    out.extend(self.add_documents(replica));
+                }
                 Ok(out)
             }
             Message::DocUnavailable { document_id, .. } => {

@@ -233,7 +233,7 @@ pub async fn sync_once(
             .as_ref()
             .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
     };
-    let result = loop {
+    let result = 'session: loop {
         if session.is_complete() {
             break Ok(());
         }
@@ -271,12 +271,15 @@ pub async fn sync_once(
             report.frames_sent += 1;
             report.bytes_sent += r.len() as u64;
             if let Err(e) = ws.send(WsMessage::Binary(r.into())).await {
-                return Err(NetError::Connection(e.to_string()));
+                break 'session Err(NetError::Connection(e.to_string()));
             }
         }
         let (done, total) = session.progress();
         progress(done, total);
     };
+    if let Err(e) = session.save(replica) {
+        tracing::warn!(error = %e, "could not save sync states; the next sync starts over");
+    }
     let docs = session.documents();
     report.documents = docs.len();
     report.confirmed = docs
