@@ -306,6 +306,25 @@ fn timer(t: rounds_core::RunningTimer) -> Timer {
     }
 }
 
+/// A reading taken now.
+fn new_reading(reading: ReadingInput) -> NewReading {
+    NewReading {
+        patient: reading.patient,
+        kind: reading.kind.into(),
+        systolic: reading.systolic,
+        diastolic: reading.diastolic,
+        value: reading.value,
+        unit: reading.unit,
+        measured_at: Utc::now(),
+        device: reading.device,
+        source: if reading.manual {
+            ReadingSource::Manual
+        } else {
+            ReadingSource::Device
+        },
+    }
+}
+
 fn uuid_of(s: &str, field: &str) -> Result<uuid::Uuid, RoundsError> {
     s.parse()
         .map_err(|_| invalid(format!("{field}: {s:?} is not an entry id")))
@@ -414,21 +433,7 @@ impl RoundsReplica {
 
     /// Record a reading taken now; impossible values are refused with the field named.
     pub fn record_reading(&self, reading: ReadingInput) -> Result<String, RoundsError> {
-        let n = NewReading {
-            patient: reading.patient,
-            kind: reading.kind.into(),
-            systolic: reading.systolic,
-            diastolic: reading.diastolic,
-            value: reading.value,
-            unit: reading.unit,
-            measured_at: Utc::now(),
-            device: reading.device,
-            source: if reading.manual {
-                ReadingSource::Manual
-            } else {
-                ReadingSource::Device
-            },
-        };
+        let n = new_reading(reading);
         Ok(self.lock().record_reading(n, Utc::now())?.id.to_string())
     }
 
@@ -438,21 +443,7 @@ impl RoundsReplica {
         &self,
         reading: ReadingInput,
     ) -> Result<RecordedReading, RoundsError> {
-        let n = NewReading {
-            patient: reading.patient,
-            kind: reading.kind.into(),
-            systolic: reading.systolic,
-            diastolic: reading.diastolic,
-            value: reading.value,
-            unit: reading.unit,
-            measured_at: Utc::now(),
-            device: reading.device,
-            source: if reading.manual {
-                ReadingSource::Manual
-            } else {
-                ReadingSource::Device
-            },
-        };
+        let n = new_reading(reading);
         let mut r = self.lock();
         let (reading, raised) = r.record_reading_alerts(n, Utc::now())?;
         let ids: Vec<uuid::Uuid> = raised.iter().map(|a| a.id).collect();

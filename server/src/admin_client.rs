@@ -360,7 +360,8 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
     }
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encode a query parameter value.
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

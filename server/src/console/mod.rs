@@ -92,6 +92,18 @@ pub fn ctx(shared: &Shared, headers: &HeaderMap) -> Result<Ctx, Response> {
     }
 }
 
+/// Handlers take a `Ctx` argument: signed in, or redirected to the login page.
+impl axum::extract::FromRequestParts<Arc<Shared>> for Ctx {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        ctx(shared, &parts.headers)
+    }
+}
+
 /// Refuse a form post whose CSRF token is not the session's.
 pub fn check_csrf(ctx: &Ctx, form: &HashMap<String, String>) -> Result<(), Response> {
     let given = form.get("csrf").map(String::as_str).unwrap_or("");
@@ -309,13 +321,9 @@ async fn login(
 
 async fn logout(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     if let Err(r) = check_csrf(&c, &form) {
         return r;
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Form, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
@@ -14,7 +14,8 @@ use rounds_core::alerts::AlertView;
 use rounds_core::billing::worklist::{WorklistItem, attach_alerts};
 use rounds_core::{Month, Program, ReadingKind};
 
-use super::{Ctx, audit, check_csrf, ctx, error_page, forbidden, page};
+use super::{Ctx, audit, check_csrf, error_page, forbidden, page};
+use crate::admin_client::urlencode;
 use crate::ledger::FacilityData;
 use crate::server::Shared;
 
@@ -106,15 +107,7 @@ fn worklist_rows(
     Ok(items)
 }
 
-pub async fn worklist(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Q,
-) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     let facility = match facility_of(&shared, &c, &query) {
         Ok(f) => f,
         Err(r) => return r,
@@ -256,28 +249,9 @@ pub async fn worklist(
     page(Some(&c), "Worklist", body)
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 // ----- patient -------------------------------------------------------------------------------
 
-pub async fn patient(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Q,
-) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     let facility = match facility_of(&shared, &c, &query) {
         Ok(f) => f,
         Err(r) => return r,
@@ -478,15 +452,7 @@ fn billing_only(shared: &Shared, c: &Ctx) -> Option<Response> {
     }
 }
 
-pub async fn close_page(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Q,
-) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     if let Some(r) = billing_only(&shared, &c) {
         return r;
     }
@@ -610,13 +576,9 @@ fn form_month(c: &Ctx, form: &HashMap<String, String>) -> Result<(String, Month)
 
 pub async fn close_month(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     if let Err(r) = check_csrf(&c, &form) {
         return r;
     }
@@ -667,13 +629,9 @@ pub async fn close_month(
 
 pub async fn push_month(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     if let Err(r) = check_csrf(&c, &form) {
         return r;
     }
@@ -728,15 +686,7 @@ pub async fn push_month(
     }
 }
 
-pub async fn download(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Q,
-) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn download(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     if let Some(r) = billing_only(&shared, &c) {
         return r;
     }
@@ -862,15 +812,7 @@ pub async fn download(
 
 // ----- push status ---------------------------------------------------------------------------
 
-pub async fn push_status(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Q,
-) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn push_status(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     if let Some(r) = billing_only(&shared, &c) {
         return r;
     }
@@ -914,13 +856,9 @@ pub async fn push_status(
 
 pub async fn push_retry(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     if let Err(r) = check_csrf(&c, &form) {
         return r;
     }
@@ -974,15 +912,7 @@ fn admin_only(shared: &Shared, c: &Ctx) -> Option<Response> {
     }
 }
 
-pub async fn devices(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Q,
-) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn devices(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     if let Some(r) = admin_only(&shared, &c) {
         return r;
     }
@@ -1028,13 +958,9 @@ pub async fn devices(
 
 pub async fn devices_post(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     if let Err(r) = check_csrf(&c, &form) {
         return r;
     }
@@ -1080,15 +1006,7 @@ pub async fn devices_post(
     }
 }
 
-pub async fn audit_page(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Q,
-) -> Response {
-    let c = match ctx(&shared, &headers) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn audit_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     if let Some(r) = admin_only(&shared, &c) {
         return r;
     }
