@@ -36,6 +36,9 @@ pub struct DeviceSession {
     /// The server's peer id and the key its sync states are kept under (its storage id).
     server: Option<(String, String)>,
     docs: BTreeMap<DocumentId, DocProgress>,
+    /// The server answers every sync message, changed document or not (a Rounds server): never
+    /// settle by silence, wait for its answers (a loaded server can be quiet for a while).
+    server_answers_all: bool,
 }
 
 impl DeviceSession {
@@ -66,6 +69,7 @@ impl DeviceSession {
                 peer_id,
                 server: None,
                 docs: BTreeMap::new(),
+                server_answers_all: false,
             },
             join.encode(),
         )
@@ -155,6 +159,9 @@ impl DeviceSession {
     /// are confirmed (some servers, like the automerge-repo reference server, do not answer a
     /// peer that has nothing new). Returns whether the session is complete.
     pub fn settle(&mut self, replica: &Replica) -> bool {
+        if self.server_answers_all {
+            return self.is_complete();
+        }
         if let Some((_, key)) = &self.server {
             for (doc, status) in self.docs.iter_mut() {
                 if *status == DocProgress::Syncing && replica.in_sync_with(*doc, key) {
@@ -183,6 +190,8 @@ impl DeviceSession {
                     .unwrap_or_else(|| sender_id.clone());
                 // A new connection is a new sync session; shared heads persist on disk.
                 replica.reset_sync_sessions(&key);
+                // Rounds servers name themselves `rounds-<storage id prefix>`.
+                self.server_answers_all = sender_id.starts_with("rounds-");
                 self.server = Some((sender_id, key));
                 Ok(self.add_documents(replica))
             }
