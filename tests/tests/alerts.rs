@@ -591,3 +591,85 @@ fn triage_calls_resolutions_and_staff_escalations_are_recorded() {
     );
     assert_eq!(r.export().unwrap().0.interactions.len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_raises_alerts_for_synced_readings_under_its_protocol() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let server = ServerProcess::start(&store).unwrap();
+    let mut t = tablet(&dir.path().join("t"));
+    sync_with(&mut t, &server).await.unwrap();
+
+    // The practice tightens SpO2 to < 94 while the tablet is offline (it still has the default).
+    let protocol = dir.path().join("protocol.toml");
+    std::fs::write(
+        &protocol,
+        rounds_core::alerts::DEFAULT_PROTOCOL.replace(
+            "id = \"spo2-low\"\nkind = \"spo2\"\nbelow = 90",
+            "id = \"spo2-low\"\nkind = \"spo2\"\nbelow = 94",
+        ),
+    )
+    .unwrap();
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let out = rounds_cli(&[
+        "protocol",
+        "set",
+        "--facility",
+        "sunnyvale",
+        protocol.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    assert!(
+        out.contains("\"rules\":5") || out.contains("\"rules\": 5"),
+        "{out}"
+    );
+
+    let now = Utc::now();
+    let (reading, raised) = t
+        .record_reading_alerts(spo2("p-002", 92.0, now - chrono::Duration::minutes(1)), now)
+        .unwrap();
+    assert!(
+        raised.is_empty(),
+        "the tablet's protocol does not alert at 92 %"
+    );
+    sync_with(&mut t, &server).await.unwrap();
+    // The server evaluates the synced reading under the new protocol and raises the alert; the
+    // tablet gets it (and the new protocol) on its next sync.
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sync_with(&mut t, &server).await.unwrap();
+        found = t
+            .open_alerts()
+            .into_iter()
+            .filter(|v| v.alert.reading == reading.id)
+            .collect();
+        if !found.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "the server raised one alert for the synced reading"
+    );
+    assert_eq!(found[0].alert.raised_by, "server");
+    assert_eq!(
+        t.alert_protocol()
+            .rules
+            .iter()
+            .find(|r| r.id == "spo2-low")
+            .unwrap()
+            .below,
+        Some(94.0)
+    );
+    // A further reading on the tablet now alerts offline under the synced protocol.
+    let (_, raised) = t
+        .record_reading_alerts(spo2("p-002", 93.0, now), now)
+        .unwrap();
+    assert_eq!(raised.len(), 1);
+}
