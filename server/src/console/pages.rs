@@ -432,6 +432,21 @@ pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
 
 // ----- month close ---------------------------------------------------------------------------
 
+/// A form post: refused without the session's CSRF token, then unless `role` allows it.
+fn post_guard(
+    shared: &Shared,
+    c: &Ctx,
+    form: &HashMap<String, String>,
+    role: fn(&Shared, &Ctx) -> Option<Response>,
+) -> Option<Response> {
+    check_csrf(c, form).err().or_else(|| role(shared, c))
+}
+
+/// The hidden CSRF field every form carries.
+fn csrf_field(c: &Ctx) -> Markup {
+    html! { input type="hidden" name="csrf" value=(c.session.csrf); }
+}
+
 fn billing_only(shared: &Shared, c: &Ctx) -> Option<Response> {
     if c.user.role.can_bill() {
         None
@@ -510,7 +525,7 @@ pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
                 p { span.badge.warning { "open" } " Not closed yet. Closing stores version 1 of every encounter; later data makes amendments or voids." }
             }
             form.inline method="post" action="/console/close" {
-                input type="hidden" name="csrf" value=(c.session.csrf);
+                (csrf_field(&c))
                 input type="hidden" name="facility" value=(facility);
                 input type="hidden" name="month" value=(month.to_string());
                 button #close-month type="submit" { @if closed { "Re-evaluate month" } @else { "Close month" } }
@@ -518,7 +533,7 @@ pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
             " "
             @if closed && can_push {
                 form.inline method="post" action="/console/push-month" {
-                    input type="hidden" name="csrf" value=(c.session.csrf);
+                    (csrf_field(&c))
                     input type="hidden" name="facility" value=(facility);
                     input type="hidden" name="month" value=(month.to_string());
                     button type="submit" { "Approve and push to the EHR" }
@@ -579,10 +594,7 @@ pub async fn close_month(
     c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&c, &form) {
-        return r;
-    }
-    if let Some(r) = billing_only(&shared, &c) {
+    if let Some(r) = post_guard(&shared, &c, &form, billing_only) {
         return r;
     }
     let (facility, month) = match form_month(&c, &form) {
@@ -632,10 +644,7 @@ pub async fn push_month(
     c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&c, &form) {
-        return r;
-    }
-    if let Some(r) = billing_only(&shared, &c) {
+    if let Some(r) = post_guard(&shared, &c, &form, billing_only) {
         return r;
     }
     let (facility, month) = match form_month(&c, &form) {
@@ -842,7 +851,7 @@ pub async fn push_status(State(shared): State<Arc<Shared>>, c: Ctx, Query(query)
                     td { (i.acknowledgement.clone().or(i.last_error.clone()).unwrap_or_default()) }
                     td { @if i.status == crate::push::Status::Failed {
                         form.inline method="post" action="/console/push" {
-                            input type="hidden" name="csrf" value=(c.session.csrf);
+                            (csrf_field(&c))
                             input type="hidden" name="key" value=(i.key);
                             button type="submit" { "Retry" }
                         }
@@ -859,10 +868,7 @@ pub async fn push_retry(
     c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&c, &form) {
-        return r;
-    }
-    if let Some(r) = billing_only(&shared, &c) {
+    if let Some(r) = post_guard(&shared, &c, &form, billing_only) {
         return r;
     }
     let key = form.get("key").cloned().unwrap_or_default();
@@ -927,7 +933,7 @@ pub async fn devices(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
         @if let Some(n) = q(&query, "notice") { div.notice { (n) } }
         div.card {
             form method="post" action="/console/devices" {
-                input type="hidden" name="csrf" value=(c.session.csrf);
+                (csrf_field(&c))
                 input type="hidden" name="action" value="code";
                 label { "Enrolment code for "
                     select name="facility" { @for f in &c.user.facilities { option value=(f) { (f) } } }
@@ -943,7 +949,7 @@ pub async fn devices(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
                     td { @if let Some(r) = d.revoked_at { span.badge.urgent { "revoked " (r.format("%Y-%m-%d")) } } @else { span.badge.ok { "active" } } }
                     td { @if d.revoked_at.is_none() {
                         form.inline method="post" action="/console/devices" {
-                            input type="hidden" name="csrf" value=(c.session.csrf);
+                            (csrf_field(&c))
                             input type="hidden" name="action" value="revoke";
                             input type="hidden" name="name" value=(d.name);
                             button type="submit" { "Revoke" }
@@ -961,10 +967,7 @@ pub async fn devices_post(
     c: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&c, &form) {
-        return r;
-    }
-    if let Some(r) = admin_only(&shared, &c) {
+    if let Some(r) = post_guard(&shared, &c, &form, admin_only) {
         return r;
     }
     match form.get("action").map(String::as_str) {
