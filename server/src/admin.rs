@@ -15,7 +15,7 @@ use crate::security::{AuditQuery, AuditRecord, SecurityError, audit_csv};
 use crate::server::Shared;
 
 /// `Some(401 response)` unless the request carries the admin credential.
-fn admin_only(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn admin_only(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     if shared.security.is_admin(auth::token_of(headers, None)) {
         None
     } else {

@@ -144,17 +144,13 @@ impl Alerting {
         if facility.is_empty() {
             return Err(AlertingError::Invalid("facility is empty".into()));
         }
-        let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(|e| AlertingError::Store(e.to_string()))?;
-        let key = format!(
-            "rik_{}",
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let key = crate::security::random_secret("rik_", 32)
+            .map_err(|e| AlertingError::Store(e.to_string()))?;
         let rec = Integration {
             name: name.to_string(),
             facility: facility.to_string(),
             created_at: Utc::now(),
-            key_sha256: hex(&Sha256::digest(key.as_bytes())),
+            key_sha256: crate::security::sha256_hex(&key),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| AlertingError::Store(e.to_string()))?;
         let swapped = self
@@ -184,7 +180,7 @@ impl Alerting {
     }
 
     fn integration_of(&self, key: &str) -> Option<Integration> {
-        let h = hex(&Sha256::digest(key.as_bytes()));
+        let h = crate::security::sha256_hex(key);
         let name = self.integration_keys.get(h.as_bytes()).ok()??;
         let rec: Integration = serde_json::from_slice(&self.integrations.get(&name).ok()??).ok()?;
         crate::auth::constant_time_eq(rec.key_sha256.as_bytes(), h.as_bytes()).then_some(rec)
@@ -201,10 +197,6 @@ impl Alerting {
             })
             .collect()
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Copies of some documents in a staging replica, and their heads before any write.
@@ -322,6 +314,11 @@ impl Shared {
             // Cheap survey first: is it a patient-month, and has it readings recent enough to
             // alert on? Most synced documents only need their alerts indexed.
             let survey = tokio::task::spawn_blocking(move || {
+                // Most flushed documents are still loaded: their type costs nothing to read.
+                let loaded_kind = shared.lock().hub.root_str(id, "type");
+                if loaded_kind.is_some_and(|k| k != "patient-month") {
+                    return None;
+                }
                 let bytes = shared.current_bytes(id)?;
                 let doc = automerge::Automerge::load(&bytes).ok()?;
                 let get = |k: &str| rounds_core::document::root_str(&doc, k);
@@ -771,11 +768,8 @@ pub async fn add_integration(
     headers: HeaderMap,
     Json(b): Json<IntegrationBody>,
 ) -> Response {
-    if !shared
-        .security
-        .is_admin(crate::auth::token_of(&headers, None))
-    {
-        return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
+        return r;
     }
     match shared.alerting.add_integration(&b.facility, &b.name) {
         Ok(key) => {
@@ -795,11 +789,8 @@ pub async fn add_integration(
 
 /// `GET /api/v1/integrations` (admin).
 pub async fn list_integrations(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !shared
-        .security
-        .is_admin(crate::auth::token_of(&headers, None))
-    {
-        return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
+        return r;
     }
     Json(shared.alerting.integrations()).into_response()
 }
@@ -818,11 +809,8 @@ pub async fn set_protocol(
     headers: HeaderMap,
     Json(b): Json<ProtocolBody>,
 ) -> Response {
-    if !shared
-        .security
-        .is_admin(crate::auth::token_of(&headers, None))
-    {
-        return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
+        return r;
     }
     let protocol = match rounds_core::alerts::AlertProtocol::from_toml(&b.toml) {
         Ok(p) => p,
@@ -930,11 +918,8 @@ pub fn set_protocol_on_store(
 
 /// `GET /api/v1/notifications` (admin): the outbox and the delivered ledger.
 pub async fn notifications(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !shared
-        .security
-        .is_admin(crate::auth::token_of(&headers, None))
-    {
-        return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
+        return r;
     }
     Json(serde_json::json!({
         "pending": shared.alerting.outbox.pending(),

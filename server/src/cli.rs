@@ -350,6 +350,13 @@ pub enum DeviceCommand {
     Revoke { name: String },
 }
 
+/// Run an admin operation (through the running server, or on the store) and print its answer.
+fn admin(store: PathBuf, server: String, op: crate::admin_client::Op) -> Result<(), CliError> {
+    let out = crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
 /// A command failure, printed on stderr as is.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -471,10 +478,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 UserCommand::List => crate::admin_client::Op::Users,
             };
-            let out =
-                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
-            println!("{}", out.trim_end());
-            Ok(())
+            admin(store, server, op)
         }
         Command::Integration {
             command,
@@ -487,10 +491,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 IntegrationCommand::List => crate::admin_client::Op::Integrations,
             };
-            let out =
-                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
-            println!("{}", out.trim_end());
-            Ok(())
+            admin(store, server, op)
         }
         Command::Protocol {
             command,
@@ -519,12 +520,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 rounds_core::alerts::AlertProtocol::from_toml(&toml)
                     .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
                 let op = crate::admin_client::Op::Protocol { facility, toml };
-                let out = crate::admin_client::run(
-                    &crate::admin_client::AdminTarget { store, server },
-                    op,
-                )?;
-                println!("{}", out.trim_end());
-                Ok(())
+                admin(store, server, op)
             }
         },
         Command::Device {
@@ -540,10 +536,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 DeviceCommand::List => crate::admin_client::Op::List,
                 DeviceCommand::Revoke { name } => crate::admin_client::Op::Revoke { name },
             };
-            let out =
-                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
-            println!("{}", out.trim_end());
-            Ok(())
+            admin(store, server, op)
         }
         Command::Audit {
             patient,
@@ -567,10 +560,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 csv,
                 raw_since: since,
             };
-            let out =
-                crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
-            println!("{}", out.trim_end());
-            Ok(())
+            admin(store, server, op)
         }
         Command::CloseMonth {
             facility,

@@ -84,14 +84,15 @@ pub enum SecurityError {
     Invalid(String),
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn random_secret(prefix: &str, bytes: usize) -> Result<String, SecurityError> {
+/// `prefix` + `bytes` random bytes in base58.
+pub(crate) fn random_secret(prefix: &str, bytes: usize) -> Result<String, SecurityError> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).map_err(|e| SecurityError::Io(format!("random: {e}")))?;
     Ok(format!("{prefix}{}", bs58::encode(b).into_string()))

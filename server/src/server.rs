@@ -542,8 +542,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
-    if !shared.security.is_admin(auth::token_of(&headers, None)) {
-        return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
+        return r;
     }
     let data = match rounds_core::parse_data_file(&body) {
         Ok(d) => d,

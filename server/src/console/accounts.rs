@@ -7,7 +7,6 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -95,18 +94,12 @@ pub struct Accounts {
     sessions: sled::Tree,
 }
 
-pub fn random_hex(bytes: usize) -> Result<String, AccountError> {
-    let mut raw = vec![0u8; bytes];
-    getrandom::fill(&mut raw).map_err(|e| AccountError::Store(e.to_string()))?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+/// A random token (`bytes` random bytes, base58).
+pub fn random_token(bytes: usize) -> Result<String, AccountError> {
+    crate::security::random_secret("", bytes).map_err(|e| AccountError::Store(e.to_string()))
 }
 
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::security::sha256_hex;
 
 impl Accounts {
     pub fn open(db: &sled::Db) -> Result<Accounts, AccountError> {
@@ -226,10 +219,10 @@ impl Accounts {
         u.failed_attempts = 0;
         u.locked_until = None;
         self.save(&u)?;
-        let id = random_hex(32)?;
+        let id = random_token(32)?;
         let s = Session {
             username: u.username.clone(),
-            csrf: random_hex(32)?,
+            csrf: random_token(32)?,
             expires_at: now + Duration::hours(SESSION_HOURS),
         };
         let bytes = serde_json::to_vec(&s).map_err(|e| AccountError::Store(e.to_string()))?;

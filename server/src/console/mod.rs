@@ -230,7 +230,7 @@ async fn login_form(headers: HeaderMap) -> Response {
 fn login_page(headers: &HeaderMap, error: Option<&str>) -> Response {
     let token = cookie(headers, LOGIN_CSRF_COOKIE)
         .map(str::to_string)
-        .or_else(|| accounts::random_hex(16).ok())
+        .or_else(|| accounts::random_token(16).ok())
         .unwrap_or_default();
     let mut resp = page_with(
         if error.is_some() {
@@ -378,11 +378,8 @@ pub async fn api_add_user(
     headers: HeaderMap,
     axum::Json(b): axum::Json<NewUser>,
 ) -> Response {
-    if !shared
-        .security
-        .is_admin(crate::auth::token_of(&headers, None))
-    {
-        return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
+        return r;
     }
     let s = shared.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -407,11 +404,8 @@ pub async fn api_add_user(
 
 /// `GET /api/v1/users` (admin token).
 pub async fn api_users(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !shared
-        .security
-        .is_admin(crate::auth::token_of(&headers, None))
-    {
-        return (StatusCode::UNAUTHORIZED, "admin token required\n").into_response();
+    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
+        return r;
     }
     let users: Vec<serde_json::Value> = shared
         .accounts
