@@ -24,6 +24,58 @@ pub fn consent_key(patient: &str, index: usize) -> String {
     name_uuid(&format!("rounds/consent/{patient}/{index}")).to_string()
 }
 
+/// A name component with `%` and `/` escaped, so no two (facility, patient, month) share a
+/// derived name. Valid ids ([`check_id`]) contain neither, so their names are unchanged.
+fn escape(component: &str) -> std::borrow::Cow<'_, str> {
+    if component.contains(['%', '/']) {
+        component.replace('%', "%25").replace('/', "%2F").into()
+    } else {
+        component.into()
+    }
+}
+
+/// The longest facility, patient, staff or practitioner id.
+pub const MAX_ID_LEN: usize = 64;
+
+/// An id that is not a safe facility, patient, staff or practitioner id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{field}: {shown:?} is not a valid id ({reason}); ids are 1-64 characters of A-Z a-z 0-9 . _ - and do not start with '.'"
+)]
+pub struct IdError {
+    pub field: String,
+    /// The id as given, cut to 32 characters and with control characters escaped.
+    pub shown: String,
+    pub reason: &'static str,
+}
+
+/// Check a facility, patient, staff or practitioner id: `[A-Za-z0-9._-]{1,64}`, not starting
+/// with `.` (so never `.` or `..`, never a path separator, never a control character).
+pub fn check_id(field: &str, id: &str) -> Result<(), IdError> {
+    let reason = if id.is_empty() {
+        Some("empty")
+    } else if id.len() > MAX_ID_LEN {
+        Some("longer than 64 characters")
+    } else if id.starts_with('.') {
+        Some("starts with '.'")
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("a character outside A-Z a-z 0-9 . _ -")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(IdError {
+            field: field.to_string(),
+            shown: id.chars().take(32).collect(),
+            reason,
+        }),
+    }
+}
+
 /// An automerge-repo document id: 16 bytes, shown as bs58check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DocumentId([u8; 16]);
@@ -43,18 +95,24 @@ impl DocumentId {
 
     /// The facility document: name, zone, roster.
     pub fn facility(facility: &str) -> DocumentId {
-        DocumentId::named(&format!("rounds/facility/{facility}"))
+        DocumentId::named(&format!("rounds/facility/{}", escape(facility)))
     }
 
     /// A patient's document: demographics, conditions, consents, care plan.
     pub fn patient(facility: &str, patient: &str) -> DocumentId {
-        DocumentId::named(&format!("rounds/patient/{facility}/{patient}"))
+        DocumentId::named(&format!(
+            "rounds/patient/{}/{}",
+            escape(facility),
+            escape(patient)
+        ))
     }
 
     /// A patient's month: the time entries, readings and corrections of that month.
     pub fn patient_month(facility: &str, patient: &str, month: Month) -> DocumentId {
         DocumentId::named(&format!(
-            "rounds/patient-month/{facility}/{patient}/{month}"
+            "rounds/patient-month/{}/{}/{month}",
+            escape(facility),
+            escape(patient)
         ))
     }
 
@@ -105,5 +163,47 @@ mod tests {
         assert_eq!(parsed, a);
         assert_eq!(name_uuid("x").get_version_num(), 8);
         assert!("automerge:notbase58!!".parse::<DocumentId>().is_err());
+    }
+
+    #[test]
+    fn valid_ids_keep_their_document_names_and_others_cannot_collide() {
+        let m: Month = "2026-11".parse().unwrap();
+        // Unchanged for valid ids (documents already stored keep their ids).
+        assert_eq!(
+            DocumentId::patient("sunnyvale", "p-001"),
+            DocumentId::named("rounds/patient/sunnyvale/p-001")
+        );
+        // "a/b" + "c" and "a" + "b/c" would have shared a name.
+        assert_ne!(
+            DocumentId::patient_month("a/b", "c", m),
+            DocumentId::patient_month("a", "b/c", m)
+        );
+        assert_ne!(
+            DocumentId::patient("a%2Fb", "c"),
+            DocumentId::patient("a/b", "c")
+        );
+    }
+
+    #[test]
+    fn ids_are_restricted() {
+        for ok in ["p-001", "sunnyvale", "A.b_c-9", &"x".repeat(64)] {
+            assert!(check_id("patient", ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(10_000);
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            ".hidden",
+            "../../x",
+            "a\0b",
+            "a\u{1}b",
+            "é",
+            long.as_str(),
+        ] {
+            let e = check_id("patient", bad).unwrap_err();
+            assert!(e.to_string().starts_with("patient: "), "{e}");
+            assert!(e.shown.chars().count() <= 32);
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod ehr;
 pub mod ids;
 pub mod model;
 pub mod month;
+pub mod policy;
 pub mod problem;
 pub mod replica;
 pub mod sync;

@@ -1,6 +1,7 @@
 //! Sync: the automerge-repo v1 wire protocol and the sans-IO sessions that speak it.
 
 pub mod device;
+pub mod gate;
 pub mod hub;
 #[cfg(feature = "net")]
 pub mod net;
