@@ -66,6 +66,13 @@ pub enum ReplicaError {
     TimerAlreadyStopped(Uuid),
     #[error("document {doc}: bad sync message: {message}")]
     SyncMessage { doc: DocumentId, message: String },
+    /// The write policy refuses the change (the same check the server makes): nothing was
+    /// written.
+    #[error("document {doc}: refused by the write policy: {refusal}")]
+    Refused {
+        doc: DocumentId,
+        refusal: crate::policy::Refusal,
+    },
 }
 
 impl ReplicaError {
@@ -368,6 +375,8 @@ impl Replica {
     }
 
     /// Apply one change to a document (created from genesis if needed) and make it durable.
+    /// On a device the change is checked against the write policy first (the server's check):
+    /// a refused change is dropped and never reaches disk.
     fn change<R>(
         &mut self,
         id: DocumentId,
@@ -375,7 +384,31 @@ impl Replica {
         now: DateTime<Utc>,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError>,
     ) -> Result<R> {
+        self.change_as(id, kind, now, !self.scratch, f)
+    }
+
+    /// A change that only the server's writer makes (import, the alert protocol): not checked
+    /// here; the server's gate refuses it from a device.
+    fn change_unchecked<R>(
+        &mut self,
+        id: DocumentId,
+        kind: DocKind,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError>,
+    ) -> Result<R> {
+        self.change_as(id, kind, now, false, f)
+    }
+
+    fn change_as<R>(
+        &mut self,
+        id: DocumentId,
+        kind: DocKind,
+        now: DateTime<Utc>,
+        checked: bool,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError>,
+    ) -> Result<R> {
         let file = self.ensure_doc(id, kind)?;
+        let before = file.doc.get_heads();
         let result = file
             .doc
             .transact_with::<_, _, AutomergeError, _>(
@@ -387,8 +420,57 @@ impl Replica {
                 source: Box::new(fail.error),
             })?
             .result;
+        if checked {
+            let verdict = self.scope_of(id, kind).and_then(|scope| {
+                let doc = &self.docs.get(&id).ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?.doc;
+                crate::policy::check_local_changes(doc, &before, &scope)
+                    .map_err(|refusal| ReplicaError::Refused { doc: id, refusal })
+            });
+            if let Err(e) = verdict {
+                // Drop the change: reload the document as it is on disk.
+                let mut file = DocFile::open(&self.docs_dir, &id.to_string(), self.sealer.as_ref())?;
+                file.doc.set_actor(self.actor.clone());
+                self.docs.insert(id, file);
+                return Err(e);
+            }
+        }
+        let file = self.docs.get_mut(&id).ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
         file.persist()?;
         Ok(result)
+    }
+
+    /// What a document is, for the write policy: from its id and, for a month, its root fields.
+    fn scope_of(&self, id: DocumentId, kind: DocKind) -> Result<crate::policy::DocScope> {
+        use crate::policy::{DocScope, Refusal, Rule};
+        let facility = self.facility.as_deref().ok_or(ReplicaError::NoFacility)?;
+        let refused = |detail: &str| ReplicaError::Refused {
+            doc: id,
+            refusal: Refusal::new(Rule::DocumentIdentity, "/", detail),
+        };
+        let scope = match kind {
+            DocKind::Facility => DocScope::facility(facility),
+            DocKind::Patient => {
+                let p = self
+                    .patient_ids()
+                    .into_iter()
+                    .find(|p| DocumentId::patient(facility, p) == id)
+                    .ok_or_else(|| refused("not the document of a rostered patient"))?;
+                DocScope::patient(facility, &p)
+            }
+            DocKind::PatientMonth => {
+                let doc = self.document(id).ok_or_else(|| refused("no such document"))?;
+                let p = d::root_str(doc, "patient");
+                let m = d::root_str(doc, "month").and_then(|m| m.parse::<Month>().ok());
+                match (p, m) {
+                    (Some(p), Some(m)) => DocScope::patient_month(facility, &p, m),
+                    _ => return Err(refused("a patient-month without its patient and month")),
+                }
+            }
+        };
+        if scope.document_id() != id {
+            return Err(refused("the document's fields do not derive its id"));
+        }
+        Ok(scope)
     }
 
     // ----- facility --------------------------------------------------------------------------
@@ -984,7 +1066,7 @@ impl Replica {
             }
         }
         let facility_json = serde_json::to_value(&data.facility).unwrap_or_default();
-        self.change(DocumentId::facility(&fid), DocKind::Facility, now, |tx| {
+        self.change_unchecked(DocumentId::facility(&fid), DocKind::Facility, now, |tx| {
             let f = d::container(tx, d::FACILITY).ok_or(AutomergeError::NotAnObject)?;
             update_fields(tx, &f, &facility_json)?;
             let practitioners =
@@ -1033,7 +1115,7 @@ impl Replica {
                     )
                 })
                 .collect();
-            self.change(
+            self.change_unchecked(
                 DocumentId::patient(&fid, &p.id),
                 DocKind::Patient,
                 now,
@@ -1121,7 +1203,7 @@ impl Replica {
         }
         for ((patient, month), entries) in groups {
             let doc = self.month_doc(&patient, month, now)?;
-            self.change(doc, DocKind::PatientMonth, now, |tx| {
+            self.change_unchecked(doc, DocKind::PatientMonth, now, |tx| {
                 for (container, key, v) in &entries {
                     let map = d::container(tx, container).ok_or(AutomergeError::NotAnObject)?;
                     if tx.get(&map, key.as_str())?.is_none() {
