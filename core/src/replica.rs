@@ -422,19 +422,27 @@ impl Replica {
             .result;
         if checked {
             let verdict = self.scope_of(id, kind).and_then(|scope| {
-                let doc = &self.docs.get(&id).ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?.doc;
+                let doc = &self
+                    .docs
+                    .get(&id)
+                    .ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?
+                    .doc;
                 crate::policy::check_local_changes(doc, &before, &scope)
                     .map_err(|refusal| ReplicaError::Refused { doc: id, refusal })
             });
             if let Err(e) = verdict {
                 // Drop the change: reload the document as it is on disk.
-                let mut file = DocFile::open(&self.docs_dir, &id.to_string(), self.sealer.as_ref())?;
+                let mut file =
+                    DocFile::open(&self.docs_dir, &id.to_string(), self.sealer.as_ref())?;
                 file.doc.set_actor(self.actor.clone());
                 self.docs.insert(id, file);
                 return Err(e);
             }
         }
-        let file = self.docs.get_mut(&id).ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
+        let file = self
+            .docs
+            .get_mut(&id)
+            .ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
         file.persist()?;
         Ok(result)
     }
@@ -458,7 +466,9 @@ impl Replica {
                 DocScope::patient(facility, &p)
             }
             DocKind::PatientMonth => {
-                let doc = self.document(id).ok_or_else(|| refused("no such document"))?;
+                let doc = self
+                    .document(id)
+                    .ok_or_else(|| refused("no such document"))?;
                 let p = d::root_str(doc, "patient");
                 let m = d::root_str(doc, "month").and_then(|m| m.parse::<Month>().ok());
                 match (p, m) {

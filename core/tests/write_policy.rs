@@ -60,13 +60,16 @@ fn tampered(
 fn every_action_of_a_tablet_passes_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = tablet(dir.path());
-    let i = r.log_interaction(interaction("p-004", "rn-lee"), now()).unwrap();
+    let i = r
+        .log_interaction(interaction("p-004", "rn-lee"), now())
+        .unwrap();
     r.amend_interaction(i.id, interaction("p-004", "rn-okafor"), now())
         .unwrap();
     let t = r
         .start_timer("p-001", "rn-lee", Program::Ccm, None, now())
         .unwrap();
-    r.stop_timer(t.id, true, Some("done".into()), now()).unwrap();
+    r.stop_timer(t.id, true, Some("done".into()), now())
+        .unwrap();
     r.void_entry(i.id, "rn-lee", Some("wrong patient".into()), now())
         .unwrap();
     let (reading, alerts) = r
@@ -98,7 +101,8 @@ fn every_action_of_a_tablet_passes_the_policy() {
         now(),
     )
     .unwrap();
-    r.resolve_alert(alerts[0].id, "rn-lee", None, now()).unwrap();
+    r.resolve_alert(alerts[0].id, "rn-lee", None, now())
+        .unwrap();
     r.edit_care_plan("p-001", "Walk daily.", now()).unwrap();
     let key = r
         .record_consent(
@@ -127,11 +131,18 @@ fn every_action_of_a_tablet_passes_the_policy() {
 fn tampered_changes_are_refused_with_their_rule() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = tablet(dir.path());
-    let i = r.log_interaction(interaction("p-004", "rn-lee"), now()).unwrap();
-    let other = r.log_interaction(interaction("p-004", "rn-lee"), now()).unwrap();
+    let i = r
+        .log_interaction(interaction("p-004", "rn-lee"), now())
+        .unwrap();
+    let other = r
+        .log_interaction(interaction("p-004", "rn-lee"), now())
+        .unwrap();
     let month: Month = "2026-11".parse().unwrap();
     let fac = DocScope::facility("sunnyvale");
-    let fdoc = r.document(DocumentId::facility("sunnyvale")).unwrap().clone();
+    let fdoc = r
+        .document(DocumentId::facility("sunnyvale"))
+        .unwrap()
+        .clone();
     let pm_scope = DocScope::patient_month("sunnyvale", "p-004", month);
     let pm = r.document(pm_scope.document_id()).unwrap().clone();
     let p_scope = DocScope::patient("sunnyvale", "p-004");
@@ -287,5 +298,6 @@ fn the_replica_refuses_before_it_writes() {
     assert!(!consents(&r).contains(&"../x".to_string()));
     // The replica still works.
     let mut r = r;
-    r.log_interaction(interaction("p-004", "rn-lee"), now()).unwrap();
+    r.log_interaction(interaction("p-004", "rn-lee"), now())
+        .unwrap();
 }

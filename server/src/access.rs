@@ -5,23 +5,26 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use automerge::{ChangeHash, ReadDoc};
+use automerge::ReadDoc;
 use chrono::{Datelike, Utc};
+use rounds_core::policy::DocScope;
 use rounds_core::sync::hub::Access;
 use rounds_core::{DocumentId, Month};
 
 use crate::store::SledStore;
 
 struct Built {
-    heads: Vec<ChangeHash>,
-    /// Document → the patient it belongs to (None for the facility document).
-    docs: HashMap<DocumentId, Option<String>>,
+    /// Document → what it is (facility, type, patient, month).
+    docs: HashMap<DocumentId, DocScope>,
 }
 
-/// Facility → its documents, cached.
+/// Facility → its documents, cached; rebuilt when the facility document changes (the roster),
+/// never on a plain lookup, so access checks do no store I/O per frame.
 pub struct FacilityIndex {
     store: Arc<SledStore>,
-    cache: Mutex<HashMap<String, Built>>,
+    cache: Mutex<HashMap<String, Arc<Built>>>,
+    /// Facility document id → facility, for invalidation.
+    facility_docs: Mutex<HashMap<DocumentId, String>>,
 }
 
 /// First month for which month documents are recognised.
@@ -32,23 +35,16 @@ impl FacilityIndex {
         FacilityIndex {
             store,
             cache: Mutex::new(HashMap::new()),
+            facility_docs: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn facility_doc(&self, facility: &str) -> Option<automerge::Automerge> {
-        self.store.load_doc(&DocumentId::facility(facility))
     }
 
     fn build(&self, facility: &str) -> Built {
         let mut docs = HashMap::new();
-        docs.insert(DocumentId::facility(facility), None);
-        let Some(doc) = self.facility_doc(facility) else {
-            return Built {
-                heads: Vec::new(),
-                docs,
-            };
+        docs.insert(DocumentId::facility(facility), DocScope::facility(facility));
+        let Some(doc) = self.store.load_doc(&DocumentId::facility(facility)) else {
+            return Built { docs };
         };
-        let heads = doc.get_heads();
         let patients: Vec<String> =
             rounds_core::document::container(&doc, rounds_core::document::PATIENTS)
                 .map(|m| doc.keys(&m).collect())
@@ -56,36 +52,74 @@ impl FacilityIndex {
         let now = Utc::now().date_naive();
         let last = Month::new(now.year() + 2, now.month()).unwrap_or(Month::of(now));
         for p in patients {
-            docs.insert(DocumentId::patient(facility, &p), Some(p.clone()));
+            // A stored id that is not a valid id never becomes readable.
+            if rounds_core::ids::check_id("patient", &p).is_err() {
+                continue;
+            }
+            docs.insert(
+                DocumentId::patient(facility, &p),
+                DocScope::patient(facility, &p),
+            );
             let mut m = Month::new(FIRST_YEAR, 1).unwrap_or(last);
             while m <= last {
-                docs.insert(DocumentId::patient_month(facility, &p, m), Some(p.clone()));
+                docs.insert(
+                    DocumentId::patient_month(facility, &p, m),
+                    DocScope::patient_month(facility, &p, m),
+                );
                 m = m.next();
             }
         }
-        Built { heads, docs }
+        Built { docs }
+    }
+
+    fn built(&self, facility: &str) -> Arc<Built> {
+        if let Some(b) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(facility)
+        {
+            return b.clone();
+        }
+        // Built outside the lock: other facilities' lookups do not wait on this one's store read.
+        let built = Arc::new(self.build(facility));
+        self.facility_docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(DocumentId::facility(facility), facility.to_string());
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(facility.to_string(), built.clone());
+        built
+    }
+
+    /// A document was written: when it is a facility document, its index is rebuilt on the
+    /// next lookup (a patient taken off the roster is unreadable from the next frame on).
+    pub fn changed(&self, doc: &DocumentId) {
+        let facility = self
+            .facility_docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(doc)
+            .cloned();
+        if let Some(f) = facility {
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&f);
+        }
+    }
+
+    /// What the document is when it belongs to the facility; `None` when it does not.
+    pub fn scope(&self, facility: &str, doc: &DocumentId) -> Option<DocScope> {
+        self.built(facility).docs.get(doc).cloned()
     }
 
     /// `Some(patient)` when the document belongs to the facility (`Some(None)`: the facility
     /// document itself); `None` when it does not.
     pub fn lookup(&self, facility: &str, doc: &DocumentId) -> Option<Option<String>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = cache.get(facility)
-            && let Some(p) = b.docs.get(doc)
-        {
-            return Some(p.clone());
-        }
-        // Unknown: rebuild only if the roster changed since the last build.
-        let current = self
-            .facility_doc(facility)
-            .map(|d| d.get_heads())
-            .unwrap_or_default();
-        let stale = cache.get(facility).is_none_or(|b| b.heads != current);
-        if stale {
-            let built = self.build(facility);
-            cache.insert(facility.to_string(), built);
-        }
-        cache.get(facility).and_then(|b| b.docs.get(doc).cloned())
+        self.scope(facility, doc).map(|s| s.patient)
     }
 }
 
@@ -97,6 +131,10 @@ pub struct FacilityAccess {
 
 impl Access for FacilityAccess {
     fn allows(&self, doc: &DocumentId) -> bool {
-        self.index.lookup(&self.facility, doc).is_some()
+        self.index.scope(&self.facility, doc).is_some()
+    }
+
+    fn scope(&self, doc: &DocumentId) -> Option<DocScope> {
+        self.index.scope(&self.facility, doc)
     }
 }

@@ -282,3 +282,35 @@ pub async fn export(
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
+
+#[derive(Deserialize)]
+pub struct QuarantineParams {
+    facility: Option<String>,
+}
+
+/// `GET /api/v1/quarantine[?facility=F]`: refused changes, newest first (without their bytes).
+pub async fn quarantine_list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(p): Query<QuarantineParams>,
+) -> Response {
+    if let Some(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    Json(shared.quarantine.list(p.facility.as_deref())).into_response()
+}
+
+/// `GET /api/v1/quarantine/{id}`: one refused change with its bytes (base64).
+pub async fn quarantine_show(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Some(r) = admin_only(&shared, &headers) {
+        return r;
+    }
+    match shared.quarantine.get(&id) {
+        Some(e) => Json(e).into_response(),
+        None => (StatusCode::NOT_FOUND, "no quarantine entry with this id\n").into_response(),
+    }
+}

@@ -62,6 +62,14 @@ pub enum Op {
         facility: String,
         toml: String,
     },
+    /// Refused changes (of one facility's devices).
+    Quarantine {
+        facility: Option<String>,
+    },
+    /// One refused change with its bytes.
+    QuarantineShow {
+        id: String,
+    },
     /// Returns the files as JSON (`[{name, bytes(base64)}]`).
     Export {
         facility: String,
@@ -129,6 +137,17 @@ fn direct(store: &crate::store::SledStore, s: &Security, op: Op) -> Result<Strin
             json(serde_json::json!({"name": name, "facility": facility, "token": token}))
         }
         Op::List => serde_json::to_string_pretty(&s.list()).unwrap_or_default(),
+        Op::Quarantine { facility } => {
+            let q = crate::quarantine::Quarantine::open(store.db()).map_err(invalid)?;
+            serde_json::to_string_pretty(&q.list(facility.as_deref())).unwrap_or_default()
+        }
+        Op::QuarantineShow { id } => {
+            let q = crate::quarantine::Quarantine::open(store.db()).map_err(invalid)?;
+            let e = q
+                .get(&id)
+                .ok_or_else(|| CliError::Invalid(format!("no quarantine entry {id:?}")))?;
+            serde_json::to_string_pretty(&e).unwrap_or_default()
+        }
         Op::Integration { facility, name } => {
             let (alerting, _) =
                 crate::alerting::Alerting::open(store.db(), store.storage_id()).map_err(invalid)?;
@@ -269,6 +288,13 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             .header("content-type", "application/json")
             .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
         Op::List => client.get(format!("{base}/api/v1/devices")),
+        Op::Quarantine { facility } => client.get(match facility {
+            Some(f) => format!("{base}/api/v1/quarantine?facility={}", urlencode(&f)),
+            None => format!("{base}/api/v1/quarantine"),
+        }),
+        Op::QuarantineShow { id } => {
+            client.get(format!("{base}/api/v1/quarantine/{}", urlencode(&id)))
+        }
         Op::Integration { facility, name } => client
             .post(format!("{base}/api/v1/integrations"))
             .header("content-type", "application/json")

@@ -21,7 +21,7 @@ use rounds_core::alerts::{AlertView, Severity};
 use rounds_core::replica::NewReading;
 use rounds_core::{DocumentId, Month, ReadingKind, ReadingSource, Replica, ReplicaError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
 use tokio::sync::mpsc;
 
 use crate::notify::{AlertNotice, NotifyConfig, Outbox};
@@ -100,7 +100,6 @@ impl Alerting {
         storage_id: &str,
     ) -> sled::Result<(Alerting, mpsc::UnboundedReceiver<DocumentId>)> {
         let (eval_tx, rx) = mpsc::unbounded_channel();
-        let digest = Sha256::digest(format!("rounds-server-actor/{storage_id}").as_bytes());
         Ok((
             Alerting {
                 open: db.open_tree("alerts_open")?,
@@ -112,7 +111,7 @@ impl Alerting {
                 stage_lock: tokio::sync::Mutex::new(()),
                 devices: Mutex::new(HashMap::new()),
                 eval_tx,
-                actor: digest[..16].to_vec(),
+                actor: rounds_core::policy::server_actor(storage_id),
             },
             rx,
         ))

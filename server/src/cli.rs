@@ -178,6 +178,16 @@ pub enum Command {
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
     },
+    /// Changes refused by the write policy or the gate, kept for review (through the running
+    /// server, or on the store).
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
     /// Close a month now: store each patient's encounter (version 1, or a new version when late
     /// data changed the lines).
     CloseMonth {
@@ -348,6 +358,17 @@ pub enum DeviceCommand {
     List,
     /// Revoke a device (a lost tablet): its connections close on their next frame.
     Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Refused changes, newest first: device, document, rule broken, detail.
+    List {
+        #[arg(long)]
+        facility: Option<String>,
+    },
+    /// One refused change with its bytes (base64).
+    Show { id: String },
 }
 
 /// Run an admin operation (through the running server, or on the store) and print its answer.
@@ -523,6 +544,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 admin(store, server, op)
             }
         },
+        Command::Quarantine {
+            command,
+            store,
+            server,
+        } => {
+            let op = match command {
+                QuarantineCommand::List { facility } => {
+                    crate::admin_client::Op::Quarantine { facility }
+                }
+                QuarantineCommand::Show { id } => crate::admin_client::Op::QuarantineShow { id },
+            };
+            admin(store, server, op)
+        }
         Command::Device {
             command,
             store,

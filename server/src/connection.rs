@@ -72,7 +72,7 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
                     shared.protocol_error(conn, &format!("frame of {} bytes exceeds the limit of {} bytes", frame.len(), shared.max_frame)).await;
                     continue;
                 }
-                shared.receive(conn, &frame).await;
+                shared.receive(conn, frame).await;
             }
             out = rx.recv() => match out {
                 Some(Outbound::Frame(bytes)) => {

@@ -20,6 +20,7 @@ mod metrics;
 mod notify;
 mod pdf;
 mod push;
+mod quarantine;
 mod security;
 mod server;
 mod store;

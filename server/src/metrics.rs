@@ -17,6 +17,8 @@ pub struct Metrics {
     pub documents_loaded: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub access_denied: AtomicU64,
+    /// Changes (or messages) refused by the gate or the write policy.
+    pub changes_refused: AtomicU64,
     flushes: AtomicU64,
     flush_micros_sum: AtomicU64,
     flush_micros_max: AtomicU64,
@@ -90,6 +92,12 @@ impl Metrics {
             "Connections closed for a protocol error.",
             "counter",
             g(&self.protocol_errors),
+        );
+        counter(
+            "rounds_changes_refused_total",
+            "Changes refused by the gate or the write policy (quarantined).",
+            "counter",
+            g(&self.changes_refused),
         );
         counter(
             "rounds_access_denied_total",

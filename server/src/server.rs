@@ -121,6 +121,8 @@ pub struct Shared {
     pub limits: Limits,
     pub alerting: crate::alerting::Alerting,
     pub accounts: crate::console::accounts::Accounts,
+    /// Changes refused by the gate or the write policy.
+    pub quarantine: crate::quarantine::Quarantine,
     push: std::sync::RwLock<Option<crate::push::PushConfig>>,
     alert_rx: Mutex<Option<mpsc::UnboundedReceiver<DocumentId>>>,
     frame_limiter: RateLimiter,
@@ -169,6 +171,9 @@ impl Shared {
             store.written_seq(),
             HubConfig {
                 max_docs_per_conn: limits.documents_per_connection,
+                reserved_actors: vec![automerge::ActorId::from(rounds_core::policy::server_actor(
+                    store.storage_id(),
+                ))],
                 ..HubConfig::default()
             },
         );
@@ -185,8 +190,11 @@ impl Shared {
             .map_err(|e| ServeError::Flush(e.to_string()))?;
         let accounts = crate::console::accounts::Accounts::open(store.db())
             .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let quarantine = crate::quarantine::Quarantine::open(store.db())
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
         let shared = Arc::new(Shared {
             accounts,
+            quarantine,
             push: std::sync::RwLock::new(None),
             alerting,
             alert_rx: Mutex::new(Some(alert_rx)),
@@ -326,7 +334,9 @@ impl Shared {
                     snapshot,
                 } => {
                     core.persisted.push(doc);
-                    if let Err(e) = self.store.persist(&doc, seq, &chunk, snapshot) {
+                    let stored = self.store.persist(&doc, seq, &chunk, snapshot);
+                    self.index.changed(&doc);
+                    if let Err(e) = stored {
                         // The document stays held (never flushed), so nothing unsaved is acknowledged.
                         tracing::error!(doc = %doc, error = %e, "could not store a chunk");
                     } else {
@@ -359,6 +369,45 @@ impl Shared {
                         self.audit_for(core, conn, action, Some(&doc.to_string()), None);
                     }
                 }
+                Action::Refused {
+                    conn,
+                    doc,
+                    change,
+                    rule,
+                    detail,
+                    bytes,
+                } => {
+                    self.metrics
+                        .changes_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (device, facility) = core
+                        .conns
+                        .get(&conn)
+                        .map(|i| (Some(i.device.name.clone()), i.device.facility.clone()))
+                        .unwrap_or_default();
+                    tracing::warn!(conn, doc = %doc, %rule, "change refused and quarantined");
+                    let id = self
+                        .quarantine
+                        .add(crate::quarantine::Refused {
+                            device,
+                            facility,
+                            document: doc.to_string(),
+                            change: change.clone(),
+                            rule: rule.to_string(),
+                            detail: detail.clone(),
+                            bytes: &bytes,
+                        })
+                        .map_err(|e| tracing::error!(error = %e, "could not quarantine"))
+                        .ok();
+                    let mut text = format!("rule {rule}: {detail}");
+                    if let Some(h) = change {
+                        text = format!("change {h} {text}");
+                    }
+                    if let Some(id) = id {
+                        text.push_str(&format!(" (quarantine {id})"));
+                    }
+                    self.audit_for(core, conn, "refused", Some(&doc.to_string()), Some(text));
+                }
                 Action::Loaded(_) => {
                     self.metrics
                         .documents_loaded
@@ -367,18 +416,6 @@ impl Shared {
             }
         }
         wrote
-    }
-
-    /// Run a hub operation; if it persisted anything, flush and then release held documents.
-    async fn apply(&self, f: impl FnOnce(&mut Hub, &SledStore) -> Vec<Action>) {
-        let wrote = {
-            let mut core = self.lock();
-            let actions = f(&mut core.hub, &self.store);
-            self.execute(&mut core, actions)
-        };
-        if wrote {
-            self.flush_and_release().await;
-        }
     }
 
     async fn flush_and_release(&self) {
@@ -399,12 +436,24 @@ impl Shared {
         }
     }
 
-    pub async fn receive(&self, conn: ConnId, frame: &[u8]) {
-        self.apply(|hub, store| {
-            let mut loader = store;
-            hub.receive(conn, frame, &mut loader)
+    /// A frame from a connection: decoded, screened by the gate, policy-checked and applied on
+    /// the blocking pool (never on an async worker), then flushed before anything is released.
+    pub async fn receive(self: &Arc<Self>, conn: ConnId, frame: axum::body::Bytes) {
+        let shared = self.clone();
+        let wrote = tokio::task::spawn_blocking(move || {
+            let mut core = shared.lock();
+            let mut loader = &*shared.store;
+            let actions = core.hub.receive(conn, &frame, &mut loader);
+            shared.execute(&mut core, actions)
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(conn, error = %e, "frame processing failed");
+            false
+        });
+        if wrote {
+            self.flush_and_release().await;
+        }
     }
 
     pub async fn protocol_error(&self, conn: ConnId, reason: &str) {
@@ -589,6 +638,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/devices/{name}/revoke", post(crate::admin::revoke))
         .route("/api/v1/audit", get(crate::admin::audit))
+        .route("/api/v1/quarantine", get(crate::admin::quarantine_list))
+        .route(
+            "/api/v1/quarantine/{id}",
+            get(crate::admin::quarantine_show),
+        )
         .route("/api/v1/close", post(crate::admin::close_month))
         .route("/api/v1/encounters", get(crate::admin::encounters))
         .route("/api/v1/export", get(crate::admin::export))

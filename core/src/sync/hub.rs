@@ -17,6 +17,7 @@ use std::sync::Arc;
 use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
 
+use super::gate::{self, GateLimits};
 use super::wire::{Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::ids::DocumentId;
 
@@ -34,6 +35,11 @@ pub trait Loader {
 /// Which documents a connection may see. The security layer supplies the real policy.
 pub trait Access: Send + Sync {
     fn allows(&self, doc: &DocumentId) -> bool;
+    /// What the document is, for the write policy: `None` means the connection is trusted
+    /// (the development token) and its changes are screened by the gate but not policy-checked.
+    fn scope(&self, _doc: &DocumentId) -> Option<crate::policy::DocScope> {
+        None
+    }
 }
 
 /// Allow every document (development and tests).
@@ -71,6 +77,18 @@ pub enum Action {
     },
     /// A document was read into memory from the store.
     Loaded(DocumentId),
+    /// A change (or a whole message) was refused by the gate or the write policy: nothing of
+    /// the message was stored or fanned out, and the connection is being closed. `bytes` are
+    /// what to quarantine (the refused change, or the message when it did not decode).
+    Refused {
+        conn: ConnId,
+        doc: DocumentId,
+        /// Hex hash of the refused change (None when the message was refused before parsing).
+        change: Option<String>,
+        rule: crate::policy::Rule,
+        detail: String,
+        bytes: Vec<u8>,
+    },
     /// A connection synced a document; `wrote` when it brought changes (for the audit log).
     Accessed {
         conn: ConnId,
@@ -86,6 +104,10 @@ pub struct HubConfig {
     pub compact_after: usize,
     /// Documents one connection may sync at once.
     pub max_docs_per_conn: usize,
+    /// Caps on the work one incoming message may cost.
+    pub gate: GateLimits,
+    /// Actors no device may write with (the server's own), besides the genesis actor.
+    pub reserved_actors: Vec<automerge::ActorId>,
 }
 
 impl Default for HubConfig {
@@ -93,6 +115,8 @@ impl Default for HubConfig {
         HubConfig {
             compact_after: 64,
             max_docs_per_conn: 100_000,
+            gate: GateLimits::default(),
+            reserved_actors: Vec::new(),
         }
     }
 }
@@ -125,6 +149,8 @@ pub struct Hub {
     conns: HashMap<ConnId, HubConn>,
     /// Connections that asked for a document the server does not have (yet).
     waiting: HashMap<DocumentId, BTreeSet<ConnId>>,
+    /// Changes refused per document: a later change that depends on one is refused too.
+    refused: HashMap<DocumentId, std::collections::HashSet<automerge::ChangeHash>>,
 }
 
 impl Hub {
@@ -139,6 +165,7 @@ impl Hub {
             docs: HashMap::new(),
             conns: HashMap::new(),
             waiting: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -289,6 +316,34 @@ impl Hub {
         }
     }
 
+    /// Refuse a message: nothing stored or fanned out, the change quarantined, the device told
+    /// which rule it broke, the connection closed.
+    fn refuse(
+        &mut self,
+        conn: ConnId,
+        doc: DocumentId,
+        change: Option<String>,
+        rule: crate::policy::Rule,
+        detail: String,
+        bytes: Vec<u8>,
+    ) -> Vec<Action> {
+        let mut reason = format!("refused: document {doc}");
+        if let Some(h) = &change {
+            reason.push_str(&format!(" change {h}"));
+        }
+        reason.push_str(&format!(" rule {rule}: {detail}"));
+        let mut out = vec![Action::Refused {
+            conn,
+            doc,
+            change,
+            rule,
+            detail,
+            bytes,
+        }];
+        out.extend(self.error(conn, reason));
+        out
+    }
+
     fn unavailable(&self, conn: ConnId, document_id: &str) -> Action {
         unavailable_action(&self.peer_id, &self.conns, conn, document_id)
     }
@@ -326,7 +381,8 @@ impl Hub {
                 ),
             );
         }
-        let message =
+        let scope = c.access.scope(&doc_id);
+        let mut message =
             match sync::Message::decode(data) {
                 Ok(m) => m,
                 Err(e) => return self.error(
@@ -336,6 +392,25 @@ impl Hub {
                     ),
                 ),
             };
+        // The gate: every change screened with bounded work before Automerge sees it.
+        let changes = if message.changes.is_empty() {
+            Vec::new()
+        } else {
+            match gate::screen(message.changes.iter(), &self.config.gate) {
+                Ok(c) => c,
+                Err(e) => {
+                    let keep = data.len().min(QUARANTINE_PREFIX);
+                    return self.refuse(
+                        conn,
+                        doc_id,
+                        None,
+                        e.rule(),
+                        e.to_string(),
+                        data[..keep].to_vec(),
+                    );
+                }
+            }
+        };
         if let Entry::Vacant(slot) = self.docs.entry(doc_id) {
             let unavailable = || unavailable_action(&self.peer_id, &self.conns, conn, document_id);
             match loader.load(&doc_id) {
@@ -375,6 +450,29 @@ impl Hub {
                 .and_then(|b| sync::State::decode(&b).ok())
                 .unwrap_or_default()
         });
+        if !changes.is_empty() {
+            if let Some(scope) = &scope {
+                let refused = self.refused.entry(doc_id).or_default();
+                if let Err((change, rule, detail)) = check_changes(
+                    &d.doc,
+                    scope,
+                    &changes,
+                    &self.config.reserved_actors,
+                    refused,
+                ) {
+                    let hash = change.hash();
+                    let bytes = change.raw_bytes().to_vec();
+                    return self.refuse(conn, doc_id, Some(hash.to_string()), rule, detail, bytes);
+                }
+            }
+            // Hand Automerge the screened, uncompressed chunks (never the original bytes).
+            message.changes = sync::ChunkList::from(
+                changes
+                    .iter()
+                    .map(|c| c.raw_bytes().to_vec())
+                    .collect::<Vec<_>>(),
+            );
+        }
         let before = d.doc.get_heads();
         if let Err(e) = d.doc.receive_sync_message(state, message) {
             return self.error(
@@ -439,7 +537,10 @@ impl Hub {
                 continue;
             };
             let state = c.states.entry(doc_id).or_default();
-            if let Some(m) = d.doc.generate_sync_message(state) {
+            if let Some(mut m) = d.doc.generate_sync_message(state) {
+                // Advertise v1 only, so peers send changes (which the gate screens one by
+                // one), never a whole document in a v2 message.
+                m.flags = None;
                 out.push(Action::Send(
                     conn,
                     Message::Sync {
@@ -638,6 +739,69 @@ impl Hub {
     /// Connections currently open.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+}
+
+/// Bytes of an unparsed message kept in the quarantine.
+pub const QUARANTINE_PREFIX: usize = 64 << 10;
+
+/// Check a message's new changes against the write policy, in order. On refusal: the change,
+/// the rule and the detail; the refused change and every later one of the message that depends
+/// on it are remembered in `refused`.
+fn check_changes<'c>(
+    doc: &Automerge,
+    scope: &crate::policy::DocScope,
+    changes: &'c [automerge::Change],
+    reserved: &[automerge::ActorId],
+    refused: &mut std::collections::HashSet<automerge::ChangeHash>,
+) -> Result<(), (&'c automerge::Change, crate::policy::Rule, String)> {
+    use crate::policy::{Pending, Rule};
+    use automerge::ReadDoc;
+    let heads = doc.get_heads();
+    let mut pending = Pending::default();
+    let mut failed: Option<(&automerge::Change, Rule, String)> = None;
+    for change in changes {
+        if doc.get_change_by_hash(&change.hash()).is_some() {
+            continue;
+        }
+        if change.deps().iter().any(|h| refused.contains(h)) {
+            refused.insert(change.hash());
+            if failed.is_none() {
+                failed = Some((
+                    change,
+                    Rule::DependsOnRefused,
+                    "depends on a change that was refused".into(),
+                ));
+            }
+            continue;
+        }
+        if failed.is_some() {
+            // Nothing of this message is stored; independent changes are judged when resent.
+            continue;
+        }
+        let verdict = match gate::expand(change) {
+            None => Err((
+                Rule::Malformed,
+                "does not expand into operations".to_string(),
+            )),
+            Some(expanded) => crate::policy::check_device_change(
+                doc,
+                &heads,
+                scope,
+                &expanded,
+                reserved,
+                &mut pending,
+            )
+            .map_err(|r| (r.rule, format!("{}: {}", r.path, r.detail))),
+        };
+        if let Err((rule, detail)) = verdict {
+            refused.insert(change.hash());
+            failed = Some((change, rule, detail));
+        }
+    }
+    match failed {
+        Some(f) => Err(f),
+        None => Ok(()),
     }
 }
 

@@ -1,0 +1,159 @@
+//! The quarantine: changes the gate or the write policy refused, kept for an administrator to
+//! look at (`rounds quarantine list|show`, `GET /api/v1/quarantine`, the console's devices page).
+//!
+//! An entry names the device, facility, document, change hash, the rule broken and a detail
+//! (ids only, never patient names), with the refused bytes: the change, or the first 64 KiB of
+//! a message refused before it parsed. The same bytes resent (a device retrying) are kept once,
+//! so the quarantine grows with distinct refusals, not with retries.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A refused change, without its bytes (lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineSummary {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub device: Option<String>,
+    pub facility: Option<String>,
+    pub document: String,
+    /// Hex hash of the refused change (none when the message did not parse).
+    pub change: Option<String>,
+    pub rule: String,
+    pub detail: String,
+    pub size: usize,
+    pub sha256: String,
+    /// How many times these bytes were sent and refused.
+    pub times: u64,
+}
+
+/// A refused change with its bytes (base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    #[serde(flatten)]
+    pub summary: QuarantineSummary,
+    pub bytes_base64: String,
+}
+
+/// What to quarantine.
+pub struct Refused<'a> {
+    pub device: Option<String>,
+    pub facility: Option<String>,
+    pub document: String,
+    pub change: Option<String>,
+    pub rule: String,
+    pub detail: String,
+    pub bytes: &'a [u8],
+}
+
+/// The quarantine trees in the store.
+pub struct Quarantine {
+    /// id (UUIDv7, time-ordered) → entry JSON.
+    entries: sled::Tree,
+    /// sha256 of the bytes → id.
+    by_hash: sled::Tree,
+}
+
+impl Quarantine {
+    pub fn open(db: &sled::Db) -> Result<Quarantine, sled::Error> {
+        Ok(Quarantine {
+            entries: db.open_tree("quarantine")?,
+            by_hash: db.open_tree("quarantine-by-hash")?,
+        })
+    }
+
+    /// Keep a refused change; returns its id (the existing one when the same bytes were kept).
+    pub fn add(&self, r: Refused<'_>) -> Result<String, sled::Error> {
+        let sha256: String = Sha256::digest(r.bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(id) = self.by_hash.get(sha256.as_bytes())? {
+            let id = String::from_utf8_lossy(&id).to_string();
+            self.entries.update_and_fetch(id.as_bytes(), |old| {
+                let mut e: QuarantineEntry = serde_json::from_slice(old?).ok()?;
+                e.summary.times += 1;
+                serde_json::to_vec(&e).ok()
+            })?;
+            return Ok(id);
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let entry = QuarantineEntry {
+            summary: QuarantineSummary {
+                id: id.clone(),
+                at: Utc::now(),
+                device: r.device,
+                facility: r.facility,
+                document: r.document,
+                change: r.change,
+                rule: r.rule,
+                detail: r.detail,
+                size: r.bytes.len(),
+                sha256: sha256.clone(),
+                times: 1,
+            },
+            bytes_base64: base64::engine::general_purpose::STANDARD.encode(r.bytes),
+        };
+        let json = serde_json::to_vec(&entry).unwrap_or_default();
+        self.entries.insert(id.as_bytes(), json)?;
+        self.by_hash.insert(sha256.as_bytes(), id.as_bytes())?;
+        Ok(id)
+    }
+
+    /// Every entry (newest first), optionally of one facility's devices.
+    pub fn list(&self, facility: Option<&str>) -> Vec<QuarantineSummary> {
+        self.entries
+            .iter()
+            .rev()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(_, v)| serde_json::from_slice::<QuarantineEntry>(&v).ok())
+            .map(|e| e.summary)
+            .filter(|s| facility.is_none() || s.facility.as_deref() == facility)
+            .collect()
+    }
+
+    /// One entry with its bytes.
+    pub fn get(&self, id: &str) -> Option<QuarantineEntry> {
+        let v = self.entries.get(id.as_bytes()).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_bytes_are_kept_once_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let q = Quarantine::open(&db).unwrap();
+        let refused = |bytes: &'static [u8]| Refused {
+            device: Some("tab-1".into()),
+            facility: Some("sunnyvale".into()),
+            document: "doc".into(),
+            change: Some("abc".into()),
+            rule: "server-only".into(),
+            detail: "/staff/aide-1: written only by the server".into(),
+            bytes,
+        };
+        let a = q.add(refused(b"change-1")).unwrap();
+        let b = q.add(refused(b"change-1")).unwrap();
+        let c = q.add(refused(b"change-2")).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let all = q.list(None);
+        assert_eq!(all.len(), 2);
+        assert_eq!(q.get(&a).unwrap().summary.times, 2);
+        assert_eq!(q.list(Some("oakridge")).len(), 0);
+        let e = q.get(&c).unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(e.bytes_base64)
+                .unwrap(),
+            b"change-2"
+        );
+    }
+}
