@@ -170,8 +170,17 @@ impl AlertProtocol {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// A protocol as stored in a facility document. One that fails [`AlertProtocol::check`]
+    /// (a threshold of −1000, an unknown unit) is not used: `None`, and the standard protocol
+    /// applies — wherever the stored text came from.
     pub fn from_json(text: &str) -> Option<AlertProtocol> {
-        serde_json::from_str(text).ok()
+        let p: AlertProtocol = serde_json::from_str(text).ok()?;
+        if p.check().is_empty() {
+            Some(p)
+        } else {
+            tracing::warn!("a stored alert protocol fails its checks; the standard one applies");
+            None
+        }
     }
 
     /// Semantic checks (the TOML parser checks the shapes).
@@ -658,6 +667,18 @@ impl TriageOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_protocol_that_fails_its_checks_is_not_used() {
+        let mut p = AlertProtocol::standard();
+        assert!(AlertProtocol::from_json(&p.to_json()).is_some());
+        for r in &mut p.rules {
+            if r.below.is_some() {
+                r.below = Some(-1001.0);
+            }
+        }
+        assert!(AlertProtocol::from_json(&p.to_json()).is_none());
+    }
     use crate::model::ReadingSource;
 
     fn t(s: &str) -> DateTime<FixedOffset> {

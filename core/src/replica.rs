@@ -33,6 +33,8 @@ use alert_actions::write_alerts;
 pub use alert_actions::{Acknowledgement, TriageCall};
 
 const META_FILE: &str = "replica.json";
+/// Entries kept aside while a refused document is reset (see `Replica::reset_document`).
+const RELOG_DIR: &str = "relog";
 const META_FORMAT: &str = "rounds-replica/1";
 
 /// What can go wrong in a replica action. Names ids, never patient names.
@@ -1334,6 +1336,186 @@ impl Replica {
         fs::rename(&tmp, &path).map_err(io)?;
         self.saved_sync.insert(peer.to_string(), map);
         Ok(())
+    }
+
+    // ----- recovery after a refusal ------------------------------------------------------------
+
+    /// Recover from a change the server refused (`NetError::Refused`): keep this document's
+    /// entries aside in `relog/<doc>` (fsynced, sealed like the documents), drop the local copy
+    /// and its sync states, so the next sync brings the server's copy; then
+    /// [`Replica::apply_relogs`] writes back, through the write policy, every kept entry the
+    /// server's copy lacks — each once, under its own id. The refused change itself (an edit, a
+    /// deletion, a malformed entry) is not an entry the policy accepts, so it is not re-made.
+    /// Returns how many entries were kept aside.
+    pub fn reset_document(&mut self, doc: DocumentId) -> Result<usize> {
+        let file = self
+            .docs
+            .get(&doc)
+            .ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
+        let kind = d::kind_of(&file.doc).unwrap_or(DocKind::PatientMonth);
+        let containers: &[&str] = match kind {
+            DocKind::PatientMonth => &[
+                d::INTERACTIONS,
+                d::READINGS,
+                d::TIMERS,
+                d::TIMER_STOPS,
+                d::CORRECTIONS,
+                d::ALERTS,
+                d::ALERT_EVENTS,
+            ],
+            DocKind::Patient => &[d::CONSENTS],
+            DocKind::Facility => &[],
+        };
+        let mut entries = serde_json::Map::new();
+        let mut kept = 0;
+        for c in containers {
+            if let serde_json::Value::Object(m) = d::container_json(&file.doc, c) {
+                kept += m.len();
+                entries.insert(c.to_string(), serde_json::Value::Object(m));
+            }
+        }
+        let relog = serde_json::json!({
+            "kind": kind.as_str(),
+            "patient": d::root_str(&file.doc, "patient"),
+            "month": d::root_str(&file.doc, "month"),
+            "entries": entries,
+        });
+        let dir = self.dir.join(RELOG_DIR);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReplicaError::Store(StoreError::Io { path, source })
+        };
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{doc}.relog"));
+        let mut bytes = serde_json::to_vec(&relog).unwrap_or_default();
+        if let Some(s) = &self.sealer {
+            bytes = s
+                .seal(&bytes)
+                .map_err(|_| ReplicaError::WrongKey(path.clone()))?;
+        }
+        let tmp = path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&bytes).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(&dir)?;
+        // Drop the local copy: files, memory, sync states (memory and saved).
+        self.docs.remove(&doc);
+        for ext in ["log", "snap"] {
+            let f = self.docs_dir.join(format!("{doc}.{ext}"));
+            match fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&f)(e)),
+            }
+        }
+        sync_dir(&self.docs_dir)?;
+        self.sync_states.retain(|(d, _), _| *d != doc);
+        let peers: Vec<String> = self.saved_sync.keys().cloned().collect();
+        for peer in peers {
+            if let Some(m) = self.saved_sync.get_mut(&peer) {
+                m.remove(&doc);
+            }
+            self.save_sync_states(&peer)?;
+        }
+        Ok(kept)
+    }
+
+    /// Documents with entries kept aside by [`Replica::reset_document`].
+    pub fn pending_relogs(&self) -> Vec<DocumentId> {
+        let Ok(rd) = fs::read_dir(self.dir.join(RELOG_DIR)) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.strip_suffix(".relog")?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Write back the entries kept aside by [`Replica::reset_document`] that the document (now
+    /// the server's copy, after a sync) lacks; call after a sync, then sync again. Each entry is
+    /// one change through the write policy: an entry the policy refuses is dropped and counted.
+    /// Returns (written, dropped).
+    pub fn apply_relogs(&mut self, now: DateTime<Utc>) -> Result<(usize, usize)> {
+        let (mut written, mut dropped) = (0, 0);
+        for doc in self.pending_relogs() {
+            let path = self.dir.join(RELOG_DIR).join(format!("{doc}.relog"));
+            let mut bytes = fs::read(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if let Some(s) = &self.sealer {
+                bytes = s
+                    .open(&bytes)
+                    .map_err(|_| ReplicaError::WrongKey(path.clone()))?;
+            }
+            let relog: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Meta {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            let kind = relog["kind"]
+                .as_str()
+                .and_then(DocKind::parse)
+                .unwrap_or(DocKind::PatientMonth);
+            if kind == DocKind::PatientMonth && self.document(doc).is_none() {
+                // The server never had it: make it again, from genesis.
+                let (Some(p), Some(m)) = (
+                    relog["patient"].as_str(),
+                    relog["month"]
+                        .as_str()
+                        .and_then(|m| m.parse::<Month>().ok()),
+                ) else {
+                    continue;
+                };
+                let id = self.month_doc(p, m, now)?;
+                if id != doc {
+                    continue;
+                }
+            }
+            if self.document(doc).is_none() {
+                // Not synced yet: keep the relog for later.
+                continue;
+            }
+            let entries = relog["entries"].as_object().cloned().unwrap_or_default();
+            for (container, map) in entries {
+                let Some(map) = map.as_object() else { continue };
+                let Some(c) = DocKind::containers(kind)
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .find(|n| *n == container)
+                else {
+                    continue;
+                };
+                for (key, value) in map {
+                    let present = self.document(doc).is_some_and(|dd| {
+                        d::container(dd, c)
+                            .is_some_and(|m| matches!(dd.get(&m, key.as_str()), Ok(Some(_))))
+                    });
+                    if present {
+                        continue;
+                    }
+                    match self.change(doc, kind, now, |tx| {
+                        let m = d::container(tx, c).ok_or(AutomergeError::NotAnObject)?;
+                        d::put_json(tx, &m, key.as_str(), value)
+                    }) {
+                        Ok(()) => written += 1,
+                        Err(ReplicaError::Refused { .. }) => dropped += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            fs::remove_file(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok((written, dropped))
     }
 
     /// Forget the in-memory sync session with `peer` (a new connection starts a new session;

@@ -289,6 +289,53 @@ pub fn validate(d: &DataFile) -> Vec<Problem> {
             format!("{:?} is not {DATA_FORMAT:?}", d.format),
         ));
     }
+    // Ids first: they become document names and file names. A bad one stops the check here,
+    // so no later message repeats it.
+    let mut bad_ids = Vec::new();
+    let ids = std::iter::once(("facility".to_string(), "id", &d.facility.id))
+        .chain(
+            d.practitioners
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("practitioners[{i}]"), "id", &p.id)),
+        )
+        .chain(
+            d.staff
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("staff[{i}]"), "id", &s.id)),
+        )
+        .chain(
+            d.patients
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("patients[{i}]"), "id", &p.id)),
+        )
+        .chain(d.interactions.iter().enumerate().flat_map(|(i, x)| {
+            [
+                (format!("interactions[{i}]"), "patient", &x.patient),
+                (format!("interactions[{i}]"), "staff", &x.staff),
+            ]
+        }))
+        .chain(
+            d.readings
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("readings[{i}]"), "patient", &r.patient)),
+        );
+    for (entry, field, id) in ids {
+        if let Err(e) = crate::ids::check_id(field, id) {
+            bad_ids.push(Problem::new(
+                entry,
+                field,
+                format!("{:?} is not a valid id ({})", e.shown, e.reason),
+            ));
+        }
+    }
+    if !bad_ids.is_empty() {
+        out.extend(bad_ids);
+        return out;
+    }
     if parse_zone(&d.facility.timezone).is_none() {
         out.push(Problem::new(
             "facility",

@@ -130,18 +130,9 @@ impl Alerting {
 
     /// Create an integration and its API key (shown once; stored as SHA-256).
     pub fn add_integration(&self, facility: &str, name: &str) -> Result<String, AlertingError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
-            return Err(AlertingError::Invalid(format!(
-                "integration name {name:?}: use 1–64 letters, digits, '-', '_' or '.'"
-            )));
-        }
-        if facility.is_empty() {
-            return Err(AlertingError::Invalid("facility is empty".into()));
+        for (field, id) in [("name", name), ("facility", facility)] {
+            rounds_core::ids::check_id(field, id)
+                .map_err(|e| AlertingError::Invalid(e.to_string()))?;
         }
         let key = crate::security::random_secret("rik_", 32)
             .map_err(|e| AlertingError::Store(e.to_string()))?;

@@ -74,6 +74,14 @@ pub fn export(
     for pm in closed.patient_months(month, now, config) {
         let v = pm.encounter;
         let patient = pm.patient;
+        if rounds_core::ids::check_id("patient", &patient.id).is_err() {
+            // Stored before ids were restricted: never becomes a file name.
+            tracing::warn!(
+                facility,
+                "skipping a patient whose stored id is not a valid id"
+            );
+            continue;
+        }
         let stem = format!("{}-{month}-v{}", patient.id, pm.version);
         match format {
             Format::Fhir => {
@@ -120,9 +128,20 @@ pub fn export(
     Ok(files)
 }
 
-/// Write files under `dir`.
+/// Write files under `dir`. Every name must be a plain relative path (no root, no `..`, no
+/// empty or dot-leading component, no control characters), whatever ids the store holds, so
+/// nothing is ever written outside `dir`.
 pub fn write(dir: &std::path::Path, files: &[ExportFile]) -> std::io::Result<()> {
     for f in files {
+        if !plain_relative(&f.name) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "refusing to write {:?}: not a plain relative file name",
+                    f.name.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
         let path = dir.join(&f.name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -130,4 +149,53 @@ pub fn write(dir: &std::path::Path, files: &[ExportFile]) -> std::io::Result<()>
         std::fs::write(path, &f.bytes)?;
     }
     Ok(())
+}
+
+/// `a/b.json`-like: components of safe characters, none empty, none starting with `.`.
+fn plain_relative(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('.')
+                && c.len() <= 200
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_never_writes_outside_its_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        for name in [
+            "../x.json",
+            "fhir/../../x.json",
+            "/etc/x",
+            "fhir/.hidden",
+            "a\nb",
+            "",
+            "fhir//x",
+        ] {
+            let files = [ExportFile {
+                name: name.to_string(),
+                bytes: b"x".to_vec(),
+            }];
+            assert!(write(&out, &files).is_err(), "{name:?}");
+        }
+        assert!(!root.path().join("x.json").exists());
+        write(
+            &out,
+            &[ExportFile {
+                name: "fhir/p-001-2026-11.json".into(),
+                bytes: b"{}".to_vec(),
+            }],
+        )
+        .unwrap();
+        assert!(out.join("fhir/p-001-2026-11.json").exists());
+    }
 }

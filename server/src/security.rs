@@ -218,25 +218,17 @@ impl Security {
     }
 
     fn check_name(name: &str) -> Result<(), SecurityError> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(SecurityError::Invalid(format!(
-                "device name {name:?}: use 1–64 letters, digits, '-', '_' or '.'"
-            )));
-        }
-        Ok(())
+        rounds_core::ids::check_id("name", name).map_err(|e| SecurityError::Invalid(e.to_string()))
     }
 
-    /// Create a device with a token directly (scripts). Returns the token, shown once.
+    fn check_facility(facility: &str) -> Result<(), SecurityError> {
+        rounds_core::ids::check_id("facility", facility)
+            .map_err(|e| SecurityError::Invalid(e.to_string()))
+    }
+
     pub fn add_device(&self, facility: &str, name: &str) -> Result<String, SecurityError> {
         Self::check_name(name)?;
-        if facility.is_empty() {
-            return Err(SecurityError::Invalid("facility is empty".into()));
-        }
+        Self::check_facility(facility)?;
         let token = random_secret("rdt_", 32)?;
         let record = DeviceRecord {
             name: name.to_string(),
@@ -265,9 +257,7 @@ impl Security {
 
     /// A one-time enrolment code for a facility, valid 24 hours.
     pub fn create_code(&self, facility: &str) -> Result<(String, DateTime<Utc>), SecurityError> {
-        if facility.is_empty() {
-            return Err(SecurityError::Invalid("facility is empty".into()));
-        }
+        Self::check_facility(facility)?;
         let code = random_secret("", 10)?;
         let expires_at = Utc::now() + self.code_lifetime;
         let rec = CodeRecord {

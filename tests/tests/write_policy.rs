@@ -501,3 +501,76 @@ async fn an_inflation_bomb_is_refused_in_bounded_memory_without_stalling_another
         "other facility waited {worst:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablet_with_a_refused_change_resets_and_its_valid_entries_reach_the_server_once() {
+    let store = tempfile::tempdir().unwrap();
+    let (token, _) = setup(store.path());
+    let server = ServerProcess::start_with(store.path(), &[]).unwrap();
+    let mut opts = server.options();
+    opts.token = token.clone();
+    opts.attempts = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tablet = Replica::open(dir.path()).unwrap();
+    tablet.join_facility("sunnyvale").unwrap();
+    rounds_core::sync::net::sync(&mut tablet, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    let now: chrono::DateTime<chrono::Utc> = "2026-11-25T15:00:00Z".parse().unwrap();
+    let month: Month = "2026-11".parse().unwrap();
+    let pm_id = DocumentId::patient_month("sunnyvale", "p-004", month);
+    // A valid entry logged offline...
+    let valid = tablet
+        .log_interaction(minutes("p-004", "2026-11-24T14:00:00Z", 5), now)
+        .unwrap();
+    // ...and an app bug: an existing interaction's minutes edited (arrives as a sync message
+    // from a buggy component, so the replica's own write path never saw it).
+    let original = tablet.month_entries("p-004", month).interactions[0].clone();
+    let doc = tablet.document(pm_id).unwrap().clone();
+    let tampered = forged(&doc, |tx| {
+        let m = d::container(tx, d::INTERACTIONS).unwrap();
+        let key = original.id.to_string();
+        let (_, e) = tx.get(&m, key)?.unwrap();
+        tx.put(&e, "ended_at", "2026-11-02T23:59:00-05:00")
+    });
+    tablet
+        .receive_sync_message(pm_id, "buggy-component", &sync_data(vec![tampered]))
+        .unwrap();
+    // The server refuses it; the sync stops instead of resending it forever.
+    let err = rounds_core::sync::net::sync(&mut tablet, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap_err();
+    let rounds_core::sync::net::NetError::Refused { document, message } = err else {
+        panic!("expected a refusal, got {err}");
+    };
+    assert_eq!(document, Some(pm_id), "{message}");
+    assert!(message.contains("rule write-once"), "{message}");
+    // Recovery: reset, sync (the server's copy), re-log, sync.
+    let kept = tablet.reset_document(pm_id).unwrap();
+    assert!(kept >= 2, "{kept}");
+    rounds_core::sync::net::sync(&mut tablet, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    let (written, dropped) = tablet.apply_relogs(now).unwrap();
+    assert_eq!(
+        (written, dropped),
+        (1, 0),
+        "only the valid new entry is written back"
+    );
+    assert!(tablet.pending_relogs().is_empty());
+    let report = rounds_core::sync::net::sync(&mut tablet, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert!(report.unsent.is_empty(), "{report:?}");
+    // A fresh device sees the valid entry once and the original minutes.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut fresh = Replica::open(dir2.path()).unwrap();
+    fresh.join_facility("sunnyvale").unwrap();
+    rounds_core::sync::net::sync(&mut fresh, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    let got = fresh.month_entries("p-004", month).interactions;
+    assert_eq!(got.iter().filter(|i| i.id == valid.id).count(), 1);
+    let orig = got.iter().find(|i| i.id == original.id).unwrap();
+    assert_eq!(orig.ended_at, original.ended_at);
+}

@@ -95,6 +95,14 @@ pub enum NetError {
     Session(#[from] SessionError),
     #[error("sync cancelled")]
     Cancelled,
+    /// The server refused one of this device's changes (the write policy or the gate): retrying
+    /// would send it again. Recover with [`Replica::reset_document`] on `document`, sync, then
+    /// [`Replica::apply_relogs`] and sync again.
+    #[error("the server refused a change: {message}")]
+    Refused {
+        document: Option<DocumentId>,
+        message: String,
+    },
     #[error("gave up after {attempts} attempts; last error: {last}")]
     GaveUp {
         attempts: u32,
@@ -313,6 +321,15 @@ pub async fn sync(
             Err(e @ NetError::Url(_))
             | Err(e @ NetError::Tls(_))
             | Err(e @ NetError::Cancelled) => return Err(e),
+            Err(NetError::Session(SessionError::Server(message)))
+                if message.starts_with("refused: ") =>
+            {
+                let document = message
+                    .strip_prefix("refused: document ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|d| d.parse().ok());
+                return Err(NetError::Refused { document, message });
+            }
             Err(e) => {
                 tracing::info!(attempt, error = %e, "sync attempt failed; retrying");
                 last = e.to_string();

@@ -144,7 +144,8 @@ impl Accounts {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
         if !ok {
             return Err(AccountError::Invalid(format!(
-                "username {username:?}: use 1–64 letters, digits, '-', '_', '.' or '@'"
+                "username {:?}: use 1–64 letters, digits, '-', '_', '.' or '@'",
+                username.chars().take(32).collect::<String>()
             )));
         }
         if password.chars().count() < 12 {
@@ -152,10 +153,14 @@ impl Accounts {
                 "password: use at least 12 characters".into(),
             ));
         }
-        if facilities.is_empty() || facilities.iter().any(|f| f.trim().is_empty()) {
+        if facilities.is_empty() {
             return Err(AccountError::Invalid(
                 "facility: give at least one facility id".into(),
             ));
+        }
+        for f in facilities {
+            rounds_core::ids::check_id("facility", f)
+                .map_err(|e| AccountError::Invalid(e.to_string()))?;
         }
         if self.users.contains_key(username.as_bytes())? {
             return Err(AccountError::Exists(username.to_string()));
