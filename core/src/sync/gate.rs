@@ -549,7 +549,7 @@ mod tests {
         let c = a_change();
         let raw = c.raw_bytes().to_vec();
         // Flip every actor column value we can find to index 9: easier to build by hand.
-        let mut body = vec![0, 1, b'a', 1, 1, 0, 0, 0, 1, (0 << 4) | 1];
+        let mut body = vec![0, 1, b'a', 1, 1, 0, 0, 0, 1, 1 /* column 0, actor */];
         let col = [1u8, 9];
         write_uleb(&mut body, col.len() as u64);
         body.extend_from_slice(&col);
