@@ -574,3 +574,50 @@ async fn a_tablet_with_a_refused_change_resets_and_its_valid_entries_reach_the_s
     let orig = got.iter().find(|i| i.id == original.id).unwrap();
     assert_eq!(orig.ended_at, original.ended_at);
 }
+
+/// `rounds ARGS…` that must fail: its stderr.
+fn rounds_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(rounds_tests::rounds_bin().unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "rounds {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn import_and_the_admin_api_refuse_ids_that_are_not_safe() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let example: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/sunnyvale.json")).unwrap(),
+    )
+    .unwrap();
+    let long = "x".repeat(10_000);
+    for bad in ["a/b", "..", "../../x", "a\u{0}b", "a\u{1b}b", long.as_str()] {
+        for (field, set) in [
+            ("facility", &|v: &mut serde_json::Value, id: &str| v["facility"]["id"] = id.into())
+                as &dyn Fn(&mut serde_json::Value, &str),
+            ("patients[0]", &|v: &mut serde_json::Value, id: &str| {
+                v["patients"][0]["id"] = id.into()
+            }),
+        ] {
+            let mut data = example.clone();
+            set(&mut data, bad);
+            let path = store.path().join("bad.json");
+            std::fs::write(&path, data.to_string()).unwrap();
+            let err = rounds_fails(&["import", "--store", s, path.to_str().unwrap()]);
+            assert!(err.contains(field) && err.contains("not a valid id"), "{bad:?}: {err}");
+            assert!(err.len() < 2_000, "the error repeats a 10 kB id: {} bytes", err.len());
+        }
+        if bad.contains('\0') {
+            continue; // not expressible as a command-line argument
+        }
+        let err = rounds_fails(&["device", "add", "--facility", bad, "--name", "t", "--store", s]);
+        assert!(err.contains("facility") && err.contains("not a valid id"), "{bad:?}: {err}");
+        let err = rounds_fails(&["device", "code", "--facility", bad, "--store", s]);
+        assert!(err.contains("not a valid id"), "{bad:?}: {err}");
+    }
+    // Nothing was imported.
+    assert!(!rounds(&["device", "list", "--store", s]).contains("\"t\""));
+}

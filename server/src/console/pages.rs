@@ -928,6 +928,14 @@ pub async fn devices(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
         .into_iter()
         .filter(|d| c.user.sees(&d.facility))
         .collect();
+    // Changes the write policy refused from this user's facilities' devices (newest first).
+    let refused: Vec<_> = shared
+        .quarantine
+        .list(None)
+        .into_iter()
+        .filter(|e| e.facility.as_deref().is_some_and(|f| c.user.sees(f)))
+        .take(100)
+        .collect();
     let body = html! {
         h1 { "Devices" }
         @if let Some(n) = q(&query, "notice") { div.notice { (n) } }
@@ -955,6 +963,22 @@ pub async fn devices(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
                             button type="submit" { "Revoke" }
                         }
                     } }
+                } } }
+            }
+        }
+        h2 { "Refused changes" }
+        @if refused.is_empty() { div.empty { "No change has been refused." } } @else {
+            p { "Changes a tablet sent that the write policy refused: nothing of them was stored. The tablet resets the document and re-logs its valid entries. Details: " code { "rounds quarantine show ID" } "." }
+            table {
+                thead { tr { th { "When" } th { "Device" } th { "Facility" } th { "Rule" } th { "Detail" } th { "Times" } th { "Id" } } }
+                tbody { @for e in &refused { tr {
+                    td { (e.at.format("%Y-%m-%d %H:%M UTC")) }
+                    td { (e.device.as_deref().unwrap_or("")) }
+                    td { (e.facility.as_deref().unwrap_or("")) }
+                    td { span.badge.urgent { (e.rule) } }
+                    td { (e.detail.chars().take(160).collect::<String>()) }
+                    td { (e.times) }
+                    td { code { (e.id) } }
                 } } }
             }
         }
