@@ -596,8 +596,9 @@ fn import_and_the_admin_api_refuse_ids_that_are_not_safe() {
     let long = "x".repeat(10_000);
     for bad in ["a/b", "..", "../../x", "a\u{0}b", "a\u{1b}b", long.as_str()] {
         for (field, set) in [
-            ("facility", &|v: &mut serde_json::Value, id: &str| v["facility"]["id"] = id.into())
-                as &dyn Fn(&mut serde_json::Value, &str),
+            ("facility", &|v: &mut serde_json::Value, id: &str| {
+                v["facility"]["id"] = id.into()
+            }) as &dyn Fn(&mut serde_json::Value, &str),
             ("patients[0]", &|v: &mut serde_json::Value, id: &str| {
                 v["patients"][0]["id"] = id.into()
             }),
@@ -607,14 +608,33 @@ fn import_and_the_admin_api_refuse_ids_that_are_not_safe() {
             let path = store.path().join("bad.json");
             std::fs::write(&path, data.to_string()).unwrap();
             let err = rounds_fails(&["import", "--store", s, path.to_str().unwrap()]);
-            assert!(err.contains(field) && err.contains("not a valid id"), "{bad:?}: {err}");
-            assert!(err.len() < 2_000, "the error repeats a 10 kB id: {} bytes", err.len());
+            assert!(
+                err.contains(field) && err.contains("not a valid id"),
+                "{bad:?}: {err}"
+            );
+            assert!(
+                err.len() < 2_000,
+                "the error repeats a 10 kB id: {} bytes",
+                err.len()
+            );
         }
         if bad.contains('\0') {
             continue; // not expressible as a command-line argument
         }
-        let err = rounds_fails(&["device", "add", "--facility", bad, "--name", "t", "--store", s]);
-        assert!(err.contains("facility") && err.contains("not a valid id"), "{bad:?}: {err}");
+        let err = rounds_fails(&[
+            "device",
+            "add",
+            "--facility",
+            bad,
+            "--name",
+            "t",
+            "--store",
+            s,
+        ]);
+        assert!(
+            err.contains("facility") && err.contains("not a valid id"),
+            "{bad:?}: {err}"
+        );
         let err = rounds_fails(&["device", "code", "--facility", bad, "--store", s]);
         assert!(err.contains("not a valid id"), "{bad:?}: {err}");
     }
