@@ -224,6 +224,22 @@ pub fn put_entry<T: Transactable, S: Serialize>(
     put_json(tx, obj, key, &v)
 }
 
+/// An Automerge scalar as JSON (how every reader, and the write policy, sees it).
+pub fn scalar_to_json(s: &ScalarValue) -> Value {
+    match s {
+        ScalarValue::Str(s) => Value::String(s.to_string()),
+        ScalarValue::Int(i) => Value::from(*i),
+        ScalarValue::Uint(u) => Value::from(*u),
+        ScalarValue::F64(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        ScalarValue::Boolean(b) => Value::Bool(*b),
+        ScalarValue::Timestamp(t) => Value::from(*t),
+        ScalarValue::Counter(c) => Value::from(i64::from(c)),
+        ScalarValue::Null | ScalarValue::Bytes(_) | ScalarValue::Unknown { .. } => Value::Null,
+    }
+}
+
 /// Read an Automerge value (scalar or object) as JSON.
 pub fn value_to_json(
     doc: &impl ReadDoc,
@@ -231,18 +247,7 @@ pub fn value_to_json(
     id: &ObjId,
 ) -> Result<Value, AutomergeError> {
     Ok(match value {
-        automerge::Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Str(s) => Value::String(s.to_string()),
-            ScalarValue::Int(i) => Value::from(*i),
-            ScalarValue::Uint(u) => Value::from(*u),
-            ScalarValue::F64(f) => serde_json::Number::from_f64(*f)
-                .map(Value::Number)
-                .unwrap_or(Value::Null),
-            ScalarValue::Boolean(b) => Value::Bool(*b),
-            ScalarValue::Timestamp(t) => Value::from(*t),
-            ScalarValue::Counter(c) => Value::from(i64::from(c)),
-            ScalarValue::Null | ScalarValue::Bytes(_) | ScalarValue::Unknown { .. } => Value::Null,
-        },
+        automerge::Value::Scalar(s) => scalar_to_json(s.as_ref()),
         automerge::Value::Object(ObjType::Map | ObjType::Table) => {
             let mut m = Map::new();
             for key in doc.keys(id) {

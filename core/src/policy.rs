@@ -180,21 +180,37 @@ enum Place {
     Consent { key: String },
 }
 
-/// Top-level containers of the genesis change, by object id (`counter@actor`).
-fn genesis_containers(kind: DocKind) -> HashMap<String, &'static str> {
-    let mut out = HashMap::new();
-    if let Ok(doc) = d::genesis(kind) {
-        for (name, _) in kind.containers() {
-            if let Some(id) = d::container(&doc, name) {
-                out.insert(id.to_string(), *name);
-            }
-        }
-    }
-    out
+/// What the genesis change of a document type is: its hash and its top-level containers by
+/// object id (`counter@actor`). Computed once per type, not per change checked.
+struct Genesis {
+    hash: Option<ChangeHash>,
+    containers: HashMap<String, &'static str>,
 }
 
-fn genesis_hash(kind: DocKind) -> Option<ChangeHash> {
-    d::genesis(kind).ok()?.get_heads().first().copied()
+fn genesis_of(kind: DocKind) -> &'static Genesis {
+    static CACHE: std::sync::OnceLock<[Genesis; 3]> = std::sync::OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        [DocKind::Facility, DocKind::Patient, DocKind::PatientMonth].map(|kind| {
+            let mut containers = HashMap::new();
+            let doc = d::genesis(kind).ok();
+            if let Some(doc) = &doc {
+                for (name, _) in kind.containers() {
+                    if let Some(id) = d::container(doc, name) {
+                        containers.insert(id.to_string(), *name);
+                    }
+                }
+            }
+            Genesis {
+                hash: doc.and_then(|d| d.get_heads().first().copied()),
+                containers,
+            }
+        })
+    });
+    match kind {
+        DocKind::Facility => &all[0],
+        DocKind::Patient => &all[1],
+        DocKind::PatientMonth => &all[2],
+    }
 }
 
 fn op_id(counter: u64, actor: &ActorId) -> String {
@@ -232,7 +248,7 @@ pub fn check_device_change(
     let actor = &change.actor_id;
     if actor.to_bytes() == GENESIS_ACTOR {
         // Only the genesis change itself, of this document's type.
-        return if change.hash.is_some() && change.hash == genesis_hash(scope.kind) {
+        return if change.hash.is_some() && change.hash == genesis_of(scope.kind).hash {
             Ok(())
         } else {
             Err(Refusal::new(
@@ -249,7 +265,7 @@ pub fn check_device_change(
             "a change made with the server's actor",
         ));
     }
-    let containers = genesis_containers(scope.kind);
+    let containers = &genesis_of(scope.kind).containers;
     let mut nodes: HashMap<String, Node> = HashMap::new();
     // New entries: object id → (container, key).
     let mut entries: Vec<(String, String, String)> = Vec::new();
@@ -522,7 +538,7 @@ fn body_op(
     use automerge::legacy::{ElementId, Key, OpType};
     let bad = |detail: &str| Refusal::new(Rule::Operation, "/entry", detail.to_string());
     let slot = match &op.action {
-        OpType::Put(s) => Slot::Scalar(scalar_json(s)),
+        OpType::Put(s) => Slot::Scalar(d::scalar_to_json(s)),
         OpType::Make(ObjType::Map) => {
             nodes.insert(id.to_string(), Node::Map(BTreeMap::new()));
             Slot::Obj(id.to_string())
@@ -567,20 +583,6 @@ fn body_op(
         _ => return Err(bad("an operation that does not build a new entry")),
     }
     Ok(())
-}
-
-fn scalar_json(s: &ScalarValue) -> Value {
-    match s {
-        ScalarValue::Str(s) => Value::String(s.to_string()),
-        ScalarValue::Int(i) => Value::from(*i),
-        ScalarValue::Uint(u) => Value::from(*u),
-        ScalarValue::F64(f) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        ScalarValue::Boolean(b) => Value::Bool(*b),
-        // Timestamps, counters, bytes: not in any entry's schema.
-        _ => Value::Null,
-    }
 }
 
 fn to_json(obj: &str, nodes: &HashMap<String, Node>, depth: usize) -> Option<Value> {
@@ -820,7 +822,7 @@ fn existing_entry(
     let mut out = serde_json::Map::new();
     for f in ["reading", "rule", "action"] {
         if let Ok(Some((automerge::Value::Scalar(s), _))) = doc.get_at(&id, f, at) {
-            out.insert(f.to_string(), scalar_json(s.as_ref()));
+            out.insert(f.to_string(), d::scalar_to_json(s.as_ref()));
         }
     }
     Some(out)

@@ -389,18 +389,8 @@ impl Replica {
         self.change_as(id, kind, now, !self.scratch, f)
     }
 
-    /// A change that only the server's writer makes (import, the alert protocol): not checked
-    /// here; the server's gate refuses it from a device.
-    fn change_unchecked<R>(
-        &mut self,
-        id: DocumentId,
-        kind: DocKind,
-        now: DateTime<Utc>,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, AutomergeError>,
-    ) -> Result<R> {
-        self.change_as(id, kind, now, false, f)
-    }
-
+    /// `checked: false` only for what the server's writer makes (import, the alert protocol):
+    /// not checked here; the server's gate refuses it from a device.
     fn change_as<R>(
         &mut self,
         id: DocumentId,
@@ -424,11 +414,7 @@ impl Replica {
             .result;
         if checked {
             let verdict = self.scope_of(id, kind).and_then(|scope| {
-                let doc = &self
-                    .docs
-                    .get(&id)
-                    .ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?
-                    .doc;
+                let doc = self.document(id).ok_or_else(|| vanished(id))?;
                 crate::policy::check_local_changes(doc, &before, &scope)
                     .map_err(|refusal| ReplicaError::Refused { doc: id, refusal })
             });
@@ -441,10 +427,7 @@ impl Replica {
                 return Err(e);
             }
         }
-        let file = self
-            .docs
-            .get_mut(&id)
-            .ok_or(ReplicaError::UnknownEntry(Uuid::nil()))?;
+        let file = self.docs.get_mut(&id).ok_or_else(|| vanished(id))?;
         file.persist()?;
         Ok(result)
     }
@@ -1078,27 +1061,33 @@ impl Replica {
             }
         }
         let facility_json = serde_json::to_value(&data.facility).unwrap_or_default();
-        self.change_unchecked(DocumentId::facility(&fid), DocKind::Facility, now, |tx| {
-            let f = d::container(tx, d::FACILITY).ok_or(AutomergeError::NotAnObject)?;
-            update_fields(tx, &f, &facility_json)?;
-            let practitioners =
-                d::container(tx, d::PRACTITIONERS).ok_or(AutomergeError::NotAnObject)?;
-            for p in &data.practitioners {
-                update_entry(tx, &practitioners, &p.id, p)?;
-            }
-            let staff = d::container(tx, d::STAFF).ok_or(AutomergeError::NotAnObject)?;
-            for s in &data.staff {
-                update_entry(tx, &staff, &s.id, s)?;
-            }
-            let patients = d::container(tx, d::PATIENTS).ok_or(AutomergeError::NotAnObject)?;
-            for p in &data.patients {
-                let url = DocumentId::patient(&fid, &p.id).url();
-                if tx.get(&patients, p.id.as_str())?.is_none() {
-                    tx.put(&patients, p.id.as_str(), url)?;
+        self.change_as(
+            DocumentId::facility(&fid),
+            DocKind::Facility,
+            now,
+            false,
+            |tx| {
+                let f = d::container(tx, d::FACILITY).ok_or(AutomergeError::NotAnObject)?;
+                update_fields(tx, &f, &facility_json)?;
+                let practitioners =
+                    d::container(tx, d::PRACTITIONERS).ok_or(AutomergeError::NotAnObject)?;
+                for p in &data.practitioners {
+                    update_entry(tx, &practitioners, &p.id, p)?;
                 }
-            }
-            Ok(())
-        })?;
+                let staff = d::container(tx, d::STAFF).ok_or(AutomergeError::NotAnObject)?;
+                for s in &data.staff {
+                    update_entry(tx, &staff, &s.id, s)?;
+                }
+                let patients = d::container(tx, d::PATIENTS).ok_or(AutomergeError::NotAnObject)?;
+                for p in &data.patients {
+                    let url = DocumentId::patient(&fid, &p.id).url();
+                    if tx.get(&patients, p.id.as_str())?.is_none() {
+                        tx.put(&patients, p.id.as_str(), url)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
         for p in &data.patients {
             let mut profile = serde_json::to_value(p).unwrap_or_default();
             let mut text = None;
@@ -1127,10 +1116,11 @@ impl Replica {
                     )
                 })
                 .collect();
-            self.change_unchecked(
+            self.change_as(
                 DocumentId::patient(&fid, &p.id),
                 DocKind::Patient,
                 now,
+                false,
                 |tx| {
                     let prof = d::container(tx, d::PROFILE).ok_or(AutomergeError::NotAnObject)?;
                     update_fields(tx, &prof, &profile)?;
@@ -1215,7 +1205,7 @@ impl Replica {
         }
         for ((patient, month), entries) in groups {
             let doc = self.month_doc(&patient, month, now)?;
-            self.change_unchecked(doc, DocKind::PatientMonth, now, |tx| {
+            self.change_as(doc, DocKind::PatientMonth, now, false, |tx| {
                 for (container, key, v) in &entries {
                     let map = d::container(tx, container).ok_or(AutomergeError::NotAnObject)?;
                     if tx.get(&map, key.as_str())?.is_none() {
@@ -1750,6 +1740,14 @@ fn update_entry<S: Serialize>(
     match tx.get(map, key)? {
         Some((automerge::Value::Object(_), obj)) => update_fields(tx, &obj, &v),
         _ => d::put_json(tx, map, key, &v),
+    }
+}
+
+/// A document the replica was just working on is not in memory (a bug, not bad input).
+fn vanished(doc: DocumentId) -> ReplicaError {
+    ReplicaError::Meta {
+        path: PathBuf::from(doc.to_string()),
+        message: "document vanished from memory".into(),
     }
 }
 

@@ -286,6 +286,8 @@ pub async fn export(
 #[derive(Deserialize)]
 pub struct QuarantineParams {
     facility: Option<String>,
+    /// Newest entries to return (default 1000).
+    limit: Option<usize>,
 }
 
 /// `GET /api/v1/quarantine[?facility=F]`: refused changes, newest first (without their bytes).
@@ -297,7 +299,12 @@ pub async fn quarantine_list(
     if let Some(r) = admin_only(&shared, &headers) {
         return r;
     }
-    Json(shared.quarantine.list(p.facility.as_deref())).into_response()
+    Json(
+        shared
+            .quarantine
+            .list(p.facility.as_deref(), p.limit.unwrap_or(1000)),
+    )
+    .into_response()
 }
 
 /// `GET /api/v1/quarantine/{id}`: one refused change with its bytes (base64).

@@ -139,7 +139,7 @@ fn direct(store: &crate::store::SledStore, s: &Security, op: Op) -> Result<Strin
         Op::List => serde_json::to_string_pretty(&s.list()).unwrap_or_default(),
         Op::Quarantine { facility } => {
             let q = crate::quarantine::Quarantine::open(store.db()).map_err(invalid)?;
-            serde_json::to_string_pretty(&q.list(facility.as_deref())).unwrap_or_default()
+            serde_json::to_string_pretty(&q.list(facility.as_deref(), 1000)).unwrap_or_default()
         }
         Op::QuarantineShow { id } => {
             let q = crate::quarantine::Quarantine::open(store.db()).map_err(invalid)?;

@@ -335,7 +335,11 @@ impl Shared {
                 } => {
                     core.persisted.push(doc);
                     let stored = self.store.persist(&doc, seq, &chunk, snapshot);
-                    self.index.changed(&doc);
+                    self.index.changed(&doc, || {
+                        core.hub
+                            .container_keys(doc, rounds_core::document::PATIENTS)
+                            .map(|k| k.into_iter().collect())
+                    });
                     if let Err(e) = stored {
                         // The document stays held (never flushed), so nothing unsaved is acknowledged.
                         tracing::error!(doc = %doc, error = %e, "could not store a chunk");

@@ -363,3 +363,79 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A raw automerge-repo client over TLS, for tests that speak the protocol frame by frame (a
+/// hostile client, denied documents, revocation).
+pub mod raw {
+    use futures_util::{SinkExt, StreamExt};
+    use rounds_core::sync::wire::{Message, PeerMetadata};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use super::{ServerProcess, tls_client};
+
+    pub type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// Open `/sync` with a bearer token (frames up to 64 MiB either way).
+    pub async fn connect(server: &ServerProcess, token: &str) -> Result<Socket, String> {
+        let mut req = server
+            .url()
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "bad token".to_string())?,
+        );
+        let connector =
+            tokio_tungstenite::Connector::Rustls(tls_client(server).map_err(|e| e.to_string())?);
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, Some(connector))
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next protocol message; None on close, error or 10 s of silence.
+    pub async fn next_message(ws: &mut Socket) -> Option<Message> {
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                .await
+                .ok()??
+            {
+                Ok(Ws::Binary(b)) => return Message::decode(&b).ok(),
+                Ok(Ws::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Send a protocol message.
+    pub async fn send(ws: &mut Socket, m: Message) {
+        ws.send(Ws::Binary(m.encode().into()))
+            .await
+            .expect("send a frame");
+    }
+
+    /// Join as `me` and return the server's peer id.
+    pub async fn join(ws: &mut Socket, me: &str) -> String {
+        send(
+            ws,
+            Message::Join {
+                sender_id: me.into(),
+                peer_metadata: PeerMetadata::default(),
+                supported_protocol_versions: vec!["1".into()],
+            },
+        )
+        .await;
+        match next_message(ws).await {
+            Some(Message::Peer { sender_id, .. }) => sender_id,
+            other => panic!("expected peer, got {other:?}"),
+        }
+    }
+}

@@ -1,11 +1,11 @@
 //! Enrolment, facility-scoped access, revocation and the audit log, against a real server.
 
-use futures_util::{SinkExt, StreamExt};
-use rounds_core::sync::wire::{Message, PeerMetadata};
+use futures_util::SinkExt;
+use rounds_core::sync::wire::Message;
 use rounds_core::{DocumentId, Month, Replica};
-use rounds_tests::{ServerProcess, https_request, repo_root, sunnyvale, tls_client};
+use rounds_tests::raw::{connect, join, next_message};
+use rounds_tests::{ServerProcess, https_request, repo_root, sunnyvale};
 use tokio_tungstenite::tungstenite::Message as Ws;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn rounds(args: &[&str]) -> String {
     rounds_tests::rounds_cli(args)
@@ -36,49 +36,6 @@ fn setup(store: &std::path::Path) -> String {
     ]))
     .unwrap();
     added["token"].as_str().unwrap().to_string()
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &ServerProcess, token: &str) -> Result<Socket, String> {
-    let mut req = format!("wss://127.0.0.1:{}/sync", server.port)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let connector = tokio_tungstenite::Connector::Rustls(tls_client(server).unwrap());
-    tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
-        .await
-        .map(|(ws, _)| ws)
-        .map_err(|e| e.to_string())
-}
-
-async fn next_message(ws: &mut Socket) -> Option<Message> {
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
-            .await
-            .ok()??
-        {
-            Ok(Ws::Binary(b)) => return Message::decode(&b).ok(),
-            Ok(Ws::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Join and return the server's peer id.
-async fn join(ws: &mut Socket) -> String {
-    let j = Message::Join {
-        sender_id: "raw".into(),
-        peer_metadata: PeerMetadata::default(),
-        supported_protocol_versions: vec!["1".into()],
-    };
-    ws.send(Ws::Binary(j.encode().into())).await.unwrap();
-    match next_message(ws).await {
-        Some(Message::Peer { sender_id, .. }) => sender_id,
-        other => panic!("expected peer, got {other:?}"),
-    }
 }
 
 fn first_sync_message() -> Vec<u8> {
@@ -126,7 +83,7 @@ async fn a_device_sees_only_its_facility_and_denials_are_audited() {
 
     // Everything of oakwood is unavailable: request, sync, and a push of a new document id.
     let mut ws = connect(&server, &token).await.unwrap();
-    let server_id = join(&mut ws).await;
+    let server_id = join(&mut ws, "raw").await;
     let month: Month = "2026-11".parse().unwrap();
     let foreign = [
         (
@@ -215,7 +172,7 @@ async fn a_revoked_device_is_cut_off_and_cannot_reconnect() {
     let token = setup(store.path());
     let server = ServerProcess::start(store.path()).unwrap();
     let mut ws = connect(&server, &token).await.unwrap();
-    let server_id = join(&mut ws).await;
+    let server_id = join(&mut ws, "raw").await;
     let s = store.path().to_str().unwrap();
     let url = format!("https://127.0.0.1:{}", server.port);
     let listed: Vec<serde_json::Value> =

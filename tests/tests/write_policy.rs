@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use automerge::sync::SyncDoc;
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ROOT, ReadDoc};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rounds_core::document as d;
 use rounds_core::replica::NewInteraction;
-use rounds_core::sync::wire::{Message, PeerMetadata};
+use rounds_core::sync::wire::Message;
 use rounds_core::{DocumentId, Month, Program, Replica};
-use rounds_tests::{ServerProcess, https_request, repo_root, tls_client};
+use rounds_tests::raw::{connect, join, next_message};
+use rounds_tests::{ServerProcess, https_request, repo_root};
 use tokio_tungstenite::tungstenite::Message as Ws;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn rounds(args: &[&str]) -> String {
     rounds_tests::rounds_cli(args)
@@ -49,49 +49,6 @@ fn setup(store: &std::path::Path) -> (String, String) {
     (token("sunnyvale", "tab-a"), token("oakwood", "tab-b"))
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &ServerProcess, token: &str) -> Socket {
-    let mut req = server.url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let connector = tokio_tungstenite::Connector::Rustls(tls_client(server).unwrap());
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(64 << 20))
-        .max_frame_size(Some(64 << 20));
-    tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, Some(connector))
-        .await
-        .unwrap()
-        .0
-}
-
-async fn next_message(ws: &mut Socket) -> Option<Message> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .ok()??
-        {
-            Ok(Ws::Binary(b)) => return Message::decode(&b).ok(),
-            Ok(Ws::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn join(ws: &mut Socket, me: &str) -> String {
-    let j = Message::Join {
-        sender_id: me.into(),
-        peer_metadata: PeerMetadata::default(),
-        supported_protocol_versions: vec!["1".into()],
-    };
-    ws.send(Ws::Binary(j.encode().into())).await.unwrap();
-    match next_message(ws).await {
-        Some(Message::Peer { sender_id, .. }) => sender_id,
-        other => panic!("expected peer, got {other:?}"),
-    }
-}
-
 /// A sync message carrying `chunks` as its changes.
 fn sync_data(chunks: Vec<Vec<u8>>) -> Vec<u8> {
     automerge::sync::Message {
@@ -107,7 +64,7 @@ fn sync_data(chunks: Vec<Vec<u8>>) -> Vec<u8> {
 
 /// Send `data` for `doc` on a fresh connection; returns the server's answer.
 async fn send(server: &ServerProcess, token: &str, doc: DocumentId, data: Vec<u8>) -> String {
-    let mut ws = connect(server, token).await;
+    let mut ws = connect(server, token).await.unwrap();
     let server_id = join(&mut ws, "hostile").await;
     let m = Message::Sync {
         sender_id: "hostile".into(),
@@ -431,7 +388,7 @@ async fn an_inflation_bomb_is_refused_in_bounded_memory_without_stalling_another
     // Warm up: one real request from each facility.
     let month: Month = "2026-11".parse().unwrap();
     let b_doc = DocumentId::facility("oakwood");
-    let mut b = connect(&server, &token_b).await;
+    let mut b = connect(&server, &token_b).await.unwrap();
     let b_server = join(&mut b, "other").await;
     let request = |doc: DocumentId| Message::Request {
         sender_id: "other".into(),

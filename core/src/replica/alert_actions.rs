@@ -136,7 +136,7 @@ impl Replica {
         }
         let json = p.to_json();
         let id = self.facility_doc_id()?;
-        self.change_unchecked(id, DocKind::Facility, now, |tx| {
+        self.change_as(id, DocKind::Facility, now, false, |tx| {
             tx.put(ROOT, d::ALERT_PROTOCOL, json.as_str())
         })
     }

@@ -120,11 +120,10 @@ pub fn screen<'a>(
                 .take(len)
                 .ok_or_else(|| malformed("chunk length past the end of the message"))?;
             let chunk_end = header_len + body.len();
-            let rebuilt: Vec<u8> = match chunk_type {
-                1 => {
-                    check_size(index, body.len(), bytes_total, limits)?;
-                    rest[..chunk_end].to_vec()
-                }
+            // The change chunk as Automerge will parse it (compressed ones rebuilt uncompressed,
+            // same checksum), and its body.
+            let (chunk, change_body): (std::borrow::Cow<'_, [u8]>, usize) = match chunk_type {
+                1 => (std::borrow::Cow::Borrowed(&rest[..chunk_end]), header_len),
                 2 => {
                     let inflated =
                         inflate(body, limits.max_change_bytes).ok_or(GateError::TooLarge {
@@ -133,21 +132,21 @@ pub fn screen<'a>(
                             limit: limits.max_change_bytes as u64,
                         })?;
                     let inflated = inflated.map_err(|e| malformed(&format!("deflate: {e}")))?;
-                    check_size(index, inflated.len(), bytes_total, limits)?;
                     let mut chunk = Vec::with_capacity(inflated.len() + 16);
                     chunk.extend_from_slice(&MAGIC);
                     chunk.extend_from_slice(&checksum);
                     chunk.push(1);
                     write_uleb(&mut chunk, inflated.len() as u64);
+                    let start = chunk.len();
                     chunk.extend_from_slice(&inflated);
-                    chunk
+                    (std::borrow::Cow::Owned(chunk), start)
                 }
                 0 | 3 => return Err(GateError::DocumentChunk { index }),
                 t => return Err(malformed(&format!("unknown chunk type {t}"))),
             };
-            let body_start = rebuilt.len() - body_len_of(&rebuilt);
+            check_size(index, chunk.len() - change_body, bytes_total, limits)?;
             let ops =
-                count_ops(&rebuilt[body_start..], limits.max_change_ops).map_err(|e| match e {
+                count_ops(&chunk[change_body..], limits.max_change_ops).map_err(|e| match e {
                     Count::TooMany => GateError::TooLarge {
                         index,
                         what: "the operation count of a change",
@@ -163,8 +162,8 @@ pub fn screen<'a>(
                     limit: limits.max_message_ops,
                 });
             }
-            bytes_total += rebuilt.len();
-            let change = Change::try_from(&rebuilt[..])
+            bytes_total += chunk.len();
+            let change = Change::try_from(&chunk[..])
                 .map_err(|e| malformed(&format!("not a valid change: {e}")))?;
             out.push(change);
             rest = &rest[chunk_end..];
@@ -199,12 +198,6 @@ fn check_size(
         });
     }
     Ok(())
-}
-
-/// The body length of a rebuilt (uncompressed) change chunk.
-fn body_len_of(chunk: &[u8]) -> usize {
-    let mut r = Reader::new(&chunk[9..]);
-    r.uleb().map(|l| l as usize).unwrap_or(0)
 }
 
 /// Inflate raw deflate data; `None` when it would exceed `cap` bytes.
@@ -453,6 +446,15 @@ mod tests {
     use automerge::transaction::Transactable;
     use automerge::{ActorId, AutoCommit, ROOT};
 
+    /// A change chunk around a hand-made body (checksum left zero: the gate refuses first).
+    fn chunk_with_body(body: &[u8]) -> Vec<u8> {
+        let mut chunk = MAGIC.to_vec();
+        chunk.extend_from_slice(&[0, 0, 0, 0, 1]);
+        write_uleb(&mut chunk, body.len() as u64);
+        chunk.extend_from_slice(body);
+        chunk
+    }
+
     fn a_change() -> Change {
         let mut doc = AutoCommit::new();
         doc.set_actor(ActorId::from(b"tablet".as_slice()));
@@ -497,8 +499,6 @@ mod tests {
 
     #[test]
     fn forged_run_lengths_are_counted_not_expanded() {
-        let c = a_change();
-        let raw = c.raw_bytes();
         // A hand-made body: no deps, actor "a", seq 1, start op 1, time 0, no message, no other
         // actors, one uLEB column (action, id 4) holding one run of 2^40 rows.
         let mut body = vec![0, 1, b'a', 1, 1, 0, 0, 0, 1, (4 << 4) | 2];
@@ -507,10 +507,7 @@ mod tests {
         col.push(1);
         write_uleb(&mut body, col.len() as u64);
         body.extend_from_slice(&col);
-        let mut chunk = raw[..8].to_vec();
-        chunk.push(1);
-        write_uleb(&mut chunk, body.len() as u64);
-        chunk.extend_from_slice(&body);
+        let chunk = chunk_with_body(&body);
         let err = screen([chunk.as_slice()].into_iter(), &GateLimits::default()).unwrap_err();
         assert!(
             matches!(
@@ -546,18 +543,17 @@ mod tests {
 
     #[test]
     fn an_out_of_range_actor_index_is_malformed() {
-        let c = a_change();
-        let raw = c.raw_bytes().to_vec();
-        // Flip every actor column value we can find to index 9: easier to build by hand.
+        // One actor column (id 0) naming actor index 9 of a change that has one actor.
         let mut body = vec![0, 1, b'a', 1, 1, 0, 0, 0, 1, 1 /* column 0, actor */];
         let col = [1u8, 9];
         write_uleb(&mut body, col.len() as u64);
         body.extend_from_slice(&col);
-        let mut chunk = raw[..8].to_vec();
-        chunk.push(1);
-        write_uleb(&mut chunk, body.len() as u64);
-        chunk.extend_from_slice(&body);
+        let chunk = chunk_with_body(&body);
         let err = screen([chunk.as_slice()].into_iter(), &GateLimits::default()).unwrap_err();
         assert!(matches!(err, GateError::Malformed { .. }), "{err}");
+        assert!(
+            err.to_string().contains("actor index out of range"),
+            "{err}"
+        );
     }
 }

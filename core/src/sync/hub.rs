@@ -604,6 +604,14 @@ impl Hub {
             .and_then(|d| crate::document::root_str(&d.doc, key))
     }
 
+    /// The keys of a loaded document's top-level map container (the facility's roster).
+    pub fn container_keys(&self, doc_id: DocumentId, name: &str) -> Option<Vec<String>> {
+        use automerge::ReadDoc;
+        let d = self.docs.get(&doc_id)?;
+        let m = crate::document::container(&d.doc, name)?;
+        Some(d.doc.keys(&m).collect())
+    }
+
     /// Merge document bytes from outside (an import); persisted and fanned out like a push.
     pub fn merge(
         &mut self,
@@ -765,7 +773,7 @@ fn check_changes<'c>(
             continue;
         }
         if change.deps().iter().any(|h| refused.contains(h)) {
-            refused.insert(change.hash());
+            remember(refused, change.hash());
             if failed.is_none() {
                 failed = Some((
                     change,
@@ -795,7 +803,7 @@ fn check_changes<'c>(
             .map_err(|r| (r.rule, format!("{}: {}", r.path, r.detail))),
         };
         if let Err((rule, detail)) = verdict {
-            refused.insert(change.hash());
+            remember(refused, change.hash());
             failed = Some((change, rule, detail));
         }
     }
@@ -803,6 +811,20 @@ fn check_changes<'c>(
         Some(f) => Err(f),
         None => Ok(()),
     }
+}
+
+/// Refused changes remembered per document, at most; past this the set starts over. A dependant
+/// of a forgotten refused change is still never applied: its dependency never arrives.
+const MAX_REFUSED_PER_DOC: usize = 1024;
+
+fn remember(
+    refused: &mut std::collections::HashSet<automerge::ChangeHash>,
+    hash: automerge::ChangeHash,
+) {
+    if refused.len() >= MAX_REFUSED_PER_DOC {
+        refused.clear();
+    }
+    refused.insert(hash);
 }
 
 /// A `doc-unavailable` reply to a connection.

@@ -929,12 +929,11 @@ pub async fn devices(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
         .filter(|d| c.user.sees(&d.facility))
         .collect();
     // Changes the write policy refused from this user's facilities' devices (newest first).
-    let refused: Vec<_> = shared
-        .quarantine
-        .list(None)
-        .into_iter()
-        .filter(|e| e.facility.as_deref().is_some_and(|f| c.user.sees(f)))
-        .take(100)
+    let refused: Vec<_> = c
+        .user
+        .facilities
+        .iter()
+        .flat_map(|f| shared.quarantine.list(Some(f), 100))
         .collect();
     let body = html! {
         h1 { "Devices" }
