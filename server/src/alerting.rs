@@ -192,6 +192,7 @@ impl Alerting {
 /// Copies of some documents in a staging replica, and their heads before any write.
 struct Staged {
     replica: Replica,
+    facility: String,
     _dir: tempfile::TempDir,
     before: BTreeMap<DocumentId, Vec<automerge::ChangeHash>>,
 }
@@ -203,18 +204,16 @@ impl Shared {
         let mut replica = Replica::open_staging(dir.path(), &self.alerting.actor, facility)
             .map_err(|e| e.to_string())?;
         let mut before = BTreeMap::new();
+        let shard = self.shard_for(Some(facility));
         for id in docs {
-            let bytes = {
-                let mut core = self.lock();
-                let mut loader = &*self.store;
-                core.hub.document_bytes(*id, &mut loader)?
-            };
+            let bytes = self.document_bytes(&shard, *id)?;
             if let Some(bytes) = bytes {
                 replica.adopt(*id, &bytes).map_err(|e| e.to_string())?;
                 before.insert(*id, replica.heads(*id).unwrap_or_default());
             }
         }
         Ok(Staged {
+            facility: facility.to_string(),
             replica,
             _dir: dir,
             before,
@@ -235,7 +234,7 @@ impl Shared {
         }
         let n = docs.len();
         if n > 0 {
-            self.merge(docs).await?;
+            self.merge(&s.facility, docs).await?;
         }
         Ok(n)
     }
@@ -287,10 +286,8 @@ impl Shared {
     }
 
     /// A document's bytes as the hub holds them now (loaded from the store if it let it go).
-    fn current_bytes(&self, id: DocumentId) -> Option<Vec<u8>> {
-        let mut core = self.lock();
-        let mut loader = &*self.store;
-        core.hub.document_bytes(id, &mut loader).ok().flatten()
+    fn current_bytes(&self, shard: &crate::shards::Shard, id: DocumentId) -> Option<Vec<u8>> {
+        self.document_bytes(shard, id).ok().flatten()
     }
 
     /// Raise missing alerts on changed patient-month documents and refresh the index. The work
@@ -305,11 +302,12 @@ impl Shared {
             // alert on? Most synced documents only need their alerts indexed.
             let survey = tokio::task::spawn_blocking(move || {
                 // Most flushed documents are still loaded: their type costs nothing to read.
-                let loaded_kind = shared.lock().hub.root_str(id, "type");
+                let shard = shared.shard_of_doc(&id);
+                let loaded_kind = shard.lock().hub.root_str(id, "type");
                 if loaded_kind.is_some_and(|k| k != "patient-month") {
                     return None;
                 }
-                let bytes = shared.current_bytes(id)?;
+                let bytes = shared.current_bytes(&shard, id)?;
                 let doc = automerge::Automerge::load(&bytes).ok()?;
                 let get = |k: &str| rounds_core::document::root_str(&doc, k);
                 if get("type")?.as_str() != "patient-month" {
@@ -807,11 +805,8 @@ pub async fn set_protocol(
         Err(e) => return (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
     };
     let _guard = shared.alerting.stage_lock.lock().await;
-    let mut loader = |id: DocumentId| -> Result<Option<Vec<u8>>, String> {
-        let mut core = shared.lock();
-        let mut l = &*shared.store;
-        core.hub.document_bytes(id, &mut l)
-    };
+    let shard = shared.shard_for(Some(&b.facility));
+    let mut loader = |id: DocumentId| shared.document_bytes(&shard, id);
     let staged = match stage_protocol(&shared.alerting.actor, &b.facility, &protocol, &mut loader) {
         Ok(s) => s,
         Err((status, e)) => return (status, format!("{e}\n")).into_response(),
@@ -864,6 +859,7 @@ fn stage_protocol(
     }
     match replica.set_alert_protocol(protocol, Utc::now()) {
         Ok(()) => Ok(Staged {
+            facility: facility.to_string(),
             replica,
             _dir: dir,
             before,

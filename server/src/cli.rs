@@ -830,7 +830,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ))
                 })?;
                 shared.register_facility(&data.facility.id);
-                shared.merge(docs).await.map_err(CliError::Invalid)
+                shared
+                    .merge(&data.facility.id, docs)
+                    .await
+                    .map_err(CliError::Invalid)
             })?;
             println!(
                 "imported {} ({} documents); facility document {}",

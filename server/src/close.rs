@@ -11,21 +11,33 @@ use crate::ledger::{EncounterVersion, LedgerError};
 use crate::server::Shared;
 
 impl Shared {
-    /// Remember a facility (for automatic close).
+    /// Remember a facility (for automatic close and for routing its documents to its shard).
     pub fn register_facility(&self, facility: &str) {
         if let Err(e) = self.facilities.insert(facility.as_bytes(), &[]) {
             tracing::error!(error = %e, "could not record a facility");
         }
+        *self
+            .facility_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Every facility imported into this store.
+    /// Every facility imported into this store (read from the store once, then kept).
     pub fn facility_ids(&self) -> Vec<String> {
-        self.facilities
-            .iter()
-            .keys()
-            .flatten()
-            .map(|k| String::from_utf8_lossy(&k).to_string())
-            .collect()
+        let mut cache = self
+            .facility_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache
+            .get_or_insert_with(|| {
+                self.facilities
+                    .iter()
+                    .keys()
+                    .flatten()
+                    .map(|k| String::from_utf8_lossy(&k).to_string())
+                    .collect()
+            })
+            .clone()
     }
 
     /// Close a month now (or re-evaluate it); returns the versions written.

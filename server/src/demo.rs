@@ -71,7 +71,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
     roster.readings.clear();
     let docs = crate::import::documents_of(&roster).map_err(err)?;
     shared.register_facility(&roster.facility.id);
-    shared.merge(docs).await.map_err(err)?;
+    shared.merge(&roster.facility.id, docs).await.map_err(err)?;
     println!(
         "imported {} ({} residents)",
         roster.facility.name,

@@ -23,6 +23,7 @@ mod push;
 mod quarantine;
 mod security;
 mod server;
+mod shards;
 mod store;
 mod tls;
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use rounds_core::DocumentId;
-use rounds_core::sync::hub::{Access, Action, AllowAll, ConnId, Hub, HubConfig};
+use rounds_core::sync::hub::{Access, Action, AllowAll, ConnId, HubConfig};
+use rounds_core::sync::wire::Message;
 use tokio::sync::{mpsc, watch};
 
 use crate::access::{FacilityAccess, FacilityIndex};
@@ -22,6 +23,7 @@ use crate::auth::{self, Device};
 use crate::flusher::Flusher;
 use crate::metrics::Metrics;
 use crate::security::{AuditRecord, RateLimiter, Security};
+use crate::shards::{DEV_SHARD, Shard, ShardCore, Shards};
 use crate::store::SledStore;
 use crate::tls;
 
@@ -84,25 +86,33 @@ impl Default for Limits {
     }
 }
 
-/// A connection's device and what has been audited for it.
+/// A connection's device, what has been audited for it, and the shards it is registered in.
 struct ConnInfo {
     device: Device,
     audited: HashSet<(DocumentId, bool)>,
+    access: Arc<dyn Access>,
+    /// Its facility's shard (the development shard for a development-token connection).
+    home: Arc<Shard>,
+    /// Every shard the connection is registered in (home first).
+    shards: Vec<Arc<Shard>>,
+    /// The `join` it sent, replayed into further shards (development-token connections).
+    join: Option<Message>,
 }
 
-/// The hub and the senders of the open connections, under one lock.
-pub struct Core {
-    pub hub: Hub,
-    /// Documents persisted since the last flush (for late-data re-evaluation).
-    persisted: Vec<DocumentId>,
+/// The open connections: senders, devices, per-device counts. Short critical sections only;
+/// never held while a shard is locked or the store is written.
+#[derive(Default)]
+struct Conns {
     senders: HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
-    conns: HashMap<ConnId, ConnInfo>,
+    info: HashMap<ConnId, ConnInfo>,
     device_conns: HashMap<String, usize>,
 }
 
 /// State shared by all connections.
 pub struct Shared {
-    core: Mutex<Core>,
+    /// One hub per facility (see `shards.rs`).
+    pub shards: Shards,
+    conns: Mutex<Conns>,
     pub store: Arc<SledStore>,
     flusher: Flusher,
     pub metrics: Arc<Metrics>,
@@ -117,6 +127,8 @@ pub struct Shared {
     pub recheck:
         Mutex<HashMap<DocumentId, std::collections::BTreeSet<(String, rounds_core::Month)>>>,
     pub facilities: sled::Tree,
+    /// The registered facilities, as last read from `facilities`.
+    pub(crate) facility_cache: Mutex<Option<Vec<String>>>,
     pub(crate) late_tx: mpsc::UnboundedSender<(String, rounds_core::Month)>,
     pub limits: Limits,
     pub alerting: crate::alerting::Alerting,
@@ -161,7 +173,7 @@ impl Shared {
         })?;
         let store = Arc::new(SledStore::open(store_dir)?);
         let metrics = Arc::new(Metrics::default());
-        let hub = Hub::new(
+        let shards = Shards::new(
             // Short: every sync message carries it (the storage id keys what persists).
             format!(
                 "rounds-{}",
@@ -203,13 +215,9 @@ impl Shared {
             rules,
             recheck: Mutex::new(HashMap::new()),
             facilities,
-            core: Mutex::new(Core {
-                hub,
-                persisted: Vec::new(),
-                senders: HashMap::new(),
-                conns: HashMap::new(),
-                device_conns: HashMap::new(),
-            }),
+            facility_cache: Mutex::new(None),
+            shards,
+            conns: Mutex::new(Conns::default()),
             security,
             index: Arc::new(FacilityIndex::new(store.clone())),
             frame_limiter: RateLimiter::new(limits.frames_per_second, limits.frame_burst),
@@ -232,9 +240,29 @@ impl Shared {
         Ok(shared)
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        // A panic while holding the lock would be a bug; keep serving with the state as it is.
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shard of a facility (the development shard for none).
+    pub fn shard_for(&self, facility: Option<&str>) -> Arc<Shard> {
+        self.shards.get(facility.unwrap_or(DEV_SHARD))
+    }
+
+    /// The shard that holds a document: its registered facility's, else the development shard.
+    pub fn shard_of_doc(&self, doc: &DocumentId) -> Arc<Shard> {
+        let owner = self
+            .facility_ids()
+            .into_iter()
+            .find(|f| self.index.scope(f, doc).is_some());
+        self.shard_for(owner.as_deref())
+    }
+
+    /// A document's bytes as its shard's hub holds them (loaded from the store when it is not
+    /// in memory; nothing kept).
+    pub fn document_bytes(&self, shard: &Shard, id: DocumentId) -> Result<Option<Vec<u8>>, String> {
+        let mut loader = &*self.store;
+        shard.lock().hub.document_bytes(id, &mut loader)
     }
 
     /// Register a connection; refused when the device has too many open already.
@@ -251,24 +279,31 @@ impl Shared {
             }),
             None => Arc::new(AllowAll),
         };
-        let mut core = self.lock();
-        let open = core.device_conns.entry(device.name.clone()).or_default();
-        if *open >= self.limits.connections_per_device {
-            return Err(format!(
-                "device {} already has {} connections open (limit {})",
-                device.name, open, self.limits.connections_per_device
-            ));
+        let home = self.shard_for(device.facility.as_deref());
+        {
+            let mut conns = self.conns();
+            let open = conns.device_conns.entry(device.name.clone()).or_default();
+            if *open >= self.limits.connections_per_device {
+                return Err(format!(
+                    "device {} already has {} connections open (limit {})",
+                    device.name, open, self.limits.connections_per_device
+                ));
+            }
+            *open += 1;
+            conns.senders.insert(conn, tx);
+            conns.info.insert(
+                conn,
+                ConnInfo {
+                    device,
+                    audited: HashSet::new(),
+                    access: access.clone(),
+                    home: home.clone(),
+                    shards: vec![home.clone()],
+                    join: None,
+                },
+            );
         }
-        *open += 1;
-        core.hub.connect(conn, access);
-        core.senders.insert(conn, tx);
-        core.conns.insert(
-            conn,
-            ConnInfo {
-                device,
-                audited: HashSet::new(),
-            },
-        );
+        home.lock().hub.connect(conn, access);
         Ok(())
     }
 
@@ -287,43 +322,43 @@ impl Shared {
         Ok(())
     }
 
-    fn audit_for(
-        &self,
-        core: &Core,
-        conn: ConnId,
-        action: &str,
-        doc: Option<&str>,
-        detail: Option<String>,
-    ) {
+    fn audit_for(&self, conn: ConnId, action: &str, doc: Option<&str>, detail: Option<String>) {
         let mut rec = AuditRecord::new(action);
-        if let Some(info) = core.conns.get(&conn) {
-            rec.device = Some(info.device.name.clone());
-            rec.facility = info.device.facility.clone();
-            if let (Some(f), Some(d)) = (
-                &info.device.facility,
-                doc.and_then(|d| d.parse::<DocumentId>().ok()),
-            ) {
+        let device = self
+            .conns()
+            .info
+            .get(&conn)
+            .map(|i| (i.device.name.clone(), i.device.facility.clone()));
+        if let Some((name, facility)) = device {
+            rec.device = Some(name);
+            if let (Some(f), Some(d)) = (&facility, doc.and_then(|d| d.parse::<DocumentId>().ok()))
+            {
                 rec.patient = self.index.lookup(f, &d).flatten();
             }
+            rec.facility = facility;
         }
         rec.document = doc.map(str::to_string);
         rec.detail = detail;
         self.security.record(rec);
     }
 
+    fn sender(&self, conn: ConnId) -> Option<mpsc::UnboundedSender<Outbound>> {
+        self.conns().senders.get(&conn).cloned()
+    }
+
     /// Carry out hub actions; returns whether something was persisted (a flush is due).
-    fn execute(&self, core: &mut Core, actions: Vec<Action>) -> bool {
+    fn execute(&self, core: &mut ShardCore, actions: Vec<Action>) -> bool {
         let mut wrote = false;
         for action in actions {
             match action {
                 Action::Send(conn, frame) => {
-                    if let Some(tx) = core.senders.get(&conn) {
+                    if let Some(tx) = self.sender(conn) {
                         let _ = tx.send(Outbound::Frame(frame));
                     }
                 }
                 Action::Close(conn, reason) => {
                     tracing::warn!(conn, %reason, "closing connection");
-                    if let Some(tx) = core.senders.get(&conn) {
+                    if let Some(tx) = self.sender(conn) {
                         let _ = tx.send(Outbound::Close(reason));
                     }
                 }
@@ -361,16 +396,17 @@ impl Shared {
                         .access_denied
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(conn, doc = %doc, "document access denied");
-                    self.audit_for(core, conn, "denied", Some(&doc), None);
+                    self.audit_for(conn, "denied", Some(&doc), None);
                 }
                 Action::Accessed { conn, doc, wrote } => {
-                    let first = core
-                        .conns
+                    let first = self
+                        .conns()
+                        .info
                         .get_mut(&conn)
                         .is_some_and(|i| i.audited.insert((doc, wrote)));
                     if first {
                         let action = if wrote { "write" } else { "read" };
-                        self.audit_for(core, conn, action, Some(&doc.to_string()), None);
+                        self.audit_for(conn, action, Some(&doc.to_string()), None);
                     }
                 }
                 Action::Refused {
@@ -384,8 +420,9 @@ impl Shared {
                     self.metrics
                         .changes_refused
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let (device, facility) = core
-                        .conns
+                    let (device, facility) = self
+                        .conns()
+                        .info
                         .get(&conn)
                         .map(|i| (Some(i.device.name.clone()), i.device.facility.clone()))
                         .unwrap_or_default();
@@ -410,7 +447,7 @@ impl Shared {
                     if let Some(id) = id {
                         text.push_str(&format!(" (quarantine {id})"));
                     }
-                    self.audit_for(core, conn, "refused", Some(&doc.to_string()), Some(text));
+                    self.audit_for(conn, "refused", Some(&doc.to_string()), Some(text));
                 }
                 Action::Loaded(_) => {
                     self.metrics
@@ -422,12 +459,16 @@ impl Shared {
         wrote
     }
 
-    async fn flush_and_release(&self) {
+    /// Make a shard's writes durable, then release what its hub held back. The flush is
+    /// requested after the shard's last write (its `seq`), so it covers it, whatever other
+    /// shards wrote meanwhile.
+    async fn flush_and_release(&self, shard: &Shard) {
+        let own = shard.lock().hub.seq();
         match self.flusher.flush().await {
-            Ok(seq) => {
+            Ok(_) => {
                 let persisted = {
-                    let mut core = self.lock();
-                    let actions = core.hub.flushed(seq);
+                    let mut core = shard.lock();
+                    let actions = core.hub.flushed(own);
                     self.execute(&mut core, actions);
                     std::mem::take(&mut core.persisted)
                 };
@@ -440,40 +481,107 @@ impl Shared {
         }
     }
 
-    /// A frame from a connection: decoded, screened by the gate, policy-checked and applied on
-    /// the blocking pool (never on an async worker), then flushed before anything is released.
+    /// A frame from a connection: decoded, routed to its shard, screened by the gate,
+    /// policy-checked and applied on the blocking pool (never on an async worker), then flushed
+    /// before anything is released.
     pub async fn receive(self: &Arc<Self>, conn: ConnId, frame: axum::body::Bytes) {
         let shared = self.clone();
-        let wrote = tokio::task::spawn_blocking(move || {
-            let mut core = shared.lock();
-            let mut loader = &*shared.store;
-            let actions = core.hub.receive(conn, &frame, &mut loader);
-            shared.execute(&mut core, actions)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(conn, error = %e, "frame processing failed");
-            false
-        });
-        if wrote {
-            self.flush_and_release().await;
+        let wrote = tokio::task::spawn_blocking(move || shared.receive_blocking(conn, &frame))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(conn, error = %e, "frame processing failed");
+                None
+            });
+        if let Some(shard) = wrote {
+            self.flush_and_release(&shard).await;
+        }
+    }
+
+    /// Route and apply one frame; the shard that persisted something, if any.
+    fn receive_blocking(&self, conn: ConnId, frame: &[u8]) -> Option<Arc<Shard>> {
+        let (home, dev, access) = self.conns().info.get(&conn).map(|i| {
+            (
+                i.home.clone(),
+                i.device.facility.is_none(),
+                i.access.clone(),
+            )
+        })?;
+        let mut loader = &*self.store;
+        let msg = match Message::decode(frame) {
+            Ok(m) => m,
+            // The home hub answers a bad frame with its error.
+            Err(_) => {
+                let wrote = {
+                    let mut core = home.lock();
+                    let actions = core.hub.receive(conn, frame, &mut loader);
+                    self.execute(&mut core, actions)
+                };
+                return wrote.then_some(home);
+            }
+        };
+        let doc = match &msg {
+            Message::Request { document_id, .. }
+            | Message::Sync { document_id, .. }
+            | Message::Ephemeral { document_id, .. } => document_id.parse::<DocumentId>().ok(),
+            _ => None,
+        };
+        // A device stays in its facility's shard (its access allows nothing else); a
+        // development-token connection follows the document.
+        let shard = match doc {
+            Some(d) if dev => self.shard_of_doc(&d),
+            _ => home.clone(),
+        };
+        if let Message::Join { .. } = &msg
+            && let Some(i) = self.conns().info.get_mut(&conn)
+        {
+            i.join = Some(msg.clone());
+        }
+        if !Arc::ptr_eq(&shard, &home) {
+            self.enter(conn, &shard, access);
+        }
+        let wrote = {
+            let mut core = shard.lock();
+            let actions = core.hub.receive_message(conn, msg, &mut loader);
+            self.execute(&mut core, actions)
+        };
+        wrote.then_some(shard)
+    }
+
+    /// Register a connection in a further shard, replaying its `join` (the reply is dropped:
+    /// the connection already has the server's `peer`).
+    fn enter(&self, conn: ConnId, shard: &Arc<Shard>, access: Arc<dyn Access>) {
+        let join = {
+            let mut conns = self.conns();
+            let Some(i) = conns.info.get_mut(&conn) else {
+                return;
+            };
+            if i.shards.iter().any(|s| Arc::ptr_eq(s, shard)) {
+                return;
+            }
+            i.shards.push(shard.clone());
+            i.join.clone()
+        };
+        let mut core = shard.lock();
+        core.hub.connect(conn, access);
+        if let Some(join) = join {
+            let mut loader = &*self.store;
+            let actions = core.hub.receive_message(conn, join, &mut loader);
+            let kept: Vec<Action> = actions
+                .into_iter()
+                .filter(|a| !matches!(a, Action::Send(c, _) if *c == conn))
+                .collect();
+            self.execute(&mut core, kept);
         }
     }
 
     pub async fn protocol_error(&self, conn: ConnId, reason: &str) {
         tracing::warn!(conn, %reason, "protocol error");
-        let mut core = self.lock();
-        self.audit_for(
-            &core,
-            conn,
-            "protocol-error",
-            None,
-            Some(reason.to_string()),
-        );
-        let target_id = core.hub.peer_of(conn).map(str::to_string);
-        if let Some(tx) = core.senders.get(&conn) {
-            let frame = rounds_core::sync::wire::Message::Error {
-                sender_id: Some(core.hub.peer_id().to_string()),
+        self.audit_for(conn, "protocol-error", None, Some(reason.to_string()));
+        let home = self.conns().info.get(&conn).map(|i| i.home.clone());
+        let target_id = home.and_then(|h| h.lock().hub.peer_of(conn).map(str::to_string));
+        if let Some(tx) = self.sender(conn) {
+            let frame = Message::Error {
+                sender_id: Some(self.shards.peer_id().to_string()),
                 target_id,
                 message: reason.to_string(),
             }
@@ -481,20 +589,36 @@ impl Shared {
             let _ = tx.send(Outbound::Frame(frame));
             let _ = tx.send(Outbound::Close(reason.to_string()));
         }
-        let actions = core.hub.disconnect(conn);
-        self.execute(&mut core, actions);
+        self.leave_shards(conn);
     }
 
     pub async fn unregister(&self, conn: ConnId) {
-        let mut core = self.lock();
-        core.senders.remove(&conn);
-        if let Some(info) = core.conns.remove(&conn)
-            && let Some(n) = core.device_conns.get_mut(&info.device.name)
         {
-            *n = n.saturating_sub(1);
+            let mut conns = self.conns();
+            conns.senders.remove(&conn);
+            if let Some(device) = conns.info.get(&conn).map(|i| i.device.name.clone())
+                && let Some(n) = conns.device_conns.get_mut(&device)
+            {
+                *n = n.saturating_sub(1);
+            }
         }
-        let actions = core.hub.disconnect(conn);
-        self.execute(&mut core, actions);
+        self.leave_shards(conn);
+        self.conns().info.remove(&conn);
+    }
+
+    /// Disconnect a connection from every shard it is in (its sync states are saved).
+    fn leave_shards(&self, conn: ConnId) {
+        let shards = self
+            .conns()
+            .info
+            .get(&conn)
+            .map(|i| i.shards.clone())
+            .unwrap_or_default();
+        for shard in shards {
+            let mut core = shard.lock();
+            let actions = core.hub.disconnect(conn);
+            self.execute(&mut core, actions);
+        }
     }
 
     /// Whether another enrolment attempt from `client` is allowed now.
@@ -502,11 +626,17 @@ impl Shared {
         self.enrol_limiter.allow(client)
     }
 
-    /// Merge whole documents (an import) and fan them out; returns once they are durable.
-    pub async fn merge(&self, docs: Vec<(DocumentId, Vec<u8>)>) -> Result<(), String> {
+    /// Merge whole documents of a facility (an import, the server's staged writes) and fan them
+    /// out; returns once they are durable.
+    pub async fn merge(
+        &self,
+        facility: &str,
+        docs: Vec<(DocumentId, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let shard = self.shard_for(Some(facility));
         let mut failure = None;
         {
-            let mut core = self.lock();
+            let mut core = shard.lock();
             for (id, bytes) in &docs {
                 let mut loader = &*self.store;
                 match core.hub.merge(*id, bytes, &mut loader) {
@@ -517,7 +647,7 @@ impl Shared {
                 }
             }
         }
-        self.flush_and_release().await;
+        self.flush_and_release(&shard).await;
         failure.map_or(Ok(()), Err)
     }
 
@@ -553,7 +683,11 @@ impl Shared {
     }
 
     pub fn documents_in_memory(&self) -> usize {
-        self.lock().hub.loaded_documents()
+        self.shards
+            .all()
+            .iter()
+            .map(|s| s.lock().hub.loaded_documents())
+            .sum()
     }
 
     /// Flush everything (shutdown).
@@ -606,7 +740,7 @@ async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
         Ok(docs) => {
             shared.register_facility(&data.facility.id);
             let n = docs.len();
-            match shared.merge(docs).await {
+            match shared.merge(&data.facility.id, docs).await {
                 Ok(()) => axum::Json(serde_json::json!({
                     "facility": data.facility.id,
                     "facility_url": DocumentId::facility(&data.facility.id).url(),
@@ -810,5 +944,62 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join() -> axum::body::Bytes {
+        Message::Join {
+            sender_id: "tablet".into(),
+            peer_metadata: rounds_core::sync::wire::PeerMetadata::default(),
+            supported_protocol_versions: vec!["1".into()],
+        }
+        .encode()
+        .into()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_facilitys_work_never_waits_on_anothers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let shared = Shared::open(
+            dir.path(),
+            8 << 20,
+            None,
+            Limits::default(),
+            rounds_core::billing::RuleSet::default(),
+            shutdown,
+        )
+        .unwrap();
+        let device = |name: &str, facility: &str| Device {
+            name: name.into(),
+            facility: Some(facility.into()),
+        };
+        let (tx_a, _rx_a) = mpsc::unbounded_channel();
+        let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+        shared.register(1, tx_a, device("tab-a", "a")).unwrap();
+        shared.register(2, tx_b, device("tab-b", "b")).unwrap();
+        // Facility a's hub is busy (its lock held, as by a long merge)...
+        let busy = shared.shard_for(Some("a"));
+        let guard = busy.lock();
+        // ...and facility b is answered all the same.
+        tokio::time::timeout(Duration::from_secs(5), shared.receive(2, join()))
+            .await
+            .expect("facility b waited on facility a");
+        match rx_b.recv().await {
+            Some(Outbound::Frame(f)) => {
+                assert!(matches!(Message::decode(&f), Ok(Message::Peer { .. })))
+            }
+            _ => panic!("no answer to b's join"),
+        }
+        drop(guard);
+        // a's own frame is served once its hub is free.
+        tokio::time::timeout(Duration::from_secs(5), shared.receive(1, join()))
+            .await
+            .expect("facility a served after its work");
+        assert_eq!(shared.shards.all().len(), 2);
     }
 }

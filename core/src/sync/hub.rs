@@ -143,6 +143,10 @@ pub struct Hub {
     peer_id: String,
     storage_id: String,
     config: HubConfig,
+    /// Where sequence numbers come from: shared by every hub of a store, so numbers are unique
+    /// across them.
+    sequence: Arc<std::sync::atomic::AtomicU64>,
+    /// The last sequence number this hub handed out.
     seq: u64,
     flushed: u64,
     docs: HashMap<DocumentId, HubDoc>,
@@ -156,10 +160,29 @@ pub struct Hub {
 impl Hub {
     /// `seq` continues the store's sequence numbers (the largest one stored).
     pub fn new(peer_id: String, storage_id: String, seq: u64, config: HubConfig) -> Hub {
+        Hub::with_sequence(
+            peer_id,
+            storage_id,
+            Arc::new(std::sync::atomic::AtomicU64::new(seq)),
+            config,
+        )
+    }
+
+    /// A hub that takes its sequence numbers from `sequence`, shared with the other hubs of the
+    /// same store (one hub per facility). Each hub releases its held documents only when told
+    /// that its own last number is durable ([`Hub::flushed`] with [`Hub::seq`]).
+    pub fn with_sequence(
+        peer_id: String,
+        storage_id: String,
+        sequence: Arc<std::sync::atomic::AtomicU64>,
+        config: HubConfig,
+    ) -> Hub {
+        let seq = sequence.load(std::sync::atomic::Ordering::SeqCst);
         Hub {
             peer_id,
             storage_id,
             config,
+            sequence,
             seq,
             flushed: seq,
             docs: HashMap::new(),
@@ -178,7 +201,7 @@ impl Hub {
         self.docs.len()
     }
 
-    /// The largest sequence number handed out.
+    /// The last sequence number this hub handed out.
     pub fn seq(&self) -> u64 {
         self.seq
     }
@@ -223,10 +246,22 @@ impl Hub {
         if !self.conns.contains_key(&conn) {
             return Vec::new();
         }
-        let msg = match Message::decode(frame) {
-            Ok(m) => m,
-            Err(e) => return self.error(conn, format!("bad frame: {e}")),
-        };
+        match Message::decode(frame) {
+            Ok(m) => self.receive_message(conn, m, loader),
+            Err(e) => self.error(conn, format!("bad frame: {e}")),
+        }
+    }
+
+    /// A decoded frame from a connection (the shell decoded it to route it).
+    pub fn receive_message(
+        &mut self,
+        conn: ConnId,
+        msg: Message,
+        loader: &mut dyn Loader,
+    ) -> Vec<Action> {
+        if !self.conns.contains_key(&conn) {
+            return Vec::new();
+        }
         let joined = self.conns.get(&conn).is_some_and(|c| c.peer_id.is_some());
         match msg {
             Message::Join {
@@ -494,7 +529,7 @@ impl Hub {
         });
         if wrote {
             let chunk = d.doc.save_after(&before);
-            self.seq += 1;
+            next_seq(&self.sequence, &mut self.seq);
             d.last_seq = self.seq;
             d.chunks += 1;
             actions.push(Action::Persist {
@@ -504,7 +539,7 @@ impl Hub {
                 snapshot: false,
             });
             if d.chunks > self.config.compact_after {
-                self.seq += 1;
+                next_seq(&self.sequence, &mut self.seq);
                 d.last_seq = self.seq;
                 d.chunks = 1;
                 actions.push(Action::Persist {
@@ -641,7 +676,7 @@ impl Hub {
         let before = d.doc.get_heads();
         d.doc.load_incremental(bytes).map_err(|e| e.to_string())?;
         if d.doc.get_heads() != before {
-            self.seq += 1;
+            next_seq(&self.sequence, &mut self.seq);
             d.last_seq = self.seq;
             d.chunks += 1;
             actions.push(Action::Persist {
@@ -748,6 +783,11 @@ impl Hub {
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
+}
+
+/// Take the next number from the store's shared sequence; `own` remembers it as this hub's last.
+fn next_seq(sequence: &std::sync::atomic::AtomicU64, own: &mut u64) {
+    *own = sequence.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
 }
 
 /// Bytes of an unparsed message kept in the quarantine.
