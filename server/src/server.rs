@@ -982,9 +982,16 @@ mod tests {
         let (tx_b, mut rx_b) = mpsc::unbounded_channel();
         shared.register(1, tx_a, device("tab-a", "a")).unwrap();
         shared.register(2, tx_b, device("tab-b", "b")).unwrap();
-        // Facility a's hub is busy (its lock held, as by a long merge)...
+        // Facility a's hub is busy (its lock held by another thread, as by a long merge)...
         let busy = shared.shard_for(Some("a"));
-        let guard = busy.lock();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _guard = busy.lock();
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().unwrap();
         // ...and facility b is answered all the same.
         tokio::time::timeout(Duration::from_secs(5), shared.receive(2, join()))
             .await
@@ -995,7 +1002,8 @@ mod tests {
             }
             _ => panic!("no answer to b's join"),
         }
-        drop(guard);
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
         // a's own frame is served once its hub is free.
         tokio::time::timeout(Duration::from_secs(5), shared.receive(1, join()))
             .await
