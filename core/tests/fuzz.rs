@@ -445,3 +445,58 @@ fn fuzz_gate_and_policy() {
     }
     eprintln!("fuzz_gate_and_policy: {runs} inputs, seed {s}");
 }
+
+/// The seeds of the cargo-fuzz targets (`fuzz/fuzz_targets/`): real change chunks for `gate`,
+/// sync frames carrying them for `hub_frame`. Written with `ROUNDS_WRITE_CORPUS=1`; checked
+/// always.
+fn cargo_fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let (_, changes) = change_seeds();
+    let mut out = Vec::new();
+    for (i, c) in changes.iter().enumerate() {
+        out.push(("gate", format!("change-{i}.bin"), c.clone()));
+        let data = automerge::sync::Message {
+            heads: Vec::new(),
+            need: Vec::new(),
+            have: vec![automerge::sync::Have::default()],
+            changes: automerge::sync::ChunkList::from(changes[..=i].to_vec()),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode();
+        let frame = Message::Sync {
+            sender_id: "p".into(),
+            target_id: "server".into(),
+            document_id: DocumentId::from_bytes([7; 16]).to_string(),
+            data,
+        }
+        .encode();
+        out.push(("hub_frame", format!("sync-{i}.cbor"), frame));
+    }
+    out
+}
+
+#[test]
+fn cargo_fuzz_seeds_are_committed_and_valid() {
+    use rounds_core::sync::gate::{GateLimits, screen};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    for (target, name, bytes) in cargo_fuzz_seeds() {
+        let path = dir.join(target).join(&name);
+        if std::env::var("ROUNDS_WRITE_CORPUS").is_ok() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (ROUNDS_WRITE_CORPUS=1 writes it)", path.display())
+        });
+        match target {
+            "gate" => {
+                screen([committed.as_slice()].into_iter(), &GateLimits::default())
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            _ => assert!(
+                Message::decode(&committed).is_ok(),
+                "{name} does not decode"
+            ),
+        }
+    }
+}

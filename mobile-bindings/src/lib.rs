@@ -33,6 +33,10 @@ pub enum RoundsError {
     Sync { message: String },
     #[error("sync cancelled")]
     Cancelled,
+    /// The write policy refused a change (here before writing, or by the server during a
+    /// sync). After a server refusal: `reset_document(document)`, sync, `apply_relogs()`, sync.
+    #[error("refused: {message}")]
+    Refused { document: String, message: String },
 }
 
 impl From<rounds_core::ReplicaError> for RoundsError {
@@ -47,6 +51,10 @@ impl From<rounds_core::ReplicaError> for RoundsError {
                 RoundsError::NotFound { message }
             }
             E::WrongKey(_) | E::KeyRequired(_) => RoundsError::WrongKey { message },
+            E::Refused { doc, .. } => RoundsError::Refused {
+                document: doc.to_string(),
+                message,
+            },
             _ => RoundsError::Storage { message },
         }
     }
@@ -251,6 +259,15 @@ fn alert_info(v: rounds_core::alerts::AlertView) -> AlertInfo {
         status: format!("{:?}", v.status).to_lowercase(),
         notes: v.events.iter().filter_map(|e| e.note.clone()).collect(),
     }
+}
+
+/// What `apply_relogs` did.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct RelogResult {
+    /// Entries written back (the server's copy lacked them).
+    pub written: u32,
+    /// Entries the write policy refused (the refused change's content), dropped.
+    pub dropped: u32,
 }
 
 /// What a sync did.
@@ -664,10 +681,60 @@ impl RoundsReplica {
                 attempts: r.attempts,
             }),
             Err(rounds_core::sync::net::NetError::Cancelled) => Err(RoundsError::Cancelled),
+            Err(rounds_core::sync::net::NetError::Refused { document, message }) => {
+                Err(RoundsError::Refused {
+                    document: document.map(|d| d.to_string()).unwrap_or_default(),
+                    message,
+                })
+            }
             Err(e) => Err(RoundsError::Sync {
                 message: e.to_string(),
             }),
         }
+    }
+
+    /// The document id of a patient's month (`YYYY-MM`), as `RoundsError::Refused` names it.
+    pub fn patient_month_document(
+        &self,
+        patient: String,
+        month: String,
+    ) -> Result<String, RoundsError> {
+        let m: Month = month
+            .parse()
+            .map_err(|e: rounds_core::month::MonthParseError| invalid(format!("month: {e}")))?;
+        let r = self.lock();
+        let facility = r.facility_id().ok_or_else(|| RoundsError::NotFound {
+            message: "this replica has no facility yet".into(),
+        })?;
+        Ok(rounds_core::DocumentId::patient_month(facility, &patient, m).to_string())
+    }
+
+    /// Recover from a change the server refused: the document's entries are kept aside and the
+    /// local copy dropped, so the next sync brings the server's. Returns the entries kept.
+    pub fn reset_document(&self, document: String) -> Result<u32, RoundsError> {
+        let doc: rounds_core::DocumentId = document
+            .parse()
+            .map_err(|_| invalid(format!("document: {document:?} is not a document id")))?;
+        Ok(self.lock().reset_document(doc)? as u32)
+    }
+
+    /// After the sync that follows `reset_document`: write back the kept entries the server's
+    /// copy lacks (each once, through the write policy). Sync again afterwards.
+    pub fn apply_relogs(&self) -> Result<RelogResult, RoundsError> {
+        let (written, dropped) = self.lock().apply_relogs(Utc::now())?;
+        Ok(RelogResult {
+            written: written as u32,
+            dropped: dropped as u32,
+        })
+    }
+
+    /// Documents with entries kept aside by `reset_document`, not yet written back.
+    pub fn pending_relogs(&self) -> Vec<String> {
+        self.lock()
+            .pending_relogs()
+            .into_iter()
+            .map(|d| d.to_string())
+            .collect()
     }
 
     /// Stop a running `sync` (from another thread).

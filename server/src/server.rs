@@ -138,6 +138,9 @@ pub struct Shared {
     push: std::sync::RwLock<Option<crate::push::PushConfig>>,
     alert_rx: Mutex<Option<mpsc::UnboundedReceiver<DocumentId>>>,
     frame_limiter: RateLimiter,
+    /// Frames processed at once on the blocking pool (two per core): bounds the threads, and
+    /// with them the memory, a reconnect storm can take.
+    frame_workers: tokio::sync::Semaphore,
     enrol_limiter: RateLimiter,
 }
 
@@ -221,6 +224,9 @@ impl Shared {
             security,
             index: Arc::new(FacilityIndex::new(store.clone())),
             frame_limiter: RateLimiter::new(limits.frames_per_second, limits.frame_burst),
+            frame_workers: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             enrol_limiter: RateLimiter::new(
                 limits.enrolments_per_minute / 60.0,
                 limits.enrolments_per_minute,
@@ -485,6 +491,9 @@ impl Shared {
     /// policy-checked and applied on the blocking pool (never on an async worker), then flushed
     /// before anything is released.
     pub async fn receive(self: &Arc<Self>, conn: ConnId, frame: axum::body::Bytes) {
+        let Ok(_permit) = self.frame_workers.acquire().await else {
+            return;
+        };
         let shared = self.clone();
         let wrote = tokio::task::spawn_blocking(move || shared.receive_blocking(conn, &frame))
             .await

@@ -33,6 +33,16 @@ fun main(args: Array<String>) {
     check(summary.ccmMinutes >= 0u)
     val second = replica.sync(url, token, fingerprint, null)
     check(second.unsent == 0u) { "unsent after second sync: $second" }
+    // Recovery after a refusal: reset the month, sync the server's copy, write back what it lacks.
+    val monthDoc = replica.patientMonthDocument("p-002", entry.startedAt.substring(0, 7))
+    check(replica.resetDocument(monthDoc) >= 1u)
+    check(replica.pendingRelogs() == listOf(monthDoc))
+    replica.sync(url, token, fingerprint, null)
+    val relogged = replica.applyRelogs()
+    check(relogged.written == 0u && relogged.dropped == 0u) { "relogged: $relogged" }
+    check(replica.pendingRelogs().isEmpty())
+    val third = replica.sync(url, token, fingerprint, null)
+    check(third.unsent == 0u) { "unsent after recovery: $third" }
     replica.close()
     println("{\"interaction\":\"${entry.id}\",\"reading\":\"$reading\"}")
 }

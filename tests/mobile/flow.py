@@ -45,4 +45,21 @@ assert summary.reading_days >= 1
 assert replica.worklist(entry.started_at[:10])
 result = replica.sync(url, token, fingerprint, None)
 assert result.unsent == 0, result
+# Recovery after a refusal, through the bindings: reset the month, sync the server's copy back,
+# write back what it lacks (nothing: the server has every entry), sync again.
+month_doc = replica.patient_month_document("p-007", entry.started_at[:7])
+assert replica.reset_document(month_doc) >= 1
+assert replica.pending_relogs() == [month_doc]
+replica.sync(url, token, fingerprint, None)
+relogged = replica.apply_relogs()
+assert (relogged.written, relogged.dropped) == (0, 0), relogged
+assert replica.pending_relogs() == []
+assert replica.patient_month_summary("p-007", entry.started_at[:7]).reading_days >= 1
+try:
+    replica.reset_document("not-a-document")
+    raise SystemExit("a bad document id was accepted")
+except rm.RoundsError.Invalid as e:
+    assert "document" in str(e), str(e)
+result = replica.sync(url, token, fingerprint, None)
+assert result.unsent == 0, result
 print(json.dumps({"interaction": entry.id, "reading": reading}))

@@ -274,19 +274,19 @@ struct StormResult {
 }
 
 async fn round(
-    tablets: Vec<Replica>,
+    tablets: Vec<(Replica, String)>,
     server: &Server,
-) -> (Vec<Replica>, Duration, Vec<SyncReport>) {
+) -> (Vec<(Replica, String)>, Duration, Vec<SyncReport>) {
     let start = Instant::now();
     let mut handles = Vec::new();
-    for mut r in tablets {
+    for (mut r, token) in tablets {
         let url = server.url.clone();
         let trust = server.trust.clone();
         handles.push(tokio::spawn(async move {
-            let mut opts = SyncOptions::new("bench", trust);
+            let mut opts = SyncOptions::new(token.clone(), trust);
             opts.idle_timeout = Duration::from_secs(120);
             let report = sync(&mut r, &url, &opts, &mut |_, _| {}).await;
-            (r, report)
+            ((r, token), report)
         }));
     }
     let mut back = Vec::new();
@@ -302,17 +302,27 @@ async fn round(
 async fn storm(
     name: &str,
     server: Server,
-    templates: &[(String, PathBuf)],
+    templates: &[Template],
     a: &Args,
     work: &Path,
 ) -> StormResult {
+    // The server holds the facilities before the storm: Rounds by import (its tablets may not
+    // write rosters), the reference server by one untimed sync of each facility's template.
+    for (f, t) in templates.iter().enumerate() {
+        let mut seed = tablet(&t.dir, &work.join(format!("{name}-seed-{f}")));
+        let mut opts = SyncOptions::new(t.token.clone(), server.trust.clone());
+        opts.idle_timeout = Duration::from_secs(120);
+        sync(&mut seed, &server.url, &opts, &mut |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("seeding {name} failed: {e}"));
+    }
     let mut tablets = Vec::new();
-    for (f, (_, template)) in templates.iter().enumerate() {
-        for t in 0..a.tablets {
-            let dir = work.join(format!("{name}-f{f}-t{t}"));
-            let mut r = tablet(template, &dir);
-            offline_day(&mut r, a.residents, a.entries, (f * 1000 + t + 7) as u64);
-            tablets.push(r);
+    for (f, t) in templates.iter().enumerate() {
+        for k in 0..a.tablets {
+            let dir = work.join(format!("{name}-f{f}-t{k}"));
+            let mut r = tablet(&t.dir, &dir);
+            offline_day(&mut r, a.residents, a.entries, (f * 1000 + k + 7) as u64);
+            tablets.push((r, t.token.clone()));
         }
     }
     let (tablets, push, r1) = round(tablets, &server).await;
@@ -325,7 +335,7 @@ async fn storm(
     for f in 0..templates.len() {
         let ids: Vec<usize> = tablets[f * a.tablets..(f + 1) * a.tablets]
             .iter()
-            .map(|t| {
+            .map(|(t, _)| {
                 t.export()
                     .map(|(d, _)| d.interactions.len() + d.readings.len())
                     .unwrap_or(0)
@@ -352,6 +362,137 @@ async fn storm(
     }
 }
 
+/// A facility's template replica (the server's copy of its documents) and its tablet token.
+struct Template {
+    dir: PathBuf,
+    token: String,
+}
+
+/// Import `count` facilities into `store`, enrol a tablet token for each, and sync one template
+/// replica per facility from a Rounds server on that store (untimed setup).
+async fn templates(count: usize, a: &Args, store: &Path, work: &Path) -> Vec<Template> {
+    let bin = rounds_tests::rounds_bin().expect("rounds");
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--store")
+            .arg(store)
+            .output()
+            .expect("run rounds");
+        assert!(
+            out.status.success(),
+            "rounds {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut tokens = Vec::new();
+    for i in 0..count {
+        let id = format!("fac{i}");
+        let file = work.join(format!("{id}-{count}.json"));
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&facility(&id, a.residents)).expect("json"),
+        )
+        .expect("write");
+        run(&["import", file.to_str().expect("path")]);
+        let added: serde_json::Value = serde_json::from_str(&run(&[
+            "device",
+            "add",
+            "--facility",
+            &id,
+            "--name",
+            &format!("bench-{id}"),
+        ]))
+        .expect("device json");
+        tokens.push((id, added["token"].as_str().expect("token").to_string()));
+    }
+    let server = start_rounds(store);
+    let mut out = Vec::new();
+    for (id, token) in tokens {
+        let dir = work.join(format!("template-{count}-{id}"));
+        let mut r = Replica::open(&dir).expect("template");
+        r.join_facility(&id).expect("join");
+        let mut opts = SyncOptions::new(token.clone(), server.trust.clone());
+        opts.idle_timeout = Duration::from_secs(120);
+        sync(&mut r, &server.url, &opts, &mut |_, _| {})
+            .await
+            .expect("template sync");
+        out.push(Template { dir, token });
+    }
+    drop(server);
+    out
+}
+
+/// The gate's and the write policy's cost per change, against Automerge applying it: real
+/// interaction changes of a tablet, screened, expanded and checked as the server does.
+fn gate_cost(a: &Args, work: &Path) -> serde_json::Value {
+    use rounds_core::policy::{DocScope, Pending, check_device_change};
+    use rounds_core::sync::gate::{GateLimits, expand, screen};
+    let dir = work.join("gate-tablet");
+    let mut r = Replica::open(&dir).expect("replica");
+    r.import(&facility("g", 20), Utc::now()).expect("import");
+    let month: Month = "2026-12".parse().expect("month");
+    let doc = DocumentId::patient_month("g", "r-0000", month);
+    let day = Utc
+        .with_ymd_and_hms(2026, 12, 9, 9, 0, 0)
+        .single()
+        .expect("time");
+    let n = a.writes.max(100);
+    for k in 0..n {
+        let at = day + chrono::Duration::minutes(k as i64);
+        r.log_interaction(
+            NewInteraction {
+                patient: "r-0000".into(),
+                staff: "rn-lee".into(),
+                program: Program::Ccm,
+                started_at: at,
+                ended_at: at + chrono::Duration::minutes(5),
+                interactive: true,
+                activity: Some("call".into()),
+                note: Some("bench".into()),
+            },
+            at,
+        )
+        .expect("write");
+    }
+    let full = r.document(doc).expect("month doc").clone();
+    // The month's changes after its root fields: one interaction each.
+    let changes: Vec<automerge::Change> = full.get_changes(&[]).into_iter().skip(2).collect();
+    let base = {
+        let mut b = automerge::Automerge::new();
+        for c in full.get_changes(&[]).into_iter().take(2) {
+            b.apply_changes([c]).expect("apply");
+        }
+        b
+    };
+    let scope = DocScope::patient_month("g", "r-0000", month);
+    let limits = GateLimits::default();
+    let raw: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
+    let t = Instant::now();
+    for bytes in &raw {
+        let screened = screen([bytes.as_slice()].into_iter(), &limits).expect("screen");
+        let e = expand(&screened[0]).expect("expand");
+        check_device_change(
+            &base,
+            &base.get_heads(),
+            &scope,
+            &e,
+            &[],
+            &mut Pending::default(),
+        )
+        .expect("policy");
+    }
+    let gate_us = t.elapsed().as_secs_f64() * 1e6 / raw.len() as f64;
+    let t = Instant::now();
+    let mut applied = base.clone();
+    for c in &changes {
+        applied.apply_changes([c.clone()]).expect("apply");
+    }
+    let apply_us = t.elapsed().as_secs_f64() * 1e6 / changes.len() as f64;
+    serde_json::json!({"changes": raw.len(), "gate_and_policy_us_per_change": gate_us, "automerge_apply_us_per_change": apply_us})
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
@@ -368,20 +509,13 @@ fn main() {
     let mut report = serde_json::Map::new();
     let mut storms = Vec::new();
     for &f in &a.facilities {
-        // One template replica per facility (imported once), copied per tablet.
-        let templates: Vec<(String, PathBuf)> = (0..f)
-            .map(|i| {
-                let id = format!("fac{i}");
-                let dir = work.path().join(format!("template-{f}-{id}"));
-                let mut r = Replica::open_scratch(&dir).expect("template");
-                r.import(&facility(&id, a.residents), Utc::now())
-                    .expect("import");
-                (id, dir)
-            })
-            .collect();
+        // The facilities imported into a Rounds store, one enrolled tablet token each; one
+        // template replica per facility synced from that server, copied per tablet.
+        let store = work.path().join(format!("rounds-store-{f}"));
+        let templates = rt.block_on(templates(f, &a, &store, work.path()));
         let s = rt.block_on(storm(
             "rounds",
-            start_rounds(&work.path().join(format!("rounds-store-{f}"))),
+            start_rounds(&store),
             &templates,
             &a,
             work.path(),
@@ -404,6 +538,7 @@ fn main() {
         "storm".into(),
         serde_json::to_value(&storms).unwrap_or_default(),
     );
+    report.insert("gate".into(), gate_cost(&a, work.path()));
 
     // Device write latency and cold open.
     let template = work.path().join("write-template");
