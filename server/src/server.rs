@@ -23,7 +23,7 @@ use crate::auth::{self, Device};
 use crate::flusher::Flusher;
 use crate::metrics::Metrics;
 use crate::security::{AuditRecord, RateLimiter, Security};
-use crate::shards::{DEV_SHARD, Shard, ShardCore, ShardMsg, Shards};
+use crate::shards::{DEV_SHARD, Shard, ShardCore, Shards};
 use crate::store::SledStore;
 use crate::tls;
 
@@ -487,156 +487,45 @@ impl Shared {
         }
     }
 
-    /// A frame from a connection: into its facility's inbox (waiting only when the inbox is
-    /// full), then the shard's drainer is woken. Returns without waiting for the frame to be
-    /// processed: the connection goes on reading; answers go out through its sender.
+    /// A frame from a connection: decoded, routed to its shard, screened by the gate,
+    /// policy-checked and applied on the blocking pool (never on an async worker), then flushed
+    /// before anything is released.
     pub async fn receive(self: &Arc<Self>, conn: ConnId, frame: axum::body::Bytes) {
-        let Some(home) = self.conns().info.get(&conn).map(|i| i.home.clone()) else {
+        let Ok(_permit) = self.frame_workers.acquire().await else {
             return;
         };
-        // Its share of the inbox's byte budget first (frames are at most `max_frame`).
-        let kib = u32::try_from(frame.len().div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, crate::shards::INBOX_KIB);
-        let Ok(budget) = home.budget.clone().acquire_many_owned(kib).await else {
-            return;
-        };
-        if home
-            .inbox()
-            .send(ShardMsg::Frame {
-                conn,
-                frame,
-                budget,
-            })
+        let shared = self.clone();
+        let wrote = tokio::task::spawn_blocking(move || shared.receive_blocking(conn, &frame))
             .await
-            .is_ok()
-        {
-            self.wake(&home);
+            .unwrap_or_else(|e| {
+                tracing::error!(conn, error = %e, "frame processing failed");
+                None
+            });
+        if let Some(shard) = wrote {
+            self.flush_and_release(&shard).await;
         }
     }
 
-    /// Make sure a drainer will take what is in the shard's inbox: at most one per shard, and
-    /// at most `frame_workers` on the blocking pool at once across shards.
-    fn wake(self: &Arc<Self>, shard: &Arc<Shard>) {
-        use std::sync::atomic::Ordering::AcqRel;
-        if shard.draining.swap(true, AcqRel) {
-            return;
-        }
-        let shared = self.clone();
-        let shard = shard.clone();
-        tokio::spawn(async move {
-            let flush = {
-                let Ok(_permit) = shared.frame_workers.acquire().await else {
-                    return;
-                };
-                let (s, sh) = (shared.clone(), shard.clone());
-                tokio::task::spawn_blocking(move || s.drain(&sh))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "shard drain failed");
-                        None
-                    })
-            };
-            if let Some(seq) = flush {
-                shared.flush_then_tell(&shard, seq);
-            }
-            shard
-                .draining
-                .store(false, std::sync::atomic::Ordering::Release);
-            // A message that arrived after the last look, before the flag was cleared.
-            if shard.has_waiting() {
-                shared.wake(&shard);
-            }
-        });
-    }
-
-    /// Request a flush covering `seq` and, once it is done, tell the shard (through its inbox).
-    fn flush_then_tell(self: &Arc<Self>, shard: &Arc<Shard>, seq: u64) {
-        let shared = self.clone();
-        let shard = shard.clone();
-        tokio::spawn(async move {
-            match shared.flusher.flush().await {
-                Ok(_) => {
-                    if shard.inbox().send(ShardMsg::Flushed(seq)).await.is_ok() {
-                        shared.wake(&shard);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "store flush failed; changes stay unacknowledged")
-                }
-            }
-        });
-    }
-
-    /// Take a burst of messages off a shard's inbox and feed them to its hub (blocking pool).
-    /// Returns the hub's last sequence number when something was persisted (a flush is due).
-    fn drain(self: &Arc<Self>, shard: &Arc<Shard>) -> Option<u64> {
-        /// Messages per turn, so a busy facility lets the others have the workers.
-        const BURST: usize = 256;
-        let mut rx = shard.receiver();
-        let mut core = shard.lock();
-        let mut wrote = false;
-        let mut released = Vec::new();
-        for _ in 0..BURST {
-            let Ok(msg) = rx.try_recv() else {
-                break;
-            };
-            match msg {
-                ShardMsg::Frame {
-                    conn,
-                    frame,
-                    budget,
-                } => {
-                    wrote |= self.process_frame(shard, &mut core, conn, &frame);
-                    drop(budget);
-                }
-                ShardMsg::Routed { conn, msg } => {
-                    wrote |= self.process_message(shard, &mut core, conn, msg);
-                }
-                ShardMsg::Flushed(seq) => {
-                    let actions = core.hub.flushed(seq);
-                    self.execute(&mut core, actions);
-                    released.append(&mut core.persisted);
-                }
-            }
-        }
-        let seq = core.hub.seq();
-        drop(core);
-        drop(rx);
-        if !released.is_empty() {
-            self.alerts_changed(&released);
-            let shared = self.clone();
-            tokio::spawn(async move { shared.late_data(released).await });
-        }
-        wrote.then_some(seq)
-    }
-
-    /// One frame in its connection's home shard: a device's goes to the hub as it is; a
-    /// development-token connection's is decoded and, when its document belongs to another
-    /// facility, routed to that facility's inbox.
-    fn process_frame(
-        self: &Arc<Self>,
-        shard: &Arc<Shard>,
-        core: &mut ShardCore,
-        conn: ConnId,
-        frame: &[u8],
-    ) -> bool {
-        let dev = self
-            .conns()
-            .info
-            .get(&conn)
-            .is_some_and(|i| i.device.facility.is_none());
+    /// Route and apply one frame; the shard that persisted something, if any.
+    fn receive_blocking(&self, conn: ConnId, frame: &[u8]) -> Option<Arc<Shard>> {
+        let (home, dev, access) = self.conns().info.get(&conn).map(|i| {
+            (
+                i.home.clone(),
+                i.device.facility.is_none(),
+                i.access.clone(),
+            )
+        })?;
         let mut loader = &*self.store;
-        if !dev {
-            let actions = core.hub.receive(conn, frame, &mut loader);
-            return self.execute(core, actions);
-        }
         let msg = match Message::decode(frame) {
             Ok(m) => m,
-            // The hub answers a bad frame with its error.
+            // The home hub answers a bad frame with its error.
             Err(_) => {
-                let actions = core.hub.receive(conn, frame, &mut loader);
-                return self.execute(core, actions);
+                let wrote = {
+                    let mut core = home.lock();
+                    let actions = core.hub.receive(conn, frame, &mut loader);
+                    self.execute(&mut core, actions)
+                };
+                return wrote.then_some(home);
             }
         };
         let doc = match &msg {
@@ -645,52 +534,32 @@ impl Shared {
             | Message::Ephemeral { document_id, .. } => document_id.parse::<DocumentId>().ok(),
             _ => None,
         };
+        // A device stays in its facility's shard (its access allows nothing else); a
+        // development-token connection follows the document.
+        let shard = match doc {
+            Some(d) if dev => self.shard_of_doc(&d),
+            _ => home.clone(),
+        };
         if let Message::Join { .. } = &msg
             && let Some(i) = self.conns().info.get_mut(&conn)
         {
             i.join = Some(msg.clone());
         }
-        let target = doc.map(|d| self.shard_of_doc(&d));
-        match target {
-            Some(t) if !Arc::ptr_eq(&t, shard) => {
-                // Another facility's document: its own shard processes it, in order.
-                match t.inbox().try_send(ShardMsg::Routed { conn, msg }) {
-                    Ok(()) => self.wake(&t),
-                    Err(mpsc::error::TrySendError::Full(m)) => {
-                        let shared = self.clone();
-                        tokio::spawn(async move {
-                            if t.inbox().send(m).await.is_ok() {
-                                shared.wake(&t);
-                            }
-                        });
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-                false
-            }
-            _ => self.process_message(shard, core, conn, msg),
+        if !Arc::ptr_eq(&shard, &home) {
+            self.enter(conn, &shard, access);
         }
-    }
-
-    /// A decoded message in this shard (registering the connection here first when it is a
-    /// development-token connection seen here for the first time).
-    fn process_message(
-        &self,
-        shard: &Arc<Shard>,
-        core: &mut ShardCore,
-        conn: ConnId,
-        msg: Message,
-    ) -> bool {
-        self.enter(conn, shard, core);
-        let mut loader = &*self.store;
-        let actions = core.hub.receive_message(conn, msg, &mut loader);
-        self.execute(core, actions)
+        let wrote = {
+            let mut core = shard.lock();
+            let actions = core.hub.receive_message(conn, msg, &mut loader);
+            self.execute(&mut core, actions)
+        };
+        wrote.then_some(shard)
     }
 
     /// Register a connection in a further shard, replaying its `join` (the reply is dropped:
-    /// the connection already has the server's `peer`). Nothing when it is registered already.
-    fn enter(&self, conn: ConnId, shard: &Arc<Shard>, core: &mut ShardCore) {
-        let (join, access) = {
+    /// the connection already has the server's `peer`).
+    fn enter(&self, conn: ConnId, shard: &Arc<Shard>, access: Arc<dyn Access>) {
+        let join = {
             let mut conns = self.conns();
             let Some(i) = conns.info.get_mut(&conn) else {
                 return;
@@ -699,8 +568,9 @@ impl Shared {
                 return;
             }
             i.shards.push(shard.clone());
-            (i.join.clone(), i.access.clone())
+            i.join.clone()
         };
+        let mut core = shard.lock();
         core.hub.connect(conn, access);
         if let Some(join) = join {
             let mut loader = &*self.store;
@@ -709,7 +579,7 @@ impl Shared {
                 .into_iter()
                 .filter(|a| !matches!(a, Action::Send(c, _) if *c == conn))
                 .collect();
-            self.execute(core, kept);
+            self.execute(&mut core, kept);
         }
     }
 
@@ -1117,7 +987,7 @@ mod tests {
             name: name.into(),
             facility: Some(facility.into()),
         };
-        let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+        let (tx_a, _rx_a) = mpsc::unbounded_channel();
         let (tx_b, mut rx_b) = mpsc::unbounded_channel();
         shared.register(1, tx_a, device("tab-a", "a")).unwrap();
         shared.register(2, tx_b, device("tab-b", "b")).unwrap();
@@ -1131,34 +1001,22 @@ mod tests {
             let _ = release_rx.recv();
         });
         held_rx.recv().unwrap();
-        // ...a frame of a's waits in a's inbox...
-        tokio::time::timeout(Duration::from_secs(5), shared.receive(1, join()))
-            .await
-            .expect("a's frame queued");
         // ...and facility b is answered all the same.
         tokio::time::timeout(Duration::from_secs(5), shared.receive(2, join()))
             .await
-            .expect("b's frame queued");
-        let answer = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())
-            .await
             .expect("facility b waited on facility a");
-        match answer {
+        match rx_b.recv().await {
             Some(Outbound::Frame(f)) => {
                 assert!(matches!(Message::decode(&f), Ok(Message::Peer { .. })))
             }
             _ => panic!("no answer to b's join"),
         }
-        assert!(
-            rx_a.try_recv().is_err(),
-            "a answered while its hub was busy"
-        );
         release_tx.send(()).unwrap();
         holder.join().unwrap();
-        // a's frame is served once its hub is free.
-        let answer = tokio::time::timeout(Duration::from_secs(5), rx_a.recv())
+        // a's own frame is served once its hub is free.
+        tokio::time::timeout(Duration::from_secs(5), shared.receive(1, join()))
             .await
             .expect("facility a served after its work");
-        assert!(matches!(answer, Some(Outbound::Frame(_))));
         assert_eq!(shared.shards.all().len(), 2);
     }
 }

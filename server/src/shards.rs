@@ -2,14 +2,6 @@
 //! the write policy, Automerge, the store reads and writes of its documents) never waits on
 //! another's.
 //!
-//! Each shard is driven by its inbox: a connection puts its frames in its facility's bounded
-//! inbox and goes on reading (a full inbox makes it wait: backpressure); one drainer at a time
-//! takes a burst of messages off the inbox on the blocking pool and feeds them to the hub, so
-//! decoding, the gate, the policy and Automerge never run on an async worker and a burst costs
-//! one hand-off, not one per frame. Flush completions come back through the same inbox
-//! ([`ShardMsg::Flushed`]), so the hub's durability hold works as in the sans-IO design: documents
-//! with unflushed changes stay held while other frames go on being processed.
-//!
 //! A device's connection lives in its facility's shard. A development-token connection may
 //! touch any facility: each of its documents goes to the shard of the facility that holds it
 //! (registered facilities), or to the development shard [`DEV_SHARD`] for documents of
@@ -22,13 +14,11 @@
 //! cycle.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rounds_core::DocumentId;
-use rounds_core::sync::hub::{ConnId, Hub, HubConfig};
-use rounds_core::sync::wire::Message;
-use tokio::sync::mpsc;
+use rounds_core::sync::hub::{Hub, HubConfig};
 
 /// The shard for documents of facilities this server has not imported (development token).
 /// Never a facility id: ids cannot contain `*`.
@@ -41,58 +31,14 @@ pub struct ShardCore {
     pub persisted: Vec<DocumentId>,
 }
 
-/// Frames a shard's inbox holds before senders wait.
-pub const INBOX: usize = 1024;
-/// Bytes of frames a shard's inbox holds before senders wait (counted in KiB), so queued frames
-/// cost bounded memory whatever their size.
-pub const INBOX_KIB: u32 = 64 << 10;
-
-/// What a shard's drainer is given.
-pub enum ShardMsg {
-    /// A frame from a connection of this shard's facility (or the first shard of a
-    /// development-token connection, which decodes and routes it).
-    Frame {
-        conn: ConnId,
-        frame: axum::body::Bytes,
-        /// The frame's share of the inbox's byte budget, returned when it is processed.
-        budget: tokio::sync::OwnedSemaphorePermit,
-    },
-    /// A development-token connection's message for a document of this shard.
-    Routed { conn: ConnId, msg: Message },
-    /// Everything persisted up to this hub's `seq` is durable now.
-    Flushed(u64),
-}
-
 pub struct Shard {
     core: Mutex<ShardCore>,
-    inbox: mpsc::Sender<ShardMsg>,
-    /// The inbox's byte budget (KiB permits).
-    pub(crate) budget: Arc<tokio::sync::Semaphore>,
-    rx: Mutex<mpsc::Receiver<ShardMsg>>,
-    /// A drainer is scheduled or running.
-    pub(crate) draining: AtomicBool,
 }
 
 impl Shard {
     pub fn lock(&self) -> MutexGuard<'_, ShardCore> {
         // A panic while holding the lock would be a bug; keep serving with the state as it is.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The inbox's sending side.
-    pub fn inbox(&self) -> &mpsc::Sender<ShardMsg> {
-        &self.inbox
-    }
-
-    /// The inbox's receiving side (held by the one drainer).
-    pub fn receiver(&self) -> MutexGuard<'_, mpsc::Receiver<ShardMsg>> {
-        self.rx.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether messages wait with no drainer on them (never blocks: a drainer holding the
-    /// receiver will see them).
-    pub fn has_waiting(&self) -> bool {
-        self.rx.try_lock().is_ok_and(|rx| !rx.is_empty())
     }
 }
 
@@ -127,12 +73,7 @@ impl Shards {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.to_string())
             .or_insert_with(|| {
-                let (inbox, rx) = mpsc::channel(INBOX);
                 Arc::new(Shard {
-                    inbox,
-                    budget: Arc::new(tokio::sync::Semaphore::new(INBOX_KIB as usize)),
-                    rx: Mutex::new(rx),
-                    draining: AtomicBool::new(false),
                     core: Mutex::new(ShardCore {
                         hub: Hub::with_sequence(
                             self.peer_id.clone(),
