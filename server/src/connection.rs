@@ -18,7 +18,7 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) {
     let conn: ConnId = shared.next_conn.fetch_add(1, Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
-    if let Err(reason) = shared.register(conn, tx, device.clone()) {
+    if let Err(reason) = shared.register(conn, tx, device.clone()).await {
         tracing::warn!(conn, device = %device.name, %reason, "connection refused");
         let frame = rounds_core::sync::wire::Message::Error {
             sender_id: None,

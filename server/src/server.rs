@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,7 +23,7 @@ use crate::auth::{self, Device};
 use crate::flusher::Flusher;
 use crate::metrics::Metrics;
 use crate::security::{AuditRecord, RateLimiter, Security};
-use crate::shards::{DEV_SHARD, Shard, ShardCore, Shards};
+use crate::shards::{DEV_SHARD, Shard, ShardCore, ShardMsg, Shards};
 use crate::store::SledStore;
 use crate::tls;
 
@@ -141,7 +141,12 @@ pub struct Shared {
     /// Frames processed at once on the blocking pool (two per core): bounds the threads, and
     /// with them the memory, a reconnect storm can take.
     frame_workers: tokio::sync::Semaphore,
+    /// Bytes of frames waiting in all shards' inboxes together (KiB permits).
+    inbox_budget: Arc<tokio::sync::Semaphore>,
     enrol_limiter: RateLimiter,
+    /// Itself, for the shard drainers it starts (they hold it weakly: dropping the server
+    /// drops the shards, closes their inboxes and ends the drainers).
+    me: Weak<Shared>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +212,11 @@ impl Shared {
             .map_err(|e| ServeError::Flush(e.to_string()))?;
         let quarantine = crate::quarantine::Quarantine::open(store.db())
             .map_err(|e| ServeError::Flush(e.to_string()))?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            inbox_budget: Arc::new(tokio::sync::Semaphore::new(
+                crate::shards::ALL_INBOXES_KIB as usize,
+            )),
             accounts,
             quarantine,
             push: std::sync::RwLock::new(None),
@@ -250,9 +259,17 @@ impl Shared {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The shard of a facility (the development shard for none).
+    /// The shard of a facility (the development shard for none), its drainer started on
+    /// first use.
     pub fn shard_for(&self, facility: Option<&str>) -> Arc<Shard> {
-        self.shards.get(facility.unwrap_or(DEV_SHARD))
+        let shard = self.shards.get(facility.unwrap_or(DEV_SHARD));
+        // Outside a runtime (never in the server) the drainer starts on a later call.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Some(rx) = shard.take_receiver()
+        {
+            runtime.spawn(drive(self.me.clone(), shard.clone(), rx));
+        }
+        shard
     }
 
     /// The shard that holds a document: its registered facility's, else the development shard.
@@ -272,7 +289,7 @@ impl Shared {
     }
 
     /// Register a connection; refused when the device has too many open already.
-    pub fn register(
+    pub async fn register(
         &self,
         conn: ConnId,
         tx: mpsc::UnboundedSender<Outbound>,
@@ -309,7 +326,8 @@ impl Shared {
                 },
             );
         }
-        home.lock().hub.connect(conn, access);
+        // Through the inbox, so the hub sees it before the connection's first frame.
+        let _ = home.inbox().send(ShardMsg::Connect { conn, access }).await;
         Ok(())
     }
 
@@ -467,7 +485,7 @@ impl Shared {
 
     /// Make a shard's writes durable, then release what its hub held back. The flush is
     /// requested after the shard's last write (its `seq`), so it covers it, whatever other
-    /// shards wrote meanwhile.
+    /// shards wrote meanwhile. (For writes made outside the shard's drainer: merges.)
     async fn flush_and_release(&self, shard: &Shard) {
         let own = shard.lock().hub.seq();
         match self.flusher.flush().await {
@@ -487,45 +505,111 @@ impl Shared {
         }
     }
 
-    /// A frame from a connection: decoded, routed to its shard, screened by the gate,
-    /// policy-checked and applied on the blocking pool (never on an async worker), then flushed
-    /// before anything is released.
+    /// A frame from a connection: into its facility's inbox, waiting only while the inbox (or
+    /// all inboxes together) hold their budget of frames. Returns without waiting for the
+    /// frame to be processed: the connection goes on reading; answers go out through its sender.
     pub async fn receive(self: &Arc<Self>, conn: ConnId, frame: axum::body::Bytes) {
-        let Ok(_permit) = self.frame_workers.acquire().await else {
+        let Some(home) = self.conns().info.get(&conn).map(|i| i.home.clone()) else {
             return;
         };
-        let shared = self.clone();
-        let wrote = tokio::task::spawn_blocking(move || shared.receive_blocking(conn, &frame))
+        // Frames are at most `max_frame`; a larger one still takes no more than a whole budget.
+        let kib = u32::try_from(frame.len().div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let Ok(all) = self
+            .inbox_budget
+            .clone()
+            .acquire_many_owned(kib.min(crate::shards::ALL_INBOXES_KIB))
             .await
-            .unwrap_or_else(|e| {
-                tracing::error!(conn, error = %e, "frame processing failed");
-                None
-            });
-        if let Some(shard) = wrote {
-            self.flush_and_release(&shard).await;
-        }
+        else {
+            return;
+        };
+        let Ok(own) = home
+            .budget()
+            .acquire_many_owned(kib.min(crate::shards::INBOX_KIB))
+            .await
+        else {
+            return;
+        };
+        let _ = home
+            .inbox()
+            .send(ShardMsg::Frame {
+                conn,
+                frame,
+                budget: (all, own),
+            })
+            .await;
     }
 
-    /// Route and apply one frame; the shard that persisted something, if any.
-    fn receive_blocking(&self, conn: ConnId, frame: &[u8]) -> Option<Arc<Shard>> {
-        let (home, dev, access) = self.conns().info.get(&conn).map(|i| {
-            (
-                i.home.clone(),
-                i.device.facility.is_none(),
-                i.access.clone(),
-            )
-        })?;
+    /// Feed a batch of a shard's inbox to its hub (on the blocking pool). Returns the hub's
+    /// last sequence number when something was persisted: a flush is due before the documents
+    /// it wrote are released.
+    fn drain(self: &Arc<Self>, shard: &Arc<Shard>, batch: Vec<ShardMsg>) -> Option<u64> {
+        let mut core = shard.lock();
+        let mut wrote = false;
+        let mut released = Vec::new();
+        for msg in batch {
+            match msg {
+                ShardMsg::Connect { conn, access } => core.hub.connect(conn, access),
+                ShardMsg::Frame {
+                    conn,
+                    frame,
+                    budget,
+                } => {
+                    wrote |= self.process_frame(shard, &mut core, conn, &frame);
+                    // Its room in the inboxes is free again.
+                    drop(budget);
+                }
+                ShardMsg::Routed { conn, msg } => {
+                    wrote |= self.process_message(shard, &mut core, conn, msg);
+                }
+                ShardMsg::Disconnect { conn } => {
+                    let actions = core.hub.disconnect(conn);
+                    wrote |= self.execute(&mut core, actions);
+                }
+                ShardMsg::Flushed(seq) => {
+                    let actions = core.hub.flushed(seq);
+                    wrote |= self.execute(&mut core, actions);
+                    released.append(&mut core.persisted);
+                }
+            }
+        }
+        let seq = core.hub.seq();
+        drop(core);
+        if !released.is_empty() {
+            self.alerts_changed(&released);
+            let shared = self.clone();
+            tokio::spawn(async move { shared.late_data(released).await });
+        }
+        wrote.then_some(seq)
+    }
+
+    /// One frame in its connection's home shard: a device's goes to the hub as it is; a
+    /// development-token connection's is decoded and, when its document belongs to another
+    /// facility, routed to that facility's inbox (processed there in order).
+    fn process_frame(
+        self: &Arc<Self>,
+        shard: &Arc<Shard>,
+        core: &mut ShardCore,
+        conn: ConnId,
+        frame: &[u8],
+    ) -> bool {
+        let dev = self
+            .conns()
+            .info
+            .get(&conn)
+            .is_some_and(|i| i.device.facility.is_none());
         let mut loader = &*self.store;
+        if !dev {
+            let actions = core.hub.receive(conn, frame, &mut loader);
+            return self.execute(core, actions);
+        }
         let msg = match Message::decode(frame) {
             Ok(m) => m,
-            // The home hub answers a bad frame with its error.
+            // The hub answers a bad frame with its error.
             Err(_) => {
-                let wrote = {
-                    let mut core = home.lock();
-                    let actions = core.hub.receive(conn, frame, &mut loader);
-                    self.execute(&mut core, actions)
-                };
-                return wrote.then_some(home);
+                let actions = core.hub.receive(conn, frame, &mut loader);
+                return self.execute(core, actions);
             }
         };
         let doc = match &msg {
@@ -534,60 +618,81 @@ impl Shared {
             | Message::Ephemeral { document_id, .. } => document_id.parse::<DocumentId>().ok(),
             _ => None,
         };
-        // A device stays in its facility's shard (its access allows nothing else); a
-        // development-token connection follows the document.
-        let shard = match doc {
-            Some(d) if dev => self.shard_of_doc(&d),
-            _ => home.clone(),
-        };
         if let Message::Join { .. } = &msg
             && let Some(i) = self.conns().info.get_mut(&conn)
         {
             i.join = Some(msg.clone());
         }
-        if !Arc::ptr_eq(&shard, &home) {
-            self.enter(conn, &shard, access);
+        match doc.map(|d| self.shard_of_doc(&d)) {
+            Some(target) if !Arc::ptr_eq(&target, shard) => {
+                // Never wait here (this thread holds this shard's hub): a full inbox is waited
+                // on by a task, which keeps this connection's messages for that shard in order
+                // only as long as the inbox has room; a development token is not for production.
+                match target.inbox().try_send(ShardMsg::Routed { conn, msg }) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Full(m)) => {
+                        tokio::spawn(async move {
+                            let _ = target.inbox().send(m).await;
+                        });
+                    }
+                }
+                false
+            }
+            _ => self.process_message(shard, core, conn, msg),
         }
-        let wrote = {
-            let mut core = shard.lock();
-            let actions = core.hub.receive_message(conn, msg, &mut loader);
-            self.execute(&mut core, actions)
-        };
-        wrote.then_some(shard)
+    }
+
+    /// A decoded message in this shard (registering the connection here first when it is a
+    /// development-token connection seen here for the first time).
+    fn process_message(
+        &self,
+        shard: &Arc<Shard>,
+        core: &mut ShardCore,
+        conn: ConnId,
+        msg: Message,
+    ) -> bool {
+        let wrote = self.enter(conn, shard, core);
+        let mut loader = &*self.store;
+        let actions = core.hub.receive_message(conn, msg, &mut loader);
+        self.execute(core, actions) || wrote
     }
 
     /// Register a connection in a further shard, replaying its `join` (the reply is dropped:
-    /// the connection already has the server's `peer`).
-    fn enter(&self, conn: ConnId, shard: &Arc<Shard>, access: Arc<dyn Access>) {
-        let join = {
+    /// the connection already has the server's `peer`). Nothing when it is registered here
+    /// already, or gone: the check and the registration happen under the connection table's
+    /// lock, so a connection that left is never registered again.
+    fn enter(&self, conn: ConnId, shard: &Arc<Shard>, core: &mut ShardCore) -> bool {
+        let (join, access) = {
             let mut conns = self.conns();
             let Some(i) = conns.info.get_mut(&conn) else {
-                return;
+                return false;
             };
             if i.shards.iter().any(|s| Arc::ptr_eq(s, shard)) {
-                return;
+                return false;
             }
             i.shards.push(shard.clone());
-            i.join.clone()
+            (i.join.clone(), i.access.clone())
         };
-        let mut core = shard.lock();
         core.hub.connect(conn, access);
-        if let Some(join) = join {
-            let mut loader = &*self.store;
-            let actions = core.hub.receive_message(conn, join, &mut loader);
-            let kept: Vec<Action> = actions
-                .into_iter()
-                .filter(|a| !matches!(a, Action::Send(c, _) if *c == conn))
-                .collect();
-            self.execute(&mut core, kept);
-        }
+        let Some(join) = join else {
+            return false;
+        };
+        let mut loader = &*self.store;
+        let actions = core.hub.receive_message(conn, join, &mut loader);
+        let kept: Vec<Action> = actions
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Send(c, _) if *c == conn))
+            .collect();
+        self.execute(core, kept)
     }
 
     pub async fn protocol_error(&self, conn: ConnId, reason: &str) {
         tracing::warn!(conn, %reason, "protocol error");
         self.audit_for(conn, "protocol-error", None, Some(reason.to_string()));
-        let home = self.conns().info.get(&conn).map(|i| i.home.clone());
-        let target_id = home.and_then(|h| h.lock().hub.peer_of(conn).map(str::to_string));
+        let target_id = self.conns().info.get(&conn).and_then(|i| match &i.join {
+            Some(Message::Join { sender_id, .. }) => Some(sender_id.clone()),
+            _ => None,
+        });
         if let Some(tx) = self.sender(conn) {
             let frame = Message::Error {
                 sender_id: Some(self.shards.peer_id().to_string()),
@@ -598,7 +703,7 @@ impl Shared {
             let _ = tx.send(Outbound::Frame(frame));
             let _ = tx.send(Outbound::Close(reason.to_string()));
         }
-        self.leave_shards(conn);
+        self.leave_shards(conn, false).await;
     }
 
     pub async fn unregister(&self, conn: ConnId) {
@@ -611,22 +716,23 @@ impl Shared {
                 *n = n.saturating_sub(1);
             }
         }
-        self.leave_shards(conn);
-        self.conns().info.remove(&conn);
+        self.leave_shards(conn, true).await;
     }
 
-    /// Disconnect a connection from every shard it is in (its sync states are saved).
-    fn leave_shards(&self, conn: ConnId) {
-        let shards = self
-            .conns()
-            .info
-            .get(&conn)
-            .map(|i| i.shards.clone())
-            .unwrap_or_default();
-        for shard in shards {
-            let mut core = shard.lock();
-            let actions = core.hub.disconnect(conn);
-            self.execute(&mut core, actions);
+    /// Disconnect a connection from every shard it is in (its sync states are saved), through
+    /// each shard's inbox, after whatever it sent before. With `forget`, its entry in the
+    /// connection table goes in the same step, so no shard can register it again afterwards.
+    async fn leave_shards(&self, conn: ConnId, forget: bool) {
+        let shards = {
+            let mut conns = self.conns();
+            if forget {
+                conns.info.remove(&conn).map(|i| i.shards)
+            } else {
+                conns.info.get(&conn).map(|i| i.shards.clone())
+            }
+        };
+        for shard in shards.unwrap_or_default() {
+            let _ = shard.inbox().send(ShardMsg::Disconnect { conn }).await;
         }
     }
 
@@ -706,6 +812,48 @@ impl Shared {
             .await
             .map(|_| ())
             .map_err(ServeError::Flush)
+    }
+}
+
+/// A shard's drainer: takes what waits in its inbox, up to a burst, and feeds it to the hub on
+/// the blocking pool (at most `frame_workers` shards at once); when the burst persisted
+/// something, asks for a flush whose completion comes back through the inbox. Ends when the
+/// server is gone.
+async fn drive(me: Weak<Shared>, shard: Arc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
+    let mut batch = Vec::with_capacity(crate::shards::BURST);
+    loop {
+        if rx.recv_many(&mut batch, crate::shards::BURST).await == 0 {
+            return;
+        }
+        let Some(shared) = me.upgrade() else {
+            return;
+        };
+        let wrote = {
+            let Ok(_permit) = shared.frame_workers.acquire().await else {
+                return;
+            };
+            let taken = std::mem::take(&mut batch);
+            let (s, sh) = (shared.clone(), shard.clone());
+            tokio::task::spawn_blocking(move || s.drain(&sh, taken))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "shard drain failed");
+                    None
+                })
+        };
+        if let Some(seq) = wrote {
+            let shard = shard.clone();
+            tokio::spawn(async move {
+                match shared.flusher.flush().await {
+                    Ok(_) => {
+                        let _ = shard.inbox().send(ShardMsg::Flushed(seq)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store flush failed; changes stay unacknowledged")
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -987,10 +1135,16 @@ mod tests {
             name: name.into(),
             facility: Some(facility.into()),
         };
-        let (tx_a, _rx_a) = mpsc::unbounded_channel();
+        let (tx_a, mut rx_a) = mpsc::unbounded_channel();
         let (tx_b, mut rx_b) = mpsc::unbounded_channel();
-        shared.register(1, tx_a, device("tab-a", "a")).unwrap();
-        shared.register(2, tx_b, device("tab-b", "b")).unwrap();
+        shared
+            .register(1, tx_a, device("tab-a", "a"))
+            .await
+            .unwrap();
+        shared
+            .register(2, tx_b, device("tab-b", "b"))
+            .await
+            .unwrap();
         // Facility a's hub is busy (its lock held by another thread, as by a long merge)...
         let busy = shared.shard_for(Some("a"));
         let (held_tx, held_rx) = std::sync::mpsc::channel();
@@ -1001,22 +1155,34 @@ mod tests {
             let _ = release_rx.recv();
         });
         held_rx.recv().unwrap();
+        // ...a frame of a's waits in a's inbox (the connection is not held up)...
+        tokio::time::timeout(Duration::from_secs(5), shared.receive(1, join()))
+            .await
+            .expect("a's frame queued");
         // ...and facility b is answered all the same.
         tokio::time::timeout(Duration::from_secs(5), shared.receive(2, join()))
             .await
+            .expect("b's frame queued");
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())
+            .await
             .expect("facility b waited on facility a");
-        match rx_b.recv().await {
+        match answer {
             Some(Outbound::Frame(f)) => {
                 assert!(matches!(Message::decode(&f), Ok(Message::Peer { .. })))
             }
             _ => panic!("no answer to b's join"),
         }
+        assert!(
+            rx_a.try_recv().is_err(),
+            "a answered while its hub was busy"
+        );
         release_tx.send(()).unwrap();
         holder.join().unwrap();
-        // a's own frame is served once its hub is free.
-        tokio::time::timeout(Duration::from_secs(5), shared.receive(1, join()))
+        // a's frame is served once its hub is free.
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx_a.recv())
             .await
             .expect("facility a served after its work");
+        assert!(matches!(answer, Some(Outbound::Frame(_))));
         assert_eq!(shared.shards.all().len(), 2);
     }
 }

@@ -2,6 +2,19 @@
 //! the write policy, Automerge, the store reads and writes of its documents) never waits on
 //! another's.
 //!
+//! Each shard is driven by its inbox ([`ShardMsg`]): a connection puts its frames in its
+//! facility's bounded inbox and goes on reading (a full inbox makes it wait: backpressure). One
+//! drainer task per shard (started with the shard, see `Shared::shard_for`) takes the messages
+//! waiting — up to [`BURST`] at a time — and feeds them to the hub in one hand-off to the
+//! blocking pool, so decoding, the gate, the policy and Automerge never run on an async worker
+//! and a burst of frames costs one hand-off, not one per frame. Connects, disconnects and flush
+//! completions ([`ShardMsg::Flushed`]) come through the same inbox, so the hub sees a
+//! connection's life in order and its durability hold works as in the sans-IO design: documents
+//! with unflushed changes stay held while other frames go on being processed.
+//!
+//! There is no wake-up protocol to get wrong: the drainer is a plain loop over
+//! `recv_many`, and it ends when the shard (its inbox's sender) is dropped.
+//!
 //! A device's connection lives in its facility's shard. A development-token connection may
 //! touch any facility: each of its documents goes to the shard of the facility that holds it
 //! (registered facilities), or to the development shard [`DEV_SHARD`] for documents of
@@ -18,7 +31,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rounds_core::DocumentId;
-use rounds_core::sync::hub::{Hub, HubConfig};
+use rounds_core::sync::hub::{Access, ConnId, Hub, HubConfig};
+use rounds_core::sync::wire::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// The shard for documents of facilities this server has not imported (development token).
 /// Never a facility id: ids cannot contain `*`.
@@ -31,14 +46,70 @@ pub struct ShardCore {
     pub persisted: Vec<DocumentId>,
 }
 
+/// Messages a shard's inbox holds before senders wait.
+pub const INBOX: usize = 1024;
+/// Messages a drainer feeds to its hub in one hand-off to the blocking pool; a busy facility
+/// then lets the others have the workers.
+pub const BURST: usize = 256;
+/// Bytes of frames one shard's inbox holds before its connections wait, in KiB.
+pub const INBOX_KIB: u32 = 32 << 10;
+/// Bytes of frames all inboxes together hold before every connection waits, in KiB.
+pub const ALL_INBOXES_KIB: u32 = 256 << 10;
+
+/// What a shard's drainer feeds its hub, in the order it was put in the inbox.
+pub enum ShardMsg {
+    /// A connection registers in this shard.
+    Connect {
+        conn: ConnId,
+        access: Arc<dyn Access>,
+    },
+    /// A frame from a connection whose home is this shard (a development-token connection's
+    /// home shard decodes it and routes it on when its document belongs to another facility).
+    Frame {
+        conn: ConnId,
+        frame: axum::body::Bytes,
+        /// Its share of the inboxes' byte budgets, given back once it is processed.
+        budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    },
+    /// A development-token connection's message for a document of this shard.
+    Routed { conn: ConnId, msg: Message },
+    /// A connection leaves this shard (its sync states are saved).
+    Disconnect { conn: ConnId },
+    /// Everything this hub persisted up to this sequence number is durable now.
+    Flushed(u64),
+}
+
 pub struct Shard {
     core: Mutex<ShardCore>,
+    inbox: mpsc::Sender<ShardMsg>,
+    /// The receiving side, until the drainer takes it.
+    receiver: Mutex<Option<mpsc::Receiver<ShardMsg>>>,
+    /// This inbox's byte budget (KiB permits).
+    budget: Arc<Semaphore>,
 }
 
 impl Shard {
     pub fn lock(&self) -> MutexGuard<'_, ShardCore> {
         // A panic while holding the lock would be a bug; keep serving with the state as it is.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The inbox's sending side.
+    pub fn inbox(&self) -> &mpsc::Sender<ShardMsg> {
+        &self.inbox
+    }
+
+    /// The inbox's receiving side, once: whoever gets it drives the shard.
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<ShardMsg>> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// This inbox's byte budget.
+    pub fn budget(&self) -> Arc<Semaphore> {
+        self.budget.clone()
     }
 }
 
@@ -73,7 +144,11 @@ impl Shards {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.to_string())
             .or_insert_with(|| {
+                let (inbox, receiver) = mpsc::channel(INBOX);
                 Arc::new(Shard {
+                    inbox,
+                    receiver: Mutex::new(Some(receiver)),
+                    budget: Arc::new(Semaphore::new(INBOX_KIB as usize)),
                     core: Mutex::new(ShardCore {
                         hub: Hub::with_sequence(
                             self.peer_id.clone(),
