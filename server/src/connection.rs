@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use rounds_core::sync::hub::ConnId;
 use tokio::sync::mpsc;
 
@@ -17,8 +19,8 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Serve one connection until it closes or the server shuts down.
 pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) {
     let conn: ConnId = shared.next_conn.fetch_add(1, Relaxed);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
-    if let Err(reason) = shared.register(conn, tx, device.clone()).await {
+    let (tx, rx) = mpsc::unbounded_channel::<Outbound>();
+    if let Err(reason) = shared.register(conn, tx.clone(), device.clone()).await {
         tracing::warn!(conn, device = %device.name, %reason, "connection refused");
         let frame = rounds_core::sync::wire::Message::Error {
             sender_id: None,
@@ -33,6 +35,13 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
     shared.metrics.connections_total.fetch_add(1, Relaxed);
     shared.metrics.connections_open.fetch_add(1, Relaxed);
     tracing::info!(conn, device = %device.name, "connection opened");
+    // Reading and writing are separate tasks: the connection always reads (waiting only on
+    // its facility's inbox), whatever the peer does with what we send. With one task, a peer
+    // that writes while we write (the device answering a burst of sync messages) deadlocks
+    // the two once both sockets' buffers are full.
+    let (sink, mut stream) = socket.split();
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<String>();
+    let writer = tokio::spawn(write_loop(sink, rx, shared.clone(), ended_tx));
     let mut shutdown = shared.shutdown.clone();
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -43,11 +52,10 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
                 if last_heard.elapsed() > KEEPALIVE * 3 {
                     break "no response to pings".to_string();
                 }
-                if socket.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
-                    break "write error on ping".to_string();
-                }
+                let _ = tx.send(Outbound::Ping);
             }
-            incoming = socket.recv() => {
+            why = &mut ended => break why.unwrap_or_else(|_| "writer ended".to_string()),
+            incoming = stream.next() => {
                 last_heard = Instant::now();
                 let frame = match incoming {
                     None => break "closed by peer".to_string(),
@@ -74,27 +82,61 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
                 }
                 shared.receive(conn, frame).await;
             }
-            out = rx.recv() => match out {
-                Some(Outbound::Frame(bytes)) => {
-                    shared.metrics.messages_sent.fetch_add(1, Relaxed);
-                    shared.metrics.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
-                    if let Err(e) = socket.send(WsMessage::Binary(bytes.into())).await {
-                        break format!("write error: {e}");
-                    }
-                }
-                Some(Outbound::Close(reason)) => {
-                    let _ = socket.send(WsMessage::Close(None)).await;
-                    break reason;
-                }
-                None => break "server dropped the connection".to_string(),
-            },
             _ = shutdown.changed() => {
-                let _ = socket.send(WsMessage::Close(None)).await;
+                let _ = tx.send(Outbound::Close("server shutting down".to_string()));
                 break "server shutting down".to_string();
             }
         }
     };
     shared.unregister(conn).await;
+    // The writer sends what is queued, then a close, and ends once every sender is gone (the
+    // connection table's went with `unregister`); a peer that stopped reading does not keep it.
+    drop(tx);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
     shared.metrics.connections_open.fetch_sub(1, Relaxed);
     tracing::info!(conn, %reason, "connection closed");
+}
+
+/// How long a closing connection's writer may take to send what is queued.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
+
+/// Send what the hub queued for this connection until a close, an error or the queue's end;
+/// `ended` says why when the writer stops first.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    shared: Arc<Shared>,
+    ended: tokio::sync::oneshot::Sender<String>,
+) {
+    let why = loop {
+        match rx.recv().await {
+            Some(Outbound::Frame(bytes)) => {
+                shared.metrics.messages_sent.fetch_add(1, Relaxed);
+                shared
+                    .metrics
+                    .bytes_sent
+                    .fetch_add(bytes.len() as u64, Relaxed);
+                if let Err(e) = sink.send(WsMessage::Binary(bytes.into())).await {
+                    break format!("write error: {e}");
+                }
+            }
+            Some(Outbound::Ping) => {
+                if sink.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    break "write error on ping".to_string();
+                }
+            }
+            Some(Outbound::Close(reason)) => {
+                let _ = sink.send(WsMessage::Close(None)).await;
+                break reason;
+            }
+            None => {
+                let _ = sink.send(WsMessage::Close(None)).await;
+                break "server dropped the connection".to_string();
+            }
+        }
+    };
+    let _ = ended.send(why);
 }

@@ -30,6 +30,9 @@ use crate::tls;
 /// What a connection task is told to do.
 pub enum Outbound {
     Frame(Vec<u8>),
+    /// A keepalive ping.
+    Ping,
+    /// Send a close and end the connection, for this reason.
     Close(String),
 }
 
@@ -548,6 +551,7 @@ impl Shared {
         let mut core = shard.lock();
         let mut wrote = false;
         let mut released = Vec::new();
+        tracing::trace!(messages = batch.len(), "drain");
         for msg in batch {
             match msg {
                 ShardMsg::Connect { conn, access } => core.hub.connect(conn, access),
@@ -568,6 +572,7 @@ impl Shared {
                     wrote |= self.execute(&mut core, actions);
                 }
                 ShardMsg::Flushed(seq) => {
+                    tracing::trace!(seq, "flush completed");
                     let actions = core.hub.flushed(seq);
                     wrote |= self.execute(&mut core, actions);
                     released.append(&mut core.persisted);

@@ -11,7 +11,7 @@
 //! no peer ever sees heads the server has not made durable.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::Automerge;
@@ -136,6 +136,9 @@ struct HubConn {
     access: Arc<dyn Access>,
     /// Highest ephemeral count seen per (sender, session).
     ephemeral_seen: HashMap<String, u64>,
+    /// Documents this peer sent a message about while they were held: it is owed an answer
+    /// when they are released, even one Automerge would skip (see [`Hub::pump`]).
+    owed: HashSet<DocumentId>,
 }
 
 /// The server's documents and connections.
@@ -216,6 +219,7 @@ impl Hub {
                 states: HashMap::new(),
                 access,
                 ephemeral_seen: HashMap::new(),
+                owed: HashSet::new(),
             },
         );
     }
@@ -509,6 +513,11 @@ impl Hub {
             );
         }
         let before = d.doc.get_heads();
+        if d.last_seq > self.flushed || !message.changes.is_empty() {
+            // Held (or about to be, by this message's changes): the answer waits for the flush
+            // and is owed whatever Automerge makes of this message (see `pump`).
+            c.owed.insert(doc_id);
+        }
         if let Err(e) = d.doc.receive_sync_message(state, message) {
             return self.error(
                 conn,
@@ -522,6 +531,7 @@ impl Hub {
                 .extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
         }
         let wrote = d.doc.get_heads() != before;
+        tracing::trace!(conn, doc = %doc_id, changes = changes.len(), wrote, "sync message applied");
         actions.push(Action::Accessed {
             conn,
             doc: doc_id,
@@ -556,12 +566,20 @@ impl Hub {
 
     /// Generate sync messages about `doc` for every peer syncing it, unless the document holds
     /// changes not yet flushed.
+    ///
+    /// A peer that sent messages while the document was held is always answered on release.
+    /// Automerge skips an answer when the peer's last message announced exactly our heads
+    /// (it takes our heads as known to the peer), but a held document's heads were never
+    /// sent: a device that sent its change and then, before any answer, a second message
+    /// already naming the new heads would otherwise never hear that the server has them, and
+    /// would wait for an answer that never comes.
     fn pump(&mut self, doc_id: DocumentId) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(d) = self.docs.get_mut(&doc_id) else {
             return out;
         };
         if d.last_seq > self.flushed {
+            tracing::trace!(doc = %doc_id, last_seq = d.last_seq, flushed = self.flushed, "held until flushed");
             return out;
         }
         for conn in d.peers.clone() {
@@ -572,7 +590,12 @@ impl Hub {
                 continue;
             };
             let state = c.states.entry(doc_id).or_default();
-            if let Some(mut m) = d.doc.generate_sync_message(state) {
+            if c.owed.remove(&doc_id) {
+                state.have_responded = false;
+            }
+            let generated = d.doc.generate_sync_message(state);
+            tracing::trace!(conn, doc = %doc_id, sent = generated.is_some(), "pump");
+            if let Some(mut m) = generated {
                 // Advertise v1 only, so peers send changes (which the gate screens one by
                 // one), never a whole document in a v2 message.
                 m.flags = None;
@@ -605,6 +628,7 @@ impl Hub {
             .map(|(id, _)| *id)
             .collect();
         let mut out = Vec::new();
+        tracing::trace!(seq, released = released.len(), "flushed");
         for id in released {
             out.extend(self.pump(id));
         }

@@ -210,7 +210,12 @@ fn start_rounds(store: &Path) -> Server {
         ])
         .arg(store)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // ROUNDS_BENCH_SERVER_LOG=FILE keeps the server's log (with ROUNDS_LOG) for a slow run.
+        .stderr(
+            std::env::var_os("ROUNDS_BENCH_SERVER_LOG")
+                .and_then(|f| std::fs::File::create(f).ok())
+                .map_or_else(Stdio::null, Stdio::from),
+        )
         .spawn()
         .expect("start rounds");
     wait_listening(port);
