@@ -248,3 +248,64 @@ async fn a_wrong_token_is_refused_at_the_upgrade() {
         .unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
 }
+
+/// A server that takes the device's join, then only sends keep-alive pings and never answers a
+/// sync message: the device's idle timeout counts from the last sync frame, so pings do not keep
+/// a stalled session open forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_alone_do_not_keep_a_stalled_sync_open() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let mut ping = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = ping.tick() => {
+                    if ws.send(Ws::Ping(Vec::new().into())).await.is_err() {
+                        return;
+                    }
+                }
+                m = ws.next() => match m {
+                    Some(Ok(Ws::Binary(b))) => {
+                        if let Ok(Message::Join { sender_id, .. }) = Message::decode(&b) {
+                            let peer = Message::Peer {
+                                sender_id: "rounds-stalled".into(),
+                                target_id: sender_id,
+                                peer_metadata: PeerMetadata::default(),
+                                selected_protocol_version: "1".into(),
+                            };
+                            let _ = ws.send(Ws::Binary(peer.encode().into())).await;
+                        }
+                        // Sync messages: never answered.
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = device(dir.path());
+    log(&mut d, 0);
+    let mut opts = rounds_core::sync::net::SyncOptions::new(
+        "token",
+        rounds_core::sync::net::Trust::SystemRoots,
+    );
+    opts.idle_timeout = std::time::Duration::from_secs(2);
+    opts.attempts = 1;
+    let url = format!("ws://127.0.0.1:{port}/sync");
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        rounds_core::sync::net::sync(&mut d, &url, &opts, &mut |_, _| {}),
+    )
+    .await
+    .expect("the stalled session ended at its idle timeout, not never");
+    match outcome {
+        Err(rounds_core::sync::net::NetError::GaveUp { last, .. }) => {
+            assert!(last.starts_with("no message from the server"), "{last}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}

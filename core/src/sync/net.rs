@@ -241,6 +241,9 @@ pub async fn sync_once(
             .as_ref()
             .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
     };
+    // Silence is measured from the last sync frame: the server's keep-alive pings are not
+    // progress, so a session that stalls still ends at its idle timeout.
+    let mut last_frame = tokio::time::Instant::now();
     let result = 'session: loop {
         if session.is_complete() {
             break Ok(());
@@ -249,11 +252,12 @@ pub async fn sync_once(
             break Err(NetError::Cancelled);
         }
         let quiet = Duration::from_millis(1500).min(opts.idle_timeout);
-        let next = match tokio::time::timeout(quiet, ws.next()).await {
+        let quiet_left = quiet.saturating_sub(last_frame.elapsed());
+        let next = match tokio::time::timeout(quiet_left, ws.next()).await {
             Err(_) if session.settle(replica) => break Ok(()),
             Err(_) => {
-                match tokio::time::timeout(opts.idle_timeout.saturating_sub(quiet), ws.next()).await
-                {
+                let idle_left = opts.idle_timeout.saturating_sub(last_frame.elapsed());
+                match tokio::time::timeout(idle_left, ws.next()).await {
                     Err(_) => break Err(NetError::Timeout(opts.idle_timeout)),
                     Ok(None) => break Err(NetError::Closed),
                     Ok(Some(Err(e))) => break Err(NetError::Connection(e.to_string())),
@@ -265,7 +269,10 @@ pub async fn sync_once(
             Ok(Some(Ok(m))) => m,
         };
         let frame = match next {
-            WsMessage::Binary(b) => b,
+            WsMessage::Binary(b) => {
+                last_frame = tokio::time::Instant::now();
+                b
+            }
             WsMessage::Close(_) => break Err(NetError::Closed),
             _ => continue,
         };
