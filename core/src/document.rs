@@ -23,7 +23,8 @@ use crate::problem::Problem;
 /// The schema version written into every document at genesis.
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// The actor of every genesis change; never used for anything else.
+/// The actor of every genesis change (and of the migration that follows it, see
+/// [`migration`]); never used for anything else.
 pub const GENESIS_ACTOR: &[u8] = b"rounds-genesis-v1";
 
 /// The three document types.
@@ -49,6 +50,14 @@ impl DocKind {
             "patient" => Some(DocKind::Patient),
             "patient-month" => Some(DocKind::PatientMonth),
             _ => None,
+        }
+    }
+
+    /// Top-level containers added after the genesis by the type's [`migration`] change.
+    pub fn added_containers(self) -> &'static [(&'static str, ObjType)] {
+        match self {
+            DocKind::Patient => &[(BEDSIDE_REPORTS, ObjType::Map)],
+            DocKind::Facility | DocKind::PatientMonth => &[],
         }
     }
 
@@ -91,6 +100,9 @@ pub const MONTHS: &str = "months";
 pub const PROFILE: &str = "profile";
 pub const CONSENTS: &str = "consents";
 pub const CARE_PLAN_TEXT: &str = "care_plan_text";
+/// Stays and deaths staff report from the bedside (`BedsideReport`), in patient documents; added
+/// by the patient type's migration.
+pub const BEDSIDE_REPORTS: &str = "bedside_reports";
 pub const INTERACTIONS: &str = "interactions";
 pub const READINGS: &str = "readings";
 pub const TIMERS: &str = "timers";
@@ -120,6 +132,56 @@ pub fn genesis(kind: DocKind) -> Result<Automerge, AutomergeError> {
     )
     .map_err(|f| f.error)?;
     Ok(doc)
+}
+
+/// The deterministic change that adds a type's [`DocKind::added_containers`] on top of its
+/// genesis: the genesis actor's second change, at time 0, depending on the genesis only — so,
+/// like the genesis, identical bytes wherever it is made, and two tablets that add it offline
+/// add the same containers. None for a type with nothing added. (The schema number stays 1:
+/// the addition only adds.)
+pub fn migration(kind: DocKind) -> Option<&'static automerge::Change> {
+    static CACHE: std::sync::OnceLock<[Option<automerge::Change>; 3]> = std::sync::OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        [DocKind::Facility, DocKind::Patient, DocKind::PatientMonth].map(|kind| {
+            if kind.added_containers().is_empty() {
+                return None;
+            }
+            let mut doc = genesis(kind).ok()?;
+            doc.transact_with::<_, _, AutomergeError, _>(
+                |_| CommitOptions::default().with_time(0),
+                |tx| {
+                    for (name, ty) in kind.added_containers() {
+                        tx.put_object(ROOT, *name, *ty)?;
+                    }
+                    Ok(())
+                },
+            )
+            .ok()?;
+            let head = *doc.get_heads().first()?;
+            doc.get_change_by_hash(&head)
+        })
+    });
+    let i = match kind {
+        DocKind::Facility => 0,
+        DocKind::Patient => 1,
+        DocKind::PatientMonth => 2,
+    };
+    all[i].as_ref()
+}
+
+/// Apply the type's [`migration`] to a document that has its genesis and lacks the migration.
+/// Returns whether the document changed.
+pub fn migrate(doc: &mut Automerge, kind: DocKind) -> Result<bool, AutomergeError> {
+    let Some(change) = migration(kind) else {
+        return Ok(false);
+    };
+    let hash = change.hash();
+    let has = |doc: &Automerge, h: &automerge::ChangeHash| doc.get_change_by_hash(h).is_some();
+    if has(doc, &hash) || !change.deps().iter().all(|d| has(doc, d)) {
+        return Ok(false);
+    }
+    doc.apply_changes([change.clone()])?;
+    Ok(true)
 }
 
 /// The object id of a top-level container, if present and of the right type.

@@ -148,6 +148,35 @@ impl Stay {
     }
 }
 
+/// What staff saw at the bedside that billing must know, reported once from a tablet: a write-once
+/// event in the patient's document (`bedside_reports`), never an edit of the patient's profile.
+/// Billing folds it in: a reported stay counts like a stay of the profile, a reported death like
+/// its date of death (the earliest one reported wins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BedsideReport {
+    pub id: Uuid,
+    pub patient: String,
+    /// The staff id of whoever reported it.
+    pub reported_by: String,
+    pub reported_at: DateTime<FixedOffset>,
+    pub event: BedsideEvent,
+}
+
+/// The event of a [`BedsideReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BedsideEvent {
+    /// A Part A or inpatient stay, inclusive local dates (reported once the resident is back).
+    Stay {
+        stay: StayKind,
+        from: NaiveDate,
+        to: NaiveDate,
+    },
+    /// The resident died on this local date.
+    Death { on: NaiveDate },
+}
+
 /// A resident of the facility.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Patient {

@@ -11,6 +11,8 @@
 //! | patient-month | `alerts`                              | add an alert under its derived id (`alert_id(reading, rule)`) |
 //! | patient       | `care_plan_text`                      | edit the text                       |
 //! | patient       | `consents`                            | add a consent; set its `revoked_on` once |
+//! | patient       | `bedside_reports`                     | add a reported stay or death under a fresh UUID key, schema-valid, naming the document's patient |
+//! | any           | the genesis and the type's migration  | the exact deterministic changes (`document::genesis`, `document::migration`) |
 //! | facility      | `months`                              | add `<patient>/<YYYY-MM>` → that month's document URL, for a rostered patient |
 //!
 //! Everything else — the facility (time zone, place of service), practitioners, staff and
@@ -35,7 +37,9 @@ use uuid::Uuid;
 
 use crate::document::{self as d, DocKind, GENESIS_ACTOR};
 use crate::ids::DocumentId;
-use crate::model::{Consent, Correction, Interaction, Reading, RunningTimer};
+use crate::model::{
+    BedsideEvent, BedsideReport, Consent, Correction, Interaction, Reading, RunningTimer,
+};
 use crate::month::Month;
 
 /// The rule a refused change broke.
@@ -184,6 +188,8 @@ enum Place {
 /// object id (`counter@actor`). Computed once per type, not per change checked.
 struct Genesis {
     hash: Option<ChangeHash>,
+    /// The type's migration change (`document::migration`), when it has one.
+    migration: Option<ChangeHash>,
     containers: HashMap<String, &'static str>,
 }
 
@@ -193,15 +199,21 @@ fn genesis_of(kind: DocKind) -> &'static Genesis {
         [DocKind::Facility, DocKind::Patient, DocKind::PatientMonth].map(|kind| {
             let mut containers = HashMap::new();
             let doc = d::genesis(kind).ok();
-            if let Some(doc) = &doc {
-                for (name, _) in kind.containers() {
-                    if let Some(id) = d::container(doc, name) {
+            let hash = doc.as_ref().and_then(|d| d.get_heads().first().copied());
+            let migration = d::migration(kind);
+            if let Some(mut doc) = doc {
+                if let Some(m) = migration {
+                    let _ = doc.apply_changes([m.clone()]);
+                }
+                for (name, _) in kind.containers().iter().chain(kind.added_containers()) {
+                    if let Some(id) = d::container(&doc, name) {
                         containers.insert(id.to_string(), *name);
                     }
                 }
             }
             Genesis {
-                hash: doc.and_then(|d| d.get_heads().first().copied()),
+                hash,
+                migration: migration.map(|m| m.hash()),
                 containers,
             }
         })
@@ -247,8 +259,9 @@ pub fn check_device_change(
 ) -> Result<(), Refusal> {
     let actor = &change.actor_id;
     if actor.to_bytes() == GENESIS_ACTOR {
-        // Only the genesis change itself, of this document's type.
-        return if change.hash.is_some() && change.hash == genesis_of(scope.kind).hash {
+        // Only the genesis change itself, of this document's type, or its migration.
+        let g = genesis_of(scope.kind);
+        return if change.hash.is_some() && (change.hash == g.hash || change.hash == g.migration) {
             Ok(())
         } else {
             Err(Refusal::new(
@@ -354,6 +367,13 @@ pub fn check_device_change(
             (DocKind::Patient, Some((c, Some(key)))) if c == d::CONSENTS => {
                 revoke_op(doc, at, &key, op, &key_str)?;
                 pending.objects.insert(target, Place::Consent { key });
+            }
+            (DocKind::Patient, Some((c, key))) if c == d::BEDSIDE_REPORTS => {
+                return Err(Refusal::new(
+                    Rule::WriteOnce,
+                    format!("/{c}/{}", key.unwrap_or_default()),
+                    "a bedside report is never edited or deleted; report again",
+                ));
             }
             (DocKind::PatientMonth, Some((c, key))) => {
                 return Err(Refusal::new(
@@ -467,7 +487,7 @@ fn container_op(
             }
             Ok(())
         }
-        (DocKind::Patient, d::CONSENTS)
+        (DocKind::Patient, d::CONSENTS | d::BEDSIDE_REPORTS)
         | (
             DocKind::PatientMonth,
             d::INTERACTIONS
@@ -728,6 +748,23 @@ fn check_entry(
             let mut p = Vec::new();
             crate::validate::check_interaction_times(&i, &format!("interaction {key}"), &mut p);
             problems(p)
+        }
+        d::BEDSIDE_REPORTS => {
+            let r: BedsideReport = parse(body).map_err(schema)?;
+            own_id(&r.id)?;
+            own_patient(&r.patient)?;
+            person("reported_by", &r.reported_by)?;
+            match r.event {
+                BedsideEvent::Stay { from, to, .. } if to < from => {
+                    Err(schema("event.to: before event.from".into()))
+                }
+                BedsideEvent::Stay { from, .. } | BedsideEvent::Death { on: from }
+                    if from > r.reported_at.date_naive() + chrono::Days::new(1) =>
+                {
+                    Err(schema("event: a date after it was reported".into()))
+                }
+                _ => Ok(()),
+            }
         }
         d::READINGS => {
             let r: Reading = parse(body).map_err(schema)?;

@@ -373,6 +373,15 @@ impl Replica {
             file.doc.set_actor(self.actor.clone());
             file.persist()?;
         }
+        // Containers added after the genesis (the same deterministic change everywhere).
+        let migrated =
+            d::migrate(&mut file.doc, kind).map_err(|source| ReplicaError::Automerge {
+                doc: id,
+                source: Box::new(source),
+            })?;
+        if migrated {
+            file.persist()?;
+        }
         Ok(file)
     }
 
@@ -568,6 +577,79 @@ impl Replica {
             let t = d::container(tx, d::CARE_PLAN_TEXT).ok_or(AutomergeError::NotAnObject)?;
             tx.update_text(&t, text)
         })
+    }
+
+    /// Report from the bedside that a resident had a Part A or inpatient stay (inclusive local
+    /// dates, reported once the resident is back): a write-once event billing folds in like a
+    /// stay of the profile. Returns the report's id.
+    pub fn report_stay(
+        &mut self,
+        patient: &str,
+        stay: StayKind,
+        from: NaiveDate,
+        to: NaiveDate,
+        reported_by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Uuid> {
+        if to < from {
+            return Err(ReplicaError::invalid(
+                format!("stay report for patient {patient}"),
+                "to",
+                "is before from",
+            ));
+        }
+        self.report(
+            patient,
+            BedsideEvent::Stay { stay, from, to },
+            reported_by,
+            now,
+        )
+    }
+
+    /// Report from the bedside that a resident died on a local date: a write-once event billing
+    /// folds in like a date of death of the profile (the earliest reported wins). Returns the
+    /// report's id.
+    pub fn report_death(
+        &mut self,
+        patient: &str,
+        on: NaiveDate,
+        reported_by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Uuid> {
+        self.report(patient, BedsideEvent::Death { on }, reported_by, now)
+    }
+
+    fn report(
+        &mut self,
+        patient: &str,
+        event: BedsideEvent,
+        reported_by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Uuid> {
+        let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
+        self.require_patient(patient)?;
+        crate::ids::check_id("reported_by", reported_by).map_err(|e| {
+            ReplicaError::invalid(
+                format!("bedside report for patient {patient}"),
+                "reported_by",
+                e.to_string(),
+            )
+        })?;
+        let (reported_at, _) = self.local(now)?;
+        let report = BedsideReport {
+            id: Uuid::now_v7(),
+            patient: patient.to_string(),
+            reported_by: reported_by.to_string(),
+            reported_at,
+            event,
+        };
+        let id = DocumentId::patient(&facility, patient);
+        let key = report.id.to_string();
+        self.change(id, DocKind::Patient, now, |tx| {
+            let map = d::container(tx, d::BEDSIDE_REPORTS).ok_or(AutomergeError::NotAnObject)?;
+            d::put_entry(tx, &map, &key, &report)
+        })?;
+        Ok(report.id)
     }
 
     /// Record a consent (given, or given and already revoked). Returns its key.

@@ -62,7 +62,48 @@ pub fn roster_months(doc: &Automerge) -> Vec<(String, Month)> {
         .unwrap_or_default()
 }
 
-/// Read a patient document (with the care-plan text).
+/// Fold bedside reports into a patient's profile (as JSON): a reported stay is one more stay, a
+/// reported death sets the date of death when it is earlier than the profile's (or absent).
+fn fold_reports(
+    profile: &mut serde_json::Map<String, serde_json::Value>,
+    reports: &[BedsideReport],
+) {
+    for r in reports {
+        match &r.event {
+            BedsideEvent::Stay { stay, from, to } => {
+                let entry = profile
+                    .entry("stays")
+                    .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                if entry.is_null() {
+                    *entry = serde_json::Value::Array(Vec::new());
+                }
+                if let Some(stays) = entry.as_array_mut() {
+                    let s = Stay {
+                        kind: *stay,
+                        from: *from,
+                        to: *to,
+                    };
+                    let v = serde_json::to_value(&s).unwrap_or_default();
+                    if !stays.contains(&v) {
+                        stays.push(v);
+                    }
+                }
+            }
+            BedsideEvent::Death { on } => {
+                let earlier = profile
+                    .get("died_on")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse::<chrono::NaiveDate>().ok())
+                    .is_none_or(|d| *on < d);
+                if earlier {
+                    profile.insert("died_on".into(), serde_json::Value::String(on.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Read a patient document (with the care-plan text and the bedside reports folded in).
 pub fn read_patient(doc: &Automerge, patient: &str) -> Result<Patient, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut profile = d::container_json(doc, d::PROFILE);
@@ -76,7 +117,14 @@ pub fn read_patient(doc: &Automerge, patient: &str) -> Result<Patient, Vec<Probl
     let text = d::container(doc, d::CARE_PLAN_TEXT)
         .and_then(|t| doc.text(&t).ok())
         .unwrap_or_default();
+    let reports: Vec<BedsideReport> =
+        d::read_entries(doc, d::BEDSIDE_REPORTS, "bedside report", &mut problems)
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r: &BedsideReport| r.patient == patient)
+            .collect();
     if let Some(obj) = profile.as_object_mut() {
+        fold_reports(obj, &reports);
         obj.insert(
             "consents".into(),
             serde_json::to_value(&consents).unwrap_or_default(),

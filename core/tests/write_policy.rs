@@ -301,3 +301,185 @@ fn the_replica_refuses_before_it_writes() {
     r.log_interaction(interaction("p-004", "rn-lee"), now())
         .unwrap();
 }
+
+/// A stay and a death reported at the bedside: write-once events the policy takes from a
+/// tablet, that the patient's billing facts fold in — never an overwrite of the profile.
+#[test]
+fn bedside_stays_and_deaths_are_write_once_events_billing_folds_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = tablet(dir.path());
+    let before = r.patient("p-004").unwrap();
+    assert!(before.stays.is_empty() && before.died_on.is_none());
+    r.report_stay(
+        "p-004",
+        StayKind::Inpatient,
+        "2026-11-10".parse().unwrap(),
+        "2026-11-14".parse().unwrap(),
+        "rn-lee",
+        now(),
+    )
+    .unwrap();
+    r.report_death("p-004", "2026-11-19".parse().unwrap(), "rn-lee", now())
+        .unwrap();
+    let after = r.patient("p-004").unwrap();
+    assert_eq!(
+        after.stays,
+        vec![Stay {
+            kind: StayKind::Inpatient,
+            from: "2026-11-10".parse().unwrap(),
+            to: "2026-11-14".parse().unwrap(),
+        }]
+    );
+    assert_eq!(after.died_on, Some("2026-11-19".parse().unwrap()));
+    // A later report of an earlier death wins; a later date does not move it.
+    r.report_death("p-004", "2026-11-21".parse().unwrap(), "rn-lee", now())
+        .unwrap();
+    assert_eq!(
+        r.patient("p-004").unwrap().died_on,
+        Some("2026-11-19".parse().unwrap())
+    );
+    // Bad reports are refused before anything is written, naming the field.
+    let e = r
+        .report_stay(
+            "p-004",
+            StayKind::PartA,
+            "2026-11-14".parse().unwrap(),
+            "2026-11-10".parse().unwrap(),
+            "rn-lee",
+            now(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("to"), "{e}");
+    assert!(
+        r.report_death("p-004", "2026-11-19".parse().unwrap(), "../x", now())
+            .is_err()
+    );
+    assert!(
+        r.report_death("nobody", "2026-11-19".parse().unwrap(), "rn-lee", now())
+            .is_err()
+    );
+
+    // The server's view: the same checks on tampered changes.
+    let facility = r.facility().unwrap().facility.id;
+    let id = DocumentId::patient(&facility, "p-004");
+    let doc = r.document(id).unwrap().clone();
+    let scope = DocScope::patient(&facility, "p-004");
+    let reports = d::container(&doc, d::BEDSIDE_REPORTS).unwrap();
+    let existing = doc.keys(&reports).next().unwrap();
+    // Editing a report: refused.
+    let refusal = tampered(&doc, &scope, |tx| {
+        let (_, obj) = tx.get(&reports, existing.as_str())?.unwrap();
+        tx.put(&obj, "reported_by", "rn-okafor")
+    })
+    .unwrap_err();
+    assert_eq!(refusal.rule, Rule::WriteOnce);
+    // Deleting one: refused.
+    let refusal = tampered(&doc, &scope, |tx| tx.delete(&reports, existing.as_str())).unwrap_err();
+    assert_eq!(refusal.rule, Rule::WriteOnce);
+    // A report naming another patient, or with a body that is not a report: refused.
+    let report = |patient: &str, event: serde_json::Value| {
+        let id = Uuid::now_v7();
+        (
+            id,
+            serde_json::json!({
+                "id": id.to_string(),
+                "patient": patient,
+                "reported_by": "rn-lee",
+                "reported_at": "2026-11-20T09:00:00-08:00",
+                "event": event,
+            }),
+        )
+    };
+    let put = |tx: &mut Transaction<'_>, id: Uuid, body: &serde_json::Value| {
+        d::put_json(tx, &reports, id.to_string(), body)
+    };
+    let (k, body) = report(
+        "p-001",
+        serde_json::json!({"kind": "death", "on": "2026-11-19"}),
+    );
+    let refusal = tampered(&doc, &scope, |tx| put(tx, k, &body)).unwrap_err();
+    assert_eq!(refusal.rule, Rule::EntrySchema);
+    let (k, body) = report(
+        "p-004",
+        serde_json::json!({"kind": "discharge", "on": "2026-11-19"}),
+    );
+    let refusal = tampered(&doc, &scope, |tx| put(tx, k, &body)).unwrap_err();
+    assert_eq!(refusal.rule, Rule::EntrySchema);
+    let (k, body) = report(
+        "p-004",
+        serde_json::json!({"kind": "death", "on": "2027-03-01"}),
+    );
+    let refusal = tampered(&doc, &scope, |tx| put(tx, k, &body)).unwrap_err();
+    assert_eq!(refusal.rule, Rule::EntrySchema, "{refusal:?}");
+    // A well-formed one from another tablet: accepted.
+    let (k, body) = report(
+        "p-004",
+        serde_json::json!({"kind": "stay", "stay": "part_a", "from": "2026-11-01", "to": "2026-11-03"}),
+    );
+    tampered(&doc, &scope, |tx| put(tx, k, &body)).unwrap();
+    // The profile's own stays and date of death stay the server's.
+    let refusal = tampered(&doc, &scope, |tx| {
+        let profile = d::container(tx, d::PROFILE).unwrap();
+        tx.put(&profile, "died_on", "2026-11-01")
+    })
+    .unwrap_err();
+    assert_eq!(refusal.rule, Rule::ServerOnly);
+}
+
+/// The migration that adds `bedside_reports` is one deterministic change: two tablets that make
+/// it offline make the same change, and the policy takes exactly that change with the genesis
+/// actor, nothing else.
+#[test]
+fn the_patient_migration_is_deterministic_and_the_only_other_genesis_actor_change() {
+    let m1 = d::migration(d::DocKind::Patient).unwrap().clone();
+    let mut a = d::genesis(d::DocKind::Patient).unwrap();
+    let mut b = d::genesis(d::DocKind::Patient).unwrap();
+    b.set_actor(ActorId::random());
+    b.transact::<_, _, AutomergeError>(|tx| {
+        let t = d::container(tx, d::CARE_PLAN_TEXT).unwrap();
+        tx.update_text(&t, "Walk daily.")
+    })
+    .unwrap();
+    assert!(d::migrate(&mut a, d::DocKind::Patient).unwrap());
+    assert!(d::migrate(&mut b, d::DocKind::Patient).unwrap());
+    assert!(!d::migrate(&mut a, d::DocKind::Patient).unwrap(), "once");
+    a.merge(&mut b).unwrap();
+    // One container, not two conflicting ones.
+    assert_eq!(a.get_all(ROOT, d::BEDSIDE_REPORTS).unwrap().len(), 1);
+    assert!(a.get_change_by_hash(&m1.hash()).is_some());
+    // Nothing else is added to the other types.
+    assert!(d::migration(d::DocKind::Facility).is_none());
+    assert!(d::migration(d::DocKind::PatientMonth).is_none());
+    // The policy: the migration passes; another change with the genesis actor does not.
+    let genesis = d::genesis(d::DocKind::Patient).unwrap();
+    let scope = DocScope::patient("sunnyvale", "p-004");
+    let expanded = rounds_core::sync::gate::expand(&m1).unwrap();
+    check_device_change(
+        &genesis,
+        &genesis.get_heads(),
+        &scope,
+        &expanded,
+        &[],
+        &mut Pending::default(),
+    )
+    .unwrap();
+    let mut forged = genesis.fork();
+    forged.set_actor(ActorId::from(d::GENESIS_ACTOR));
+    forged
+        .transact::<_, _, AutomergeError>(|tx| {
+            tx.put_object(ROOT, d::BEDSIDE_REPORTS, automerge::ObjType::List)?;
+            Ok(())
+        })
+        .unwrap();
+    let change = forged.get_last_local_change().unwrap();
+    let refusal = check_device_change(
+        &genesis,
+        &genesis.get_heads(),
+        &scope,
+        &rounds_core::sync::gate::expand(&change).unwrap(),
+        &[],
+        &mut Pending::default(),
+    )
+    .unwrap_err();
+    assert_eq!(refusal.rule, Rule::ReservedActor);
+}

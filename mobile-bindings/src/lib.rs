@@ -60,6 +60,12 @@ impl From<rounds_core::ReplicaError> for RoundsError {
     }
 }
 
+fn parse_day(field: &str, value: &str) -> Result<NaiveDate, RoundsError> {
+    value
+        .parse()
+        .map_err(|_| invalid(format!("{field}: {value:?} is not a date (YYYY-MM-DD)")))
+}
+
 fn invalid(message: impl Into<String>) -> RoundsError {
     RoundsError::Invalid {
         message: message.into(),
@@ -576,6 +582,49 @@ impl RoundsReplica {
     /// Replace the care plan's text (concurrent edits on other tablets merge).
     pub fn edit_care_plan(&self, patient: String, text: String) -> Result<(), RoundsError> {
         Ok(self.lock().edit_care_plan(&patient, &text, Utc::now())?)
+    }
+
+    /// Report from the bedside that a resident had a stay (`part_a` or `inpatient`, inclusive
+    /// dates `YYYY-MM-DD`, reported once the resident is back): a write-once event billing folds
+    /// in. Returns the report's id.
+    pub fn report_stay(
+        &self,
+        patient: String,
+        stay: String,
+        from: String,
+        to: String,
+        reported_by: String,
+    ) -> Result<String, RoundsError> {
+        let kind = match stay.as_str() {
+            "part_a" => rounds_core::StayKind::PartA,
+            "inpatient" => rounds_core::StayKind::Inpatient,
+            _ => {
+                return Err(invalid(format!(
+                    "stay: {stay:?} is not part_a or inpatient"
+                )));
+            }
+        };
+        let from = parse_day("from", &from)?;
+        let to = parse_day("to", &to)?;
+        let id = self
+            .lock()
+            .report_stay(&patient, kind, from, to, &reported_by, Utc::now())?;
+        Ok(id.to_string())
+    }
+
+    /// Report from the bedside that a resident died on a date (`YYYY-MM-DD`): a write-once event
+    /// billing folds in. Returns the report's id.
+    pub fn report_death(
+        &self,
+        patient: String,
+        on: String,
+        reported_by: String,
+    ) -> Result<String, RoundsError> {
+        let on = parse_day("on", &on)?;
+        let id = self
+            .lock()
+            .report_death(&patient, on, &reported_by, Utc::now())?;
+        Ok(id.to_string())
     }
 
     /// Minutes per program and device reading days of a month (`YYYY-MM`).

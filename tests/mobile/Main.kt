@@ -41,6 +41,9 @@ fun main(args: Array<String>) {
     val relogged = replica.applyRelogs()
     check(relogged.written == 0u && relogged.dropped == 0u) { "relogged: $relogged" }
     check(replica.pendingRelogs().isEmpty())
+    // A death reported at the bedside: a write-once event the server takes.
+    val death = replica.reportDeath("p-003", "2026-11-20", "rn-lee")
+    check(death.length == 36) { "report id: $death" }
     val third = replica.sync(url, token, fingerprint, null)
     check(third.unsent == 0u) { "unsent after recovery: $third" }
     replica.close()

@@ -60,6 +60,19 @@ try:
     raise SystemExit("a bad document id was accepted")
 except rm.RoundsError.Invalid as e:
     assert "document" in str(e), str(e)
+# A stay reported at the bedside: an event the server takes, folded into the resident's stays.
+report = replica.report_stay("p-002", "inpatient", "2026-11-10", "2026-11-12", "rn-lee")
+assert len(report) == 36, report
+try:
+    replica.report_stay("p-002", "hospital", "2026-11-10", "2026-11-12", "rn-lee")
+    raise SystemExit("an unknown stay kind was accepted")
+except rm.RoundsError.Invalid as e:
+    assert "stay" in str(e), str(e)
+try:
+    replica.report_death("p-002", "yesterday", "rn-lee")
+    raise SystemExit("a bad date was accepted")
+except rm.RoundsError.Invalid as e:
+    assert "on" in str(e), str(e)
 result = replica.sync(url, token, fingerprint, None)
 assert result.unsent == 0, result
 print(json.dumps({"interaction": entry.id, "reading": reading}))

@@ -351,6 +351,29 @@ async fn every_attack_is_refused_quarantined_and_audited_while_real_entries_are_
     );
     assert!(!fresh.patient_ids().contains(&"p-999".to_string()));
     assert_eq!(fresh.month_entries("p-004", month).interactions.len(), 2);
+
+    // A stay reported at the bedside is an event the server takes from the same tablet, and
+    // every device then reads it among the resident's stays.
+    tablet
+        .report_stay(
+            "p-004",
+            rounds_core::StayKind::Inpatient,
+            "2026-11-26".parse().unwrap(),
+            "2026-11-28".parse().unwrap(),
+            "rn-lee",
+            "2026-11-29T15:00:00Z".parse().unwrap(),
+        )
+        .unwrap();
+    let report = rounds_core::sync::net::sync(&mut tablet, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert!(report.unsent.is_empty(), "{report:?}");
+    rounds_core::sync::net::sync(&mut fresh, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    let stays = fresh.patient("p-004").unwrap().stays;
+    assert_eq!(stays.len(), 1, "{stays:?}");
+    assert_eq!(stays[0].from, "2026-11-26".parse().unwrap());
 }
 
 /// A deflate bomb: a compressed change chunk of about a megabyte that inflates past 1 GiB.
