@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rounds_core::DocumentId;
 use rounds_core::document::{self, DocKind};
-use rounds_core::sync::hub::{AllowAll, Hub, HubConfig, Loader};
+use rounds_core::sync::hub::{AllowAll, EmptyStore, Hub, HubConfig};
 use rounds_core::sync::wire::{Message, PeerMetadata};
 
 struct Rng(u64);
@@ -124,16 +124,6 @@ fn fuzz_frame_decoder() {
     eprintln!("fuzz_frame_decoder: {runs} inputs, seed {s}");
 }
 
-struct NoStore;
-impl Loader for NoStore {
-    fn load(&mut self, _: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
-        Ok(None)
-    }
-    fn load_sync_state(&mut self, _: &DocumentId, _: &str) -> Option<Vec<u8>> {
-        None
-    }
-}
-
 #[test]
 fn fuzz_hub() {
     let seeds = corpus("frames");
@@ -157,9 +147,9 @@ fn fuzz_hub() {
             })
             .collect();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            hub.receive(1, &join, &mut NoStore);
+            hub.receive(1, &join, &mut EmptyStore);
             for f in &frames {
-                hub.receive(1, f, &mut NoStore);
+                hub.receive(1, f, &mut EmptyStore);
             }
             hub.flushed(hub.seq());
             hub.disconnect(1);

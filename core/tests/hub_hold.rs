@@ -7,18 +7,8 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ROOT};
 use rounds_core::DocumentId;
-use rounds_core::sync::hub::{Action, AllowAll, Hub, HubConfig, Loader};
+use rounds_core::sync::hub::{Action, AllowAll, EmptyStore, Hub, HubConfig};
 use rounds_core::sync::wire::{Message, PeerMetadata};
-
-struct NoStore;
-impl Loader for NoStore {
-    fn load(&mut self, _: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
-        Ok(None)
-    }
-    fn load_sync_state(&mut self, _: &DocumentId, _: &str) -> Option<Vec<u8>> {
-        None
-    }
-}
 
 const CONN: u64 = 1;
 
@@ -56,7 +46,7 @@ fn a_peer_that_spoke_while_its_document_was_held_is_answered_on_release() {
         supported_protocol_versions: vec!["1".into()],
     }
     .encode();
-    hub.receive(CONN, &join, &mut NoStore);
+    hub.receive(CONN, &join, &mut EmptyStore);
     let id = DocumentId::from_bytes([7; 16]);
 
     // The tablet holds a change the server lacks.
@@ -66,7 +56,7 @@ fn a_peer_that_spoke_while_its_document_was_held_is_answered_on_release() {
 
     // First exchange: heads and a bloom filter each way.
     let m1 = tablet.sync().generate_sync_message(&mut state).unwrap();
-    let out = hub.receive(CONN, &sync_frame(id, m1), &mut NoStore);
+    let out = hub.receive(CONN, &sync_frame(id, m1), &mut EmptyStore);
     let s1 = answers(&out);
     assert_eq!(s1.len(), 1, "the first message is answered at once");
     tablet
@@ -77,7 +67,7 @@ fn a_peer_that_spoke_while_its_document_was_held_is_answered_on_release() {
     // The tablet sends its change: persisted, so the document is held and nothing is answered.
     let a = tablet.sync().generate_sync_message(&mut state).unwrap();
     assert_eq!(a.changes.len(), 1);
-    let out = hub.receive(CONN, &sync_frame(id, a), &mut NoStore);
+    let out = hub.receive(CONN, &sync_frame(id, a), &mut EmptyStore);
     assert!(out.iter().any(|a| matches!(a, Action::Persist { .. })));
     assert!(answers(&out).is_empty(), "held: no answer before the flush");
 
@@ -86,7 +76,7 @@ fn a_peer_that_spoke_while_its_document_was_held_is_answered_on_release() {
     state.in_flight = false;
     let b = tablet.sync().generate_sync_message(&mut state).unwrap();
     assert!(b.changes.is_empty());
-    let out = hub.receive(CONN, &sync_frame(id, b), &mut NoStore);
+    let out = hub.receive(CONN, &sync_frame(id, b), &mut EmptyStore);
     assert!(answers(&out).is_empty(), "still held");
 
     // The flush: the tablet hears that the server has its change.

@@ -7,18 +7,9 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use rounds_core::DocumentId;
 use rounds_core::policy::DocScope;
-use rounds_core::sync::hub::{Access, Hub, HubConfig, Loader};
+use rounds_core::sync::hub::{Access, EmptyStore, Hub, HubConfig};
 use rounds_core::sync::wire::{Message, PeerMetadata};
 
-struct NoStore;
-impl Loader for NoStore {
-    fn load(&mut self, _: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
-        Ok(None)
-    }
-    fn load_sync_state(&mut self, _: &DocumentId, _: &str) -> Option<Vec<u8>> {
-        None
-    }
-}
 
 /// Every document is a patient-month of facility f (so the policy runs on every change).
 struct OneFacility;
@@ -40,10 +31,10 @@ fuzz_target!(|data: &[u8]| {
         supported_protocol_versions: vec!["1".into()],
     }
     .encode();
-    hub.receive(1, &join, &mut NoStore);
+    hub.receive(1, &join, &mut EmptyStore);
     // The frame, then the same frame again (a device resending what the hub now knows).
-    hub.receive(1, data, &mut NoStore);
-    hub.receive(1, data, &mut NoStore);
+    hub.receive(1, data, &mut EmptyStore);
+    hub.receive(1, data, &mut EmptyStore);
     hub.flushed(hub.seq());
     hub.disconnect(1);
 });

@@ -177,6 +177,7 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rounds_core::sync::hub::EmptyStore;
 
     #[test]
     fn shards_share_one_sequence_and_are_made_once() {
@@ -188,7 +189,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &b));
         assert_eq!(shards.all().len(), 2);
         // Both start after the store's last number; whatever one hands out, the other skips.
-        let mut loader = NoStore;
+        let mut loader = EmptyStore;
         let doc = DocumentId::from_bytes([1; 16]);
         let seq_a = {
             let mut core = a.lock();
@@ -203,16 +204,6 @@ mod tests {
             core.hub.seq()
         };
         assert_eq!((seq_a, seq_b), (42, 43));
-    }
-
-    struct NoStore;
-    impl rounds_core::sync::hub::Loader for NoStore {
-        fn load(&mut self, _: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
-            Ok(None)
-        }
-        fn load_sync_state(&mut self, _: &DocumentId, _: &str) -> Option<Vec<u8>> {
-            None
-        }
     }
 
     fn genesis() -> Vec<u8> {

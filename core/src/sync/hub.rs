@@ -32,6 +32,18 @@ pub trait Loader {
     fn load_sync_state(&mut self, doc: &DocumentId, peer_storage: &str) -> Option<Vec<u8>>;
 }
 
+/// A store that holds nothing: every document the hub is asked for is new (tests, fuzzing).
+pub struct EmptyStore;
+
+impl Loader for EmptyStore {
+    fn load(&mut self, _: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
+        Ok(None)
+    }
+    fn load_sync_state(&mut self, _: &DocumentId, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 /// Which documents a connection may see. The security layer supplies the real policy.
 pub trait Access: Send + Sync {
     fn allows(&self, doc: &DocumentId) -> bool;
