@@ -113,6 +113,10 @@ pub enum Command {
         /// Documents one connection may sync.
         #[arg(long, default_value_t = 50_000)]
         max_documents_per_connection: usize,
+        /// Bytes queued for one connection and not yet read by its peer before the connection
+        /// is cut (a peer that reads too slowly is disconnected, not buffered without end).
+        #[arg(long, default_value_t = 32 << 20)]
+        max_outbound_bytes: usize,
         /// Sustained frames per second per device (bursts of --frame-burst allowed).
         #[arg(long, default_value_t = 500.0)]
         frames_per_second: f64,
@@ -737,6 +741,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             dev_token,
             max_connections_per_device,
             max_documents_per_connection,
+            max_outbound_bytes,
             frames_per_second,
             frame_burst,
             enrolment_code_hours,
@@ -769,6 +774,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 limits: crate::server::Limits {
                     connections_per_device: max_connections_per_device,
                     documents_per_connection: max_documents_per_connection,
+                    outbound_bytes: max_outbound_bytes,
                     frames_per_second,
                     frame_burst,
                     code_lifetime: chrono::Duration::milliseconds(

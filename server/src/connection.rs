@@ -8,9 +8,9 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rounds_core::sync::hub::ConnId;
-use tokio::sync::mpsc;
 
 use crate::auth::Device;
+use crate::outlet::{Cut, Outlet, Queue, cut_off};
 use crate::server::{Outbound, Shared};
 
 /// How often the server pings; a peer silent for three intervals is dropped.
@@ -19,7 +19,7 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Serve one connection until it closes or the server shuts down.
 pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) {
     let conn: ConnId = shared.next_conn.fetch_add(1, Relaxed);
-    let (tx, rx) = mpsc::unbounded_channel::<Outbound>();
+    let (tx, queue, mut cut) = Outlet::new(shared.limits.outbound_bytes);
     if let Err(reason) = shared.register(conn, tx.clone(), device.clone()).await {
         tracing::warn!(conn, device = %device.name, %reason, "connection refused");
         let frame = rounds_core::sync::wire::Message::Error {
@@ -41,7 +41,13 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
     // the two once both sockets' buffers are full.
     let (sink, mut stream) = socket.split();
     let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<String>();
-    let writer = tokio::spawn(write_loop(sink, rx, shared.clone(), ended_tx));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        queue,
+        cut.clone(),
+        shared.clone(),
+        ended_tx,
+    ));
     let mut shutdown = shared.shutdown.clone();
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -55,6 +61,12 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
                 let _ = tx.send(Outbound::Ping);
             }
             why = &mut ended => break why.unwrap_or_else(|_| "writer ended".to_string()),
+            _ = cut_off(&mut cut) => {
+                break format!(
+                    "reading too slowly: more than {} bytes queued for it",
+                    shared.limits.outbound_bytes
+                );
+            }
             incoming = stream.next() => {
                 last_heard = Instant::now();
                 let frame = match incoming {
@@ -88,6 +100,10 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
             }
         }
     };
+    // Counted here, whichever task noticed the cut first.
+    if *cut.borrow() {
+        shared.metrics.slow_readers.fetch_add(1, Relaxed);
+    }
     shared.unregister(conn).await;
     // The writer sends what is queued, then a close, and ends once every sender is gone (the
     // connection table's went with `unregister`); a peer that stopped reading does not keep it.
@@ -107,19 +123,28 @@ const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// `ended` says why when the writer stops first.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    mut queue: Queue,
+    mut cut: Cut,
     shared: Arc<Shared>,
     ended: tokio::sync::oneshot::Sender<String>,
 ) {
     let why = loop {
-        match rx.recv().await {
+        let next = tokio::select! {
+            next = queue.recv() => next,
+            // Cut for reading too slowly: what is queued is dropped, not written.
+            _ = cut_off(&mut cut) => break "cut: reading too slowly".to_string(),
+        };
+        match next {
             Some(Outbound::Frame(bytes)) => {
+                let len = bytes.len();
                 shared.metrics.messages_sent.fetch_add(1, Relaxed);
-                shared
-                    .metrics
-                    .bytes_sent
-                    .fetch_add(bytes.len() as u64, Relaxed);
-                if let Err(e) = sink.send(WsMessage::Binary(bytes.into())).await {
+                shared.metrics.bytes_sent.fetch_add(len as u64, Relaxed);
+                let sent = tokio::select! {
+                    sent = sink.send(WsMessage::Binary(bytes.into())) => sent,
+                    _ = cut_off(&mut cut) => break "cut: reading too slowly".to_string(),
+                };
+                queue.written(len);
+                if let Err(e) = sent {
                     break format!("write error: {e}");
                 }
             }

@@ -18,6 +18,7 @@ mod import;
 mod ledger;
 mod metrics;
 mod notify;
+mod outlet;
 mod pdf;
 mod push;
 mod quarantine;

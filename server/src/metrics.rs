@@ -19,6 +19,8 @@ pub struct Metrics {
     pub access_denied: AtomicU64,
     /// Changes (or messages) refused by the gate or the write policy.
     pub changes_refused: AtomicU64,
+    /// Connections cut because their peer read too slowly.
+    pub slow_readers: AtomicU64,
     flushes: AtomicU64,
     flush_micros_sum: AtomicU64,
     flush_micros_max: AtomicU64,
@@ -98,6 +100,12 @@ impl Metrics {
             "Changes refused by the gate or the write policy (quarantined).",
             "counter",
             g(&self.changes_refused),
+        );
+        counter(
+            "rounds_slow_readers_total",
+            "Connections cut because more than --max-outbound-bytes waited for their peer.",
+            "counter",
+            g(&self.slow_readers),
         );
         counter(
             "rounds_access_denied_total",

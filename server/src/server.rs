@@ -74,6 +74,8 @@ pub struct Limits {
     pub enrolments_per_minute: f64,
     /// How long an enrolment code stays valid.
     pub code_lifetime: chrono::Duration,
+    /// Bytes queued for one connection and not yet read by its peer before it is cut.
+    pub outbound_bytes: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +87,7 @@ impl Default for Limits {
             frame_burst: 20_000.0,
             enrolments_per_minute: 10.0,
             code_lifetime: crate::security::CODE_LIFETIME,
+            outbound_bytes: 32 << 20,
         }
     }
 }
@@ -106,7 +109,7 @@ struct ConnInfo {
 /// never held while a shard is locked or the store is written.
 #[derive(Default)]
 struct Conns {
-    senders: HashMap<ConnId, mpsc::UnboundedSender<Outbound>>,
+    senders: HashMap<ConnId, crate::outlet::Outlet>,
     info: HashMap<ConnId, ConnInfo>,
     device_conns: HashMap<String, usize>,
 }
@@ -295,7 +298,7 @@ impl Shared {
     pub async fn register(
         &self,
         conn: ConnId,
-        tx: mpsc::UnboundedSender<Outbound>,
+        tx: crate::outlet::Outlet,
         device: Device,
     ) -> Result<(), String> {
         let access: Arc<dyn Access> = match &device.facility {
@@ -306,6 +309,7 @@ impl Shared {
             None => Arc::new(AllowAll),
         };
         let home = self.shard_for(device.facility.as_deref());
+        let name = device.name.clone();
         {
             let mut conns = self.conns();
             let open = conns.device_conns.entry(device.name.clone()).or_default();
@@ -330,7 +334,14 @@ impl Shared {
             );
         }
         // Through the inbox, so the hub sees it before the connection's first frame.
-        let _ = home.inbox().send(ShardMsg::Connect { conn, access }).await;
+        let _ = home
+            .inbox()
+            .send(ShardMsg::Connect {
+                conn,
+                access,
+                device: name,
+            })
+            .await;
         Ok(())
     }
 
@@ -369,7 +380,7 @@ impl Shared {
         self.security.record(rec);
     }
 
-    fn sender(&self, conn: ConnId) -> Option<mpsc::UnboundedSender<Outbound>> {
+    fn sender(&self, conn: ConnId) -> Option<crate::outlet::Outlet> {
         self.conns().senders.get(&conn).cloned()
     }
 
@@ -554,7 +565,11 @@ impl Shared {
         tracing::trace!(messages = batch.len(), "drain");
         for msg in batch {
             match msg {
-                ShardMsg::Connect { conn, access } => core.hub.connect(conn, access),
+                ShardMsg::Connect {
+                    conn,
+                    access,
+                    device,
+                } => core.hub.connect_device(conn, access, Some(device)),
                 ShardMsg::Frame {
                     conn,
                     frame,
@@ -667,7 +682,7 @@ impl Shared {
     /// already, or gone: the check and the registration happen under the connection table's
     /// lock, so a connection that left is never registered again.
     fn enter(&self, conn: ConnId, shard: &Arc<Shard>, core: &mut ShardCore) -> bool {
-        let (join, access) = {
+        let (join, access, device) = {
             let mut conns = self.conns();
             let Some(i) = conns.info.get_mut(&conn) else {
                 return false;
@@ -676,9 +691,9 @@ impl Shared {
                 return false;
             }
             i.shards.push(shard.clone());
-            (i.join.clone(), i.access.clone())
+            (i.join.clone(), i.access.clone(), i.device.name.clone())
         };
-        core.hub.connect(conn, access);
+        core.hub.connect_device(conn, access, Some(device));
         let Some(join) = join else {
             return false;
         };
@@ -1140,8 +1155,8 @@ mod tests {
             name: name.into(),
             facility: Some(facility.into()),
         };
-        let (tx_a, mut rx_a) = mpsc::unbounded_channel();
-        let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+        let (tx_a, mut rx_a, _) = crate::outlet::Outlet::new(1 << 20);
+        let (tx_b, mut rx_b, _) = crate::outlet::Outlet::new(1 << 20);
         shared
             .register(1, tx_a, device("tab-a", "a"))
             .await
@@ -1178,7 +1193,7 @@ mod tests {
             _ => panic!("no answer to b's join"),
         }
         assert!(
-            rx_a.try_recv().is_err(),
+            rx_a.try_recv().is_none(),
             "a answered while its hub was busy"
         );
         release_tx.send(()).unwrap();

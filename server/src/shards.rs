@@ -62,6 +62,8 @@ pub enum ShardMsg {
     Connect {
         conn: ConnId,
         access: Arc<dyn Access>,
+        /// The device's name (a `join` may only take over a peer id of the same device).
+        device: String,
     },
     /// A frame from a connection whose home is this shard (a development-token connection's
     /// home shard decodes it and routes it on when its document belongs to another facility).

@@ -378,8 +378,11 @@ pub mod raw {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
 
-    /// Open `/sync` with a bearer token (frames up to 64 MiB either way).
-    pub async fn connect(server: &ServerProcess, token: &str) -> Result<Socket, String> {
+    /// The `/sync` upgrade request with a bearer token.
+    fn upgrade_request(
+        server: &ServerProcess,
+        token: &str,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
         let mut req = server
             .url()
             .into_client_request()
@@ -390,12 +393,41 @@ pub mod raw {
                 .parse()
                 .map_err(|_| "bad token".to_string())?,
         );
+        Ok(req)
+    }
+
+    /// Open `/sync` with a bearer token (frames up to 64 MiB either way).
+    pub async fn connect(server: &ServerProcess, token: &str) -> Result<Socket, String> {
+        let req = upgrade_request(server, token)?;
         let connector =
             tokio_tungstenite::Connector::Rustls(tls_client(server).map_err(|e| e.to_string())?);
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(64 << 20))
             .max_frame_size(Some(64 << 20));
         tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, Some(connector))
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Open `/sync` over a socket whose receive buffer is tiny: a peer that reads slowly
+    /// (or not at all) fills the server's queue for it quickly.
+    pub async fn connect_slow_reader(
+        server: &ServerProcess,
+        token: &str,
+    ) -> Result<Socket, String> {
+        let req = upgrade_request(server, token)?;
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .set_recv_buffer_size(4096)
+            .map_err(|e| e.to_string())?;
+        let tcp = socket
+            .connect(([127, 0, 0, 1], server.port).into())
+            .await
+            .map_err(|e| e.to_string())?;
+        let connector =
+            tokio_tungstenite::Connector::Rustls(tls_client(server).map_err(|e| e.to_string())?);
+        tokio_tungstenite::client_async_tls_with_config(req, tcp, None, Some(connector))
             .await
             .map(|(ws, _)| ws)
             .map_err(|e| e.to_string())

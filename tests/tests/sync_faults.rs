@@ -309,3 +309,90 @@ async fn pings_alone_do_not_keep_a_stalled_sync_open() {
         other => panic!("expected a timeout, got {other:?}"),
     }
 }
+
+/// Join as `me` and ask for `doc` (knowing nothing of it).
+async fn join_and_request(
+    ws: &mut rounds_tests::raw::Socket,
+    me: &str,
+    doc: rounds_core::DocumentId,
+) {
+    let server_id = rounds_tests::raw::join(ws, me).await;
+    let data = automerge::sync::SyncDoc::generate_sync_message(
+        &automerge::Automerge::new(),
+        &mut automerge::sync::State::new(),
+    )
+    .unwrap()
+    .encode();
+    rounds_tests::raw::send(
+        ws,
+        Message::Request {
+            sender_id: me.into(),
+            target_id: server_id,
+            document_id: doc.to_string(),
+            data,
+        },
+    )
+    .await;
+}
+
+/// A peer that does not read what the server sends is cut once more than `--max-outbound-bytes`
+/// wait for it, instead of being buffered without end; the other connections go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_cut_and_the_rest_go_on() {
+    use rounds_tests::raw;
+    let store = tempfile::tempdir().unwrap();
+    let server =
+        ServerProcess::start_with(store.path(), &["--max-outbound-bytes", "1048576"]).unwrap();
+    // The server holds the facility.
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = device(dir.path());
+    sync_with(&mut d, &server).await.unwrap();
+    let fac = rounds_core::DocumentId::facility("sunnyvale");
+    // The slow reader joins, asks for the facility, reads the answer, then nothing more.
+    let mut slow = raw::connect_slow_reader(&server, DEV_TOKEN).await.unwrap();
+    join_and_request(&mut slow, "slow-reader", fac).await;
+    assert!(matches!(
+        raw::next_message(&mut slow).await,
+        Some(Message::Sync { .. })
+    ));
+    // Another peer of the same document sends ephemeral messages: 25 MiB relayed to the slow one.
+    let mut busy = raw::connect(&server, DEV_TOKEN).await.unwrap();
+    join_and_request(&mut busy, "busy-peer", fac).await;
+    assert!(matches!(
+        raw::next_message(&mut busy).await,
+        Some(Message::Sync { .. })
+    ));
+    let ephemeral = |count: u64, len: usize| Message::Ephemeral {
+        sender_id: "busy-peer".into(),
+        target_id: String::new(),
+        document_id: fac.to_string(),
+        session_id: "s".into(),
+        count,
+        data: vec![7; len],
+    };
+    for count in 1..=100u64 {
+        raw::send(&mut busy, ephemeral(count, 256 << 10)).await;
+    }
+    // The slow reader was cut: counted, and its socket ends once what was in flight is read.
+    let mut cut = false;
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = https_get(&server, "/metrics").await.unwrap().1;
+        if metrics.contains("rounds_slow_readers_total 1") {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(cut, "the slow reader was not cut: {metrics}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(_)) = slow.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the slow reader's connection stayed open");
+    // The rest go on: the busy peer is still served, and a device syncs.
+    raw::send(&mut busy, ephemeral(101, 1)).await;
+    log(&mut d, 1);
+    let report = sync_with(&mut d, &server).await.unwrap();
+    assert!(report.unsent.is_empty(), "{report:?}");
+}

@@ -148,6 +148,9 @@ struct HubConn {
     access: Arc<dyn Access>,
     /// Highest ephemeral count seen per (sender, session).
     ephemeral_seen: HashMap<String, u64>,
+    /// The device behind the connection (None: a trusted connection, such as the development
+    /// token's). A `join` may only take over a peer id of the same device.
+    device: Option<String>,
     /// Documents this peer sent a message about while they were held: it is owed an answer
     /// when they are released, even one Automerge would skip (see [`Hub::pump`]).
     owed: HashSet<DocumentId>,
@@ -221,8 +224,18 @@ impl Hub {
         self.seq
     }
 
-    /// Register a new connection with its access policy.
+    /// Register a new connection with its access policy (a trusted connection, of no device).
     pub fn connect(&mut self, conn: ConnId, access: Arc<dyn Access>) {
+        self.connect_device(conn, access, None);
+    }
+
+    /// Register a new connection of a device with its access policy.
+    pub fn connect_device(
+        &mut self,
+        conn: ConnId,
+        access: Arc<dyn Access>,
+        device: Option<String>,
+    ) {
         self.conns.insert(
             conn,
             HubConn {
@@ -231,6 +244,7 @@ impl Hub {
                 states: HashMap::new(),
                 access,
                 ephemeral_seen: HashMap::new(),
+                device,
                 owed: HashSet::new(),
             },
         );
@@ -295,7 +309,21 @@ impl Hub {
                     );
                 }
                 let mut actions = Vec::new();
-                // A re-join from the same peer replaces its older connection.
+                // A peer id in use by another device's connection is not taken over: that
+                // would let one device disconnect another by naming its peer id.
+                let device = self.conns.get(&conn).and_then(|c| c.device.clone());
+                let foreign = self.conns.iter().any(|(id, c)| {
+                    *id != conn
+                        && c.peer_id.as_deref() == Some(sender_id.as_str())
+                        && c.device != device
+                });
+                if foreign {
+                    return self.error(
+                        conn,
+                        "peer id in use by another device's connection; use a fresh peer id per connection".into(),
+                    );
+                }
+                // A re-join from the same peer (same device) replaces its older connection.
                 let stale: Vec<ConnId> = self
                     .conns
                     .iter()
@@ -750,11 +778,18 @@ impl Hub {
                 self.unavailable(conn, &document_id),
             ];
         }
+        // Relayed only as the connection's own peer, and for a bounded number of sessions.
+        if c.peer_id.as_deref() != Some(sender_id.as_str()) {
+            return Vec::new();
+        }
         let key = format!("{sender_id}/{session_id}");
         if c.ephemeral_seen
             .get(&key)
             .is_some_and(|seen| *seen >= count)
         {
+            return Vec::new();
+        }
+        if !c.ephemeral_seen.contains_key(&key) && c.ephemeral_seen.len() >= EPHEMERAL_SESSIONS {
             return Vec::new();
         }
         c.ephemeral_seen.insert(key, count);
@@ -825,6 +860,10 @@ impl Hub {
 fn next_seq(sequence: &std::sync::atomic::AtomicU64, own: &mut u64) {
     *own = sequence.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
 }
+
+/// Ephemeral sessions one connection may have relayed (automerge-repo peers use one per
+/// connection; more is not a real peer).
+pub const EPHEMERAL_SESSIONS: usize = 16;
 
 /// Bytes of an unparsed message kept in the quarantine.
 pub const QUARANTINE_PREFIX: usize = 64 << 10;
