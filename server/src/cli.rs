@@ -117,6 +117,9 @@ pub enum Command {
         /// is cut (a peer that reads too slowly is disconnected, not buffered without end).
         #[arg(long, default_value_t = 32 << 20)]
         max_outbound_bytes: usize,
+        /// Console sign-in attempts per minute per client address, and per account.
+        #[arg(long, default_value_t = 20.0)]
+        sign_ins_per_minute: f64,
         /// Sustained frames per second per device (bursts of --frame-burst allowed).
         #[arg(long, default_value_t = 500.0)]
         frames_per_second: f64,
@@ -742,6 +745,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_connections_per_device,
             max_documents_per_connection,
             max_outbound_bytes,
+            sign_ins_per_minute,
             frames_per_second,
             frame_burst,
             enrolment_code_hours,
@@ -775,6 +779,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     connections_per_device: max_connections_per_device,
                     documents_per_connection: max_documents_per_connection,
                     outbound_bytes: max_outbound_bytes,
+                    sign_ins_per_minute,
                     frames_per_second,
                     frame_burst,
                     code_lifetime: chrono::Duration::milliseconds(

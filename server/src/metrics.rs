@@ -21,6 +21,9 @@ pub struct Metrics {
     pub changes_refused: AtomicU64,
     /// Connections cut because their peer read too slowly.
     pub slow_readers: AtomicU64,
+    /// Console sign-ins refused before any password check (rate limit, or every hashing slot
+    /// busy).
+    pub sign_ins_refused: AtomicU64,
     flushes: AtomicU64,
     flush_micros_sum: AtomicU64,
     flush_micros_max: AtomicU64,
@@ -35,7 +38,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, documents_in_memory: usize) -> String {
+    pub fn render(&self, documents_in_memory: usize, password_hashes: u64) -> String {
         let mut s = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, v: f64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -100,6 +103,18 @@ impl Metrics {
             "Changes refused by the gate or the write policy (quarantined).",
             "counter",
             g(&self.changes_refused),
+        );
+        counter(
+            "rounds_sign_ins_refused_total",
+            "Console sign-ins refused before any password check (rate limit or busy).",
+            "counter",
+            g(&self.sign_ins_refused),
+        );
+        counter(
+            "rounds_password_hashes_total",
+            "Console password hashes computed (checks, and the equal work for unknown users).",
+            "counter",
+            password_hashes as f64,
         );
         counter(
             "rounds_slow_readers_total",

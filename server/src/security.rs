@@ -99,6 +99,9 @@ pub(crate) fn random_secret(prefix: &str, bytes: usize) -> Result<String, Securi
 }
 
 /// A token bucket per key.
+/// Keys one [`RateLimiter`] tracks at most.
+pub const RATE_KEYS: usize = 10_000;
+
 pub struct RateLimiter {
     per_second: f64,
     burst: f64,
@@ -114,10 +117,19 @@ impl RateLimiter {
         }
     }
 
-    /// Take one token for `key`; false when the bucket is empty.
+    /// Take one token for `key`; false when the bucket is empty. At most [`RATE_KEYS`] keys are
+    /// tracked: past that, keys whose bucket has refilled are forgotten, and while every tracked
+    /// key is still limited a new key is refused (bounded memory whatever the sources).
     pub fn allow(&self, key: &str) -> bool {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        if b.len() >= RATE_KEYS && !b.contains_key(key) {
+            let (per, burst) = (self.per_second, self.burst);
+            b.retain(|_, (t, last)| *t + now.duration_since(*last).as_secs_f64() * per < burst);
+            if b.len() >= RATE_KEYS {
+                return false;
+            }
+        }
         let (tokens, last) = b.entry(key.to_string()).or_insert((self.burst, now));
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
@@ -418,4 +430,24 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecurityError> {
         .map_err(|e| SecurityError::Io(format!("{}: {e}", path.display())))?;
     f.sync_all()
         .map_err(|e| SecurityError::Io(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limiter_tracks_a_bounded_number_of_sources() {
+        let r = RateLimiter::new(1.0 / 60.0, 2.0);
+        assert!(r.allow("a") && r.allow("a"));
+        assert!(!r.allow("a"), "burst spent");
+        // Past RATE_KEYS sources, each still limited, a new source is refused rather than
+        // tracked: memory stays bounded whatever the number of addresses.
+        for i in 1..RATE_KEYS {
+            r.allow(&format!("k{i}"));
+            r.allow(&format!("k{i}"));
+        }
+        assert!(!r.allow("one-too-many"));
+        assert!(r.buckets.lock().unwrap().len() <= RATE_KEYS);
+    }
 }

@@ -76,6 +76,8 @@ pub struct Limits {
     pub code_lifetime: chrono::Duration,
     /// Bytes queued for one connection and not yet read by its peer before it is cut.
     pub outbound_bytes: usize,
+    /// Console sign-in attempts per minute per client address, and per account.
+    pub sign_ins_per_minute: f64,
 }
 
 impl Default for Limits {
@@ -88,6 +90,7 @@ impl Default for Limits {
             enrolments_per_minute: 10.0,
             code_lifetime: crate::security::CODE_LIFETIME,
             outbound_bytes: 32 << 20,
+            sign_ins_per_minute: 20.0,
         }
     }
 }
@@ -150,6 +153,11 @@ pub struct Shared {
     /// Bytes of frames waiting in all shards' inboxes together (KiB permits).
     inbox_budget: Arc<tokio::sync::Semaphore>,
     enrol_limiter: RateLimiter,
+    /// Console sign-ins per client address and per account.
+    sign_in_per_address: RateLimiter,
+    sign_in_per_account: RateLimiter,
+    /// Password hashes computed at once (each takes ~19 MiB): memory stays flat under a flood.
+    pub sign_in_slots: tokio::sync::Semaphore,
     /// Itself, for the shard drainers it starts (they hold it weakly: dropping the server
     /// drops the shards, closes their inboxes and ends the drainers).
     me: Weak<Shared>,
@@ -241,6 +249,17 @@ impl Shared {
             frame_limiter: RateLimiter::new(limits.frames_per_second, limits.frame_burst),
             frame_workers: tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            sign_in_per_address: RateLimiter::new(
+                limits.sign_ins_per_minute / 60.0,
+                limits.sign_ins_per_minute,
+            ),
+            sign_in_per_account: RateLimiter::new(
+                limits.sign_ins_per_minute / 60.0,
+                limits.sign_ins_per_minute,
+            ),
+            sign_in_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             enrol_limiter: RateLimiter::new(
                 limits.enrolments_per_minute / 60.0,
@@ -757,6 +776,11 @@ impl Shared {
     }
 
     /// Whether another enrolment attempt from `client` is allowed now.
+    /// Whether another console sign-in from `client` for `username` is allowed now.
+    pub fn admit_sign_in(&self, client: &str, username: &str) -> bool {
+        self.sign_in_per_address.allow(client) && self.sign_in_per_account.allow(username)
+    }
+
     pub fn admit_enrolment(&self, client: &str) -> bool {
         self.enrol_limiter.allow(client)
     }
@@ -901,7 +925,10 @@ async fn sync_upgrade(
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        shared.metrics.render(shared.documents_in_memory()),
+        shared.metrics.render(
+            shared.documents_in_memory(),
+            shared.accounts.password_hashes(),
+        ),
     )
 }
 

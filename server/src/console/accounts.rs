@@ -92,6 +92,13 @@ pub const SESSION_HOURS: i64 = 12;
 pub struct Accounts {
     users: sled::Tree,
     sessions: sled::Tree,
+    /// One lock per account, held from reading its failure count to saving it: parallel wrong
+    /// passwords are checked one after the other, so the lockout takes effect after exactly
+    /// `MAX_FAILURES` checks whatever the concurrency.
+    checking:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
+    /// Password hashes computed (real checks and the equal work done for unknown users).
+    hashes: std::sync::atomic::AtomicU64,
 }
 
 /// A random token (`bytes` random bytes, base58).
@@ -106,6 +113,8 @@ impl Accounts {
         Ok(Accounts {
             users: db.open_tree("console_users")?,
             sessions: db.open_tree("console_sessions")?,
+            checking: std::sync::Mutex::new(std::collections::HashMap::new()),
+            hashes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -183,17 +192,40 @@ impl Accounts {
         Ok(u)
     }
 
-    /// Check a password; returns a new session (its cookie value and record).
+    /// Password hashes computed so far (for `/metrics` and tests).
+    pub fn password_hashes(&self) -> u64 {
+        self.hashes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Check a password; returns a new session (its cookie value and record). Blocking (an
+    /// argon2 hash, ~19 MiB and tens of milliseconds): call it on the blocking pool, a bounded
+    /// number at a time.
     pub fn login(
         &self,
         username: &str,
         password: &str,
         now: DateTime<Utc>,
     ) -> Result<(String, Session), AccountError> {
-        let Some(mut u) = self.user(username) else {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.user(username).is_none() {
             // Same work as a real check, so timing does not tell which usernames exist.
+            self.hashes.fetch_add(1, Relaxed);
             let salt = SaltString::generate(&mut OsRng);
             let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
+            return Err(AccountError::BadCredentials);
+        }
+        // This account's checks one at a time (accounts that exist only: the map stays as small
+        // as the user list).
+        let lock = self
+            .checking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(username.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Read again under the lock: the failure count another check just saved counts.
+        let Some(mut u) = self.user(username) else {
             return Err(AccountError::BadCredentials);
         };
         if let Some(until) = u.locked_until
@@ -201,6 +233,7 @@ impl Accounts {
         {
             return Err(AccountError::Locked(until));
         }
+        self.hashes.fetch_add(1, Relaxed);
         let ok = PasswordHash::new(&u.password_hash)
             .map(|h| {
                 Argon2::default()
@@ -255,6 +288,43 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_wrong_passwords_are_checked_at_most_max_failures_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let a = std::sync::Arc::new(Accounts::open(&db).unwrap());
+        a.add_user(
+            "ana",
+            "correct horse battery",
+            Role::Admin,
+            &["sunnyvale".into()],
+        )
+        .unwrap();
+        let before = a.password_hashes();
+        let now = Utc::now();
+        let threads: Vec<_> = (0..40)
+            .map(|i| {
+                let a = a.clone();
+                std::thread::spawn(move || a.login("ana", &format!("wrong guess {i}"), now))
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let checks = a.password_hashes() - before;
+        assert_eq!(checks, u64::from(MAX_FAILURES), "{results:?}");
+        let bad = results
+            .iter()
+            .filter(|r| matches!(r, Err(AccountError::BadCredentials)))
+            .count();
+        assert_eq!(bad, MAX_FAILURES as usize - 1);
+        assert!(results.iter().all(|r| r.is_err()));
+        // Locked: the right password is refused without a check.
+        assert!(matches!(
+            a.login("ana", "correct horse battery", now),
+            Err(AccountError::Locked(_))
+        ));
+        assert_eq!(a.password_hashes() - before, u64::from(MAX_FAILURES));
+    }
 
     #[test]
     fn passwords_are_hashed_and_five_failures_lock_the_account() {

@@ -262,8 +262,12 @@ fn login_page(headers: &HeaderMap, error: Option<&str>) -> Response {
     resp
 }
 
+/// How long a sign-in waits for a free password-hashing slot before it is turned away.
+const SIGN_IN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn login(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -279,6 +283,26 @@ async fn login(
     }
     let username = form.get("username").cloned().unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
+    let busy = || {
+        shared
+            .metrics
+            .sign_ins_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        error_page(
+            None,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-in attempts right now. Wait a minute and try again.",
+        )
+    };
+    // Limits before any password work: per client address and per account, then a bounded
+    // number of password hashes at once (a flood waits briefly, then is turned away).
+    if !shared.admit_sign_in(&peer.ip().to_string(), &username) {
+        return busy();
+    }
+    let Ok(Ok(_slot)) = tokio::time::timeout(SIGN_IN_WAIT, shared.sign_in_slots.acquire()).await
+    else {
+        return busy();
+    };
     let s2 = shared.clone();
     let u2 = username.clone();
     let result = tokio::task::spawn_blocking(move || s2.accounts.login(&u2, &password, Utc::now()))
