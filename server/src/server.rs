@@ -158,6 +158,8 @@ pub struct Shared {
     sign_in_per_account: RateLimiter,
     /// Password hashes computed at once (each takes ~19 MiB): memory stays flat under a flood.
     pub sign_in_slots: tokio::sync::Semaphore,
+    /// The threads that compute them, one per slot.
+    pub hashers: crate::console::hashing::Hashers,
     /// Itself, for the shard drainers it starts (they hold it weakly: dropping the server
     /// drops the shards, closes their inboxes and ends the drainers).
     me: Weak<Shared>,
@@ -226,6 +228,7 @@ impl Shared {
             .map_err(|e| ServeError::Flush(e.to_string()))?;
         let quarantine = crate::quarantine::Quarantine::open(store.db())
             .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let hash_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             inbox_budget: Arc::new(tokio::sync::Semaphore::new(
@@ -258,9 +261,8 @@ impl Shared {
                 limits.sign_ins_per_minute / 60.0,
                 limits.sign_ins_per_minute,
             ),
-            sign_in_slots: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            sign_in_slots: tokio::sync::Semaphore::new(hash_threads),
+            hashers: crate::console::hashing::Hashers::start(hash_threads),
             enrol_limiter: RateLimiter::new(
                 limits.enrolments_per_minute / 60.0,
                 limits.enrolments_per_minute,

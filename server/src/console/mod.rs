@@ -8,6 +8,7 @@
 
 pub mod accounts;
 mod chart;
+pub mod hashing;
 mod pages;
 
 use std::collections::HashMap;
@@ -305,7 +306,9 @@ async fn login(
     };
     let s2 = shared.clone();
     let u2 = username.clone();
-    let result = tokio::task::spawn_blocking(move || s2.accounts.login(&u2, &password, Utc::now()))
+    let result = shared
+        .hashers
+        .run(move || s2.accounts.login(&u2, &password, Utc::now()))
         .await
         .unwrap_or(Err(AccountError::Store("login task failed".into())));
     let mut a = AuditRecord::new(match &result {
