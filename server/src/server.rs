@@ -518,6 +518,15 @@ impl Shared {
         wrote
     }
 
+    /// A flush covering `seq` completed: the hub sends what it held back. Returns whether that
+    /// persisted anything, and the documents persisted since the last release (for alerting and
+    /// late-data re-evaluation).
+    fn release(&self, core: &mut ShardCore, seq: u64) -> (bool, Vec<DocumentId>) {
+        let actions = core.hub.flushed(seq);
+        let wrote = self.execute(core, actions);
+        (wrote, std::mem::take(&mut core.persisted))
+    }
+
     /// Make a shard's writes durable, then release what its hub held back. The flush is
     /// requested after the shard's last write (its `seq`), so it covers it, whatever other
     /// shards wrote meanwhile. (For writes made outside the shard's drainer: merges.)
@@ -525,12 +534,8 @@ impl Shared {
         let own = shard.lock().hub.seq();
         match self.flusher.flush().await {
             Ok(_) => {
-                let persisted = {
-                    let mut core = shard.lock();
-                    let actions = core.hub.flushed(own);
-                    self.execute(&mut core, actions);
-                    std::mem::take(&mut core.persisted)
-                };
+                // Releasing only sends (the hub's pump never persists), so no further flush.
+                let (_, persisted) = self.release(&mut shard.lock(), own);
                 self.alerts_changed(&persisted);
                 self.late_data(persisted).await;
             }
@@ -609,9 +614,9 @@ impl Shared {
                 }
                 ShardMsg::Flushed(seq) => {
                     tracing::trace!(seq, "flush completed");
-                    let actions = core.hub.flushed(seq);
-                    wrote |= self.execute(&mut core, actions);
-                    released.append(&mut core.persisted);
+                    let (w, mut persisted) = self.release(&mut core, seq);
+                    wrote |= w;
+                    released.append(&mut persisted);
                 }
             }
         }
