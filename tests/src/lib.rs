@@ -280,6 +280,141 @@ pub async fn https_request(
     Ok((status, body))
 }
 
+/// One HTTP/1.1 exchange over TLS: the raw request head (without the blank line) and body;
+/// returns (status code, response headers lower-cased, body).
+pub async fn https_exchange(
+    server: &ServerProcess,
+    head: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls_client(server)?);
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    let request = format!(
+        "{head}\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await?;
+    tls.write_all(body).await?;
+    tls.flush().await?;
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
+}
+
+/// Sign in to the web console as a browser would (the form's CSRF cookie and field, then the
+/// POST); returns the status of the POST and its body.
+pub async fn console_sign_in(
+    server: &ServerProcess,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<(u16, String)> {
+    let (_, headers, form) = https_exchange(server, "GET /console/login HTTP/1.1", b"").await?;
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .and_then(|(_, v)| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("no sign-in cookie"))?
+        .to_string();
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no CSRF field in the sign-in form"))?;
+    let body = format!(
+        "csrf={}&username={}&password={}",
+        urlencode(csrf),
+        urlencode(username),
+        urlencode(password)
+    );
+    let head = format!(
+        "POST /console/login HTTP/1.1\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded"
+    );
+    let (status, _, body) = https_exchange(server, &head, body.as_bytes()).await?;
+    Ok((status, body))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of one unlabelled metric from `/metrics`; 0 when absent.
+pub async fn metric(server: &ServerProcess, name: &str) -> anyhow::Result<f64> {
+    let (_, _, text) = https_exchange(server, "GET /metrics HTTP/1.1", b"").await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0.0))
+}
+
+/// Add a console user with the `rounds user add` command (the password on stdin).
+pub fn add_console_user(
+    store: &Path,
+    username: &str,
+    role: &str,
+    facilities: &[&str],
+    password: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(rounds_bin()?);
+    cmd.args(["user", "add", "--username", username, "--role", role]);
+    for f in facilities {
+        cmd.args(["--facility", f]);
+    }
+    let mut child = cmd
+        .arg("--store")
+        .arg(store)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}")?;
+    }
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rounds user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The server process's current resident memory (VmRSS) in KiB; 0 when unknown.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 /// A TCP proxy on 127.0.0.1 that forwards to `port`; the first `cut` connections are cut after
 /// `after` bytes (both directions together). Returns the proxy's port.
 pub async fn cutting_proxy(port: u16, after: usize, cut: usize) -> anyhow::Result<u16> {

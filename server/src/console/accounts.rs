@@ -4,7 +4,7 @@
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -198,8 +198,8 @@ impl Accounts {
     }
 
     /// Check a password; returns a new session (its cookie value and record). Blocking (an
-    /// argon2 hash, ~19 MiB and tens of milliseconds): call it on the blocking pool, a bounded
-    /// number at a time.
+    /// argon2 hash, ~19 MiB and tens of milliseconds): call it on a hashing thread
+    /// (`hashing::Hashers`), a bounded number at a time.
     pub fn login(
         &self,
         username: &str,
@@ -210,8 +210,7 @@ impl Accounts {
         if self.user(username).is_none() {
             // Same work as a real check, so timing does not tell which usernames exist.
             self.hashes.fetch_add(1, Relaxed);
-            let salt = SaltString::generate(&mut OsRng);
-            let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
+            super::hashing::hash_unknown_user(password.as_bytes());
             return Err(AccountError::BadCredentials);
         }
         // This account's checks one at a time (accounts that exist only: the map stays as small
@@ -234,13 +233,7 @@ impl Accounts {
             return Err(AccountError::Locked(until));
         }
         self.hashes.fetch_add(1, Relaxed);
-        let ok = PasswordHash::new(&u.password_hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let ok = super::hashing::verify(&u.password_hash, password.as_bytes());
         if !ok {
             u.failed_attempts += 1;
             let locked = u.failed_attempts >= MAX_FAILURES;
