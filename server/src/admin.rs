@@ -153,9 +153,11 @@ pub struct EnrollBody {
 pub async fn enroll(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(b): Json<EnrollBody>,
 ) -> Response {
-    if !shared.admit_enrolment(&peer.ip().to_string()) {
+    let client = shared.limits.network.client_ip(peer, &headers);
+    if !shared.admit_enrolment(&client.to_string()) {
         let mut rec = AuditRecord::new("enrol-refused");
         rec.detail = Some("rate limited".into());
         shared.security.record(rec);

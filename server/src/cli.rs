@@ -120,6 +120,8 @@ pub enum Command {
         /// Console sign-in attempts per minute per client address, and per account.
         #[arg(long, default_value_t = 20.0)]
         sign_ins_per_minute: f64,
+        #[command(flatten)]
+        network: Box<crate::network::NetworkLimits>,
         /// Sustained frames per second per device (bursts of --frame-burst allowed).
         #[arg(long, default_value_t = 500.0)]
         frames_per_second: f64,
@@ -746,6 +748,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_documents_per_connection,
             max_outbound_bytes,
             sign_ins_per_minute,
+            network,
             frames_per_second,
             frame_burst,
             enrolment_code_hours,
@@ -780,6 +783,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     documents_per_connection: max_documents_per_connection,
                     outbound_bytes: max_outbound_bytes,
                     sign_ins_per_minute,
+                    network: *network,
                     frames_per_second,
                     frame_burst,
                     code_lifetime: chrono::Duration::milliseconds(

@@ -17,6 +17,7 @@ mod flusher;
 mod import;
 mod ledger;
 mod metrics;
+mod network;
 mod notify;
 mod outlet;
 mod pdf;

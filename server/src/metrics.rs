@@ -24,6 +24,8 @@ pub struct Metrics {
     /// Console sign-ins refused before any password check (rate limit, or every hashing slot
     /// busy).
     pub sign_ins_refused: AtomicU64,
+    /// Sync upgrades refused because they carried a token in the URL with --no-query-tokens.
+    pub query_tokens_refused: AtomicU64,
     flushes: AtomicU64,
     flush_micros_sum: AtomicU64,
     flush_micros_max: AtomicU64,
@@ -37,8 +39,14 @@ impl Metrics {
         self.flush_micros_max.fetch_max(us, Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, documents_in_memory: usize, password_hashes: u64) -> String {
+    /// The Prometheus text exposition; `extra` are (name, help, type, value) samples others
+    /// keep (connection caps, aggregated audit records).
+    pub fn render(
+        &self,
+        documents_in_memory: usize,
+        password_hashes: u64,
+        extra: &[(&str, &str, &str, f64)],
+    ) -> String {
         let mut s = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, v: f64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -128,6 +136,15 @@ impl Metrics {
             "counter",
             g(&self.access_denied),
         );
+        counter(
+            "rounds_query_tokens_refused_total",
+            "Sync upgrades refused for a token in the URL (--no-query-tokens).",
+            "counter",
+            g(&self.query_tokens_refused),
+        );
+        for (name, help, kind, v) in extra {
+            counter(name, help, kind, *v);
+        }
         counter(
             "rounds_flush_seconds_count",
             "Store flushes.",

@@ -78,6 +78,8 @@ pub struct Limits {
     pub outbound_bytes: usize,
     /// Console sign-in attempts per minute per client address, and per account.
     pub sign_ins_per_minute: f64,
+    /// Connections, header timeout, body sizes, password hashes, query tokens, proxies.
+    pub network: crate::network::NetworkLimits,
 }
 
 impl Default for Limits {
@@ -91,6 +93,7 @@ impl Default for Limits {
             code_lifetime: crate::security::CODE_LIFETIME,
             outbound_bytes: 32 << 20,
             sign_ins_per_minute: 20.0,
+            network: crate::network::NetworkLimits::default(),
         }
     }
 }
@@ -160,6 +163,8 @@ pub struct Shared {
     pub sign_in_slots: tokio::sync::Semaphore,
     /// The threads that compute them, one per slot.
     pub hashers: crate::console::hashing::Hashers,
+    /// Connections open, in all and per client address (taken in the acceptor).
+    pub caps: Arc<crate::network::ConnectionCaps>,
     /// Itself, for the shard drainers it starts (they hold it weakly: dropping the server
     /// drops the shards, closes their inboxes and ends the drainers).
     me: Weak<Shared>,
@@ -228,7 +233,7 @@ impl Shared {
             .map_err(|e| ServeError::Flush(e.to_string()))?;
         let quarantine = crate::quarantine::Quarantine::open(store.db())
             .map_err(|e| ServeError::Flush(e.to_string()))?;
-        let hash_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hash_threads = limits.network.password_hashes_at_once.max(1);
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             inbox_budget: Arc::new(tokio::sync::Semaphore::new(
@@ -263,6 +268,10 @@ impl Shared {
             ),
             sign_in_slots: tokio::sync::Semaphore::new(hash_threads),
             hashers: crate::console::hashing::Hashers::start(hash_threads),
+            caps: crate::network::ConnectionCaps::new(
+                limits.network.max_connections,
+                limits.network.max_connections_per_address,
+            ),
             enrol_limiter: RateLimiter::new(
                 limits.enrolments_per_minute / 60.0,
                 limits.enrolments_per_minute,
@@ -848,6 +857,31 @@ impl Shared {
         });
     }
 
+    /// `/metrics` samples of the connection caps and the aggregated audit records.
+    fn network_samples(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (
+                "rounds_tcp_connections_open",
+                "TCP connections open now (pages, API calls and WebSockets).",
+                "gauge",
+                self.caps.open() as f64,
+            ),
+            (
+                "rounds_connections_refused_total",
+                "Connections closed on arrival: --max-connections reached.",
+                "counter",
+                self.caps.refused_total.load(Relaxed) as f64,
+            ),
+            (
+                "rounds_connections_refused_per_address_total",
+                "Connections closed on arrival: --max-connections-per-address reached.",
+                "counter",
+                self.caps.refused_per_address.load(Relaxed) as f64,
+            ),
+        ]
+    }
+
     pub fn documents_in_memory(&self) -> usize {
         self.shards
             .all()
@@ -919,6 +953,18 @@ async fn sync_upgrade(
     Query(q): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if q.token.is_some() && shared.limits.network.no_query_tokens {
+        shared
+            .metrics
+            .query_tokens_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            StatusCode::UNAUTHORIZED,
+            "tokens in the URL are turned off on this server (--no-query-tokens): send an \
+             Authorization: Bearer header\n",
+        )
+            .into_response();
+    }
     let token = auth::token_of(&headers, q.token.as_deref());
     match shared.security.authenticate(token) {
         Ok(device) => ws
@@ -935,6 +981,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         shared.metrics.render(
             shared.documents_in_memory(),
             shared.accounts.password_hashes(),
+            &shared.network_samples(),
         ),
     )
 }
@@ -967,11 +1014,17 @@ async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
 
 /// The HTTP routes.
 pub fn router(shared: Arc<Shared>) -> Router {
+    use axum::extract::DefaultBodyLimit;
+    let net = &shared.limits.network;
+    let (body_limit, import_limit) = (net.max_body_bytes, net.max_import_bytes);
     crate::console::routes()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/sync", any(sync_upgrade))
-        .route("/api/v1/import", post(import))
+        .route(
+            "/api/v1/import",
+            post(import).layer(DefaultBodyLimit::max(import_limit)),
+        )
         .route("/api/v1/readings", post(crate::alerting::ingest))
         .route(
             "/api/v1/integrations",
@@ -995,6 +1048,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/close", post(crate::admin::close_month))
         .route("/api/v1/encounters", get(crate::admin::encounters))
         .route("/api/v1/export", get(crate::admin::export))
+        // Every body-reading extractor stops at this (413); the import's own limit overrides it.
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)
 }
 
@@ -1060,18 +1115,29 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
     let mut out = std::io::stdout().lock();
     let scheme = if opts.insecure_http { "http" } else { "https" };
     let mut fingerprint = String::new();
+    let net = &opts.limits.network;
+    let capped = crate::network::CappedAcceptor::new(shared.caps.clone());
+    // Every request's headers within the timeout (hyper's own timer), and the first request
+    // within it too: that also bounds the protocol detection before it, which hyper does not
+    // time (a client that sends half a request line would otherwise hold its socket forever).
+    fn configure<A>(
+        mut server: axum_server::Server<SocketAddr, A>,
+        timeout: Duration,
+    ) -> axum_server::Server<SocketAddr, A> {
+        server.http_builder().http1().header_read_timeout(timeout);
+        server.first_request_timeout(timeout)
+    }
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = if opts.insecure_http {
         eprintln!(
             "WARNING: --insecure-http: traffic (patient data, tokens) is NOT encrypted; use only on a trusted network"
         );
-        let h = handle.clone();
-        let addr = opts.listen;
-        tokio::spawn(async move {
-            axum_server::bind(addr)
-                .handle(h)
-                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-        })
+        let server = configure(
+            axum_server::bind(opts.listen).acceptor(capped),
+            net.header_timeout(),
+        )
+        .handle(handle.clone());
+        tokio::spawn(async move { server.serve(service).await })
     } else {
         let tls = tls::setup(
             &opts.store,
@@ -1091,14 +1157,16 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
         );
         fingerprint = tls.fingerprint.clone();
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
-        let h = handle.clone();
-        let addr = opts.listen;
-        tokio::spawn(async move {
-            axum_server::bind_rustls(addr, config)
-                .handle(h)
-                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-        })
+        // The caps first (before the handshake), then TLS with the same timeout.
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+            .handshake_timeout(net.header_timeout())
+            .acceptor(capped);
+        let server = configure(
+            axum_server::bind(opts.listen).acceptor(acceptor),
+            net.header_timeout(),
+        )
+        .handle(handle.clone());
+        tokio::spawn(async move { server.serve(service).await })
     };
     let Some(addr) = handle.listening().await else {
         let source = match server.await {

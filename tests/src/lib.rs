@@ -111,8 +111,29 @@ impl ServerProcess {
     }
 
     pub fn start_with(store: &Path, extra: &[&str]) -> anyhow::Result<ServerProcess> {
+        Self::start_inner(store, extra, None)
+    }
+
+    /// Like `start_with`, with the server's log (`ROUNDS_LOG=debug`, stderr) written to `log`.
+    pub fn start_logged(store: &Path, extra: &[&str], log: &Path) -> anyhow::Result<ServerProcess> {
+        Self::start_inner(store, extra, Some(log))
+    }
+
+    fn start_inner(
+        store: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> anyhow::Result<ServerProcess> {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(rounds_bin()?)
+        let stderr = match log {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path)?),
+            None => std::process::Stdio::inherit(),
+        };
+        let mut command = std::process::Command::new(rounds_bin()?);
+        if log.is_some() {
+            command.env("ROUNDS_LOG", "debug");
+        }
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
@@ -124,7 +145,7 @@ impl ServerProcess {
             .arg(store)
             .args(extra)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()?;
         let stdout = child
             .stdout
@@ -278,6 +299,30 @@ pub async fn https_request(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A TCP connection to the server from the loopback address `source` (any 127.x.y.z works on
+/// Linux), to act as different clients.
+pub async fn tcp_from(
+    server: &ServerProcess,
+    source: std::net::Ipv4Addr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], server.port)))
+        .await
+}
+
+/// A TLS connection to the server from the loopback address `source`.
+pub async fn tls_from(
+    server: &ServerProcess,
+    source: std::net::Ipv4Addr,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tcp_from(server, source).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls_client(server)?);
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(connector.connect(name, tcp).await?)
 }
 
 /// One HTTP/1.1 exchange over TLS: the raw request head (without the blank line) and body;

@@ -95,3 +95,172 @@ async fn a_hundred_concurrent_sign_ins_keep_memory_flat() {
         "the flood was refused before any hash: {hashes}"
     );
 }
+
+/// Whether the server closes `stream` (EOF or an error) within `within`, reading and
+/// discarding whatever it sends first.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_header_connections_are_closed_within_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--header-timeout-seconds", "2"]).unwrap();
+    let started = std::time::Instant::now();
+    let me = std::net::Ipv4Addr::LOCALHOST;
+    // Half a request head (slowloris), one byte (under hyper's protocol detection), and a TCP
+    // connection that never starts its TLS handshake.
+    let mut half_headers = Vec::new();
+    for _ in 0..20 {
+        let mut tls = rounds_tests::tls_from(&server, me).await.unwrap();
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        half_headers.push(tls);
+    }
+    let mut one_byte = Vec::new();
+    for _ in 0..5 {
+        let mut tls = rounds_tests::tls_from(&server, me).await.unwrap();
+        tls.write_all(b"G").await.unwrap();
+        tls.flush().await.unwrap();
+        one_byte.push(tls);
+    }
+    let mut no_handshake = Vec::new();
+    for _ in 0..5 {
+        no_handshake.push(rounds_tests::tcp_from(&server, me).await.unwrap());
+    }
+    let open = metric(&server, "rounds_tcp_connections_open")
+        .await
+        .unwrap();
+    assert!(open >= 30.0, "{open} connections open");
+    let limit = Duration::from_secs(8);
+    for s in &mut half_headers {
+        assert!(closed_within(s, limit).await, "a half header stayed open");
+    }
+    for s in &mut one_byte {
+        assert!(
+            closed_within(s, limit).await,
+            "a one-byte request stayed open"
+        );
+    }
+    for s in &mut no_handshake {
+        assert!(
+            closed_within(s, limit).await,
+            "a silent TCP connection stayed open"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "closed before the timeout: {took:?}"
+    );
+    // The server still serves, and holds none of them.
+    let (status, _, body) = rounds_tests::https_exchange(&server, "GET /healthz HTTP/1.1", b"")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let open = metric(&server, "rounds_tcp_connections_open")
+        .await
+        .unwrap();
+    assert!(open <= 2.0, "{open} connections still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_are_capped_per_address_and_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--max-connections-per-address",
+            "4",
+            "--max-connections",
+            "7",
+            "--header-timeout-seconds",
+            "60",
+        ],
+    )
+    .unwrap();
+    let a = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let b = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let c = std::net::Ipv4Addr::new(127, 0, 0, 4);
+    let mut from_a = Vec::new();
+    for _ in 0..4 {
+        from_a.push(rounds_tests::tls_from(&server, a).await.unwrap());
+    }
+    // A fifth from the same address is closed before its handshake completes.
+    assert!(rounds_tests::tls_from(&server, a).await.is_err());
+    let mut from_b = Vec::new();
+    for _ in 0..3 {
+        from_b.push(rounds_tests::tls_from(&server, b).await.unwrap());
+    }
+    // Seven open: the eighth, from a third address, is refused too.
+    assert!(rounds_tests::tls_from(&server, c).await.is_err());
+    // One closes: its place is free again.
+    drop(from_a.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(s) = rounds_tests::tls_from(&server, c).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "a freed place was not given back");
+    drop((from_a, from_b, again));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_address = metric(&server, "rounds_connections_refused_per_address_total")
+        .await
+        .unwrap();
+    let total = metric(&server, "rounds_connections_refused_total")
+        .await
+        .unwrap();
+    assert!(per_address >= 1.0 && total >= 1.0, "{per_address} {total}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_bodies_are_limited_on_every_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &["--max-body-bytes", "4096", "--max-import-bytes", "65536"],
+    )
+    .unwrap();
+    let admin = server.admin_token().unwrap();
+    let big = vec![b'x'; 10_000];
+    for (path, kind) in [
+        ("/api/v1/readings", "application/json"),
+        ("/api/v1/devices/enroll", "application/json"),
+        ("/console/login", "application/x-www-form-urlencoded"),
+    ] {
+        let head = format!("POST {path} HTTP/1.1\r\nContent-Type: {kind}");
+        let (status, _, _) = rounds_tests::https_exchange(&server, &head, &big)
+            .await
+            .unwrap();
+        assert_eq!(status, 413, "{path}");
+    }
+    // The import has its own, larger limit: 10 kB is read (and refused as a data file), 100 kB
+    // is not read at all.
+    let head = format!("POST /api/v1/import HTTP/1.1\r\nAuthorization: Bearer {admin}");
+    let (status, _, _) = rounds_tests::https_exchange(&server, &head, &big)
+        .await
+        .unwrap();
+    assert_ne!(status, 413);
+    let huge = vec![b'x'; 100_000];
+    let (status, _, _) = rounds_tests::https_exchange(&server, &head, &huge)
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
+}

@@ -297,7 +297,8 @@ async fn login(
     };
     // Limits before any password work: per client address and per account, then a bounded
     // number of password hashes at once (a flood waits briefly, then is turned away).
-    if !shared.admit_sign_in(&peer.ip().to_string(), &username) {
+    let client = shared.limits.network.client_ip(peer, &headers);
+    if !shared.admit_sign_in(&client.to_string(), &username) {
         return busy();
     }
     let Ok(Ok(_slot)) = tokio::time::timeout(SIGN_IN_WAIT, shared.sign_in_slots.acquire()).await
