@@ -159,8 +159,8 @@ pub async fn enroll(
     let client = shared.limits.network.client_ip(peer, &headers);
     if !shared.admit_enrolment(&client.to_string()) {
         let mut rec = AuditRecord::new("enrol-refused");
-        rec.detail = Some("rate limited".into());
-        shared.security.record(rec);
+        rec.detail = Some(format!("rate limited (from {client})"));
+        shared.audit_noisy(&client.to_string(), "enrolment rate limited", rec);
         return (
             StatusCode::TOO_MANY_REQUESTS,
             "too many enrolment attempts; wait a minute\n",

@@ -590,18 +590,24 @@ fn reject(
 /// once per vendor reading id.
 pub async fn ingest(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     let key = crate::auth::token_of(&headers, None)
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     let Some(integration) = key.and_then(|k| shared.alerting.integration_of(k)) else {
-        return reject(
-            &shared,
+        // Anyone can send this as often as they like: aggregated per client address.
+        let detail = "a valid integration API key is required (Authorization: Bearer …)";
+        let client = shared.limits.network.client_ip(peer, &headers).to_string();
+        let mut a = AuditRecord::new("ingest-rejected");
+        a.detail = Some(format!("{detail} (from {client})"));
+        shared.audit_noisy(&client, "no valid API key", a);
+        return (
             StatusCode::UNAUTHORIZED,
-            None,
-            "a valid integration API key is required (Authorization: Bearer …)".into(),
-        );
+            Json(serde_json::json!({ "error": detail })),
+        )
+            .into_response();
     };
     let de = &mut serde_json::Deserializer::from_str(&body);
     let r: VendorReading = match serde_path_to_error::deserialize(de) {

@@ -6,6 +6,7 @@ mod access;
 mod admin;
 mod admin_client;
 mod alerting;
+mod audit_aggregate;
 mod auth;
 mod cli;
 mod close;

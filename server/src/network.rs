@@ -57,6 +57,10 @@ pub struct NetworkLimits {
     /// WebSocket clients cannot set an Authorization header and need it; apps send the header.
     #[arg(long)]
     pub no_query_tokens: bool,
+    /// Seconds over which audit records anyone can cause (unauthenticated or rate-limited
+    /// requests, a device's repeated denials) are folded into one record per source and reason.
+    #[arg(long, default_value_t = 60)]
+    pub audit_aggregate_seconds: u64,
     /// A reverse proxy's address whose `X-Forwarded-For` header names the real client (repeat
     /// for several). Without it the header is ignored: anyone could write it.
     #[arg(long = "trusted-proxy")]
@@ -73,6 +77,7 @@ impl Default for NetworkLimits {
             max_import_bytes: 64 << 20,
             password_hashes_at_once: default_password_hashes(),
             no_query_tokens: false,
+            audit_aggregate_seconds: 60,
             trusted_proxies: Vec::new(),
         }
     }

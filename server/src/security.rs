@@ -44,6 +44,10 @@ pub struct AuditRecord {
     pub document: Option<String>,
     pub patient: Option<String>,
     pub detail: Option<String>,
+    /// A summary of aggregated events (`audit_aggregate`): how many more like this one there
+    /// were in its interval. None: one event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
 }
 
 impl AuditRecord {
@@ -56,6 +60,7 @@ impl AuditRecord {
             document: None,
             patient: None,
             detail: None,
+            repeated: None,
         }
     }
 }
@@ -396,7 +401,7 @@ impl Security {
 pub fn audit_csv(records: &[AuditRecord]) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record([
-        "at", "action", "device", "facility", "document", "patient", "detail",
+        "at", "action", "device", "facility", "document", "patient", "detail", "repeated",
     ]);
     for r in records {
         let o = |v: &Option<String>| v.clone().unwrap_or_default();
@@ -408,6 +413,7 @@ pub fn audit_csv(records: &[AuditRecord]) -> String {
             o(&r.document),
             o(&r.patient),
             o(&r.detail),
+            r.repeated.map(|n| n.to_string()).unwrap_or_default(),
         ]);
     }
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()

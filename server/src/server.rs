@@ -165,6 +165,8 @@ pub struct Shared {
     pub hashers: crate::console::hashing::Hashers,
     /// Connections open, in all and per client address (taken in the acceptor).
     pub caps: Arc<crate::network::ConnectionCaps>,
+    /// Audit records anyone can cause, one per source and reason per interval.
+    pub noisy: crate::audit_aggregate::Aggregator,
     /// Itself, for the shard drainers it starts (they hold it weakly: dropping the server
     /// drops the shards, closes their inboxes and ends the drainers).
     me: Weak<Shared>,
@@ -272,6 +274,9 @@ impl Shared {
                 limits.network.max_connections,
                 limits.network.max_connections_per_address,
             ),
+            noisy: crate::audit_aggregate::Aggregator::new(chrono::Duration::seconds(
+                i64::try_from(limits.network.audit_aggregate_seconds).unwrap_or(i64::MAX / 1000),
+            )),
             enrol_limiter: RateLimiter::new(
                 limits.enrolments_per_minute / 60.0,
                 limits.enrolments_per_minute,
@@ -391,6 +396,18 @@ impl Shared {
     }
 
     fn audit_for(&self, conn: ConnId, action: &str, doc: Option<&str>, detail: Option<String>) {
+        let rec = self.audit_record_for(conn, action, doc, detail);
+        self.security.record(rec);
+    }
+
+    /// A connection's audit record: its device, facility, document and that document's patient.
+    fn audit_record_for(
+        &self,
+        conn: ConnId,
+        action: &str,
+        doc: Option<&str>,
+        detail: Option<String>,
+    ) -> AuditRecord {
         let mut rec = AuditRecord::new(action);
         let device = self
             .conns()
@@ -407,7 +424,7 @@ impl Shared {
         }
         rec.document = doc.map(str::to_string);
         rec.detail = detail;
-        self.security.record(rec);
+        rec
     }
 
     fn sender(&self, conn: ConnId) -> Option<crate::outlet::Outlet> {
@@ -464,7 +481,11 @@ impl Shared {
                         .access_denied
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(conn, doc = %doc, "document access denied");
-                    self.audit_for(conn, "denied", Some(&doc), None);
+                    // The first denial of each document per device in full, repeats
+                    // aggregated: a device cannot write a record per frame.
+                    let rec = self.audit_record_for(conn, "denied", Some(&doc), None);
+                    let source = rec.device.clone().unwrap_or_else(|| format!("conn {conn}"));
+                    self.audit_noisy(&source, &format!("denied {doc}"), rec);
                 }
                 Action::Accessed { conn, doc, wrote } => {
                     let first = self
@@ -857,6 +878,22 @@ impl Shared {
         });
     }
 
+    /// Audit an event anyone could repeat at will (an unauthenticated or rate-limited request,
+    /// a device's repeated denial): the first of its `source` and `reason` in an interval is
+    /// written in full, the rest as one summary record with a count.
+    pub fn audit_noisy(&self, source: &str, reason: &str, rec: AuditRecord) {
+        for r in self.noisy.note(source, reason, rec, chrono::Utc::now()) {
+            self.security.record(r);
+        }
+    }
+
+    /// Write the summaries of aggregation intervals that have ended (all of them with `all`).
+    pub fn write_audit_summaries(&self, all: bool) {
+        for r in self.noisy.due(chrono::Utc::now(), all) {
+            self.security.record(r);
+        }
+    }
+
     /// `/metrics` samples of the connection caps and the aggregated audit records.
     fn network_samples(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -878,6 +915,18 @@ impl Shared {
                 "Connections closed on arrival: --max-connections-per-address reached.",
                 "counter",
                 self.caps.refused_per_address.load(Relaxed) as f64,
+            ),
+            (
+                "rounds_audit_noisy_events_total",
+                "Audited events anyone can repeat (unauthenticated, rate-limited, repeated denials).",
+                "counter",
+                self.noisy.events.load(Relaxed) as f64,
+            ),
+            (
+                "rounds_audit_events_aggregated_total",
+                "Of those, events counted into a summary record instead of written on their own.",
+                "counter",
+                self.noisy.folded.load(Relaxed) as f64,
             ),
         ]
     }
@@ -949,6 +998,7 @@ struct TokenQuery {
 
 async fn sync_upgrade(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     ws: WebSocketUpgrade,
@@ -971,7 +1021,13 @@ async fn sync_upgrade(
             .max_message_size(shared.max_frame)
             .max_frame_size(shared.max_frame)
             .on_upgrade(move |socket| crate::connection::handle(socket, shared, device)),
-        Err(e) => (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        Err(e) => {
+            let client = shared.limits.network.client_ip(peer, &headers).to_string();
+            let mut a = AuditRecord::new("sync-unauthorized");
+            a.detail = Some(format!("{e} (from {client})"));
+            shared.audit_noisy(&client, "sync without a valid token", a);
+            (StatusCode::UNAUTHORIZED, e.to_string()).into_response()
+        }
     }
 }
 
@@ -1071,6 +1127,7 @@ impl Running {
         let _ = self.stop.send(true);
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
         let _ = self.server.await;
+        self.shared.write_audit_summaries(true);
         self.shared.flush().await
     }
 }
@@ -1087,6 +1144,19 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
         stop_rx,
     )?;
     shared.clone().start_auto_close(opts.close_check);
+    {
+        let shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.write_audit_summaries(false);
+            }
+        });
+    }
     if let Ok(mut p) = shared.push.write() {
         *p = opts.push.clone();
     }

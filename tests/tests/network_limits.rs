@@ -264,3 +264,89 @@ async fn request_bodies_are_limited_on_every_endpoint() {
         .unwrap();
     assert_eq!(status, 413);
 }
+
+/// The audit records with `action`, through the admin API.
+async fn audit_records(server: &ServerProcess, action: &str) -> Vec<serde_json::Value> {
+    let head = format!(
+        "GET /api/v1/audit HTTP/1.1\r\nAuthorization: Bearer {}",
+        server.admin_token().unwrap()
+    );
+    let (status, _, body) = rounds_tests::https_exchange(server, &head, b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    all.into_iter().filter(|r| r["action"] == action).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_floods_add_a_handful_of_aggregated_audit_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        &[
+            "--audit-aggregate-seconds",
+            "2",
+            "--sign-ins-per-minute",
+            "5",
+        ],
+    )
+    .unwrap();
+    let reading = br#"{"reading_id":"r1","device_id":"d1","kind":"weight","values":{"value":80},"unit":"kg","measured_at":"2026-11-03T08:00:00Z"}"#;
+    let posts: Vec<_> = (0..200)
+        .map(|i| {
+            let server = &server;
+            async move {
+                let head = if i % 2 == 0 {
+                    "POST /api/v1/readings HTTP/1.1\r\nContent-Type: application/json".to_string()
+                } else {
+                    "POST /api/v1/readings HTTP/1.1\r\nContent-Type: application/json\r\nAuthorization: Bearer wrong-key".to_string()
+                };
+                rounds_tests::https_exchange(server, &head, reading).await
+            }
+        })
+        .collect();
+    for r in futures_util::future::join_all(posts).await {
+        assert_eq!(r.unwrap().0, 401);
+    }
+    // Rate-limited sign-ins (5 per minute from this address): refused, and aggregated too.
+    for i in 0..30 {
+        console_sign_in(&server, &format!("someone-{i}"), "x")
+            .await
+            .unwrap();
+    }
+    let rejected = audit_records(&server, "ingest-rejected").await;
+    assert!(
+        !rejected.is_empty() && rejected.len() <= 3,
+        "{} records for 200 unauthenticated readings",
+        rejected.len()
+    );
+    let refused = audit_records(&server, "console-login-refused").await;
+    assert!(
+        refused.len() <= 3,
+        "{} records for 25 refused sign-ins",
+        refused.len()
+    );
+    let events = metric(&server, "rounds_audit_noisy_events_total")
+        .await
+        .unwrap();
+    assert!(events >= 225.0, "{events}");
+    let folded = metric(&server, "rounds_audit_events_aggregated_total")
+        .await
+        .unwrap();
+    assert!(folded >= 200.0, "{folded}");
+    // When the interval ends, one summary with the count.
+    let mut summary = None;
+    for _ in 0..40 {
+        let rejected = audit_records(&server, "ingest-rejected").await;
+        if let Some(s) = rejected.iter().find(|r| r["repeated"].is_u64()) {
+            summary = Some(s.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let summary = summary.expect("no summary record after the interval");
+    assert_eq!(summary["repeated"], 199, "{summary}");
+    let all = audit_records(&server, "ingest-rejected").await;
+    assert_eq!(all.len(), 2, "{all:#?}");
+}

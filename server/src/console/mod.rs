@@ -284,11 +284,16 @@ async fn login(
     }
     let username = form.get("username").cloned().unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
-    let busy = || {
+    let client = shared.limits.network.client_ip(peer, &headers);
+    let busy = |why: &str| {
         shared
             .metrics
             .sign_ins_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut a = AuditRecord::new("console-login-refused");
+        a.device = Some(format!("user:{username}"));
+        a.detail = Some(format!("{why} (from {client})"));
+        shared.audit_noisy(&client.to_string(), why, a);
         error_page(
             None,
             StatusCode::TOO_MANY_REQUESTS,
@@ -297,13 +302,12 @@ async fn login(
     };
     // Limits before any password work: per client address and per account, then a bounded
     // number of password hashes at once (a flood waits briefly, then is turned away).
-    let client = shared.limits.network.client_ip(peer, &headers);
     if !shared.admit_sign_in(&client.to_string(), &username) {
-        return busy();
+        return busy("rate limited");
     }
     let Ok(Ok(_slot)) = tokio::time::timeout(SIGN_IN_WAIT, shared.sign_in_slots.acquire()).await
     else {
-        return busy();
+        return busy("every password check busy");
     };
     let s2 = shared.clone();
     let u2 = username.clone();
@@ -318,7 +322,16 @@ async fn login(
         Err(_) => "console-login-failed",
     });
     a.device = Some(format!("user:{username}"));
-    shared.security.record(a);
+    a.detail = Some(format!("from {client}"));
+    match &result {
+        // Failed and locked-out attempts are anyone's to repeat: aggregated per client address
+        // and account (the first of each in full).
+        Err(AccountError::BadCredentials | AccountError::Locked(_)) => {
+            let why = format!("{} user:{username}", a.action);
+            shared.audit_noisy(&client.to_string(), &why, a);
+        }
+        _ => shared.security.record(a),
+    }
     match result {
         Ok((sid, _)) => {
             let mut resp = Redirect::to("/console/").into_response();
