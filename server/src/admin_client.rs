@@ -167,6 +167,7 @@ fn direct(store: &crate::store::SledStore, s: &Security, op: Op) -> Result<Strin
                 .add_user(&username, &password, role, &facilities)
                 .map_err(invalid)?;
             let mut rec = crate::security::AuditRecord::new("user-added");
+            rec.device = Some(format!("user:{}", u.username));
             rec.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
             s.record(rec);
             json(

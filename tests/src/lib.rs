@@ -368,6 +368,16 @@ pub async fn console_sign_in(
     username: &str,
     password: &str,
 ) -> anyhow::Result<(u16, String)> {
+    let (status, _, body) = console_session(server, username, password).await?;
+    Ok((status, body))
+}
+
+/// Like `console_sign_in`; also returns the session cookie (`rounds_session=…`) when signed in.
+pub async fn console_session(
+    server: &ServerProcess,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<(u16, Option<String>, String)> {
     let (_, headers, form) = https_exchange(server, "GET /console/login HTTP/1.1", b"").await?;
     let cookie = headers
         .iter()
@@ -389,8 +399,14 @@ pub async fn console_sign_in(
     let head = format!(
         "POST /console/login HTTP/1.1\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded"
     );
-    let (status, _, body) = https_exchange(server, &head, body.as_bytes()).await?;
-    Ok((status, body))
+    let (status, headers, body) = https_exchange(server, &head, body.as_bytes()).await?;
+    let session = headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .filter_map(|(_, v)| v.split(';').next())
+        .find(|c| c.starts_with("rounds_session=") && c.len() > "rounds_session=".len())
+        .map(str::to_string);
+    Ok((status, session, body))
 }
 
 fn urlencode(s: &str) -> String {
@@ -585,6 +601,22 @@ pub mod raw {
             .max_message_size(Some(64 << 20))
             .max_frame_size(Some(64 << 20));
         tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, Some(connector))
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Open `/sync?token=…` the way a browser WebSocket client must (no header).
+    pub async fn connect_with_query_token(
+        server: &ServerProcess,
+        token: &str,
+    ) -> Result<Socket, String> {
+        let req = format!("{}?token={token}", server.url())
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let connector =
+            tokio_tungstenite::Connector::Rustls(tls_client(server).map_err(|e| e.to_string())?);
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
             .await
             .map(|(ws, _)| ws)
             .map_err(|e| e.to_string())

@@ -350,3 +350,106 @@ async fn unauthenticated_floods_add_a_handful_of_aggregated_audit_records() {
     let all = audit_records(&server, "ingest-rejected").await;
     assert_eq!(all.len(), 2, "{all:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_facility_admin_sees_only_their_facilities_users_and_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    add_console_user(store, "admin-a", "admin", &["fac-a"], PASSWORD).unwrap();
+    add_console_user(store, "admin-b", "admin", &["fac-b"], PASSWORD).unwrap();
+    add_console_user(store, "nurse-b", "nurse", &["fac-b"], PASSWORD).unwrap();
+    add_console_user(store, "nurse-ab", "nurse", &["fac-a", "fac-b"], PASSWORD).unwrap();
+    let server = ServerProcess::start_with(store, &["--sign-ins-per-minute", "1000"]).unwrap();
+    // Failed sign-ins: another facility's nurse, a shared nurse, an unknown name; a lockout.
+    for _ in 0..5 {
+        console_sign_in(&server, "nurse-b", "wrong").await.unwrap();
+    }
+    console_sign_in(&server, "nurse-ab", "wrong").await.unwrap();
+    console_sign_in(&server, "mallory-probe", "wrong")
+        .await
+        .unwrap();
+    let page = |who: &'static str| {
+        let server = &server;
+        async move {
+            let (status, cookie, body) = rounds_tests::console_session(server, who, PASSWORD)
+                .await
+                .unwrap();
+            let cookie = cookie.unwrap_or_else(|| panic!("{who} did not sign in: {status} {body}"));
+            let head = format!("GET /console/audit HTTP/1.1\r\nCookie: {cookie}");
+            let (status, _, html) = rounds_tests::https_exchange(server, &head, b"")
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{html}");
+            html
+        }
+    };
+    let a = page("admin-a").await;
+    for hidden in [
+        "nurse-b",
+        "admin-b",
+        "mallory-probe",
+        "console-login-locked",
+    ] {
+        assert!(!a.contains(hidden), "admin-a sees {hidden}");
+    }
+    assert!(
+        a.contains("user:nurse-ab"),
+        "admin-a misses a shared user's failed sign-in"
+    );
+    assert!(a.contains("user:admin-a"));
+    let b = page("admin-b").await;
+    for shown in [
+        "user:nurse-b",
+        "console-login-locked",
+        "user:nurse-ab",
+        "user:admin-b",
+    ] {
+        assert!(b.contains(shown), "admin-b misses {shown}");
+    }
+    assert!(!b.contains("admin-a") && !b.contains("mallory-probe"));
+    // The operator (admin token) still sees everything, the unknown name included.
+    let head = format!(
+        "GET /api/v1/audit HTTP/1.1\r\nAuthorization: Bearer {}",
+        server.admin_token().unwrap()
+    );
+    let (_, _, all) = rounds_tests::https_exchange(&server, &head, b"")
+        .await
+        .unwrap();
+    assert!(all.contains("mallory-probe") && all.contains("nurse-b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_tokens_can_be_turned_off_and_are_never_logged() {
+    use rounds_tests::{DEV_TOKEN, raw};
+    let leaky = "leaky-query-token-7f3a9c";
+    // On (the default, for browser clients), with every log line the server can write.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = ServerProcess::start_logged(&dir.path().join("store"), &[], &log).unwrap();
+    let ws = raw::connect_with_query_token(&server, DEV_TOKEN).await;
+    assert!(ws.is_ok(), "{:?}", ws.err());
+    drop(ws);
+    let refused = raw::connect_with_query_token(&server, leaky).await;
+    assert!(refused.err().is_some_and(|e| e.contains("401")));
+    // A console sign-in with a password, too: never logged either.
+    console_sign_in(&server, "nobody", leaky).await.unwrap();
+    server.stop().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().count() > 5,
+        "debug logging was not on:\n{text}"
+    );
+    for secret in [DEV_TOKEN, leaky] {
+        assert!(!text.contains(secret), "the log holds a token:\n{text}");
+    }
+    // Off: a token in the URL is refused with a clear reason; the header still works.
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--no-query-tokens"]).unwrap();
+    let refused = raw::connect_with_query_token(&server, DEV_TOKEN).await;
+    assert!(refused.err().is_some_and(|e| e.contains("401")));
+    assert!(raw::connect(&server, DEV_TOKEN).await.is_ok());
+    let n = metric(&server, "rounds_query_tokens_refused_total")
+        .await
+        .unwrap();
+    assert_eq!(n, 1.0);
+}

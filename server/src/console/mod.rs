@@ -431,6 +431,7 @@ pub async fn api_add_user(
     match r {
         Ok(Ok(u)) => {
             let mut a = AuditRecord::new("user-added");
+            a.device = Some(format!("user:{}", u.username));
             a.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
             shared.security.record(a);
             axum::Json(serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities})).into_response()

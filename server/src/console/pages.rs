@@ -1032,6 +1032,25 @@ pub async fn devices_post(
     }
 }
 
+/// Whether a console admin may see an audit record: records of their facilities, and — of the
+/// records without a facility — those about a user who shares one of their facilities. Sign-ins
+/// of unknown usernames, unauthenticated requests and server-wide events belong to no facility:
+/// the server's operator reads them with `rounds audit` (admin token).
+fn visible_to(
+    viewer: &super::accounts::User,
+    colleagues: &std::collections::HashSet<String>,
+    r: &crate::security::AuditRecord,
+) -> bool {
+    match &r.facility {
+        Some(f) => viewer.sees(f),
+        None => r
+            .device
+            .as_deref()
+            .and_then(|d| d.strip_prefix("user:"))
+            .is_some_and(|u| colleagues.contains(u)),
+    }
+}
+
 pub async fn audit_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
     if let Some(r) = admin_only(&shared, &c) {
         return r;
@@ -1044,6 +1063,14 @@ pub async fn audit_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
         None => None,
     };
     let action = q(&query, "action").map(str::to_string);
+    // The users who share a facility with this admin: their sign-ins and lockouts show.
+    let colleagues: std::collections::HashSet<String> = shared
+        .accounts
+        .users()
+        .into_iter()
+        .filter(|u| u.facilities.iter().any(|f| c.user.sees(f)))
+        .map(|u| u.username)
+        .collect();
     let mut records: Vec<_> = shared
         .security
         .query(&crate::security::AuditQuery {
@@ -1052,7 +1079,7 @@ pub async fn audit_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
             since,
         })
         .into_iter()
-        .filter(|r| r.facility.as_ref().is_none_or(|f| c.user.sees(f)))
+        .filter(|r| visible_to(&c.user, &colleagues, r))
         .filter(|r| {
             action
                 .as_ref()
