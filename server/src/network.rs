@@ -21,10 +21,9 @@ use axum::http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Half the cores (at least one, at most four): a sign-in flood keeps the other half for sync.
 fn default_password_hashes() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(4)
+    (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).clamp(1, 4)
 }
 
 /// `rounds serve`'s network limits (see SECURITY.md, "Limits").
@@ -49,8 +48,8 @@ pub struct NetworkLimits {
     #[arg(long, default_value_t = 64 << 20)]
     pub max_import_bytes: usize,
     /// Console password checks (argon2, ~19 MiB each) computed at once, each on its own
-    /// thread; a sign-in waits at most 3 s for one, then gets 429. Default: one per core, at
-    /// most 4.
+    /// thread; a sign-in waits at most 3 s for one, then gets 429. Default: half the cores, at
+    /// least 1 and at most 4, so a flood of sign-ins leaves the rest to sync.
     #[arg(long, default_value_t = default_password_hashes())]
     pub password_hashes_at_once: usize,
     /// Refuse a device token in the sync URL's query string (`/sync?token=…`). Browser

@@ -9,6 +9,11 @@
 //! peak RSS), idle reconnect (round trips and bytes per unchanged document), device write
 //! (durable `log_interaction` p50/p99, cold open of a 200-patient replica), month close (closing
 //! and exporting N patient-months, Rounds only). Prints a JSON report and a Markdown table.
+//!
+//! `--attack [--attack-seconds 30] [--bad-sign-ins-per-second 200] [--slowloris 500]
+//! [--tablets 10]` runs only the load test (`attack.rs`): one facility's tablets converge on a TLS
+//! server, unloaded, then again on a fresh store while bad console sign-ins and slowloris
+//! connections hit the server; prints both times, their ratio and the server's peak RSS.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -28,6 +33,11 @@ struct Args {
     writes: usize,
     close_patients: usize,
     skip_reference: bool,
+    /// Run only the load test: the storm of one facility with and without an attack.
+    attack: bool,
+    attack_seconds: u64,
+    bad_sign_ins_per_second: u64,
+    slowloris: usize,
 }
 
 fn args() -> Args {
@@ -55,6 +65,10 @@ fn args() -> Args {
         writes: num("--writes", 500),
         close_patients: num("--close-patients", 10_000),
         skip_reference: raw.iter().any(|a| a == "--skip-reference"),
+        attack: raw.iter().any(|a| a == "--attack"),
+        attack_seconds: num("--attack-seconds", 30) as u64,
+        bad_sign_ins_per_second: num("--bad-sign-ins-per-second", 200) as u64,
+        slowloris: num("--slowloris", 500),
     }
 }
 
@@ -306,7 +320,7 @@ async fn round(
 
 async fn storm(
     name: &str,
-    server: Server,
+    server: &Server,
     templates: &[Template],
     a: &Args,
     work: &Path,
@@ -330,9 +344,9 @@ async fn storm(
             tablets.push((r, t.token.clone()));
         }
     }
-    let (tablets, push, r1) = round(tablets, &server).await;
-    let (tablets, pull, r2) = round(tablets, &server).await;
-    let (tablets, idle, r3) = round(tablets, &server).await;
+    let (tablets, push, r1) = round(tablets, server).await;
+    let (tablets, pull, r2) = round(tablets, server).await;
+    let (tablets, idle, r3) = round(tablets, server).await;
     let docs: usize = r3.iter().map(|r| r.documents).sum();
     let sum = |rs: &[SyncReport], f: fn(&SyncReport) -> u64| rs.iter().map(f).sum::<u64>();
     // Converged: every tablet of a facility holds the same entries.
@@ -503,6 +517,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted.get(i).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
+#[path = "rounds-bench/attack.rs"]
+mod attack;
+
 fn main() {
     let a = args();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -511,6 +528,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if a.attack {
+        attack::run(&rt, &a, work.path());
+        return;
+    }
     let mut report = serde_json::Map::new();
     let mut storms = Vec::new();
     for &f in &a.facilities {
@@ -520,7 +541,7 @@ fn main() {
         let templates = rt.block_on(templates(f, &a, &store, work.path()));
         let s = rt.block_on(storm(
             "rounds",
-            start_rounds(&store),
+            &start_rounds(&store),
             &templates,
             &a,
             work.path(),
@@ -530,7 +551,7 @@ fn main() {
         if !a.skip_reference {
             let s = rt.block_on(storm(
                 "reference",
-                start_reference(&work.path().join(format!("ref-store-{f}"))),
+                &start_reference(&work.path().join(format!("ref-store-{f}"))),
                 &templates,
                 &a,
                 work.path(),
