@@ -361,6 +361,56 @@ impl DataFile {
         out
     }
 
+    /// The file split by patient: each part holds the facility, the practitioners and staff,
+    /// one patient, that patient's entries, and the corrections of those entries. What one
+    /// patient's package needs, so building 10,000 packages does not scan every entry 10,000
+    /// times. Corrections of entries no patient has are in no part.
+    pub fn by_patient(&self) -> std::collections::BTreeMap<String, DataFile> {
+        let mut parts: std::collections::BTreeMap<String, DataFile> = self
+            .patients
+            .iter()
+            .map(|p| {
+                let part = DataFile {
+                    format: self.format.clone(),
+                    facility: self.facility.clone(),
+                    practitioners: self.practitioners.clone(),
+                    staff: self.staff.clone(),
+                    patients: vec![p.clone()],
+                    interactions: Vec::new(),
+                    readings: Vec::new(),
+                    timers: Vec::new(),
+                    corrections: Vec::new(),
+                };
+                (p.id.clone(), part)
+            })
+            .collect();
+        let mut owner: std::collections::HashMap<Uuid, String> = std::collections::HashMap::new();
+        for i in &self.interactions {
+            owner.insert(i.id, i.patient.clone());
+            if let Some(part) = parts.get_mut(&i.patient) {
+                part.interactions.push(i.clone());
+            }
+        }
+        for r in &self.readings {
+            owner.insert(r.id, r.patient.clone());
+            if let Some(part) = parts.get_mut(&r.patient) {
+                part.readings.push(r.clone());
+            }
+        }
+        for t in &self.timers {
+            owner.insert(t.id, t.patient.clone());
+            if let Some(part) = parts.get_mut(&t.patient) {
+                part.timers.push(t.clone());
+            }
+        }
+        for c in &self.corrections {
+            if let Some(part) = owner.get(&c.target).and_then(|p| parts.get_mut(p)) {
+                part.corrections.push(c.clone());
+            }
+        }
+        parts
+    }
+
     /// Sort every list into its canonical order and fill derived keys, so that two files holding
     /// the same data compare equal (the replica exports in this order).
     pub fn canonicalize(&mut self) {

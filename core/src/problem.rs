@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One problem with input: which entry, which field, what is wrong. Never carries patient names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     /// The entry, e.g. `interaction 0193…` or `patients[3]` when it has no usable id.
     pub entry: String,

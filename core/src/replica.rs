@@ -136,7 +136,7 @@ pub struct NewReading {
 }
 
 /// The entries of one patient-month document, as stored (nothing folded away).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MonthEntries {
     /// Logged interactions and stopped timers.
     pub interactions: Vec<Interaction>,

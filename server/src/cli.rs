@@ -28,6 +28,14 @@ pub enum BillFormat {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReadModelAction {
+    /// Compare every current entry with a fresh read of its document.
+    Check,
+    /// Read every document again.
+    Rebuild,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum WorklistFormat {
     Json,
     /// An aligned table for a terminal.
@@ -196,6 +204,15 @@ pub enum Command {
         store: PathBuf,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
+    },
+    /// The read model (each patient and month document read once and kept, for pages, month
+    /// close and export): `check` compares every current entry with a fresh read of its
+    /// document, `rebuild` reads every document again. On a store no server has open.
+    ReadModel {
+        #[arg(value_enum)]
+        action: ReadModelAction,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
     },
     /// Close a month now: store each patient's encounter (version 1, or a new version when late
     /// data changed the lines).
@@ -675,6 +692,40 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             tablets,
             exit,
         })),
+        Command::ReadModel { action, store } => {
+            let st = crate::store::SledStore::open(&store).map_err(|e| {
+                CliError::Invalid(format!("{e} (stop the server to use this store)"))
+            })?;
+            match action {
+                ReadModelAction::Check => {
+                    let r = st.read_model.check(&st);
+                    println!(
+                        "read model: {} entries compared, {} stale (read again on next use), {} wrong",
+                        r.compared,
+                        r.stale,
+                        r.mismatched.len()
+                    );
+                    if r.mismatched.is_empty() {
+                        Ok(())
+                    } else {
+                        let ids: Vec<String> = r.mismatched.iter().map(|d| d.url()).collect();
+                        Err(CliError::Invalid(format!(
+                            "read-model entries differ from their documents: {} (run `rounds read-model rebuild`)",
+                            ids.join(", ")
+                        )))
+                    }
+                }
+                ReadModelAction::Rebuild => {
+                    let n = st
+                        .read_model
+                        .rebuild(&st)
+                        .map_err(|e| CliError::Invalid(e.to_string()))?;
+                    st.flush().map_err(|e| CliError::Invalid(e.to_string()))?;
+                    println!("read model: {n} documents read again");
+                    Ok(())
+                }
+            }
+        }
         Command::Push { command, store } => {
             let st = crate::store::SledStore::open(&store).map_err(|e| {
                 CliError::Invalid(format!("{e} (stop the server to push from this store)"))
@@ -848,7 +899,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 shared
                     .merge(&data.facility.id, docs)
                     .await
-                    .map_err(CliError::Invalid)
+                    .map_err(CliError::Invalid)?;
+                // Read what was written into the read model now, not at the first close.
+                crate::ledger::facility_data(&shared.store, &data.facility.id)
+                    .map(|_| ())
+                    .map_err(|e| CliError::Invalid(e.to_string()))
             })?;
             println!(
                 "imported {} ({} documents); facility document {}",

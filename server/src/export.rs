@@ -71,67 +71,100 @@ pub fn export(
         });
         return Ok(files);
     }
-    for pm in closed.patient_months(month, now, config) {
-        let v = pm.encounter;
-        let patient = pm.patient;
-        if rounds_core::ids::check_id("patient", &patient.id).is_err() {
-            // Stored before ids were restricted: never becomes a file name.
-            tracing::warn!(
-                facility,
-                "skipping a patient whose stored id is not a valid id"
-            );
-            continue;
-        }
-        let stem = format!("{}-{month}-v{}", patient.id, pm.version);
-        match format {
-            Format::Fhir => {
-                if !v.lines.is_empty() {
-                    let bundle = fhir::bundle(&pm);
-                    files.push(ExportFile {
-                        name: format!("fhir/{stem}.json"),
-                        bytes: serde_json::to_vec_pretty(&bundle).unwrap_or_default(),
-                    });
-                }
-            }
-            Format::Hl7 => {
-                if let Some(m) = hl7::dft_p03(&pm, 0) {
-                    files.push(ExportFile {
-                        name: format!("hl7/{stem}-DFT_P03.hl7"),
-                        bytes: m.into_bytes(),
-                    });
-                    files.push(ExportFile {
-                        name: format!("hl7/{stem}-MDM_T02.hl7"),
-                        bytes: hl7::mdm_t02(&pm, 0).into_bytes(),
-                    });
-                }
-                if let Some(m) = hl7::oru_r01(&pm, 0) {
-                    files.push(ExportFile {
-                        name: format!("hl7/{stem}-ORU_R01.hl7"),
-                        bytes: m.into_bytes(),
-                    });
-                }
-            }
-            Format::Pdf => {
-                let title = format!(
-                    "{} - {} - care management note",
-                    patient.name,
-                    month.first_day().format("%B %Y")
-                );
+    // One patient's files at a time on every core (the packages are independent).
+    let pms = closed.patient_months(month, now, config);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = pms.len().div_ceil(workers).max(1);
+    let built: Option<Vec<Vec<ExportFile>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pms
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut files = Vec::new();
+                    for pm in part {
+                        package_files(pm, facility, month, format, &mut files);
+                    }
+                    files
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().ok()).collect()
+    });
+    let built = built
+        .ok_or_else(|| LedgerError::Store("building a package failed; nothing written".into()))?;
+    files.extend(built.into_iter().flatten());
+    Ok(files)
+}
+
+/// The files of one patient's package in `format` (FHIR, HL7 or PDF).
+fn package_files(
+    pm: &rounds_core::ehr::PatientMonth<'_>,
+    facility: &str,
+    month: Month,
+    format: Format,
+    files: &mut Vec<ExportFile>,
+) {
+    let v = pm.encounter;
+    let patient = pm.patient;
+    if rounds_core::ids::check_id("patient", &patient.id).is_err() {
+        // Stored before ids were restricted: never becomes a file name.
+        tracing::warn!(
+            facility,
+            "skipping a patient whose stored id is not a valid id"
+        );
+        return;
+    }
+    let stem = format!("{}-{month}-v{}", patient.id, pm.version);
+    match format {
+        Format::Fhir => {
+            if !v.lines.is_empty() {
+                let bundle = fhir::bundle(pm);
                 files.push(ExportFile {
-                    name: format!("pdf/{stem}.pdf"),
-                    bytes: crate::pdf::render(&title, &note::note_lines(&pm)),
+                    name: format!("fhir/{stem}.json"),
+                    bytes: serde_json::to_vec_pretty(&bundle).unwrap_or_default(),
                 });
             }
-            Format::Csv => {}
         }
+        Format::Hl7 => {
+            if let Some(m) = hl7::dft_p03(pm, 0) {
+                files.push(ExportFile {
+                    name: format!("hl7/{stem}-DFT_P03.hl7"),
+                    bytes: m.into_bytes(),
+                });
+                files.push(ExportFile {
+                    name: format!("hl7/{stem}-MDM_T02.hl7"),
+                    bytes: hl7::mdm_t02(pm, 0).into_bytes(),
+                });
+            }
+            if let Some(m) = hl7::oru_r01(pm, 0) {
+                files.push(ExportFile {
+                    name: format!("hl7/{stem}-ORU_R01.hl7"),
+                    bytes: m.into_bytes(),
+                });
+            }
+        }
+        Format::Pdf => {
+            let title = format!(
+                "{} - {} - care management note",
+                patient.name,
+                month.first_day().format("%B %Y")
+            );
+            files.push(ExportFile {
+                name: format!("pdf/{stem}.pdf"),
+                bytes: crate::pdf::render(&title, &note::note_lines(pm)),
+            });
+        }
+        Format::Csv => {}
     }
-    Ok(files)
 }
 
 /// Write files under `dir`. Every name must be a plain relative path (no root, no `..`, no
 /// empty or dot-leading component, no control characters), whatever ids the store holds, so
 /// nothing is ever written outside `dir`.
 pub fn write(dir: &std::path::Path, files: &[ExportFile]) -> std::io::Result<()> {
+    let mut parents = std::collections::BTreeSet::new();
     for f in files {
         if !plain_relative(&f.name) {
             return Err(std::io::Error::new(
@@ -142,13 +175,30 @@ pub fn write(dir: &std::path::Path, files: &[ExportFile]) -> std::io::Result<()>
                 ),
             ));
         }
-        let path = dir.join(&f.name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+        if let Some(parent) = dir.join(&f.name).parent() {
+            parents.insert(parent.to_path_buf());
         }
-        std::fs::write(path, &f.bytes)?;
     }
-    Ok(())
+    for p in parents {
+        std::fs::create_dir_all(p)?;
+    }
+    // Creating a file costs more than writing it on some file systems: several at once.
+    let chunk = files.len().div_ceil(8).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .try_for_each(|f| std::fs::write(dir.join(&f.name), &f.bytes))
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("a writer thread failed")))
+        })
+    })
 }
 
 /// `a/b.json`-like: components of safe characters, none empty, none starting with `.`.

@@ -11,6 +11,7 @@ use rounds_core::billing::{self, Encounter, Line, RuleSet};
 use rounds_core::{DataFile, DocumentId, Month, view};
 use serde::{Deserialize, Serialize};
 
+use crate::read_model::{DocRead, Entry, Kind};
 use crate::store::SledStore;
 
 /// What a version is, relative to the one before.
@@ -86,39 +87,29 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, 
     let mut owner = BTreeMap::new();
     heads.insert(fid, heads_hex(&fdoc));
     owner.insert(fid, None);
-    // Load and read the patient and month documents on every core (the bulk of a month close).
-    let mut jobs: Vec<(DocumentId, String, bool)> = Vec::new();
+    // The patient and month documents from the read model; the ones it lacks or holds stale are
+    // loaded and read on every core (the bulk of a first month close).
+    let mut jobs: Vec<(DocumentId, String, Kind)> = Vec::new();
     for p in view::roster_patient_ids(&fdoc) {
-        jobs.push((DocumentId::patient(facility, &p), p, false));
+        jobs.push((DocumentId::patient(facility, &p), p, Kind::Patient));
     }
     for (p, m) in view::roster_months(&fdoc) {
-        jobs.push((DocumentId::patient_month(facility, &p, m), p, true));
-    }
-    enum Read {
-        Patient(Box<Result<rounds_core::Patient, Vec<rounds_core::Problem>>>),
-        Month(Box<rounds_core::replica::MonthEntries>),
+        jobs.push((DocumentId::patient_month(facility, &p, m), p, Kind::Month));
     }
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
     let chunk = jobs.len().div_ceil(workers).max(1);
-    type Rows = Vec<(DocumentId, String, Vec<String>, Read)>;
+    type Rows = Vec<(DocumentId, std::sync::Arc<Entry>)>;
+    let model = &store.read_model;
     let results: Option<Rows> = std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .filter_map(|(id, p, month)| {
-                            let doc = store.load_doc(id)?;
-                            let read = if *month {
-                                Read::Month(Box::new(rounds_core::replica::read_month(&doc)))
-                            } else {
-                                Read::Patient(Box::new(view::read_patient(&doc, p)))
-                            };
-                            Some((*id, p.clone(), heads_hex(&doc), read))
-                        })
+                        .filter_map(|(id, p, kind)| Some((*id, model.read(store, id, p, *kind)?)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -134,12 +125,12 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, 
         .ok_or_else(|| LedgerError::Store("a document reader failed; nothing was closed".into()))?;
     let mut patients = Vec::new();
     let mut months = Vec::new();
-    for (id, p, h, read) in results {
-        heads.insert(id, h);
-        owner.insert(id, Some(p));
-        match read {
-            Read::Patient(r) => patients.push(*r),
-            Read::Month(e) => months.push(*e),
+    for (id, entry) in results {
+        heads.insert(id, entry.heads.clone());
+        owner.insert(id, Some(entry.patient.clone()));
+        match &entry.read {
+            DocRead::Patient(r) => patients.push(r.clone()),
+            DocRead::Month(e) => months.push(e.clone()),
         }
     }
     let (data, problems, alerts) =
@@ -340,6 +331,10 @@ pub struct ClosedMonth {
     pub data: FacilityData,
     pub tz: chrono_tz::Tz,
     pub versions: Vec<EncounterVersion>,
+    /// The data split by patient, and each patient's alerts: one package reads its patient's
+    /// part only (a package per patient over the whole file was quadratic).
+    parts: BTreeMap<String, DataFile>,
+    alerts: BTreeMap<String, Vec<rounds_core::alerts::AlertView>>,
 }
 
 impl ClosedMonth {
@@ -353,13 +348,14 @@ impl ClosedMonth {
         self.versions
             .iter()
             .filter_map(|v| {
-                let patient = self.data.data.patients.iter().find(|p| p.id == v.patient)?;
+                let part = self.parts.get(&v.patient)?;
+                let patient = part.patients.first()?;
                 Some(rounds_core::ehr::PatientMonth {
-                    data: &self.data.data,
+                    data: part,
                     patient,
                     month,
                     encounter: &v.encounter,
-                    alerts: &self.data.alerts,
+                    alerts: self.alerts.get(&v.patient).map_or(&[], Vec::as_slice),
                     version: v.version,
                     tz: self.tz,
                     now,
@@ -389,9 +385,19 @@ pub fn closed_month(
         .timezone
         .parse()
         .map_err(|_| LedgerError::Store(format!("facility {facility}: bad time zone")))?;
+    let parts = data.data.by_patient();
+    let mut alerts: BTreeMap<String, Vec<rounds_core::alerts::AlertView>> = BTreeMap::new();
+    for a in &data.alerts {
+        alerts
+            .entry(a.alert.patient.clone())
+            .or_default()
+            .push(a.clone());
+    }
     Ok(ClosedMonth {
         data,
         tz,
         versions: ledger.latest(facility, month),
+        parts,
+        alerts,
     })
 }

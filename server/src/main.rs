@@ -24,6 +24,7 @@ mod outlet;
 mod pdf;
 mod push;
 mod quarantine;
+mod read_model;
 mod security;
 mod server;
 mod shards;

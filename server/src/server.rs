@@ -1054,7 +1054,16 @@ async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
         Ok(docs) => {
             shared.register_facility(&data.facility.id);
             let n = docs.len();
-            match shared.merge(&data.facility.id, docs).await {
+            let merged = shared.merge(&data.facility.id, docs).await;
+            if merged.is_ok() {
+                // Read what was written into the read model now, not at the first page or close.
+                let (s, f) = (shared.clone(), data.facility.id.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::ledger::facility_data(&s.store, &f).map(|_| ())
+                })
+                .await;
+            }
+            match merged {
                 Ok(()) => axum::Json(serde_json::json!({
                     "facility": data.facility.id,
                     "facility_url": DocumentId::facility(&data.facility.id).url(),

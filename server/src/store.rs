@@ -42,6 +42,11 @@ pub struct SledStore {
     storage_id: String,
     /// Largest sequence number written (not necessarily flushed).
     written: AtomicU64,
+    /// Each document's newest chunk sequence number (from the keys at open, then every write):
+    /// what the read model checks its entries against, without reading a chunk.
+    latest: std::sync::Mutex<std::collections::HashMap<DocumentId, u64>>,
+    /// Each patient and patient-month document read into the model, kept by sequence number.
+    pub read_model: crate::read_model::ReadModel,
 }
 
 fn chunk_key(doc: &DocumentId, seq: u64) -> [u8; 24] {
@@ -84,11 +89,19 @@ impl SledStore {
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
         // A chunk may be durable while the seq record is not: take the larger.
+        let mut latest = std::collections::HashMap::new();
         for k in chunks.iter().keys().flatten() {
-            if let Some(tail) = k.get(16..24).and_then(|t| <[u8; 8]>::try_from(t).ok()) {
-                seq = seq.max(u64::from_be_bytes(tail));
+            if let (Some(id), Some(tail)) = (
+                k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                k.get(16..24).and_then(|t| <[u8; 8]>::try_from(t).ok()),
+            ) {
+                let n = u64::from_be_bytes(tail);
+                seq = seq.max(n);
+                let e = latest.entry(DocumentId::from_bytes(id)).or_insert(n);
+                *e = (*e).max(n);
             }
         }
+        let read_model = crate::read_model::ReadModel::open(&db).map_err(err("open read_model"))?;
         Ok(SledStore {
             db,
             chunks,
@@ -96,6 +109,8 @@ impl SledStore {
             meta,
             storage_id,
             written: AtomicU64::new(seq),
+            latest: std::sync::Mutex::new(latest),
+            read_model,
         })
     }
 
@@ -133,6 +148,11 @@ impl SledStore {
         }
         batch.insert(chunk_key(doc, seq).as_slice(), chunk);
         self.chunks.apply_batch(batch).map_err(err("write chunk"))?;
+        {
+            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            let e = latest.entry(*doc).or_insert(seq);
+            *e = (*e).max(seq);
+        }
         self.meta
             .insert("seq", &seq.to_be_bytes())
             .map_err(err("write seq"))?;
@@ -157,6 +177,15 @@ impl SledStore {
     /// Make everything written so far durable (fsync).
     pub fn flush(&self) -> Result<usize, StoreError> {
         self.db.flush().map_err(err("flush"))
+    }
+
+    /// A document's newest chunk sequence number (None: not stored).
+    pub fn latest_seq(&self, doc: &DocumentId) -> Option<u64> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(doc)
+            .copied()
     }
 
     /// Every document id with stored chunks.

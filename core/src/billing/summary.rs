@@ -87,8 +87,16 @@ pub fn write_csv<W: std::io::Write>(
     let month = run.month.to_string();
     let mut totals: BTreeMap<String, (u32, u32, BTreeMap<String, u32>)> = BTreeMap::new();
     let mut facility_total: (u32, u32, BTreeMap<String, u32>) = Default::default();
+    // Indexed once: a facility's summary is one pass, not one scan of every entry per patient.
+    let patients: std::collections::HashMap<&str, &Patient> =
+        data.patients.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut interactions: std::collections::HashMap<&str, Vec<&crate::model::Interaction>> =
+        std::collections::HashMap::new();
+    for i in &data.interactions {
+        interactions.entry(i.patient.as_str()).or_default().push(i);
+    }
     for enc in &run.encounters {
-        let Some(p) = data.patients.iter().find(|p| p.id == enc.patient) else {
+        let Some(p) = patients.get(enc.patient.as_str()).copied() else {
             continue;
         };
         let provider = data
@@ -101,10 +109,11 @@ pub fn write_csv<W: std::io::Write>(
         if programs.is_empty() {
             programs.push(Program::Ccm);
         }
-        let month_entries: Vec<_> = data
-            .interactions
-            .iter()
-            .filter(|i| i.patient == p.id && enc.evidence.contains(&i.id))
+        let month_entries: Vec<_> = interactions
+            .get(p.id.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|i| enc.evidence.contains(&i.id))
             .collect();
         for prog in programs {
             let consent = p

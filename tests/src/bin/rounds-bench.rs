@@ -660,7 +660,9 @@ fn main() {
         let close_s = t.elapsed().as_secs_f64();
         assert!(ok, "close failed");
         let t = Instant::now();
+        let mut per_format = serde_json::Map::new();
         for format in ["fhir", "hl7", "csv"] {
+            let tf = Instant::now();
             let ok = Command::new(&bin)
                 .args([
                     "export",
@@ -680,10 +682,11 @@ fn main() {
                 .map(|s| s.success())
                 .unwrap_or(false);
             assert!(ok, "export {format} failed");
+            per_format.insert(format.into(), tf.elapsed().as_secs_f64().into());
         }
         let export_s = t.elapsed().as_secs_f64();
         report.insert("month_close".into(), serde_json::json!({
-            "patient_months": a.close_patients, "import_seconds": import_s, "close_seconds": close_s, "export_fhir_hl7_csv_seconds": export_s,
+            "patient_months": a.close_patients, "import_seconds": import_s, "close_seconds": close_s, "export_fhir_hl7_csv_seconds": export_s, "export_seconds_per_format": per_format,
         }));
     }
     println!(
@@ -711,5 +714,10 @@ fn main() {
             s.idle_bytes_per_doc,
             s.converged
         );
+    }
+    // ROUNDS_BENCH_KEEP=1 keeps the work directory (stores, exports) for a closer look.
+    if std::env::var_os("ROUNDS_BENCH_KEEP").is_some() {
+        eprintln!("work directory kept: {}", work.path().display());
+        std::mem::forget(work);
     }
 }

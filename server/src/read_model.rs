@@ -1,0 +1,304 @@
+//! The read model: every patient and patient-month document a facility's pages, month close and
+//! export read, already read into the model (`view::read_patient`, `replica::read_month`), with
+//! the heads it was read at.
+//!
+//! Each entry records the document's newest chunk sequence number when it was read. The store
+//! knows every document's newest sequence number in memory (`SledStore::latest_seq`), so an
+//! entry is checked without touching a chunk: equal numbers, the entry is current; otherwise the
+//! document is loaded and read again, and only that one. Entries live in memory and in the
+//! store's `read_model` tree, so a new process (`rounds close-month`, `rounds export`) starts
+//! from them too; the import reads what it wrote at once.
+//!
+//! Architecture invariant: the read model is derived data. Losing it (or a wrong entry being
+//! dropped) loses nothing — `rounds read-model rebuild` reads every document again, and
+//! `rounds read-model check` compares every current entry with a fresh read of its document.
+//! An entry is never newer than the sequence number it records: the number is taken before the
+//! document is loaded, so a write in between only makes the entry look stale.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rounds_core::replica::MonthEntries;
+use rounds_core::{DocumentId, Patient, Problem, view};
+use serde::{Deserialize, Serialize};
+
+use crate::store::SledStore;
+
+/// One document, read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DocRead {
+    Patient(Result<Patient, Vec<Problem>>),
+    Month(MonthEntries),
+}
+
+/// A read document with what it was read from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The document's newest chunk sequence number when it was read.
+    pub seq: u64,
+    /// Its heads (hex), as the ledger records them.
+    pub heads: Vec<String>,
+    /// The patient it belongs to.
+    pub patient: String,
+    pub read: DocRead,
+}
+
+/// What to read a document as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Patient,
+    Month,
+}
+
+/// The outcome of `check`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Current entries compared with a fresh read.
+    pub compared: usize,
+    /// Entries older than their document (read again on next use; not compared).
+    pub stale: usize,
+    /// Current entries that differ from a fresh read.
+    pub mismatched: Vec<DocumentId>,
+}
+
+pub struct ReadModel {
+    tree: sled::Tree,
+    memory: Mutex<HashMap<DocumentId, Arc<Entry>>>,
+    /// Documents loaded and read (entry missing or stale).
+    pub reads: AtomicU64,
+    /// Entries used as they were.
+    pub hits: AtomicU64,
+}
+
+fn read_doc(doc: &automerge::Automerge, patient: &str, kind: Kind) -> DocRead {
+    match kind {
+        Kind::Patient => DocRead::Patient(view::read_patient(doc, patient)),
+        Kind::Month => DocRead::Month(rounds_core::replica::read_month(doc)),
+    }
+}
+
+fn heads_hex(doc: &automerge::Automerge) -> Vec<String> {
+    doc.get_heads().iter().map(|h| h.to_string()).collect()
+}
+
+impl ReadModel {
+    pub fn open(db: &sled::Db) -> Result<ReadModel, sled::Error> {
+        Ok(ReadModel {
+            tree: db.open_tree("read_model")?,
+            memory: Mutex::new(HashMap::new()),
+            reads: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        })
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<DocumentId, Arc<Entry>>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The document `id` of `patient`, read as `kind`: from the model when current, else loaded
+    /// and read again (and kept). None when the store does not hold the document.
+    pub fn read(
+        &self,
+        store: &SledStore,
+        id: &DocumentId,
+        patient: &str,
+        kind: Kind,
+    ) -> Option<Arc<Entry>> {
+        let seq = store.latest_seq(id)?;
+        if let Some(e) = self.memory().get(id).filter(|e| e.seq == seq) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(e.clone());
+        }
+        let stored = self
+            .tree
+            .get(id.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice::<Entry>(&v).ok())
+            .filter(|e| e.seq == seq && e.patient == patient);
+        if let Some(e) = stored {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            let e = Arc::new(e);
+            self.memory().insert(*id, e.clone());
+            return Some(e);
+        }
+        let doc = store.load_doc(id)?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let e = Arc::new(Entry {
+            seq,
+            heads: heads_hex(&doc),
+            patient: patient.to_string(),
+            read: read_doc(&doc, patient, kind),
+        });
+        match serde_json::to_vec(e.as_ref()) {
+            Ok(bytes) => {
+                if let Err(err) = self.tree.insert(id.as_bytes(), bytes) {
+                    tracing::warn!(doc = %id, error = %err, "could not keep a read-model entry");
+                }
+            }
+            Err(err) => tracing::warn!(doc = %id, error = %err, "read-model entry not encodable"),
+        }
+        self.memory().insert(*id, e.clone());
+        Some(e)
+    }
+
+    /// Every stored entry.
+    fn entries(&self) -> Vec<(DocumentId, Entry)> {
+        self.tree
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let id = DocumentId::from_bytes(<[u8; 16]>::try_from(k.as_ref()).ok()?);
+                Some((id, serde_json::from_slice::<Entry>(&v).ok()?))
+            })
+            .collect()
+    }
+
+    /// Compare every current entry with a fresh read of its document.
+    pub fn check(&self, store: &SledStore) -> CheckReport {
+        let mut report = CheckReport::default();
+        for (id, e) in self.entries() {
+            if store.latest_seq(&id) != Some(e.seq) {
+                report.stale += 1;
+                continue;
+            }
+            let Some(doc) = store.load_doc(&id) else {
+                report.stale += 1;
+                continue;
+            };
+            let kind = match e.read {
+                DocRead::Patient(_) => Kind::Patient,
+                DocRead::Month(_) => Kind::Month,
+            };
+            report.compared += 1;
+            if heads_hex(&doc) != e.heads || read_doc(&doc, &e.patient, kind) != e.read {
+                report.mismatched.push(id);
+            }
+        }
+        report
+    }
+
+    /// Drop every entry and read each document again; returns how many were read.
+    pub fn rebuild(&self, store: &SledStore) -> Result<usize, sled::Error> {
+        let entries = self.entries();
+        self.tree.clear()?;
+        self.memory().clear();
+        let mut n = 0;
+        for (id, e) in entries {
+            let kind = match e.read {
+                DocRead::Patient(_) => Kind::Patient,
+                DocRead::Month(_) => Kind::Month,
+            };
+            n += usize::from(self.read(store, &id, &e.patient, kind).is_some());
+        }
+        Ok(n)
+    }
+
+    /// Entries held in memory now.
+    pub fn in_memory(&self) -> usize {
+        self.memory().len()
+    }
+
+    /// Replace a stored entry's read (tests: a wrong entry must be found by `check`).
+    #[cfg(test)]
+    fn corrupt(&self, id: &DocumentId, read: DocRead) {
+        if let Some(mut e) = self
+            .entries()
+            .into_iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, e)| e)
+        {
+            e.read = read;
+            let _ = self
+                .tree
+                .insert(id.as_bytes(), serde_json::to_vec(&e).unwrap_or_default());
+            self.memory().insert(*id, Arc::new(e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store with one imported facility (the bundled Sunnyvale example).
+    fn store_with_example() -> (tempfile::TempDir, SledStore, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let data =
+            rounds_core::parse_data_file(include_str!("../../examples/sunnyvale.json")).unwrap();
+        let facility = data.facility.id.clone();
+        let docs = crate::import::documents_of(&data).unwrap();
+        for (i, (id, bytes)) in docs.iter().enumerate() {
+            store.persist(id, i as u64 + 1, bytes, true).unwrap();
+        }
+        (dir, store, facility)
+    }
+
+    #[test]
+    fn entries_are_reused_until_their_document_changes_and_check_finds_a_wrong_one() {
+        let (_dir, store, facility) = store_with_example();
+        let first = crate::ledger::facility_data(&store, &facility).unwrap();
+        let rm = &store.read_model;
+        let reads = rm.reads.load(Ordering::Relaxed);
+        assert!(reads > 0);
+        // Again: nothing is read, the same data comes back.
+        let again = crate::ledger::facility_data(&store, &facility).unwrap();
+        assert_eq!(rm.reads.load(Ordering::Relaxed), reads);
+        assert_eq!(again.data, first.data);
+        assert_eq!(again.heads, first.heads);
+        let report = rm.check(&store);
+        assert_eq!(report.mismatched, Vec::<DocumentId>::new());
+        assert_eq!(report.compared as u64, reads);
+        // One document changes: that one alone is read again.
+        let (changed, _) = rm
+            .entries()
+            .into_iter()
+            .find(|(_, e)| matches!(e.read, DocRead::Month(_)))
+            .unwrap();
+        let mut doc = store.load_doc(&changed).unwrap();
+        let before = doc.get_heads();
+        {
+            use automerge::transaction::Transactable;
+            let mut tx = doc.transaction();
+            tx.put(automerge::ROOT, "touched", 1).unwrap();
+            tx.commit();
+        }
+        store
+            .persist(&changed, 1_000_000, &doc.save_after(&before), false)
+            .unwrap();
+        assert_eq!(rm.check(&store).stale, 1);
+        let after = crate::ledger::facility_data(&store, &facility).unwrap();
+        assert_eq!(rm.reads.load(Ordering::Relaxed), reads + 1);
+        assert_ne!(after.heads[&changed], first.heads[&changed]);
+        assert_eq!(
+            after.data, first.data,
+            "an unknown root key reads as nothing new"
+        );
+        let reads = reads + 1;
+        // A wrong entry is found, and a rebuild puts it right.
+        let (id, _) = rm
+            .entries()
+            .into_iter()
+            .find(|(_, e)| matches!(e.read, DocRead::Month(_)))
+            .unwrap();
+        rm.corrupt(&id, DocRead::Month(MonthEntries::default()));
+        assert_eq!(rm.check(&store).mismatched, vec![id]);
+        assert_eq!(rm.rebuild(&store).unwrap() as u64, reads - 1);
+        assert!(rm.check(&store).mismatched.is_empty());
+        let rebuilt = crate::ledger::facility_data(&store, &facility).unwrap();
+        assert_eq!(rebuilt.data, first.data);
+    }
+
+    #[test]
+    fn a_new_process_starts_from_the_stored_entries() {
+        let (dir, store, facility) = store_with_example();
+        let first = crate::ledger::facility_data(&store, &facility).unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        let second = crate::ledger::facility_data(&store, &facility).unwrap();
+        assert_eq!(store.read_model.reads.load(Ordering::Relaxed), 0);
+        assert_eq!(second.data, first.data);
+    }
+}
