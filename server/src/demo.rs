@@ -194,7 +194,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
         written += files.len();
     }
     let fd = crate::ledger::facility_data(&shared.store, &roster.facility.id).map_err(err)?;
-    let data: DataFile = fd.data;
+    let data: DataFile = fd.data.clone();
     std::fs::write(
         opts.out.join("data.json"),
         serde_json::to_vec_pretty(&data).map_err(err)?,

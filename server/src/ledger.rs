@@ -5,13 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use automerge::Automerge;
 use chrono::{DateTime, Utc};
 use rounds_core::billing::{self, Encounter, Line, RuleSet};
-use rounds_core::{DataFile, DocumentId, Month, view};
+use rounds_core::{DataFile, Month};
 use serde::{Deserialize, Serialize};
 
-use crate::read_model::{DocRead, Entry, Kind};
 use crate::store::SledStore;
 
 /// What a version is, relative to the one before.
@@ -63,90 +61,19 @@ pub enum LedgerError {
     Billing(#[from] billing::BillingError),
 }
 
-fn heads_hex(doc: &Automerge) -> Vec<String> {
-    doc.get_heads().iter().map(|h| h.to_string()).collect()
-}
+pub use crate::read_model::{FacilityData, facility_data};
 
-/// A facility's data as the server holds it, with the heads of every document read.
-pub struct FacilityData {
-    pub data: DataFile,
-    pub heads: BTreeMap<DocumentId, Vec<String>>,
-    /// Which patient each document belongs to (None: the facility document).
-    pub owner: BTreeMap<DocumentId, Option<String>>,
-    /// Every alert of the facility's months, with its history.
-    pub alerts: Vec<rounds_core::alerts::AlertView>,
-}
-
-/// Assemble everything the store holds for a facility.
-pub fn facility_data(store: &SledStore, facility: &str) -> Result<FacilityData, LedgerError> {
-    let fid = DocumentId::facility(facility);
-    let fdoc = store
-        .load_doc(&fid)
-        .ok_or_else(|| LedgerError::NoFacility(facility.to_string()))?;
-    let mut heads = BTreeMap::new();
-    let mut owner = BTreeMap::new();
-    heads.insert(fid, heads_hex(&fdoc));
-    owner.insert(fid, None);
-    // The patient and month documents from the read model; the ones it lacks or holds stale are
-    // loaded and read on every core (the bulk of a first month close).
-    let mut jobs: Vec<(DocumentId, String, Kind)> = Vec::new();
-    for p in view::roster_patient_ids(&fdoc) {
-        jobs.push((DocumentId::patient(facility, &p), p, Kind::Patient));
-    }
-    for (p, m) in view::roster_months(&fdoc) {
-        jobs.push((DocumentId::patient_month(facility, &p, m), p, Kind::Month));
-    }
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
-    let chunk = jobs.len().div_ceil(workers).max(1);
-    type Rows = Vec<(DocumentId, std::sync::Arc<Entry>)>;
-    let model = &store.read_model;
-    let results: Option<Rows> = std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .filter_map(|(id, p, kind)| Some((*id, model.read(store, id, p, *kind)?)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        // A reader that panicked must fail the close, never drop documents silently.
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.join().ok()?);
-        }
-        Some(all)
-    });
-    let results = results
-        .ok_or_else(|| LedgerError::Store("a document reader failed; nothing was closed".into()))?;
-    let mut patients = Vec::new();
-    let mut months = Vec::new();
-    for (id, entry) in results {
-        heads.insert(id, entry.heads.clone());
-        owner.insert(id, Some(entry.patient.clone()));
-        match &entry.read {
-            DocRead::Patient(r) => patients.push(r.clone()),
-            DocRead::Month(e) => months.push(e.clone()),
+impl From<crate::read_model::ReadError> for LedgerError {
+    fn from(e: crate::read_model::ReadError) -> LedgerError {
+        use crate::read_model::ReadError;
+        match e {
+            ReadError::NoFacility(f) => LedgerError::NoFacility(f),
+            ReadError::Unreadable { facility, problems } => {
+                LedgerError::Unreadable { facility, problems }
+            }
+            ReadError::Failed(m) => LedgerError::Store(m),
         }
     }
-    let (data, problems, alerts) =
-        view::assemble_read(&fdoc, patients, months).map_err(|p| LedgerError::Unreadable {
-            facility: facility.to_string(),
-            problems: rounds_core::Problems(p).to_string(),
-        })?;
-    for p in problems {
-        tracing::warn!(facility, problem = %p, "entry skipped at month close");
-    }
-    Ok(FacilityData {
-        data,
-        heads,
-        owner,
-        alerts,
-    })
 }
 
 /// The ledger in the store.
@@ -328,7 +255,7 @@ impl Ledger {
 
 /// A closed month ready for packaging: the facility's data, its zone and the latest versions.
 pub struct ClosedMonth {
-    pub data: FacilityData,
+    pub data: std::sync::Arc<FacilityData>,
     pub tz: chrono_tz::Tz,
     pub versions: Vec<EncounterVersion>,
     /// The data split by patient, and each patient's alerts: one package reads its patient's

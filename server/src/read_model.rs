@@ -19,11 +19,131 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeMap;
+
 use rounds_core::replica::MonthEntries;
-use rounds_core::{DocumentId, Patient, Problem, view};
+use rounds_core::{DataFile, DocumentId, Patient, Problem, view};
 use serde::{Deserialize, Serialize};
 
 use crate::store::SledStore;
+
+/// A facility's data as the server holds it, with the heads of every document read.
+pub struct FacilityData {
+    pub data: DataFile,
+    pub heads: BTreeMap<DocumentId, Vec<String>>,
+    /// Which patient each document belongs to (None: the facility document).
+    pub owner: BTreeMap<DocumentId, Option<String>>,
+    /// Every alert of the facility's months, with its history.
+    pub alerts: Vec<rounds_core::alerts::AlertView>,
+}
+
+/// Everything the store holds for a facility, from the read model: the assembled facility when
+/// none of its documents changed since it was assembled (a page over 10,000 patient-months then
+/// costs a look at 20,000 sequence numbers), else assembled again from the documents' entries
+/// (only changed documents are read again).
+pub fn facility_data(store: &SledStore, facility: &str) -> Result<Arc<FacilityData>, ReadError> {
+    let model = &store.read_model;
+    let fid = DocumentId::facility(facility);
+    let cached = model
+        .facilities
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(facility)
+        .cloned();
+    if let Some(c) = cached
+        && store.latest_seqs(&c.docs_ids) == c.docs_seqs
+    {
+        model.hits.fetch_add(1, Ordering::Relaxed);
+        return Ok(c.data.clone());
+    }
+    // The sequence numbers before anything is read: a write meanwhile only makes the result
+    // look stale next time.
+    let fseq = store.latest_seq(&fid);
+    let fdoc = store
+        .load_doc(&fid)
+        .ok_or_else(|| ReadError::NoFacility(facility.to_string()))?;
+    let mut heads = BTreeMap::new();
+    let mut owner = BTreeMap::new();
+    heads.insert(fid, heads_hex(&fdoc));
+    owner.insert(fid, None);
+    // The patient and month documents from the read model; the ones it lacks or holds stale are
+    // loaded and read on every core (the bulk of a first month close).
+    let mut jobs: Vec<(DocumentId, String, Kind)> = Vec::new();
+    for p in view::roster_patient_ids(&fdoc) {
+        jobs.push((DocumentId::patient(facility, &p), p, Kind::Patient));
+    }
+    for (p, m) in view::roster_months(&fdoc) {
+        jobs.push((DocumentId::patient_month(facility, &p, m), p, Kind::Month));
+    }
+    let seqs = store.latest_seqs(&jobs.iter().map(|(id, _, _)| *id).collect::<Vec<_>>());
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = jobs.len().div_ceil(workers).max(1);
+    type Rows = Vec<(DocumentId, std::sync::Arc<Entry>)>;
+    let results: Option<Rows> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .filter_map(|(id, p, kind)| Some((*id, model.read(store, id, p, *kind)?)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A reader that panicked must fail the close, never drop documents silently.
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().ok()?);
+        }
+        Some(all)
+    });
+    let results = results
+        .ok_or_else(|| ReadError::Failed("a document reader failed; nothing was read".into()))?;
+    let mut patients = Vec::new();
+    let mut months = Vec::new();
+    for (id, entry) in results {
+        heads.insert(id, entry.heads.clone());
+        owner.insert(id, Some(entry.patient.clone()));
+        match &entry.read {
+            DocRead::Patient(r) => patients.push(r.clone()),
+            DocRead::Month(e) => months.push(e.clone()),
+        }
+    }
+    let (data, problems, alerts) =
+        view::assemble_read(&fdoc, patients, months).map_err(|p| ReadError::Unreadable {
+            facility: facility.to_string(),
+            problems: rounds_core::Problems(p).to_string(),
+        })?;
+    for p in problems {
+        tracing::warn!(facility, problem = %p, "entry skipped at month close");
+    }
+    let data = Arc::new(FacilityData {
+        data,
+        heads,
+        owner,
+        alerts,
+    });
+    let mut docs_ids = vec![fid];
+    let mut docs_seqs = vec![fseq];
+    docs_ids.extend(jobs.iter().map(|(id, _, _)| *id));
+    docs_seqs.extend(seqs);
+    model
+        .facilities
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            facility.to_string(),
+            Arc::new(Assembled {
+                docs_ids,
+                docs_seqs,
+                data: data.clone(),
+            }),
+        );
+    Ok(data)
+}
 
 /// One document, read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,8 +182,27 @@ pub struct CheckReport {
     pub mismatched: Vec<DocumentId>,
 }
 
+/// Why a facility could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("facility {0:?} has no facility document in this store")]
+    NoFacility(String),
+    #[error("facility {facility}: {problems}")]
+    Unreadable { facility: String, problems: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A facility assembled from its documents, with every document's sequence number then.
+struct Assembled {
+    docs_ids: Vec<DocumentId>,
+    docs_seqs: Vec<Option<u64>>,
+    data: Arc<FacilityData>,
+}
+
 pub struct ReadModel {
     tree: sled::Tree,
+    facilities: Mutex<HashMap<String, Arc<Assembled>>>,
     memory: Mutex<HashMap<DocumentId, Arc<Entry>>>,
     /// Documents loaded and read (entry missing or stale).
     pub reads: AtomicU64,
@@ -87,6 +226,7 @@ impl ReadModel {
         Ok(ReadModel {
             tree: db.open_tree("read_model")?,
             memory: Mutex::new(HashMap::new()),
+            facilities: Mutex::new(HashMap::new()),
             reads: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         })
@@ -184,6 +324,10 @@ impl ReadModel {
         let entries = self.entries();
         self.tree.clear()?;
         self.memory().clear();
+        self.facilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut n = 0;
         for (id, e) in entries {
             let kind = match e.read {
@@ -214,6 +358,10 @@ impl ReadModel {
                 .tree
                 .insert(id.as_bytes(), serde_json::to_vec(&e).unwrap_or_default());
             self.memory().insert(*id, Arc::new(e));
+            self.facilities
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         }
     }
 }
@@ -239,12 +387,12 @@ mod tests {
     #[test]
     fn entries_are_reused_until_their_document_changes_and_check_finds_a_wrong_one() {
         let (_dir, store, facility) = store_with_example();
-        let first = crate::ledger::facility_data(&store, &facility).unwrap();
+        let first = facility_data(&store, &facility).unwrap();
         let rm = &store.read_model;
         let reads = rm.reads.load(Ordering::Relaxed);
         assert!(reads > 0);
         // Again: nothing is read, the same data comes back.
-        let again = crate::ledger::facility_data(&store, &facility).unwrap();
+        let again = facility_data(&store, &facility).unwrap();
         assert_eq!(rm.reads.load(Ordering::Relaxed), reads);
         assert_eq!(again.data, first.data);
         assert_eq!(again.heads, first.heads);
@@ -269,7 +417,7 @@ mod tests {
             .persist(&changed, 1_000_000, &doc.save_after(&before), false)
             .unwrap();
         assert_eq!(rm.check(&store).stale, 1);
-        let after = crate::ledger::facility_data(&store, &facility).unwrap();
+        let after = facility_data(&store, &facility).unwrap();
         assert_eq!(rm.reads.load(Ordering::Relaxed), reads + 1);
         assert_ne!(after.heads[&changed], first.heads[&changed]);
         assert_eq!(
@@ -287,17 +435,17 @@ mod tests {
         assert_eq!(rm.check(&store).mismatched, vec![id]);
         assert_eq!(rm.rebuild(&store).unwrap() as u64, reads - 1);
         assert!(rm.check(&store).mismatched.is_empty());
-        let rebuilt = crate::ledger::facility_data(&store, &facility).unwrap();
+        let rebuilt = facility_data(&store, &facility).unwrap();
         assert_eq!(rebuilt.data, first.data);
     }
 
     #[test]
     fn a_new_process_starts_from_the_stored_entries() {
         let (dir, store, facility) = store_with_example();
-        let first = crate::ledger::facility_data(&store, &facility).unwrap();
+        let first = facility_data(&store, &facility).unwrap();
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
-        let second = crate::ledger::facility_data(&store, &facility).unwrap();
+        let second = facility_data(&store, &facility).unwrap();
         assert_eq!(store.read_model.reads.load(Ordering::Relaxed), 0);
         assert_eq!(second.data, first.data);
     }

@@ -188,6 +188,12 @@ impl SledStore {
             .copied()
     }
 
+    /// Several documents' newest chunk sequence numbers, under one lock.
+    pub fn latest_seqs(&self, docs: &[DocumentId]) -> Vec<Option<u64>> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        docs.iter().map(|d| latest.get(d).copied()).collect()
+    }
+
     /// Every document id with stored chunks.
     pub fn document_ids(&self) -> Vec<DocumentId> {
         let mut out: Vec<DocumentId> = Vec::new();

@@ -47,7 +47,7 @@ async fn load(
     shared: &Arc<Shared>,
     c: &Ctx,
     facility: &str,
-) -> Result<(FacilityData, Tz), Response> {
+) -> Result<(Arc<FacilityData>, Tz), Response> {
     let s = shared.clone();
     let f = facility.to_string();
     let fd = tokio::task::spawn_blocking(move || crate::ledger::facility_data(&s.store, &f))
@@ -112,10 +112,12 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
         Ok(f) => f,
         Err(r) => return r,
     };
+    let started = std::time::Instant::now();
     let (fd, tz) = match load(&shared, &c, &facility).await {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let loaded = started.elapsed();
     let today = Utc::now().with_timezone(&tz).date_naive();
     let as_of = match q(&query, "as_of") {
         Some(s) => match s.parse::<NaiveDate>() {
@@ -134,13 +136,18 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
         Ok(i) => i,
         Err(e) => return error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
+    let computed = started.elapsed();
+    // Names by id, once: a lookup per row over 10,000 residents was quadratic.
+    let names: std::collections::HashMap<&str, &str> = fd
+        .data
+        .patients
+        .iter()
+        .map(|p| (p.id.as_str(), p.name.as_str()))
+        .collect();
     let name_of = |id: &str| {
-        fd.data
-            .patients
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.name.clone())
-            .unwrap_or_else(|| id.to_string())
+        names
+            .get(id)
+            .map_or_else(|| id.to_string(), |n| (*n).to_string())
     };
     // Filters.
     let program = q(&query, "program").unwrap_or("all");
@@ -246,7 +253,16 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
         None,
         Some(format!("as of {as_of}")),
     );
-    page(Some(&c), "Worklist", body)
+    let page = page(Some(&c), "Worklist", body);
+    tracing::debug!(
+        facility,
+        rows = items.len(),
+        load_ms = loaded.as_secs_f64() * 1e3,
+        worklist_ms = (computed - loaded).as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "console worklist"
+    );
+    page
 }
 
 // ----- patient -------------------------------------------------------------------------------

@@ -520,6 +520,63 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[path = "rounds-bench/attack.rs"]
 mod attack;
 
+/// A facility of `residents` residents with three 9-minute CCM interactions each in November.
+fn month_of_care(id: &str, residents: usize) -> DataFile {
+    let mut data = facility(id, residents);
+    for (k, p) in data.patients.clone().iter().enumerate() {
+        for j in 0..3 {
+            let at = chrono::DateTime::parse_from_rfc3339("2026-11-05T10:00:00-05:00")
+                .expect("time")
+                + chrono::Duration::days((k + j * 7) as i64 % 25);
+            data.interactions.push(Interaction {
+                id: uuid::Uuid::now_v7(),
+                patient: p.id.clone(),
+                staff: "rn-lee".into(),
+                program: Program::Ccm,
+                started_at: at,
+                ended_at: at + chrono::Duration::minutes(9),
+                interactive: true,
+                activity: None,
+                note: None,
+                amends: None,
+            });
+        }
+    }
+    data
+}
+
+/// The console worklist of `facility` on a TLS server over `store` (imported, closed or not):
+/// (first request ms, median of the next 10 ms, page bytes), signed in as an admin.
+fn console_timing(rt: &tokio::runtime::Runtime, store: &Path, facility: &str) -> (f64, f64, usize) {
+    const PASSWORD: &str = "bench-password-123";
+    rounds_tests::add_console_user(store, "bench-admin", "admin", &[facility], PASSWORD)
+        .expect("console user");
+    let server = rounds_tests::ServerProcess::start(store).expect("server");
+    rt.block_on(async {
+        let (_, cookie, _) = rounds_tests::console_session(&server, "bench-admin", PASSWORD)
+            .await
+            .expect("sign in");
+        let cookie = cookie.expect("session cookie");
+        let head = format!(
+            "GET /console/?facility={facility}&as_of=2026-11-20 HTTP/1.1\r\nCookie: {cookie}"
+        );
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..11 {
+            let t = Instant::now();
+            let (status, _, body) = rounds_tests::https_exchange(&server, &head, b"")
+                .await
+                .expect("worklist");
+            times.push(t.elapsed());
+            assert_eq!(status, 200, "worklist: {status}");
+            bytes = body.len();
+        }
+        let first = times.remove(0);
+        times.sort();
+        (first.as_secs_f64() * 1e3, percentile(&times, 0.5), bytes)
+    })
+}
+
 fn main() {
     let a = args();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -607,26 +664,7 @@ fn main() {
     // Month close: N patient-months in a store, closed and exported (Rounds only).
     if a.close_patients > 0 {
         let store = work.path().join("close-store");
-        let mut data = facility("big", a.close_patients);
-        for (k, p) in data.patients.clone().iter().enumerate() {
-            for j in 0..3 {
-                let at = chrono::DateTime::parse_from_rfc3339("2026-11-05T10:00:00-05:00")
-                    .expect("time")
-                    + chrono::Duration::days((k + j * 7) as i64 % 25);
-                data.interactions.push(Interaction {
-                    id: uuid::Uuid::now_v7(),
-                    patient: p.id.clone(),
-                    staff: "rn-lee".into(),
-                    program: Program::Ccm,
-                    started_at: at,
-                    ended_at: at + chrono::Duration::minutes(9),
-                    interactive: true,
-                    activity: None,
-                    note: None,
-                    amends: None,
-                });
-            }
-        }
+        let data = month_of_care("big", a.close_patients);
         let file = work.path().join("big.json");
         std::fs::write(&file, serde_json::to_vec(&data).expect("json")).expect("write");
         let bin = rounds_tests::rounds_bin().expect("rounds");
@@ -685,6 +723,29 @@ fn main() {
             per_format.insert(format.into(), tf.elapsed().as_secs_f64().into());
         }
         let export_s = t.elapsed().as_secs_f64();
+        let (big_first, big_median, big_bytes) = console_timing(&rt, &store, "big");
+        let small_store = work.path().join("small-store");
+        let small = work.path().join("small.json");
+        std::fs::write(
+            &small,
+            serde_json::to_vec(&month_of_care("small", 200)).expect("json"),
+        )
+        .expect("write");
+        let ok = Command::new(&bin)
+            .arg("import")
+            .arg("--store")
+            .arg(&small_store)
+            .arg(&small)
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "import small failed");
+        let (small_first, small_median, small_bytes) = console_timing(&rt, &small_store, "small");
+        report.insert("console_worklist".into(), serde_json::json!({
+            "patient_months_10000": { "first_ms": big_first, "median_ms": big_median, "page_bytes": big_bytes },
+            "residents_200": { "first_ms": small_first, "median_ms": small_median, "page_bytes": small_bytes },
+        }));
         report.insert("month_close".into(), serde_json::json!({
             "patient_months": a.close_patients, "import_seconds": import_s, "close_seconds": close_s, "export_fhir_hl7_csv_seconds": export_s, "export_seconds_per_format": per_format,
         }));
