@@ -124,6 +124,22 @@ async fn close_late_data_and_the_validated_package() {
         Utc::now(),
     )
     .unwrap();
+    // And an SpO2 of 85 % that raises an alert in the closed month.
+    d.record_reading_alerts(
+        rounds_core::replica::NewReading {
+            patient: "p-001".into(),
+            kind: rounds_core::ReadingKind::Spo2,
+            systolic: None,
+            diastolic: None,
+            value: Some(85.0),
+            unit: "%".into(),
+            measured_at: start + Duration::hours(1),
+            device: Some("oximeter".into()),
+            source: rounds_core::ReadingSource::Manual,
+        },
+        start + Duration::hours(1),
+    )
+    .unwrap();
     sync_with(&mut d, &server).await.unwrap();
     let url = format!("https://127.0.0.1:{}", server.port);
     let mut changed: Vec<serde_json::Value> = Vec::new();
@@ -272,5 +288,25 @@ async fn close_late_data_and_the_validated_package() {
         dark * 200 > pixels.len(),
         "page looks blank: {dark} dark of {} pixels",
         pixels.len()
+    );
+
+    // 4. The read model the server kept while closing, re-closing and exporting equals the
+    //    documents read afresh (and a rebuild reads them all again).
+    let mut server = server;
+    server.stop().unwrap();
+    let check = rounds(&["read-model", "check", "--store", s]);
+    assert!(check.contains(", 0 wrong"), "{check}");
+    let compared: usize = check
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(compared >= 10, "{check}");
+    let rebuilt = rounds(&["read-model", "rebuild", "--store", s]);
+    assert!(rebuilt.contains("documents read again"), "{rebuilt}");
+    let check = rounds(&["read-model", "check", "--store", s]);
+    assert!(
+        check.contains(" 0 stale") && check.contains(", 0 wrong"),
+        "{check}"
     );
 }
