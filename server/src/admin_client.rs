@@ -125,6 +125,45 @@ pub fn run(target: &AdminTarget, op: Op) -> Result<String, CliError> {
     rt.block_on(via_api(target, op))
 }
 
+/// Export straight into `out` when nothing holds the store (no server running): the files go
+/// from the builders to the disk, not through JSON. None: a server holds the store.
+pub fn export_local(
+    target: &AdminTarget,
+    facility: &str,
+    month: rounds_core::Month,
+    format: crate::export::Format,
+    out: &Path,
+) -> Option<Result<usize, CliError>> {
+    let store = crate::store::SledStore::open(&target.store).ok()?;
+    Some((|| {
+        let security = Security::open(
+            store.db(),
+            &target.store,
+            None,
+            crate::security::CODE_LIFETIME,
+        )
+        .map_err(invalid)?;
+        let ledger = crate::ledger::Ledger::open(store.db()).map_err(invalid)?;
+        let files = crate::export::export(
+            &store,
+            &ledger,
+            facility,
+            month,
+            format,
+            &rounds_core::ehr::ExportConfig::default(),
+        )
+        .map_err(invalid)?;
+        crate::export::write(out, &files)
+            .map_err(|e| CliError::Invalid(format!("{}: {e}", out.display())))?;
+        let mut rec = crate::security::AuditRecord::new("export");
+        rec.facility = Some(facility.to_string());
+        rec.detail = Some(format!("{month} {format:?}, {} files", files.len()));
+        security.record(rec);
+        let _ = store.flush();
+        Ok(files.len())
+    })())
+}
+
 fn direct(store: &crate::store::SledStore, s: &Security, op: Op) -> Result<String, CliError> {
     let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default();
     Ok(match op {

@@ -664,8 +664,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             server,
         } => {
             let month = parse_month(&month)?;
+            let target = crate::admin_client::AdminTarget { store, server };
+            if let Some(written) =
+                crate::admin_client::export_local(&target, &facility, month, format, &out)
+            {
+                println!("wrote {} files to {}", written?, out.display());
+                return Ok(());
+            }
             let files = crate::admin_client::run(
-                &crate::admin_client::AdminTarget { store, server },
+                &target,
                 crate::admin_client::Op::Export {
                     facility,
                     month,

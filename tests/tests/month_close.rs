@@ -302,6 +302,39 @@ async fn close_late_data_and_the_validated_package() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(compared >= 10, "{check}");
+    // The same package exported straight from the store (no server): the same files.
+    let offline = tempfile::tempdir().unwrap();
+    for format in ["fhir", "hl7", "csv"] {
+        let said = rounds(&[
+            "export",
+            "--facility",
+            "sunnyvale",
+            "--month",
+            "2026-11",
+            "--format",
+            format,
+            "--out",
+            offline.path().to_str().unwrap(),
+            "--store",
+            s,
+        ]);
+        assert!(said.starts_with("wrote "), "{said}");
+    }
+    for (sub, ext) in [("fhir", "json"), ("hl7", "hl7")] {
+        let names = |d: &std::path::Path| {
+            let mut v: Vec<String> = files(&d.join(sub), ext)
+                .iter()
+                .map(|f| f.rsplit('/').next().unwrap_or_default().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(offline.path()), names(out.path()), "{sub}");
+    }
+    let csv = |d: &std::path::Path| {
+        std::fs::read_to_string(d.join("summary-sunnyvale-2026-11.csv")).unwrap()
+    };
+    assert_eq!(csv(offline.path()), csv(out.path()));
     let rebuilt = rounds(&["read-model", "rebuild", "--store", s]);
     assert!(rebuilt.contains("documents read again"), "{rebuilt}");
     let check = rounds(&["read-model", "check", "--store", s]);
