@@ -1,39 +1,12 @@
 //! `rounds`: the Rounds server binary — the sync server (`serve`), onboarding (`import`),
 //! billing a data file (`bill`), the nurse's worklist (`worklist`) and the rule set (`rules`).
+//! A thin shell over the `rounds_server` library: logging, then `cli::run`.
 #![forbid(unsafe_code)]
-
-mod access;
-mod admin;
-mod admin_client;
-mod alerting;
-mod audit_aggregate;
-mod auth;
-mod cli;
-mod close;
-mod connection;
-mod console;
-mod demo;
-mod export;
-mod flusher;
-mod import;
-mod ledger;
-mod metrics;
-mod network;
-mod notify;
-mod outlet;
-mod pdf;
-mod push;
-mod quarantine;
-mod read_model;
-mod security;
-mod server;
-mod shards;
-mod store;
-mod tls;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use rounds_server::cli;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
