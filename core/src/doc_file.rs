@@ -51,6 +51,8 @@ pub struct DocFile {
     sealer: Option<Sealer>,
     /// fsync every write (false only for throw-away scratch replicas).
     durable: bool,
+    /// No files at all (an in-memory replica's document): persisting only records the heads.
+    memory: bool,
     persisted: Vec<ChangeHash>,
     snap_path: PathBuf,
     log_path: PathBuf,
@@ -114,6 +116,7 @@ impl DocFile {
             doc,
             sealer: sealer.cloned(),
             durable: true,
+            memory: false,
             persisted,
             snap_path,
             log_path,
@@ -126,10 +129,28 @@ impl DocFile {
         dir.join(format!("{stem}.log")).exists() || dir.join(format!("{stem}.snap")).exists()
     }
 
+    /// A document with no files (an in-memory replica's): `persist` and `compact` touch no disk.
+    pub fn in_memory() -> DocFile {
+        DocFile {
+            doc: Automerge::new(),
+            sealer: None,
+            durable: false,
+            memory: true,
+            persisted: Vec::new(),
+            snap_path: PathBuf::new(),
+            log_path: PathBuf::new(),
+            log_records: 0,
+        }
+    }
+
     /// Append every change not yet on disk and fsync. Returns once durable.
     pub fn persist(&mut self) -> Result<(), StoreError> {
         let heads = self.doc.get_heads();
         if heads == self.persisted {
+            return Ok(());
+        }
+        if self.memory {
+            self.persisted = heads;
             return Ok(());
         }
         let chunk = self.seal(self.doc.save_after(&self.persisted))?;
@@ -173,6 +194,9 @@ impl DocFile {
 
     /// Replace snapshot + log by one snapshot, crash-safely.
     pub fn compact(&mut self) -> Result<(), StoreError> {
+        if self.memory {
+            return Ok(());
+        }
         let tmp = self.snap_path.with_extension("snap.tmp");
         let bytes = self.seal(self.doc.save())?;
         {

@@ -175,6 +175,8 @@ pub struct Replica {
     key_check: Option<String>,
     /// A throw-away replica: no fsync (import staging, benchmarks' templates).
     scratch: bool,
+    /// No files at all (`Replica::in_memory`): the server's staging writes.
+    memory: bool,
     docs: BTreeMap<DocumentId, DocFile>,
     sync_states: HashMap<(DocumentId, String), sync::State>,
     /// Per peer: the sync states as last saved (document → encoded state).
@@ -203,6 +205,45 @@ impl Replica {
             f.set_scratch();
         }
         Ok(r)
+    }
+
+    /// A replica with no files, unencrypted and unchecked like a scratch replica: for building
+    /// documents on the server (import, staged alert and reading writes), where the result is
+    /// merged into the server's own store. Sync states and re-logs are not kept.
+    pub fn in_memory() -> Replica {
+        Replica {
+            dir: PathBuf::new(),
+            docs_dir: PathBuf::new(),
+            actor: ActorId::random(),
+            facility: None,
+            sealer: None,
+            key_check: None,
+            scratch: true,
+            memory: true,
+            docs: BTreeMap::new(),
+            sync_states: HashMap::new(),
+            saved_sync: HashMap::new(),
+        }
+    }
+
+    /// Write `replica.json` (nothing for an in-memory replica).
+    fn save_meta(&self, meta: &ReplicaMeta) -> Result<()> {
+        if self.memory {
+            return Ok(());
+        }
+        write_meta(&self.dir, meta)
+    }
+
+    /// A document's file: on disk, or none for an in-memory replica.
+    fn doc_file(&self, id: DocumentId) -> Result<DocFile> {
+        if self.memory {
+            return Ok(DocFile::in_memory());
+        }
+        Ok(DocFile::open(
+            &self.docs_dir,
+            &id.to_string(),
+            self.sealer.as_ref(),
+        )?)
     }
 
     fn open_with(dir: impl AsRef<Path>, sealer: Option<Sealer>) -> Result<Replica> {
@@ -308,6 +349,7 @@ impl Replica {
             sealer,
             key_check: meta.key_check,
             scratch: false,
+            memory: false,
             docs,
             sync_states: HashMap::new(),
             saved_sync: HashMap::new(),
@@ -348,7 +390,7 @@ impl Replica {
     /// The document, loaded or created from its genesis and persisted.
     fn ensure_doc(&mut self, id: DocumentId, kind: DocKind) -> Result<&mut DocFile> {
         if !self.docs.contains_key(&id) {
-            let mut file = DocFile::open(&self.docs_dir, &id.to_string(), self.sealer.as_ref())?;
+            let mut file = self.doc_file(id)?;
             file.doc.set_actor(self.actor.clone());
             if self.scratch {
                 file.set_scratch();
@@ -429,8 +471,7 @@ impl Replica {
             });
             if let Err(e) = verdict {
                 // Drop the change: reload the document as it is on disk.
-                let mut file =
-                    DocFile::open(&self.docs_dir, &id.to_string(), self.sealer.as_ref())?;
+                let mut file = self.doc_file(id)?;
                 file.doc.set_actor(self.actor.clone());
                 self.docs.insert(id, file);
                 return Err(e);
@@ -1131,15 +1172,12 @@ impl Replica {
             Some(_) => {}
             None => {
                 self.facility = Some(fid.clone());
-                write_meta(
-                    &self.dir,
-                    &ReplicaMeta {
-                        format: META_FORMAT.to_string(),
-                        actor: self.actor.to_hex_string(),
-                        facility: Some(fid.clone()),
-                        key_check: self.key_check.clone(),
-                    },
-                )?;
+                self.save_meta(&ReplicaMeta {
+                    format: META_FORMAT.to_string(),
+                    actor: self.actor.to_hex_string(),
+                    facility: Some(fid.clone()),
+                    key_check: self.key_check.clone(),
+                })?;
             }
         }
         let facility_json = serde_json::to_value(&data.facility).unwrap_or_default();
@@ -1342,7 +1380,7 @@ impl Replica {
     fn saved_states(&mut self, peer: &str) -> &HashMap<DocumentId, Vec<u8>> {
         if !self.saved_sync.contains_key(peer) {
             let mut map = HashMap::new();
-            if let Ok(bytes) = fs::read(self.sync_states_path(peer)) {
+            if let Some(Ok(bytes)) = (!self.memory).then(|| fs::read(self.sync_states_path(peer))) {
                 // Records: 16-byte document id, u32 LE length, encoded state. A damaged tail
                 // only costs a fuller resync of the documents it held.
                 let mut rest = bytes.as_slice();
@@ -1379,6 +1417,9 @@ impl Replica {
     /// Save the sync states with `peer` (their shared heads) in one file, so that a reconnect
     /// resumes instead of starting over. Called at the end of a connection, not per message.
     pub fn save_sync_states(&mut self, peer: &str) -> Result<()> {
+        if self.memory {
+            return Ok(());
+        }
         let mut map = self.saved_states(peer).clone();
         for ((doc, p), state) in &self.sync_states {
             if p == peer {
@@ -1420,6 +1461,12 @@ impl Replica {
     /// deletion, a malformed entry) is not an entry the policy accepts, so it is not re-made.
     /// Returns how many entries were kept aside.
     pub fn reset_document(&mut self, doc: DocumentId) -> Result<usize> {
+        if self.memory {
+            return Err(ReplicaError::Meta {
+                path: PathBuf::new(),
+                message: "an in-memory replica keeps no re-logs to reset a document with".into(),
+            });
+        }
         let file = self
             .docs
             .get(&doc)
@@ -1498,7 +1545,7 @@ impl Replica {
 
     /// Documents with entries kept aside by [`Replica::reset_document`].
     pub fn pending_relogs(&self) -> Vec<DocumentId> {
-        let Ok(rd) = fs::read_dir(self.dir.join(RELOG_DIR)) else {
+        let Some(Ok(rd)) = (!self.memory).then(|| fs::read_dir(self.dir.join(RELOG_DIR))) else {
             return Vec::new();
         };
         rd.flatten()
@@ -1666,15 +1713,12 @@ impl Replica {
             Some(_) => Ok(()),
             None => {
                 self.facility = Some(facility.to_string());
-                write_meta(
-                    &self.dir,
-                    &ReplicaMeta {
-                        format: META_FORMAT.to_string(),
-                        actor: self.actor.to_hex_string(),
-                        facility: Some(facility.to_string()),
-                        key_check: self.key_check.clone(),
-                    },
-                )
+                self.save_meta(&ReplicaMeta {
+                    format: META_FORMAT.to_string(),
+                    actor: self.actor.to_hex_string(),
+                    facility: Some(facility.to_string()),
+                    key_check: self.key_check.clone(),
+                })
             }
         }
     }
@@ -1682,8 +1726,7 @@ impl Replica {
     /// The next sync message for `doc` to `peer`, if there is anything to say.
     pub fn generate_sync_message(&mut self, doc: DocumentId, peer: &str) -> Option<Vec<u8>> {
         if !self.docs.contains_key(&doc) {
-            let mut file =
-                DocFile::open(&self.docs_dir, &doc.to_string(), self.sealer.as_ref()).ok()?;
+            let mut file = self.doc_file(doc).ok()?;
             file.doc.set_actor(self.actor.clone());
             self.docs.insert(doc, file);
         }
@@ -1709,7 +1752,7 @@ impl Replica {
             message: e.to_string(),
         })?;
         if !self.docs.contains_key(&doc) {
-            let mut file = DocFile::open(&self.docs_dir, &doc.to_string(), self.sealer.as_ref())?;
+            let mut file = self.doc_file(doc)?;
             file.doc.set_actor(self.actor.clone());
             self.docs.insert(doc, file);
         }

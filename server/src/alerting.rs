@@ -193,16 +193,13 @@ impl Alerting {
 struct Staged {
     replica: Replica,
     facility: String,
-    _dir: tempfile::TempDir,
     before: BTreeMap<DocumentId, Vec<automerge::ChangeHash>>,
 }
 
 impl Shared {
     /// Documents `docs` of `facility` (those that exist) in a staging replica.
     fn stage(&self, facility: &str, docs: &[DocumentId]) -> Result<Staged, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("staging directory: {e}"))?;
-        let mut replica = Replica::open_staging(dir.path(), &self.alerting.actor, facility)
-            .map_err(|e| e.to_string())?;
+        let mut replica = Replica::staging(&self.alerting.actor, facility);
         let mut before = BTreeMap::new();
         let shard = self.shard_for(Some(facility));
         for id in docs {
@@ -215,7 +212,6 @@ impl Shared {
         Ok(Staged {
             facility: facility.to_string(),
             replica,
-            _dir: dir,
             before,
         })
     }
@@ -838,9 +834,7 @@ fn stage_protocol(
     load: &mut DocLoader<'_>,
 ) -> Result<Staged, (StatusCode, String)> {
     let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
-    let dir = tempfile::tempdir().map_err(|e| internal(e.to_string()))?;
-    let mut replica =
-        Replica::open_staging(dir.path(), actor, facility).map_err(|e| internal(e.to_string()))?;
+    let mut replica = Replica::staging(actor, facility);
     let fid = DocumentId::facility(facility);
     let Some(bytes) = load(fid).map_err(internal)? else {
         return Err((
@@ -867,7 +861,6 @@ fn stage_protocol(
         Ok(()) => Ok(Staged {
             facility: facility.to_string(),
             replica,
-            _dir: dir,
             before,
         }),
         Err(ReplicaError::Invalid(p)) => Err((

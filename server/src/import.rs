@@ -3,11 +3,10 @@
 use chrono::Utc;
 use rounds_core::{DataFile, DocumentId, Replica};
 
-/// Build every document of a data file (through a throw-away replica, so the documents are the
+/// Build every document of a data file (through an in-memory replica, so the documents are the
 /// same ones a device would create) and return them as (id, bytes).
 pub fn documents_of(data: &DataFile) -> Result<Vec<(DocumentId, Vec<u8>)>, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let mut replica = Replica::open_scratch(dir.path()).map_err(|e| e.to_string())?;
+    let mut replica = Replica::in_memory();
     replica
         .import(data, Utc::now())
         .map_err(|e| e.to_string())?;

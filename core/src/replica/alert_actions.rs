@@ -58,17 +58,13 @@ pub struct TriageCall {
 }
 
 impl Replica {
-    /// A replica for the server's own writes (ingested readings, alerts, escalations): scratch
-    /// files, and every change made with the server's fixed actor.
-    pub fn open_staging(
-        dir: impl AsRef<std::path::Path>,
-        actor: &[u8],
-        facility: &str,
-    ) -> Result<Replica> {
-        let mut r = Replica::open_scratch(dir)?;
+    /// A replica for the server's own writes (ingested readings, alerts, escalations): in
+    /// memory (no files), and every change made with the server's fixed actor.
+    pub fn staging(actor: &[u8], facility: &str) -> Replica {
+        let mut r = Replica::in_memory();
         r.actor = ActorId::from(actor);
         r.facility = Some(facility.to_string());
-        Ok(r)
+        r
     }
 
     /// Load a document's bytes into this replica (staging).

@@ -731,7 +731,14 @@ fn main() {
             let t = Instant::now();
             for format in ["fhir", "hl7", "csv"] {
                 let ok = Command::new(&bin)
-                    .args(["export", "--facility", "big", "--month", "2026-11", "--format"])
+                    .args([
+                        "export",
+                        "--facility",
+                        "big",
+                        "--month",
+                        "2026-11",
+                        "--format",
+                    ])
                     .arg(format)
                     .arg("--store")
                     .arg(&store)
