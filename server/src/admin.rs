@@ -5,34 +5,16 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth;
-use crate::security::{AuditQuery, AuditRecord, SecurityError, audit_csv};
+use crate::api_error::{Admin, ApiError, blocking};
+use crate::security::{AuditQuery, AuditRecord, audit_csv};
 use crate::server::Shared;
 
-/// `Some(401 response)` unless the request carries the admin credential.
-pub(crate) fn admin_only(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    if shared.security.is_admin(auth::token_of(headers, None)) {
-        None
-    } else {
-        Some((StatusCode::UNAUTHORIZED, "admin token required\n").into_response())
-    }
-}
-
-fn error(e: SecurityError) -> Response {
-    let status = match e {
-        SecurityError::Exists(_) => StatusCode::CONFLICT,
-        SecurityError::NoDevice(_) => StatusCode::NOT_FOUND,
-        SecurityError::BadCode => StatusCode::FORBIDDEN,
-        SecurityError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (status, format!("{e}\n")).into_response()
-}
+type Api<T> = Result<Json<T>, ApiError>;
 
 #[derive(Deserialize)]
 pub struct FacilityBody {
@@ -40,20 +22,14 @@ pub struct FacilityBody {
 }
 
 pub async fn create_code(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Json(b): Json<FacilityBody>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    match shared.security.create_code(&b.facility) {
-        Ok((code, expires_at)) => {
-            Json(json!({"code": code, "facility": b.facility, "expires_at": expires_at}))
-                .into_response()
-        }
-        Err(e) => error(e),
-    }
+) -> Api<serde_json::Value> {
+    let (code, expires_at) = shared.security.create_code(&b.facility)?;
+    Ok(Json(
+        json!({"code": code, "facility": b.facility, "expires_at": expires_at}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -63,40 +39,29 @@ pub struct AddBody {
 }
 
 pub async fn add_device(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Json(b): Json<AddBody>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    match shared.security.add_device(&b.facility, &b.name) {
-        Ok(token) => {
-            Json(json!({"name": b.name, "facility": b.facility, "token": token})).into_response()
-        }
-        Err(e) => error(e),
-    }
+) -> Api<serde_json::Value> {
+    let token = shared.security.add_device(&b.facility, &b.name)?;
+    Ok(Json(
+        json!({"name": b.name, "facility": b.facility, "token": token}),
+    ))
 }
 
-pub async fn list_devices(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    Json(shared.security.list()).into_response()
+pub async fn list_devices(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+) -> Api<Vec<crate::security::DeviceRecord>> {
+    Ok(Json(shared.security.list()))
 }
 
 pub async fn revoke(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    match shared.security.revoke(&name) {
-        Ok(d) => Json(d).into_response(),
-        Err(e) => error(e),
-    }
+) -> Api<crate::security::DeviceRecord> {
+    Ok(Json(shared.security.revoke(&name)?))
 }
 
 #[derive(Deserialize)]
@@ -108,30 +73,26 @@ pub struct AuditParams {
 }
 
 pub async fn audit(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(p): Query<AuditParams>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    let since = match p.since.as_deref().map(parse_since) {
-        Some(Err(e)) => {
-            return (StatusCode::UNPROCESSABLE_ENTITY, format!("since: {e}\n")).into_response();
-        }
-        Some(Ok(t)) => Some(t),
-        None => None,
-    };
+) -> Result<Response, ApiError> {
+    let since = p
+        .since
+        .as_deref()
+        .map(parse_since)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("since: {e}")))?;
     let records = shared.security.query(&AuditQuery {
         patient: p.patient,
         device: p.device,
         since,
     });
-    if p.format.as_deref() == Some("csv") {
+    Ok(if p.format.as_deref() == Some("csv") {
         ([("content-type", "text/csv")], audit_csv(&records)).into_response()
     } else {
         Json(records).into_response()
-    }
+    })
 }
 
 /// `2026-11-24T08:00:00Z` or `2026-11-24` (midnight UTC).
@@ -155,28 +116,26 @@ pub async fn enroll(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
     Json(b): Json<EnrollBody>,
-) -> Response {
+) -> Api<serde_json::Value> {
     let client = shared.limits.network.client_ip(peer, &headers);
     if !shared.admit_enrolment(&client.to_string()) {
         let mut rec = AuditRecord::new("enrol-refused");
         rec.detail = Some(format!("rate limited (from {client})"));
         shared.audit_noisy(&client.to_string(), "enrolment rate limited", rec);
-        return (
+        return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many enrolment attempts; wait a minute\n",
-        )
-            .into_response();
+            "too many enrolment attempts; wait a minute",
+        ));
     }
-    match shared.security.enroll(&b.code, &b.name, chrono::Utc::now()) {
-        Ok((token, facility)) => Json(json!({
-            "name": b.name,
-            "facility": facility,
-            "facility_url": rounds_core::DocumentId::facility(&facility).url(),
-            "token": token,
-        }))
-        .into_response(),
-        Err(e) => error(e),
-    }
+    let (token, facility) = shared
+        .security
+        .enroll(&b.code, &b.name, chrono::Utc::now())?;
+    Ok(Json(json!({
+        "name": b.name,
+        "facility": facility,
+        "facility_url": rounds_core::DocumentId::facility(&facility).url(),
+        "token": token,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -185,31 +144,21 @@ pub struct MonthBody {
     month: String,
 }
 
-fn month_of(s: &str) -> Result<rounds_core::Month, Box<Response>> {
-    s.parse().map_err(|e: rounds_core::month::MonthParseError| {
-        Box::new((StatusCode::UNPROCESSABLE_ENTITY, format!("month: {e}\n")).into_response())
-    })
+fn month_of(s: &str) -> Result<rounds_core::Month, ApiError> {
+    s.parse()
+        .map_err(|e: rounds_core::month::MonthParseError| ApiError::invalid(format!("month: {e}")))
 }
 
 pub async fn close_month(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Json(b): Json<MonthBody>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    let month = match month_of(&b.month) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
-    let s = shared.clone();
-    let facility = b.facility.clone();
-    match tokio::task::spawn_blocking(move || s.close_month(&facility, month)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
+) -> Api<Vec<crate::ledger::EncounterVersion>> {
+    let month = month_of(&b.month)?;
+    let facility = b.facility;
+    Ok(Json(
+        blocking(move || Ok(shared.close_month(&facility, month)?)).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -220,24 +169,17 @@ pub struct EncounterParams {
 }
 
 pub async fn encounters(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(p): Query<EncounterParams>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    let month = match month_of(&p.month) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
-    Json(crate::admin_client::select_versions(
+) -> Api<Vec<crate::ledger::EncounterVersion>> {
+    let month = month_of(&p.month)?;
+    Ok(Json(crate::admin_client::select_versions(
         &shared.ledger,
         &p.facility,
         month,
         p.changed.unwrap_or(false),
-    ))
-    .into_response()
+    )))
 }
 
 #[derive(Deserialize)]
@@ -248,41 +190,28 @@ pub struct ExportParams {
 }
 
 pub async fn export(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(p): Query<ExportParams>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    let month = match month_of(&p.month) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
-    let s = shared.clone();
-    let facility = p.facility.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        crate::export::export(
+) -> Api<Vec<crate::export::ExportFile>> {
+    let month = month_of(&p.month)?;
+    let (s, facility, format) = (shared.clone(), p.facility.clone(), p.format);
+    let files = blocking(move || {
+        Ok(crate::export::export(
             &s.store,
             &s.ledger,
             &facility,
             month,
-            p.format,
+            format,
             &rounds_core::ehr::ExportConfig::default(),
-        )
+        )?)
     })
-    .await;
-    match result {
-        Ok(Ok(files)) => {
-            let mut rec = AuditRecord::new("export");
-            rec.facility = Some(p.facility.clone());
-            rec.detail = Some(format!("{month} {:?}, {} files", p.format, files.len()));
-            shared.security.record(rec);
-            Json(files).into_response()
-        }
-        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
+    .await?;
+    let mut rec = AuditRecord::new("export");
+    rec.facility = Some(p.facility);
+    rec.detail = Some(format!("{month} {:?}, {} files", p.format, files.len()));
+    shared.security.record(rec);
+    Ok(Json(files))
 }
 
 #[derive(Deserialize)]
@@ -294,32 +223,27 @@ pub struct QuarantineParams {
 
 /// `GET /api/v1/quarantine[?facility=F]`: refused changes, newest first (without their bytes).
 pub async fn quarantine_list(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(p): Query<QuarantineParams>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    Json(
+) -> Result<Response, ApiError> {
+    Ok(Json(
         shared
             .quarantine
             .list(p.facility.as_deref(), p.limit.unwrap_or(1000)),
     )
-    .into_response()
+    .into_response())
 }
 
 /// `GET /api/v1/quarantine/{id}`: one refused change with its bytes (base64).
 pub async fn quarantine_show(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Response {
-    if let Some(r) = admin_only(&shared, &headers) {
-        return r;
-    }
-    match shared.quarantine.get(&id) {
-        Some(e) => Json(e).into_response(),
-        None => (StatusCode::NOT_FOUND, "no quarantine entry with this id\n").into_response(),
-    }
+) -> Result<Response, ApiError> {
+    let e = shared
+        .quarantine
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("no quarantine entry with this id"))?;
+    Ok(Json(e).into_response())
 }

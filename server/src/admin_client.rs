@@ -422,7 +422,10 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
     if status.is_success() {
         Ok(text)
     } else {
-        Err(CliError::Invalid(format!("{status}: {}", text.trim())))
+        Err(CliError::Invalid(format!(
+            "{status}: {}",
+            crate::api_error::detail_of(&text)
+        )))
     }
 }
 

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use tokio::sync::mpsc;
 
+use crate::api_error::{Admin, ApiError};
 use crate::notify::{AlertNotice, NotifyConfig, Outbox};
 use crate::security::AuditRecord;
 use crate::server::Shared;
@@ -754,34 +755,28 @@ pub struct IntegrationBody {
 
 /// `POST /api/v1/integrations` (admin): create a vendor integration; answers its API key once.
 pub async fn add_integration(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Json(b): Json<IntegrationBody>,
-) -> Response {
-    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
-        return r;
-    }
-    match shared.alerting.add_integration(&b.facility, &b.name) {
-        Ok(key) => {
-            let mut a = AuditRecord::new("integration-added");
-            a.facility = Some(b.facility.clone());
-            a.detail = Some(b.name.clone());
-            shared.security.record(a);
-            Json(serde_json::json!({ "name": b.name, "facility": b.facility, "api_key": key }))
-                .into_response()
-        }
-        Err(AlertingError::Invalid(e)) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response()
-        }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = shared
+        .alerting
+        .add_integration(&b.facility, &b.name)
+        .map_err(|e| match e {
+            AlertingError::Invalid(e) => ApiError::invalid(e),
+            e => ApiError::internal(e.to_string()),
+        })?;
+    let mut a = AuditRecord::new("integration-added");
+    a.facility = Some(b.facility.clone());
+    a.detail = Some(b.name.clone());
+    shared.security.record(a);
+    Ok(Json(
+        serde_json::json!({ "name": b.name, "facility": b.facility, "api_key": key }),
+    ))
 }
 
 /// `GET /api/v1/integrations` (admin).
-pub async fn list_integrations(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
-        return r;
-    }
+pub async fn list_integrations(_: Admin, State(shared): State<Arc<Shared>>) -> Response {
     Json(shared.alerting.integrations()).into_response()
 }
 
@@ -795,33 +790,25 @@ pub struct ProtocolBody {
 /// `POST /api/v1/protocol` (admin): set a facility's alert protocol (checked; written into the
 /// facility document, so tablets evaluate it offline after their next sync).
 pub async fn set_protocol(
+    _: Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Json(b): Json<ProtocolBody>,
-) -> Response {
-    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
-        return r;
-    }
-    let protocol = match rounds_core::alerts::AlertProtocol::from_toml(&b.toml) {
-        Ok(p) => p,
-        Err(e) => return (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
-    };
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let protocol = rounds_core::alerts::AlertProtocol::from_toml(&b.toml)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let _guard = shared.alerting.stage_lock.lock().await;
     let shard = shared.shard_for(Some(&b.facility));
     let mut loader = |id: DocumentId| shared.document_bytes(&shard, id);
-    let staged = match stage_protocol(&shared.alerting.actor, &b.facility, &protocol, &mut loader) {
-        Ok(s) => s,
-        Err((status, e)) => return (status, format!("{e}\n")).into_response(),
-    };
-    if let Err(e) = shared.commit(&staged).await {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
-    }
+    let staged = stage_protocol(&shared.alerting.actor, &b.facility, &protocol, &mut loader)
+        .map_err(|(status, e)| ApiError::new(status, e))?;
+    shared.commit(&staged).await.map_err(ApiError::internal)?;
     let mut a = AuditRecord::new("protocol-set");
     a.facility = Some(b.facility.clone());
     a.detail = Some(format!("{} rules", protocol.rules.len()));
     shared.security.record(a);
-    Json(serde_json::json!({ "facility": b.facility, "rules": protocol.rules.len() }))
-        .into_response()
+    Ok(Json(
+        serde_json::json!({ "facility": b.facility, "rules": protocol.rules.len() }),
+    ))
 }
 
 type DocLoader<'a> = dyn FnMut(DocumentId) -> Result<Option<Vec<u8>>, String> + 'a;
@@ -902,10 +889,7 @@ pub fn set_protocol_on_store(
 }
 
 /// `GET /api/v1/notifications` (admin): the outbox and the delivered ledger.
-pub async fn notifications(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
-        return r;
-    }
+pub async fn notifications(_: Admin, State(shared): State<Arc<Shared>>) -> Response {
     Json(serde_json::json!({
         "pending": shared.alerting.outbox.pending(),
         "delivered": shared.alerting.outbox.delivered(),

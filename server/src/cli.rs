@@ -974,7 +974,7 @@ async fn post_import(
     } else {
         Err(CliError::Invalid(format!(
             "{endpoint}: {status}: {}",
-            text.trim()
+            crate::api_error::detail_of(&text)
         )))
     }
 }

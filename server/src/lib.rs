@@ -11,6 +11,7 @@ pub mod access;
 pub mod admin;
 pub mod admin_client;
 pub mod alerting;
+pub mod api_error;
 pub mod audit_aggregate;
 pub mod auth;
 pub mod cli;

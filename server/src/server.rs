@@ -1042,39 +1042,34 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-async fn import(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
-    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
-        return r;
-    }
-    let data = match rounds_core::parse_data_file(&body) {
-        Ok(d) => d,
-        Err(p) => return (StatusCode::UNPROCESSABLE_ENTITY, format!("{p}\n")).into_response(),
-    };
-    match crate::import::documents_of(&data) {
-        Ok(docs) => {
-            shared.register_facility(&data.facility.id);
-            let n = docs.len();
-            let merged = shared.merge(&data.facility.id, docs).await;
-            if merged.is_ok() {
-                // Read what was written into the read model now, not at the first page or close.
-                let (s, f) = (shared.clone(), data.facility.id.clone());
-                let _ = tokio::task::spawn_blocking(move || {
-                    crate::ledger::facility_data(&s.store, &f).map(|_| ())
-                })
-                .await;
-            }
-            match merged {
-                Ok(()) => axum::Json(serde_json::json!({
-                    "facility": data.facility.id,
-                    "facility_url": DocumentId::facility(&data.facility.id).url(),
-                    "documents": n,
-                }))
-                .into_response(),
-                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-            }
-        }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
+/// `POST /api/v1/import` (admin token): a data file into the facility's documents.
+async fn import(
+    _: crate::api_error::Admin,
+    State(shared): State<Arc<Shared>>,
+    body: String,
+) -> Result<axum::Json<serde_json::Value>, crate::api_error::ApiError> {
+    use crate::api_error::ApiError;
+    let data = rounds_core::parse_data_file(&body).map_err(|p| ApiError::invalid(p.to_string()))?;
+    let docs = crate::import::documents_of(&data).map_err(ApiError::internal)?;
+    shared.register_facility(&data.facility.id);
+    let n = docs.len();
+    shared
+        .merge(&data.facility.id, docs)
+        .await
+        .map_err(ApiError::internal)?;
+    // Read what was written into the read model now, not at the first page or close.
+    let (s, f) = (shared.clone(), data.facility.id.clone());
+    crate::api_error::blocking(move || {
+        crate::read_model::facility_data(&s.store, &f)
+            .map(|_| ())
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok(axum::Json(serde_json::json!({
+        "facility": data.facility.id,
+        "facility_url": DocumentId::facility(&data.facility.id).url(),
+        "documents": n,
+    })))
 }
 
 /// The HTTP routes.

@@ -415,45 +415,47 @@ pub struct NewUser {
 
 /// `POST /api/v1/users` (admin token): create a console account.
 pub async fn api_add_user(
+    _: crate::api_error::Admin,
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     axum::Json(b): axum::Json<NewUser>,
-) -> Response {
-    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
-        return r;
-    }
+) -> Result<axum::Json<serde_json::Value>, crate::api_error::ApiError> {
+    use crate::api_error::ApiError;
     let s = shared.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        s.accounts
-            .add_user(&b.username, &b.password, b.role, &b.facilities)
-    })
-    .await;
-    match r {
-        Ok(Ok(u)) => {
-            let mut a = AuditRecord::new("user-added");
-            a.device = Some(format!("user:{}", u.username));
-            a.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
-            shared.security.record(a);
-            axum::Json(serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities})).into_response()
-        }
-        Ok(Err(AccountError::Exists(n))) => {
-            (StatusCode::CONFLICT, format!("user {n:?} exists\n")).into_response()
-        }
-        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed\n").into_response(),
-    }
+    // A password hash: on a hashing thread, like a sign-in.
+    let u = shared
+        .hashers
+        .run(move || {
+            s.accounts
+                .add_user(&b.username, &b.password, b.role, &b.facilities)
+        })
+        .await
+        .ok_or_else(|| ApiError::internal("the password could not be hashed"))?
+        .map_err(|e| match e {
+            AccountError::Exists(n) => {
+                ApiError::new(StatusCode::CONFLICT, format!("user {n:?} exists"))
+            }
+            e => ApiError::invalid(e.to_string()),
+        })?;
+    let mut a = AuditRecord::new("user-added");
+    a.device = Some(format!("user:{}", u.username));
+    a.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
+    shared.security.record(a);
+    Ok(axum::Json(
+        serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities}),
+    ))
 }
 
 /// `GET /api/v1/users` (admin token).
-pub async fn api_users(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = crate::admin::admin_only(&shared, &headers) {
-        return r;
-    }
-    let users: Vec<serde_json::Value> = shared
-        .accounts
-        .users()
-        .into_iter()
-        .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "created_at": u.created_at}))
-        .collect();
-    axum::Json(users).into_response()
+pub async fn api_users(
+    _: crate::api_error::Admin,
+    State(shared): State<Arc<Shared>>,
+) -> axum::Json<Vec<serde_json::Value>> {
+    axum::Json(
+        shared
+            .accounts
+            .users()
+            .into_iter()
+            .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "created_at": u.created_at}))
+            .collect(),
+    )
 }
