@@ -453,3 +453,40 @@ async fn query_tokens_can_be_turned_off_and_are_never_logged() {
         .unwrap();
     assert_eq!(n, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_problem_details_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path()).unwrap();
+    let (status, headers, body) =
+        rounds_tests::https_exchange(&server, "GET /api/v1/devices HTTP/1.1", b"")
+            .await
+            .unwrap();
+    assert_eq!(status, 401);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v == "application/problem+json"),
+        "{headers:?}"
+    );
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["status"], 401);
+    assert_eq!(problem["detail"], "admin token required");
+    let head = format!(
+        "POST /api/v1/close HTTP/1.1\r\nContent-Type: application/json\r\nAuthorization: Bearer {}",
+        server.admin_token().unwrap()
+    );
+    let (status, _, body) = rounds_tests::https_exchange(
+        &server,
+        &head,
+        br#"{"facility":"sunnyvale","month":"2026-13"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 422, "{body}");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().starts_with("month:"),
+        "{problem}"
+    );
+}
