@@ -463,24 +463,29 @@ pub(super) fn csrf_field(c: &Ctx) -> Markup {
     html! { input type="hidden" name="csrf" value=(c.session.csrf); }
 }
 
-pub(super) fn billing_only(shared: &Shared, c: &Ctx) -> Option<Response> {
-    if c.user.role.can_bill() {
-        None
-    } else {
-        audit(
-            shared,
-            c,
-            "console-denied",
-            None,
-            None,
-            Some("billing page".into()),
-        );
-        Some(error_page(
-            Some(c),
-            StatusCode::FORBIDDEN,
-            "Month close and push are for billing staff and administrators.",
-        ))
+/// None when the user's role may open the page; else the audited 403 page.
+pub(super) fn role_only(
+    shared: &Shared,
+    c: &Ctx,
+    allowed: bool,
+    page: &str,
+    message: &str,
+) -> Option<Response> {
+    if allowed {
+        return None;
     }
+    audit(shared, c, "console-denied", None, None, Some(page.into()));
+    Some(error_page(Some(c), StatusCode::FORBIDDEN, message))
+}
+
+pub(super) fn billing_only(shared: &Shared, c: &Ctx) -> Option<Response> {
+    role_only(
+        shared,
+        c,
+        c.user.role.can_bill(),
+        "billing page",
+        "Month close and push are for billing staff and administrators.",
+    )
 }
 
 mod admin;

@@ -202,6 +202,23 @@ fn wait_listening(port: u16) {
     panic!("server on {port} did not start");
 }
 
+/// One token per facility is shared by all its tablets: no per-device limits in the way.
+const BENCH_LIMITS: [&str; 6] = [
+    "--max-connections-per-device",
+    "1000000",
+    "--frames-per-second",
+    "1e12",
+    "--frame-burst",
+    "1e12",
+];
+
+/// ROUNDS_BENCH_SERVER_LOG=FILE keeps the server's log (with ROUNDS_LOG) for a slow run.
+fn server_log() -> Stdio {
+    std::env::var_os("ROUNDS_BENCH_SERVER_LOG")
+        .and_then(|f| std::fs::File::create(f).ok())
+        .map_or_else(Stdio::null, Stdio::from)
+}
+
 fn start_rounds(store: &Path) -> Server {
     let port = free_port();
     let child = Command::new(rounds_tests::rounds_bin().expect("rounds"))
@@ -213,23 +230,11 @@ fn start_rounds(store: &Path) -> Server {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
-        .args([
-            "--max-connections-per-device",
-            "1000000",
-            "--frames-per-second",
-            "1e12",
-            "--frame-burst",
-            "1e12",
-            "--store",
-        ])
+        .args(BENCH_LIMITS)
+        .arg("--store")
         .arg(store)
         .stdout(Stdio::null())
-        // ROUNDS_BENCH_SERVER_LOG=FILE keeps the server's log (with ROUNDS_LOG) for a slow run.
-        .stderr(
-            std::env::var_os("ROUNDS_BENCH_SERVER_LOG")
-                .and_then(|f| std::fs::File::create(f).ok())
-                .map_or_else(Stdio::null, Stdio::from),
-        )
+        .stderr(server_log())
         .spawn()
         .expect("start rounds");
     wait_listening(port);
@@ -697,10 +702,7 @@ fn main() {
             .unwrap_or(false);
         let close_s = t.elapsed().as_secs_f64();
         assert!(ok, "close failed");
-        let t = Instant::now();
-        let mut per_format = serde_json::Map::new();
-        for format in ["fhir", "hl7", "csv"] {
-            let tf = Instant::now();
+        let export = |format: &str, out: &Path| {
             let ok = Command::new(&bin)
                 .args([
                     "export",
@@ -709,17 +711,23 @@ fn main() {
                     "--month",
                     "2026-11",
                     "--format",
-                    format,
-                    "--store",
                 ])
+                .arg(format)
+                .arg("--store")
                 .arg(&store)
                 .arg("--out")
-                .arg(work.path().join("big-out"))
+                .arg(out)
                 .stdout(Stdio::null())
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            assert!(ok, "export {format} failed");
+            assert!(ok, "export {format} to {} failed", out.display());
+        };
+        let t = Instant::now();
+        let mut per_format = serde_json::Map::new();
+        for format in ["fhir", "hl7", "csv"] {
+            let tf = Instant::now();
+            export(format, &work.path().join("big-out"));
             per_format.insert(format.into(), tf.elapsed().as_secs_f64().into());
         }
         let export_s = t.elapsed().as_secs_f64();
@@ -730,25 +738,7 @@ fn main() {
             let dir = shm.join(format!("rounds-bench-{}", std::process::id()));
             let t = Instant::now();
             for format in ["fhir", "hl7", "csv"] {
-                let ok = Command::new(&bin)
-                    .args([
-                        "export",
-                        "--facility",
-                        "big",
-                        "--month",
-                        "2026-11",
-                        "--format",
-                    ])
-                    .arg(format)
-                    .arg("--store")
-                    .arg(&store)
-                    .arg("--out")
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                assert!(ok, "export {format} to tmpfs failed");
+                export(format, &dir);
             }
             let s = t.elapsed().as_secs_f64();
             let _ = std::fs::remove_dir_all(&dir);

@@ -5,23 +5,13 @@ use super::*;
 // ----- devices and audit (admin) -------------------------------------------------------------
 
 fn admin_only(shared: &Shared, c: &Ctx) -> Option<Response> {
-    if c.user.role.is_admin() {
-        None
-    } else {
-        audit(
-            shared,
-            c,
-            "console-denied",
-            None,
-            None,
-            Some("admin page".into()),
-        );
-        Some(error_page(
-            Some(c),
-            StatusCode::FORBIDDEN,
-            "Devices and the audit log are for administrators.",
-        ))
-    }
+    role_only(
+        shared,
+        c,
+        c.user.role.is_admin(),
+        "admin page",
+        "Devices and the audit log are for administrators.",
+    )
 }
 
 pub async fn devices(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {

@@ -24,22 +24,11 @@ fn start_tls(store: &Path) -> (Server, u16, [u8; 32]) {
     use std::io::BufRead;
     let mut child = Command::new(rounds_tests::rounds_bin().expect("rounds"))
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args([
-            "--max-connections-per-device",
-            "1000000",
-            "--frames-per-second",
-            "1e12",
-            "--frame-burst",
-            "1e12",
-            "--store",
-        ])
+        .args(super::BENCH_LIMITS)
+        .arg("--store")
         .arg(store)
         .stdout(Stdio::piped())
-        .stderr(
-            std::env::var_os("ROUNDS_BENCH_SERVER_LOG")
-                .and_then(|f| std::fs::File::create(f).ok())
-                .map_or_else(Stdio::null, Stdio::from),
-        )
+        .stderr(super::server_log())
         .spawn()
         .expect("start rounds");
     let stdout = child.stdout.take().expect("stdout");
