@@ -1,38 +1,21 @@
-//! Rounds server library: the sync server, the services behind it (month close and the
-//! encounter ledger, alerting, EHR push, security, console accounts, the read model) and the
-//! command line. The `rounds` binary (`main.rs`) only sets up logging and calls [`cli::run`].
+//! Rounds server library. Four layers, each a directory, each using only the layers below it:
 //!
-//! Entry points: [`server::start`] / [`server::serve`] (the HTTP + WebSocket server),
-//! [`cli::run`] (every command), [`read_model::facility_data`] (a facility as pages, close and
-//! export read it), [`ledger::Ledger::close`] (month close).
+//! - [`sync`]: the storage and the sync plumbing — the sled store and its read model, the
+//!   facility shards (one sans-IO hub each), the flusher, connection queues, the write gate's
+//!   quarantine, facility access, metrics. No domain services, no HTTP.
+//! - [`services`]: the domain services — the encounter ledger, export, import, EHR push, alerting
+//!   and notification, security and audit, console accounts. No axum types.
+//! - [`server`]: the running server's state ([`server::Shared`]) and its drivers — frames fed to
+//!   the hubs, background loops (automatic close, late data, alert escalation), network limits.
+//! - [`http`]: the router, [`http::api_error::ApiError`], the admin and alert APIs, the console,
+//!   TLS, and [`http::start`] / [`http::serve`].
+//! - [`cli`]: every `rounds` command ([`cli::run`]), the admin client, the demo.
+//!
+//! The `rounds` binary (`main.rs`) only sets up logging and calls [`cli::run`].
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod admin;
-pub mod admin_client;
-pub mod alerting;
-pub mod api_error;
-pub mod audit_aggregate;
-pub mod auth;
 pub mod cli;
-pub mod close;
-pub mod connection;
-pub mod console;
-pub mod demo;
-pub mod export;
-pub mod flusher;
-pub mod import;
-pub mod ledger;
-pub mod metrics;
-pub mod network;
-pub mod notify;
-pub mod outlet;
-pub mod pdf;
-pub mod push;
-pub mod quarantine;
-pub mod read_model;
-pub mod security;
+pub mod http;
 pub mod server;
-pub mod shards;
-pub mod store;
-pub mod tls;
+pub mod services;
+pub mod sync;

@@ -3,8 +3,11 @@
 use super::*;
 
 /// Run an admin operation (through the running server, or on the store) and print its answer.
-fn admin(store: PathBuf, server: String, op: crate::admin_client::Op) -> Result<(), CliError> {
-    let out = crate::admin_client::run(&crate::admin_client::AdminTarget { store, server }, op)?;
+fn admin(store: PathBuf, server: String, op: crate::cli::admin_client::Op) -> Result<(), CliError> {
+    let out = crate::cli::admin_client::run(
+        &crate::cli::admin_client::AdminTarget { store, server },
+        op,
+    )?;
     println!("{}", out.trim_end());
     Ok(())
 }
@@ -101,14 +104,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     std::io::stdin()
                         .read_line(&mut password)
                         .map_err(|e| CliError::Invalid(format!("password from stdin: {e}")))?;
-                    crate::admin_client::Op::UserAdd {
+                    crate::cli::admin_client::Op::UserAdd {
                         username,
                         role,
                         facilities,
                         password: password.trim_end_matches(['\r', '\n']).to_string(),
                     }
                 }
-                UserCommand::List => crate::admin_client::Op::Users,
+                UserCommand::List => crate::cli::admin_client::Op::Users,
             };
             admin(store, server, op)
         }
@@ -119,9 +122,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let op = match command {
                 IntegrationCommand::Add { facility, name } => {
-                    crate::admin_client::Op::Integration { facility, name }
+                    crate::cli::admin_client::Op::Integration { facility, name }
                 }
-                IntegrationCommand::List => crate::admin_client::Op::Integrations,
+                IntegrationCommand::List => crate::cli::admin_client::Op::Integrations,
             };
             admin(store, server, op)
         }
@@ -151,7 +154,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 })?;
                 rounds_core::alerts::AlertProtocol::from_toml(&toml)
                     .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
-                let op = crate::admin_client::Op::Protocol { facility, toml };
+                let op = crate::cli::admin_client::Op::Protocol { facility, toml };
                 admin(store, server, op)
             }
         },
@@ -162,9 +165,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let op = match command {
                 QuarantineCommand::List { facility } => {
-                    crate::admin_client::Op::Quarantine { facility }
+                    crate::cli::admin_client::Op::Quarantine { facility }
                 }
-                QuarantineCommand::Show { id } => crate::admin_client::Op::QuarantineShow { id },
+                QuarantineCommand::Show { id } => {
+                    crate::cli::admin_client::Op::QuarantineShow { id }
+                }
             };
             admin(store, server, op)
         }
@@ -174,12 +179,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             server,
         } => {
             let op = match command {
-                DeviceCommand::Code { facility } => crate::admin_client::Op::Code { facility },
+                DeviceCommand::Code { facility } => crate::cli::admin_client::Op::Code { facility },
                 DeviceCommand::Add { facility, name } => {
-                    crate::admin_client::Op::Add { facility, name }
+                    crate::cli::admin_client::Op::Add { facility, name }
                 }
-                DeviceCommand::List => crate::admin_client::Op::List,
-                DeviceCommand::Revoke { name } => crate::admin_client::Op::Revoke { name },
+                DeviceCommand::List => crate::cli::admin_client::Op::List,
+                DeviceCommand::Revoke { name } => crate::cli::admin_client::Op::Revoke { name },
             };
             admin(store, server, op)
         }
@@ -193,11 +198,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let parsed = since
                 .as_deref()
-                .map(crate::admin::parse_since)
+                .map(crate::http::admin::parse_since)
                 .transpose()
                 .map_err(|e| CliError::Invalid(format!("--since: {e}")))?;
-            let op = crate::admin_client::Op::Audit {
-                query: crate::security::AuditQuery {
+            let op = crate::cli::admin_client::Op::Audit {
+                query: crate::services::security::AuditQuery {
                     patient,
                     device,
                     since: parsed,
@@ -214,9 +219,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             server,
         } => {
             let month = parse_month(&month)?;
-            let out = crate::admin_client::run(
-                &crate::admin_client::AdminTarget { store, server },
-                crate::admin_client::Op::Close { facility, month },
+            let out = crate::cli::admin_client::run(
+                &crate::cli::admin_client::AdminTarget { store, server },
+                crate::cli::admin_client::Op::Close { facility, month },
             )?;
             println!("{}", out.trim_end());
             Ok(())
@@ -229,9 +234,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             server,
         } => {
             let month = parse_month(&month)?;
-            let out = crate::admin_client::run(
-                &crate::admin_client::AdminTarget { store, server },
-                crate::admin_client::Op::Encounters {
+            let out = crate::cli::admin_client::run(
+                &crate::cli::admin_client::AdminTarget { store, server },
+                crate::cli::admin_client::Op::Encounters {
                     facility,
                     month,
                     changed,
@@ -249,24 +254,24 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             server,
         } => {
             let month = parse_month(&month)?;
-            let target = crate::admin_client::AdminTarget { store, server };
+            let target = crate::cli::admin_client::AdminTarget { store, server };
             if let Some(written) =
-                crate::admin_client::export_local(&target, &facility, month, format, &out)
+                crate::cli::admin_client::export_local(&target, &facility, month, format, &out)
             {
                 println!("wrote {} files to {}", written?, out.display());
                 return Ok(());
             }
-            let files = crate::admin_client::run(
+            let files = crate::cli::admin_client::run(
                 &target,
-                crate::admin_client::Op::Export {
+                crate::cli::admin_client::Op::Export {
                     facility,
                     month,
                     format,
                 },
             )?;
-            let files: Vec<crate::export::ExportFile> = serde_json::from_str(&files)
+            let files: Vec<crate::services::export::ExportFile> = serde_json::from_str(&files)
                 .map_err(|e| CliError::Invalid(format!("export: {e}")))?;
-            crate::export::write(&out, &files)
+            crate::services::export::write(&out, &files)
                 .map_err(|e| CliError::Invalid(format!("{}: {e}", out.display())))?;
             println!("wrote {} files to {}", files.len(), out.display());
             Ok(())
@@ -277,7 +282,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             listen,
             tablets,
             exit,
-        } => runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions {
+        } => runtime()?.block_on(crate::cli::demo::run(crate::cli::demo::DemoOptions {
             store,
             out,
             listen,
@@ -285,7 +290,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             exit,
         })),
         Command::ReadModel { action, store } => {
-            let st = crate::store::SledStore::open(&store).map_err(|e| {
+            let st = crate::sync::store::SledStore::open(&store).map_err(|e| {
                 CliError::Invalid(format!("{e} (stop the server to use this store)"))
             })?;
             match action {
@@ -319,10 +324,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Push { command, store } => {
-            let st = crate::store::SledStore::open(&store).map_err(|e| {
+            let st = crate::sync::store::SledStore::open(&store).map_err(|e| {
                 CliError::Invalid(format!("{e} (stop the server to push from this store)"))
             })?;
-            let outbox = crate::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
+            let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
             match command {
                 PushCommand::Send {
                     facility,
@@ -331,9 +336,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     wait,
                 } => {
                     let month = parse_month(&month)?;
-                    let config =
-                        crate::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
-                    let ledger = crate::ledger::Ledger::open(st.db())
+                    let config = crate::services::push::PushConfig::load(&config)
+                        .map_err(CliError::Invalid)?;
+                    let ledger = crate::services::ledger::Ledger::open(st.db())
                         .map_err(|e| CliError::Invalid(e.to_string()))?;
                     let added = outbox
                         .enqueue(&st, &ledger, &config, &facility, month)
@@ -346,7 +351,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     for i in outbox
                         .all()
                         .iter()
-                        .filter(|i| i.status == crate::push::Status::Failed)
+                        .filter(|i| i.status == crate::services::push::Status::Failed)
                     {
                         println!(
                             "  failed {}: {}",
@@ -404,13 +409,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let push = push
                 .as_deref()
-                .map(crate::push::PushConfig::load)
+                .map(crate::services::push::PushConfig::load)
                 .transpose()
                 .map_err(CliError::Invalid)?;
             let rules = load_rules(rules.as_deref())?;
             let notify = notify
                 .as_deref()
-                .map(crate::notify::NotifyConfig::load)
+                .map(crate::services::notify::NotifyConfig::load)
                 .transpose()
                 .map_err(|e| CliError::Invalid(e.to_string()))?;
             let opts = crate::server::ServeOptions {
@@ -442,7 +447,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 push,
             };
             runtime()?
-                .block_on(crate::server::serve(opts))
+                .block_on(crate::http::serve(opts))
                 .map_err(|e| CliError::Invalid(e.to_string()))
         }
         Command::Import {
@@ -470,7 +475,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 println!("{reply}");
                 return Ok(());
             }
-            let docs = crate::import::documents_of(&data).map_err(CliError::Invalid)?;
+            let docs = crate::services::import::documents_of(&data).map_err(CliError::Invalid)?;
             let n = docs.len();
             runtime()?.block_on(async {
                 let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -493,7 +498,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .await
                     .map_err(CliError::Invalid)?;
                 // Read what was written into the read model now, not at the first close.
-                crate::ledger::facility_data(&shared.store, &data.facility.id)
+                crate::services::ledger::facility_data(&shared.store, &data.facility.id)
                     .map(|_| ())
                     .map_err(|e| CliError::Invalid(e.to_string()))
             })?;
@@ -559,7 +564,7 @@ async fn post_import(
     } else {
         Err(CliError::Invalid(format!(
             "{endpoint}: {status}: {}",
-            crate::api_error::detail_of(&text)
+            crate::http::api_error::detail_of(&text)
         )))
     }
 }

@@ -3,13 +3,14 @@
 //! audit, quarantine), held documents released after their flush, whole documents merged.
 
 use super::*;
+use crate::sync::outlet::Outbound;
 
 impl Shared {
     /// Register a connection; refused when the device has too many open already.
     pub async fn register(
         &self,
         conn: ConnId,
-        tx: crate::outlet::Outlet,
+        tx: crate::sync::outlet::Outlet,
         device: Device,
     ) -> Result<(), String> {
         let access: Arc<dyn Access> = match &device.facility {
@@ -103,7 +104,7 @@ impl Shared {
         rec
     }
 
-    fn sender(&self, conn: ConnId) -> Option<crate::outlet::Outlet> {
+    fn sender(&self, conn: ConnId) -> Option<crate::sync::outlet::Outlet> {
         self.conns().senders.get(&conn).cloned()
     }
 
@@ -194,7 +195,7 @@ impl Shared {
                     tracing::warn!(conn, doc = %doc, %rule, "change refused and quarantined");
                     let id = self
                         .quarantine
-                        .add(crate::quarantine::Refused {
+                        .add(crate::sync::quarantine::Refused {
                             device,
                             facility,
                             document: doc.to_string(),
@@ -265,14 +266,14 @@ impl Shared {
         let Ok(all) = self
             .inbox_budget
             .clone()
-            .acquire_many_owned(kib.min(crate::shards::ALL_INBOXES_KIB))
+            .acquire_many_owned(kib.min(crate::sync::shards::ALL_INBOXES_KIB))
             .await
         else {
             return;
         };
         let Ok(own) = home
             .budget()
-            .acquire_many_owned(kib.min(crate::shards::INBOX_KIB))
+            .acquire_many_owned(kib.min(crate::sync::shards::INBOX_KIB))
             .await
         else {
             return;
@@ -518,10 +519,10 @@ impl Shared {
 /// the blocking pool (at most `frame_workers` shards at once); when the burst persisted
 /// something, asks for a flush whose completion comes back through the inbox. Ends when the
 /// server is gone.
-pub(super) async fn drive(me: Weak<Shared>, shard: Arc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
-    let mut batch = Vec::with_capacity(crate::shards::BURST);
+pub(crate) async fn drive(me: Weak<Shared>, shard: Arc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
+    let mut batch = Vec::with_capacity(crate::sync::shards::BURST);
     loop {
-        if rx.recv_many(&mut batch, crate::shards::BURST).await == 0 {
+        if rx.recv_many(&mut batch, crate::sync::shards::BURST).await == 0 {
             return;
         }
         let Some(shared) = me.upgrade() else {

@@ -1,0 +1,414 @@
+//! `rounds device …` and `rounds audit`: through the running server's admin API (credentials
+//! read from the store directory), or straight on the store when no server runs on it.
+
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+
+use crate::cli::CliError;
+use crate::http::urlencode;
+use crate::services::security::{AuditQuery, Security, audit_csv};
+
+/// Where admin commands go.
+pub struct AdminTarget {
+    pub store: PathBuf,
+    pub server: String,
+}
+
+/// An admin operation.
+pub enum Op {
+    Code {
+        facility: String,
+    },
+    Add {
+        facility: String,
+        name: String,
+    },
+    List,
+    Revoke {
+        name: String,
+    },
+    Audit {
+        query: AuditQuery,
+        csv: bool,
+        raw_since: Option<String>,
+    },
+    Close {
+        facility: String,
+        month: rounds_core::Month,
+    },
+    Encounters {
+        facility: String,
+        month: rounds_core::Month,
+        changed: bool,
+    },
+    /// A vendor integration allowed to post device readings; returns its API key once.
+    Integration {
+        facility: String,
+        name: String,
+    },
+    Integrations,
+    /// A web console account.
+    UserAdd {
+        username: String,
+        role: crate::services::accounts::Role,
+        facilities: Vec<String>,
+        password: String,
+    },
+    Users,
+    /// Set a facility's alert protocol from TOML text.
+    Protocol {
+        facility: String,
+        toml: String,
+    },
+    /// Refused changes (of one facility's devices).
+    Quarantine {
+        facility: Option<String>,
+    },
+    /// One refused change with its bytes.
+    QuarantineShow {
+        id: String,
+    },
+    /// Returns the files as JSON (`[{name, bytes(base64)}]`).
+    Export {
+        facility: String,
+        month: rounds_core::Month,
+        format: crate::services::export::Format,
+    },
+}
+
+fn invalid(e: impl std::fmt::Display) -> CliError {
+    CliError::Invalid(e.to_string())
+}
+
+/// Run an operation; prints its result.
+pub fn run(target: &AdminTarget, op: Op) -> Result<String, CliError> {
+    // Straight on the store when nothing holds it (the server is not running).
+    if let Ok(store) = crate::sync::store::SledStore::open(&target.store) {
+        let security = Security::open(
+            store.db(),
+            &target.store,
+            None,
+            crate::services::security::CODE_LIFETIME,
+        )
+        .map_err(invalid)?;
+        let out = direct(&store, &security, op);
+        let _ = store.flush();
+        return out;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(invalid)?;
+    rt.block_on(via_api(target, op))
+}
+
+/// Export straight into `out` when nothing holds the store (no server running): the files go
+/// from the builders to the disk, not through JSON. None: a server holds the store.
+pub fn export_local(
+    target: &AdminTarget,
+    facility: &str,
+    month: rounds_core::Month,
+    format: crate::services::export::Format,
+    out: &Path,
+) -> Option<Result<usize, CliError>> {
+    let store = crate::sync::store::SledStore::open(&target.store).ok()?;
+    Some((|| {
+        let security = Security::open(
+            store.db(),
+            &target.store,
+            None,
+            crate::services::security::CODE_LIFETIME,
+        )
+        .map_err(invalid)?;
+        let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
+        let files = crate::services::export::export(
+            &store,
+            &ledger,
+            facility,
+            month,
+            format,
+            &rounds_core::ehr::ExportConfig::default(),
+        )
+        .map_err(invalid)?;
+        crate::services::export::write(out, &files)
+            .map_err(|e| CliError::Invalid(format!("{}: {e}", out.display())))?;
+        let mut rec = crate::services::security::AuditRecord::new("export");
+        rec.facility = Some(facility.to_string());
+        rec.detail = Some(format!("{month} {format:?}, {} files", files.len()));
+        security.record(rec);
+        let _ = store.flush();
+        Ok(files.len())
+    })())
+}
+
+fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result<String, CliError> {
+    let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default();
+    Ok(match op {
+        Op::Code { facility } => {
+            let (code, expires_at) = s.create_code(&facility).map_err(invalid)?;
+            json(serde_json::json!({"code": code, "facility": facility, "expires_at": expires_at}))
+        }
+        Op::Add { facility, name } => {
+            let token = s.add_device(&facility, &name).map_err(invalid)?;
+            json(serde_json::json!({"name": name, "facility": facility, "token": token}))
+        }
+        Op::List => serde_json::to_string_pretty(&s.list()).unwrap_or_default(),
+        Op::Quarantine { facility } => {
+            let q = crate::sync::quarantine::Quarantine::open(store.db()).map_err(invalid)?;
+            serde_json::to_string_pretty(&q.list(facility.as_deref(), 1000)).unwrap_or_default()
+        }
+        Op::QuarantineShow { id } => {
+            let q = crate::sync::quarantine::Quarantine::open(store.db()).map_err(invalid)?;
+            let e = q
+                .get(&id)
+                .ok_or_else(|| CliError::Invalid(format!("no quarantine entry {id:?}")))?;
+            serde_json::to_string_pretty(&e).unwrap_or_default()
+        }
+        Op::Integration { facility, name } => {
+            let (alerting, _) =
+                crate::services::alerting::Alerting::open(store.db(), store.storage_id())
+                    .map_err(invalid)?;
+            let key = alerting
+                .add_integration(&facility, &name)
+                .map_err(invalid)?;
+            json(serde_json::json!({"name": name, "facility": facility, "api_key": key}))
+        }
+        Op::UserAdd {
+            username,
+            role,
+            facilities,
+            password,
+        } => {
+            let accounts =
+                crate::services::accounts::Accounts::open(store.db()).map_err(invalid)?;
+            let u = accounts
+                .add_user(&username, &password, role, &facilities)
+                .map_err(invalid)?;
+            let mut rec = crate::services::security::AuditRecord::new("user-added");
+            rec.device = Some(format!("user:{}", u.username));
+            rec.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
+            s.record(rec);
+            json(
+                serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities}),
+            )
+        }
+        Op::Users => {
+            let accounts =
+                crate::services::accounts::Accounts::open(store.db()).map_err(invalid)?;
+            let users: Vec<serde_json::Value> = accounts
+                .users()
+                .into_iter()
+                .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "created_at": u.created_at}))
+                .collect();
+            json(serde_json::Value::Array(users))
+        }
+        Op::Integrations => {
+            let (alerting, _) =
+                crate::services::alerting::Alerting::open(store.db(), store.storage_id())
+                    .map_err(invalid)?;
+            serde_json::to_string_pretty(&alerting.integrations()).unwrap_or_default()
+        }
+        Op::Protocol { facility, toml } => {
+            let rules = crate::services::alerting::set_protocol_on_store(store, &facility, &toml)
+                .map_err(CliError::Invalid)?;
+            let mut rec = crate::services::security::AuditRecord::new("protocol-set");
+            rec.facility = Some(facility.clone());
+            rec.detail = Some(format!("{rules} rules"));
+            s.record(rec);
+            json(serde_json::json!({"facility": facility, "rules": rules}))
+        }
+        Op::Revoke { name } => {
+            serde_json::to_string_pretty(&s.revoke(&name).map_err(invalid)?).unwrap_or_default()
+        }
+        Op::Audit { query, csv, .. } => {
+            let records = s.query(&query);
+            if csv {
+                audit_csv(&records)
+            } else {
+                serde_json::to_string_pretty(&records).unwrap_or_default()
+            }
+        }
+        Op::Close { facility, month } => {
+            let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
+            let v = ledger
+                .close(
+                    store,
+                    &facility,
+                    month,
+                    &rounds_core::billing::RuleSet::default(),
+                )
+                .map_err(invalid)?;
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        }
+        Op::Encounters {
+            facility,
+            month,
+            changed,
+        } => {
+            let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
+            serde_json::to_string_pretty(&ledger.select_versions(&facility, month, changed))
+                .unwrap_or_default()
+        }
+        Op::Export {
+            facility,
+            month,
+            format,
+        } => {
+            let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
+            let files = crate::services::export::export(
+                store,
+                &ledger,
+                &facility,
+                month,
+                format,
+                &rounds_core::ehr::ExportConfig::default(),
+            )
+            .map_err(invalid)?;
+            let mut rec = crate::services::security::AuditRecord::new("export");
+            rec.facility = Some(facility);
+            rec.detail = Some(format!("{month} {format:?}, {} files", files.len()));
+            s.record(rec);
+            serde_json::to_string(&files).unwrap_or_default()
+        }
+    })
+}
+
+fn fingerprint_of(cert: &Path) -> Result<[u8; 32], CliError> {
+    let der = CertificateDer::from_pem_file(cert)
+        .map_err(|e| CliError::Invalid(format!("{}: {e}", cert.display())))?;
+    Ok(Sha256::digest(der.as_ref()).into())
+}
+
+async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
+    let token_path = target.store.join("admin-token");
+    let token = std::fs::read_to_string(&token_path).map_err(|e| {
+        CliError::Invalid(format!(
+            "{}: {e} (admin commands need the store's admin credential)",
+            token_path.display()
+        ))
+    })?;
+    let cert = target.store.join("tls/cert.pem");
+    let trust = if cert.exists() {
+        rounds_core::sync::net::Trust::Fingerprint(fingerprint_of(&cert)?)
+    } else {
+        rounds_core::sync::net::Trust::SystemRoots
+    };
+    let tls = rounds_core::sync::net::client_config(&trust).map_err(invalid)?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(invalid)?;
+    let base = target.server.trim_end_matches('/');
+    let req = match op {
+        Op::Code { facility } => client
+            .post(format!("{base}/api/v1/devices/codes"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"facility": facility}).to_string()),
+        Op::Add { facility, name } => client
+            .post(format!("{base}/api/v1/devices"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
+        Op::List => client.get(format!("{base}/api/v1/devices")),
+        Op::Quarantine { facility } => client.get(match facility {
+            Some(f) => format!("{base}/api/v1/quarantine?facility={}", urlencode(&f)),
+            None => format!("{base}/api/v1/quarantine"),
+        }),
+        Op::QuarantineShow { id } => {
+            client.get(format!("{base}/api/v1/quarantine/{}", urlencode(&id)))
+        }
+        Op::Integration { facility, name } => client
+            .post(format!("{base}/api/v1/integrations"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
+        Op::Integrations => client.get(format!("{base}/api/v1/integrations")),
+        Op::UserAdd {
+            username,
+            role,
+            facilities,
+            password,
+        } => client
+            .post(format!("{base}/api/v1/users"))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"username": username, "role": role, "facilities": facilities, "password": password})
+                    .to_string(),
+            ),
+        Op::Users => client.get(format!("{base}/api/v1/users")),
+        Op::Protocol { facility, toml } => client
+            .post(format!("{base}/api/v1/protocol"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"facility": facility, "toml": toml}).to_string()),
+        Op::Revoke { name } => client.post(format!("{base}/api/v1/devices/{name}/revoke")),
+        Op::Close { facility, month } => client
+            .post(format!("{base}/api/v1/close"))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"facility": facility, "month": month.to_string()}).to_string(),
+            ),
+        Op::Encounters {
+            facility,
+            month,
+            changed,
+        } => client.get(format!(
+            "{base}/api/v1/encounters?facility={}&month={month}&changed={changed}",
+            urlencode(&facility)
+        )),
+        Op::Export {
+            facility,
+            month,
+            format,
+        } => {
+            let f = serde_json::to_value(format)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            client.get(format!(
+                "{base}/api/v1/export?facility={}&month={month}&format={f}",
+                urlencode(&facility)
+            ))
+        }
+        Op::Audit {
+            query,
+            csv,
+            raw_since,
+        } => {
+            let mut params: Vec<(&str, String)> = Vec::new();
+            if let Some(p) = query.patient {
+                params.push(("patient", p));
+            }
+            if let Some(d) = query.device {
+                params.push(("device", d));
+            }
+            if let Some(s) = raw_since {
+                params.push(("since", s));
+            }
+            if csv {
+                params.push(("format", "csv".into()));
+            }
+            let qs: Vec<String> = params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                .collect();
+            client.get(format!("{base}/api/v1/audit?{}", qs.join("&")))
+        }
+    };
+    let resp = req.bearer_auth(token.trim()).send().await.map_err(|e| {
+        CliError::Invalid(format!(
+            "{base}: {e} (is the server running? the store at {} is locked)",
+            target.store.display()
+        ))
+    })?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(invalid)?;
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(CliError::Invalid(format!(
+            "{status}: {}",
+            crate::http::api_error::detail_of(&text)
+        )))
+    }
+}

@@ -1,0 +1,462 @@
+//! Command-line interface: argument parsing and the commands that need no server.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+use rounds_core::billing::{self, RuleSet, summary, worklist};
+use rounds_core::{DataFile, Month, parse_data_file};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rounds",
+    version,
+    about = "Rounds: offline-first CCM/RPM backend for nursing homes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BillFormat {
+    /// The encounters as JSON (spec/data-file.md).
+    Json,
+    /// The monthly summary of all patients served.
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReadModelAction {
+    /// Compare every current entry with a fresh read of its document.
+    Check,
+    /// Read every document again.
+    Rebuild,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WorklistFormat {
+    Json,
+    /// An aligned table for a terminal.
+    Table,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The whole loop on this machine: server, example facility, tablets syncing a month, month
+    /// close, the EHR package in ./rounds-demo-out/, a summary; then keeps serving until Ctrl-C.
+    Demo {
+        #[arg(long, default_value = "./rounds-demo-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "./rounds-demo-out")]
+        out: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        tablets: usize,
+        /// Exit after the summary.
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Bill one month of a `rounds-data/1` file: encounters as JSON (or the CSV summary) on stdout.
+    Bill {
+        /// The data file.
+        #[arg(long)]
+        data: PathBuf,
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        month: String,
+        /// A TOML rule set overriding the built-in `medicare-ffs-2026` defaults.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "json")]
+        format: BillFormat,
+    },
+    /// What each patient still needs this month: minutes to the next code, RPM days left.
+    Worklist {
+        #[arg(long)]
+        data: PathBuf,
+        /// The day to look from, YYYY-MM-DD (entries up to and including it count).
+        #[arg(long)]
+        as_of: String,
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: WorklistFormat,
+    },
+    /// Print the built-in rule set as TOML (a starting point for --rules).
+    Rules,
+    /// Validate a data file: one line per problem, exit non-zero when any.
+    Check {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Run the sync server (WebSocket at /sync over TLS; /healthz, /metrics).
+    Serve {
+        /// The store directory (sled database, TLS certificate).
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain; without it a self-signed certificate is generated into the store.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP (no TLS). Only on a trusted network.
+        #[arg(long)]
+        insecure_http: bool,
+        /// Largest WebSocket frame accepted, in bytes.
+        #[arg(long, default_value_t = 8 << 20)]
+        max_frame: usize,
+        /// Accept this development token for every facility's documents (testing only; or
+        /// ROUNDS_DEV_TOKEN). Devices normally enrol: see `rounds device`.
+        #[arg(long, env = "ROUNDS_DEV_TOKEN")]
+        dev_token: Option<String>,
+        /// Connections one device may hold open at once.
+        #[arg(long, default_value_t = 4)]
+        max_connections_per_device: usize,
+        /// Documents one connection may sync.
+        #[arg(long, default_value_t = 50_000)]
+        max_documents_per_connection: usize,
+        /// Bytes queued for one connection and not yet read by its peer before the connection
+        /// is cut (a peer that reads too slowly is disconnected, not buffered without end).
+        #[arg(long, default_value_t = 32 << 20)]
+        max_outbound_bytes: usize,
+        /// Console sign-in attempts per minute per client address, and per account.
+        #[arg(long, default_value_t = 20.0)]
+        sign_ins_per_minute: f64,
+        #[command(flatten)]
+        network: Box<crate::server::network::NetworkLimits>,
+        /// Sustained frames per second per device (bursts of --frame-burst allowed).
+        #[arg(long, default_value_t = 500.0)]
+        frames_per_second: f64,
+        #[arg(long, default_value_t = 20_000.0)]
+        frame_burst: f64,
+        /// Hours an enrolment code stays valid.
+        #[arg(long, default_value_t = 24.0)]
+        enrolment_code_hours: f64,
+        /// A TOML rule set for month close (default: the built-in medicare-ffs-2026).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Seconds between checks for months past their grace window.
+        #[arg(long, default_value_t = 3600)]
+        close_check_seconds: u64,
+        /// Alert notifications: a TOML file with [webhook] (url, HMAC secret) and/or [email]
+        /// (SMTP); see ARCHITECTURE.md. Without it, alerts show only in the apps.
+        #[arg(long)]
+        notify: Option<PathBuf>,
+        /// Seconds between escalation checks and notification deliveries.
+        #[arg(long, default_value_t = 10)]
+        alert_tick_seconds: u64,
+        /// Read the current time from this file (RFC 3339) for alert deadlines (tests only).
+        #[arg(long, hide = true)]
+        clock_file: Option<PathBuf>,
+        /// The practice's EHR (push.toml, as for `rounds push`): the console's "approve and
+        /// push" queues a closed month and the server sends it.
+        #[arg(long)]
+        push: Option<PathBuf>,
+    },
+    /// Web console accounts (the console is at https://HOST:PORT/console/).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// Vendor integrations allowed to post RPM device readings to /api/v1/readings.
+    Integration {
+        #[command(subcommand)]
+        command: IntegrationCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// Alert protocols: thresholds, deadlines and on-call staff per facility.
+    Protocol {
+        #[command(subcommand)]
+        command: ProtocolCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// Enrol, list and revoke devices (through the running server, or on the store).
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// Changes refused by the write policy or the gate, kept for review (through the running
+    /// server, or on the store).
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
+    /// The read model (each patient and month document read once and kept, for pages, month
+    /// close and export): `check` compares every current entry with a fresh read of its
+    /// document, `rebuild` reads every document again. On a store no server has open.
+    ReadModel {
+        #[arg(value_enum)]
+        action: ReadModelAction,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+    },
+    /// Close a month now: store each patient's encounter (version 1, or a new version when late
+    /// data changed the lines).
+    CloseMonth {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+    },
+    /// The stored encounter versions of a month (`--changed`: only patients with amendments/voids).
+    Encounters {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        #[arg(long)]
+        changed: bool,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+    },
+    /// Write the monthly package of a closed month: FHIR bundles, HL7 messages, CSV summary or PDF notes.
+    Export {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum)]
+        format: crate::services::export::Format,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+    },
+    /// Push a closed month's package into the practice's EHR (FHIR REST and/or HL7 over MLLP),
+    /// or show the outbox. Works on the store directly (server stopped).
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+    },
+    /// The audit log: who read, wrote or was denied what, and when.
+    Audit {
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// Only records at or after this time (RFC 3339) or date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// CSV instead of JSON.
+        #[arg(long)]
+        csv: bool,
+        #[arg(long, default_value = "./rounds-data")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+    },
+    /// Load a data file into a server store (the server must not be running on it; use
+    /// `--server` to import through a running server).
+    Import {
+        /// The data file.
+        file: PathBuf,
+        #[arg(long, default_value = "./rounds-data", conflicts_with = "server")]
+        store: PathBuf,
+        /// A running server's base URL, e.g. https://127.0.0.1:8443 (imports through its API).
+        #[arg(long, requires = "token")]
+        server: Option<String>,
+        /// The admin token for --server.
+        #[arg(long, env = "ROUNDS_TOKEN")]
+        token: Option<String>,
+        /// Trust the server certificate with this SHA-256 fingerprint (hex), e.g. a self-signed one.
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Queue the month's package and send it; retries with backoff until acknowledged, failed,
+    /// or --wait runs out (what is left stays queued for the next run).
+    Send {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        month: String,
+        /// push.toml: [fhir] base_url/token/fingerprint, [hl7] address, [export] identifiers.
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds to keep retrying before returning.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Pending, acknowledged and failed items of the outbox.
+    Status {
+        #[arg(long)]
+        facility: Option<String>,
+        #[arg(long)]
+        month: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; the password is read from standard input (one line, 12+ characters).
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_enum)]
+        role: crate::services::accounts::Role,
+        /// A facility the user works for (repeat for several).
+        #[arg(long = "facility", required = true)]
+        facilities: Vec<String>,
+    },
+    /// Every account (no passwords).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationCommand {
+    /// Create an integration for a facility and print its API key (shown once).
+    Add {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Every integration (names and facilities; keys are never shown again).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProtocolCommand {
+    /// Check a protocol file and set it as the facility's protocol (synced to its tablets).
+    Set {
+        #[arg(long)]
+        facility: String,
+        file: PathBuf,
+    },
+    /// Check a protocol file without setting it.
+    Check { file: PathBuf },
+    /// Print the built-in default protocol (a starting point for your own).
+    Default,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// A one-time enrolment code for a facility (valid 24 hours, single use).
+    Code {
+        #[arg(long)]
+        facility: String,
+    },
+    /// Create a device and print its token (for scripts).
+    Add {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Every device, with its facility and revocation.
+    List,
+    /// Revoke a device (a lost tablet): its connections close on their next frame.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Refused changes, newest first: device, document, rule broken, detail.
+    List {
+        #[arg(long)]
+        facility: Option<String>,
+    },
+    /// One refused change with its bytes (base64).
+    Show { id: String },
+}
+
+/// A command failure, printed on stderr as is.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// One line per problem.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("--month: {0}")]
+    BadMonth(String),
+    #[error("--as-of: {0:?} is not a date (YYYY-MM-DD)")]
+    BadDate(String),
+    #[error("writing output: {0}")]
+    Output(String),
+}
+
+pub mod admin_client;
+pub mod demo;
+mod run;
+
+pub use run::run;
+
+fn worklist_table(items: &[worklist::WorklistItem]) -> String {
+    let mut s = format!(
+        "{:<10} {:<4} {:>7} {:<6} {:>7}  {:<23} {}\n",
+        "patient", "prog", "minutes", "next", "needs", "rpm period (days/left)", "blocked by"
+    );
+    for i in items {
+        let next = i.next_code.clone().unwrap_or_else(|| "-".into());
+        let needs = i
+            .minutes_to_next
+            .map(|m| format!("{m} min"))
+            .unwrap_or_else(|| "-".into());
+        let period = i
+            .period
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "{}..{} {}d/{}d",
+                    p.start.format("%m-%d"),
+                    p.end.format("%m-%d"),
+                    p.reading_days,
+                    p.days_left
+                )
+            })
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{:<10} {:<4} {:>7} {:<6} {:>7}  {:<23} {}\n",
+            i.patient,
+            i.program.as_str(),
+            i.minutes,
+            next,
+            needs,
+            period,
+            i.blocked_by.join("; ")
+        ));
+    }
+    s
+}

@@ -1,0 +1,248 @@
+//! The admin API (admin token) and device enrolment (one-time code).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::http::api_error::{Admin, ApiError, blocking};
+use crate::server::Shared;
+use crate::services::security::{AuditQuery, AuditRecord, audit_csv};
+
+type Api<T> = Result<Json<T>, ApiError>;
+
+#[derive(Deserialize)]
+pub struct FacilityBody {
+    facility: String,
+}
+
+pub async fn create_code(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Json(b): Json<FacilityBody>,
+) -> Api<serde_json::Value> {
+    let (code, expires_at) = shared.security.create_code(&b.facility)?;
+    Ok(Json(
+        json!({"code": code, "facility": b.facility, "expires_at": expires_at}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct AddBody {
+    facility: String,
+    name: String,
+}
+
+pub async fn add_device(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Json(b): Json<AddBody>,
+) -> Api<serde_json::Value> {
+    let token = shared.security.add_device(&b.facility, &b.name)?;
+    Ok(Json(
+        json!({"name": b.name, "facility": b.facility, "token": token}),
+    ))
+}
+
+pub async fn list_devices(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+) -> Api<Vec<crate::services::security::DeviceRecord>> {
+    Ok(Json(shared.security.list()))
+}
+
+pub async fn revoke(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Api<crate::services::security::DeviceRecord> {
+    Ok(Json(shared.security.revoke(&name)?))
+}
+
+#[derive(Deserialize)]
+pub struct AuditParams {
+    patient: Option<String>,
+    device: Option<String>,
+    since: Option<String>,
+    format: Option<String>,
+}
+
+pub async fn audit(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Query(p): Query<AuditParams>,
+) -> Result<Response, ApiError> {
+    let since = p
+        .since
+        .as_deref()
+        .map(parse_since)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("since: {e}")))?;
+    let records = shared.security.query(&AuditQuery {
+        patient: p.patient,
+        device: p.device,
+        since,
+    });
+    Ok(if p.format.as_deref() == Some("csv") {
+        ([("content-type", "text/csv")], audit_csv(&records)).into_response()
+    } else {
+        Json(records).into_response()
+    })
+}
+
+/// `2026-11-24T08:00:00Z` or `2026-11-24` (midnight UTC).
+pub fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    s.parse::<chrono::NaiveDate>()
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| format!("{s:?} is not a date or an RFC 3339 time"))
+}
+
+#[derive(Deserialize)]
+pub struct EnrollBody {
+    code: String,
+    name: String,
+}
+
+pub async fn enroll(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    Json(b): Json<EnrollBody>,
+) -> Api<serde_json::Value> {
+    let client = shared.limits.network.client_ip(peer, &headers);
+    if !shared.admit_enrolment(&client.to_string()) {
+        let mut rec = AuditRecord::new("enrol-refused");
+        rec.detail = Some(format!("rate limited (from {client})"));
+        shared.audit_noisy(&client.to_string(), "enrolment rate limited", rec);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many enrolment attempts; wait a minute",
+        ));
+    }
+    let (token, facility) = shared
+        .security
+        .enroll(&b.code, &b.name, chrono::Utc::now())?;
+    Ok(Json(json!({
+        "name": b.name,
+        "facility": facility,
+        "facility_url": rounds_core::DocumentId::facility(&facility).url(),
+        "token": token,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct MonthBody {
+    facility: String,
+    month: String,
+}
+
+fn month_of(s: &str) -> Result<rounds_core::Month, ApiError> {
+    s.parse()
+        .map_err(|e: rounds_core::month::MonthParseError| ApiError::invalid(format!("month: {e}")))
+}
+
+pub async fn close_month(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Json(b): Json<MonthBody>,
+) -> Api<Vec<crate::services::ledger::EncounterVersion>> {
+    let month = month_of(&b.month)?;
+    let facility = b.facility;
+    Ok(Json(
+        blocking(move || Ok(shared.close_month(&facility, month)?)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct EncounterParams {
+    facility: String,
+    month: String,
+    changed: Option<bool>,
+}
+
+pub async fn encounters(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Query(p): Query<EncounterParams>,
+) -> Api<Vec<crate::services::ledger::EncounterVersion>> {
+    let month = month_of(&p.month)?;
+    Ok(Json(shared.ledger.select_versions(
+        &p.facility,
+        month,
+        p.changed.unwrap_or(false),
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct ExportParams {
+    facility: String,
+    month: String,
+    format: crate::services::export::Format,
+}
+
+pub async fn export(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Query(p): Query<ExportParams>,
+) -> Api<Vec<crate::services::export::ExportFile>> {
+    let month = month_of(&p.month)?;
+    let (s, facility, format) = (shared.clone(), p.facility.clone(), p.format);
+    let files = blocking(move || {
+        Ok(crate::services::export::export(
+            &s.store,
+            &s.ledger,
+            &facility,
+            month,
+            format,
+            &rounds_core::ehr::ExportConfig::default(),
+        )?)
+    })
+    .await?;
+    let mut rec = AuditRecord::new("export");
+    rec.facility = Some(p.facility);
+    rec.detail = Some(format!("{month} {:?}, {} files", p.format, files.len()));
+    shared.security.record(rec);
+    Ok(Json(files))
+}
+
+#[derive(Deserialize)]
+pub struct QuarantineParams {
+    facility: Option<String>,
+    /// Newest entries to return (default 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/quarantine[?facility=F]`: refused changes, newest first (without their bytes).
+pub async fn quarantine_list(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Query(p): Query<QuarantineParams>,
+) -> Result<Response, ApiError> {
+    Ok(Json(
+        shared
+            .quarantine
+            .list(p.facility.as_deref(), p.limit.unwrap_or(1000)),
+    )
+    .into_response())
+}
+
+/// `GET /api/v1/quarantine/{id}`: one refused change with its bytes (base64).
+pub async fn quarantine_show(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let e = shared
+        .quarantine
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("no quarantine entry with this id"))?;
+    Ok(Json(e).into_response())
+}

@@ -1,0 +1,370 @@
+//! The HTTP side: the router (console, sync upgrade, metrics, import, admin API), starting and
+//! stopping the listener with its TLS, caps and timeouts.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use rounds_core::DocumentId;
+use tokio::sync::watch;
+
+use crate::services::security::AuditRecord;
+
+use crate::server::{ServeError, ServeOptions, Shared};
+
+pub mod admin;
+pub mod alerting;
+pub mod api_error;
+pub mod console;
+
+/// The bearer token from the `Authorization` header, or the `token` query parameter.
+pub fn token_of<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(query_token)
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn sync_upgrade(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if q.token.is_some() && shared.limits.network.no_query_tokens {
+        shared
+            .metrics
+            .query_tokens_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            StatusCode::UNAUTHORIZED,
+            "tokens in the URL are turned off on this server (--no-query-tokens): send an \
+             Authorization: Bearer header\n",
+        )
+            .into_response();
+    }
+    let token = token_of(&headers, q.token.as_deref());
+    match shared.security.authenticate(token) {
+        Ok(device) => ws
+            .max_message_size(shared.max_frame)
+            .max_frame_size(shared.max_frame)
+            .on_upgrade(move |socket| crate::server::connection::handle(socket, shared, device)),
+        Err(e) => {
+            let client = shared.limits.network.client_ip(peer, &headers).to_string();
+            let mut a = AuditRecord::new("sync-unauthorized");
+            a.detail = Some(format!("{e} (from {client})"));
+            shared.audit_noisy(&client, "sync without a valid token", a);
+            (StatusCode::UNAUTHORIZED, e.to_string()).into_response()
+        }
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        shared.metrics.render(
+            shared.documents_in_memory(),
+            shared.accounts.password_hashes(),
+            &shared.network_samples(),
+        ),
+    )
+}
+
+/// `POST /api/v1/import` (admin token): a data file into the facility's documents.
+async fn import(
+    _: crate::http::api_error::Admin,
+    State(shared): State<Arc<Shared>>,
+    body: String,
+) -> Result<axum::Json<serde_json::Value>, crate::http::api_error::ApiError> {
+    use crate::http::api_error::ApiError;
+    let data = rounds_core::parse_data_file(&body).map_err(|p| ApiError::invalid(p.to_string()))?;
+    let docs = crate::services::import::documents_of(&data).map_err(ApiError::internal)?;
+    shared.register_facility(&data.facility.id);
+    let n = docs.len();
+    shared
+        .merge(&data.facility.id, docs)
+        .await
+        .map_err(ApiError::internal)?;
+    // Read what was written into the read model now, not at the first page or close.
+    let (s, f) = (shared.clone(), data.facility.id.clone());
+    crate::http::api_error::blocking(move || {
+        crate::sync::store::read_model::facility_data(&s.store, &f)
+            .map(|_| ())
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok(axum::Json(serde_json::json!({
+        "facility": data.facility.id,
+        "facility_url": DocumentId::facility(&data.facility.id).url(),
+        "documents": n,
+    })))
+}
+
+/// The HTTP routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    use axum::extract::DefaultBodyLimit;
+    let net = &shared.limits.network;
+    let (body_limit, import_limit) = (net.max_body_bytes, net.max_import_bytes);
+    crate::http::console::routes()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/sync", any(sync_upgrade))
+        .route(
+            "/api/v1/import",
+            post(import).layer(DefaultBodyLimit::max(import_limit)),
+        )
+        .route("/api/v1/readings", post(crate::http::alerting::ingest))
+        .route(
+            "/api/v1/integrations",
+            get(crate::http::alerting::list_integrations)
+                .post(crate::http::alerting::add_integration),
+        )
+        .route(
+            "/api/v1/protocol",
+            post(crate::http::alerting::set_protocol),
+        )
+        .route(
+            "/api/v1/notifications",
+            get(crate::http::alerting::notifications),
+        )
+        .route("/api/v1/devices/enroll", post(crate::http::admin::enroll))
+        .route(
+            "/api/v1/devices/codes",
+            post(crate::http::admin::create_code),
+        )
+        .route(
+            "/api/v1/devices",
+            get(crate::http::admin::list_devices).post(crate::http::admin::add_device),
+        )
+        .route(
+            "/api/v1/devices/{name}/revoke",
+            post(crate::http::admin::revoke),
+        )
+        .route("/api/v1/audit", get(crate::http::admin::audit))
+        .route(
+            "/api/v1/quarantine",
+            get(crate::http::admin::quarantine_list),
+        )
+        .route(
+            "/api/v1/quarantine/{id}",
+            get(crate::http::admin::quarantine_show),
+        )
+        .route("/api/v1/close", post(crate::http::admin::close_month))
+        .route("/api/v1/encounters", get(crate::http::admin::encounters))
+        .route("/api/v1/export", get(crate::http::admin::export))
+        // Every body-reading extractor stops at this (413); the import's own limit overrides it.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(shared)
+}
+
+/// Run the server until SIGINT/SIGTERM, then close connections and flush.
+/// A started server: its shared state, address and certificate fingerprint.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub addr: SocketAddr,
+    /// SHA-256 of the TLS certificate (hex); empty with --insecure-http.
+    pub fingerprint: String,
+    handle: axum_server::Handle<SocketAddr>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Close the connections, stop listening, flush the store.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        let _ = self.server.await;
+        self.shared.write_audit_summaries(true);
+        self.shared.flush().await
+    }
+}
+
+/// Open the store and start listening; prints the certificate and address lines.
+pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Shared::open(
+        &opts.store,
+        opts.max_frame,
+        opts.dev_token.clone(),
+        opts.limits.clone(),
+        opts.rules.clone(),
+        stop_rx,
+    )?;
+    shared.clone().start_auto_close(opts.close_check);
+    {
+        let shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.write_audit_summaries(false);
+            }
+        });
+    }
+    if let Ok(mut p) = shared.push.write() {
+        *p = opts.push.clone();
+    }
+    shared.clone().start_push_worker(Duration::from_secs(5));
+    if let Ok(mut c) = shared.alerting.config.write() {
+        *c = opts.notify.clone().unwrap_or_default();
+    }
+    if let (Some(f), Ok(mut c)) = (&opts.clock_file, shared.alerting.clock.write()) {
+        *c = crate::services::alerting::Clock::File(f.clone());
+    }
+    let alert_rx = shared
+        .alert_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(rx) = alert_rx {
+        shared.clone().start_alerting(rx, opts.alert_tick);
+    }
+    if opts.dev_token.is_some() {
+        eprintln!(
+            "WARNING: --dev-token: a development token is accepted for every facility's documents"
+        );
+    }
+    let app = router(shared.clone());
+    let handle = axum_server::Handle::new();
+    let mut out = std::io::stdout().lock();
+    let scheme = if opts.insecure_http { "http" } else { "https" };
+    let mut fingerprint = String::new();
+    let net = &opts.limits.network;
+    let capped = crate::server::network::CappedAcceptor::new(shared.caps.clone());
+    // Every request's headers within the timeout (hyper's own timer), and the first request
+    // within it too: that also bounds the protocol detection before it, which hyper does not
+    // time (a client that sends half a request line would otherwise hold its socket forever).
+    fn configure<A>(
+        mut server: axum_server::Server<SocketAddr, A>,
+        timeout: Duration,
+    ) -> axum_server::Server<SocketAddr, A> {
+        server.http_builder().http1().header_read_timeout(timeout);
+        server.first_request_timeout(timeout)
+    }
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server = if opts.insecure_http {
+        eprintln!(
+            "WARNING: --insecure-http: traffic (patient data, tokens) is NOT encrypted; use only on a trusted network"
+        );
+        let server = configure(
+            axum_server::bind(opts.listen).acceptor(capped),
+            net.header_timeout(),
+        )
+        .handle(handle.clone());
+        tokio::spawn(async move { server.serve(service).await })
+    } else {
+        let tls = crate::server::tls::setup(
+            &opts.store,
+            opts.tls_cert.as_deref(),
+            opts.tls_key.as_deref(),
+        )?;
+        let _ = writeln!(
+            out,
+            "rounds: TLS certificate {}{} sha256 {}",
+            tls.cert_path.display(),
+            if tls.generated {
+                " (generated, self-signed)"
+            } else {
+                ""
+            },
+            tls.fingerprint
+        );
+        fingerprint = tls.fingerprint.clone();
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
+        // The caps first (before the handshake), then TLS with the same timeout.
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+            .handshake_timeout(net.header_timeout())
+            .acceptor(capped);
+        let server = configure(
+            axum_server::bind(opts.listen).acceptor(acceptor),
+            net.header_timeout(),
+        )
+        .handle(handle.clone());
+        tokio::spawn(async move { server.serve(service).await })
+    };
+    let Some(addr) = handle.listening().await else {
+        let source = match server.await {
+            Ok(Err(e)) => e,
+            _ => std::io::Error::other("server did not start"),
+        };
+        return Err(ServeError::Listen {
+            addr: opts.listen,
+            source,
+        });
+    };
+    let _ = writeln!(
+        out,
+        "rounds: listening on {scheme}://{addr} (sync at /sync, store {})",
+        opts.store.display()
+    );
+    let _ = out.flush();
+    Ok(Running {
+        shared,
+        addr,
+        fingerprint,
+        handle,
+        stop: stop_tx,
+        server,
+    })
+}
+
+/// Run the server until SIGINT/SIGTERM, then close connections and flush.
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let running = start(&opts).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await?;
+    println!("rounds: stopped; store flushed");
+    Ok(())
+}
+
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Percent-encodes a path segment or query value (unreserved characters kept).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,518 @@
+//! `rounds serve`: axum over rustls, the sync endpoint, health and metrics, graceful shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rounds_core::DocumentId;
+use rounds_core::sync::hub::{Access, Action, AllowAll, ConnId, HubConfig};
+use rounds_core::sync::wire::Message;
+use tokio::sync::{mpsc, watch};
+
+use crate::services::auth::Device;
+use crate::services::security::{AuditRecord, RateLimiter, Security};
+use crate::sync::access::{FacilityAccess, FacilityIndex};
+use crate::sync::flusher::Flusher;
+use crate::sync::metrics::Metrics;
+use crate::sync::shards::{DEV_SHARD, Shard, ShardCore, ShardMsg, Shards};
+use crate::sync::store::SledStore;
+
+mod alerting;
+mod close;
+pub mod connection;
+mod driver;
+pub mod network;
+pub mod tls;
+
+/// `rounds serve` settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub store: PathBuf,
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub insecure_http: bool,
+    pub max_frame: usize,
+    /// A development token accepted for every document (never in production).
+    pub dev_token: Option<String>,
+    pub limits: Limits,
+    pub rules: rounds_core::billing::RuleSet,
+    /// How often to look for months past their grace window (automatic close).
+    pub close_check: Duration,
+    /// Alert notification settings (`notify.toml`); none: alerts only in the apps.
+    pub notify: Option<crate::services::notify::NotifyConfig>,
+    /// Read "now" from this file (RFC 3339) for deadlines (tests); None: the system clock.
+    pub clock_file: Option<PathBuf>,
+    /// How often to escalate overdue alerts and deliver notifications.
+    pub alert_tick: Duration,
+    /// The practice's EHR (`push.toml`): the console's "approve and push" queues packages and
+    /// the server sends them. None: packages are downloaded or pushed with `rounds push`.
+    pub push: Option<crate::services::push::PushConfig>,
+}
+
+/// Per-device limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connections_per_device: usize,
+    pub documents_per_connection: usize,
+    /// Sustained frames per second per device, and the burst allowed above it.
+    pub frames_per_second: f64,
+    pub frame_burst: f64,
+    /// Enrolment attempts per minute per client address.
+    pub enrolments_per_minute: f64,
+    /// How long an enrolment code stays valid.
+    pub code_lifetime: chrono::Duration,
+    /// Bytes queued for one connection and not yet read by its peer before it is cut.
+    pub outbound_bytes: usize,
+    /// Console sign-in attempts per minute per client address, and per account.
+    pub sign_ins_per_minute: f64,
+    /// Connections, header timeout, body sizes, password hashes, query tokens, proxies.
+    pub network: crate::server::network::NetworkLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connections_per_device: 4,
+            documents_per_connection: 50_000,
+            frames_per_second: 500.0,
+            frame_burst: 20_000.0,
+            enrolments_per_minute: 10.0,
+            code_lifetime: crate::services::security::CODE_LIFETIME,
+            outbound_bytes: 32 << 20,
+            sign_ins_per_minute: 20.0,
+            network: crate::server::network::NetworkLimits::default(),
+        }
+    }
+}
+
+/// A connection's device, what has been audited for it, and the shards it is registered in.
+struct ConnInfo {
+    device: Device,
+    audited: HashSet<(DocumentId, bool)>,
+    access: Arc<dyn Access>,
+    /// Its facility's shard (the development shard for a development-token connection).
+    home: Arc<Shard>,
+    /// Every shard the connection is registered in (home first).
+    shards: Vec<Arc<Shard>>,
+    /// The `join` it sent, replayed into further shards (development-token connections).
+    join: Option<Message>,
+}
+
+/// The open connections: senders, devices, per-device counts. Short critical sections only;
+/// never held while a shard is locked or the store is written.
+#[derive(Default)]
+struct Conns {
+    senders: HashMap<ConnId, crate::sync::outlet::Outlet>,
+    info: HashMap<ConnId, ConnInfo>,
+    device_conns: HashMap<String, usize>,
+}
+
+/// State shared by all connections.
+pub struct Shared {
+    /// One hub per facility (see `shards.rs`).
+    pub shards: Shards,
+    conns: Mutex<Conns>,
+    pub store: Arc<SledStore>,
+    flusher: Flusher,
+    pub metrics: Arc<Metrics>,
+    pub max_frame: usize,
+    pub next_conn: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+    pub security: Security,
+    pub index: Arc<FacilityIndex>,
+    pub ledger: crate::services::ledger::Ledger,
+    pub rules: rounds_core::billing::RuleSet,
+    /// Documents whose changes re-open closed months: document → (facility, month).
+    pub recheck:
+        Mutex<HashMap<DocumentId, std::collections::BTreeSet<(String, rounds_core::Month)>>>,
+    pub facilities: sled::Tree,
+    /// The registered facilities, as last read from `facilities`.
+    pub(crate) facility_cache: Mutex<Option<Vec<String>>>,
+    pub(crate) late_tx: mpsc::UnboundedSender<(String, rounds_core::Month)>,
+    pub limits: Limits,
+    pub alerting: crate::services::alerting::Alerting,
+    pub accounts: crate::services::accounts::Accounts,
+    /// Changes refused by the gate or the write policy.
+    pub quarantine: crate::sync::quarantine::Quarantine,
+    pub(crate) push: std::sync::RwLock<Option<crate::services::push::PushConfig>>,
+    pub(crate) alert_rx: Mutex<Option<mpsc::UnboundedReceiver<DocumentId>>>,
+    frame_limiter: RateLimiter,
+    /// Frames processed at once on the blocking pool (two per core): bounds the threads, and
+    /// with them the memory, a reconnect storm can take.
+    frame_workers: tokio::sync::Semaphore,
+    /// Bytes of frames waiting in all shards' inboxes together (KiB permits).
+    inbox_budget: Arc<tokio::sync::Semaphore>,
+    enrol_limiter: RateLimiter,
+    /// Console sign-ins per client address and per account.
+    sign_in_per_address: RateLimiter,
+    sign_in_per_account: RateLimiter,
+    /// Password hashes computed at once (each takes ~19 MiB): memory stays flat under a flood.
+    pub sign_in_slots: tokio::sync::Semaphore,
+    /// The threads that compute them, one per slot.
+    pub hashers: crate::services::accounts::hashing::Hashers,
+    /// Connections open, in all and per client address (taken in the acceptor).
+    pub caps: Arc<crate::server::network::ConnectionCaps>,
+    /// Audit records anyone can cause, one per source and reason per interval.
+    pub noisy: crate::services::audit_aggregate::Aggregator,
+    /// Itself, for the shard drainers it starts (they hold it weakly: dropping the server
+    /// drops the shards, closes their inboxes and ends the drainers).
+    me: Weak<Shared>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] crate::sync::store::StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("flushing the store: {0}")]
+    Flush(String),
+}
+
+impl Shared {
+    /// Open the store and set up the shared state (no sockets yet).
+    pub fn open(
+        store_dir: &std::path::Path,
+        max_frame: usize,
+        dev_token: Option<String>,
+        limits: Limits,
+        rules: rounds_core::billing::RuleSet,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Shared>, ServeError> {
+        std::fs::create_dir_all(store_dir).map_err(|source| ServeError::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        let store = Arc::new(SledStore::open(store_dir)?);
+        let metrics = Arc::new(Metrics::default());
+        let shards = Shards::new(
+            // Short: every sync message carries it (the storage id keys what persists).
+            format!(
+                "rounds-{}",
+                store.storage_id().get(..8).unwrap_or(store.storage_id())
+            ),
+            store.storage_id().to_string(),
+            store.written_seq(),
+            HubConfig {
+                max_docs_per_conn: limits.documents_per_connection,
+                reserved_actors: vec![automerge::ActorId::from(rounds_core::policy::server_actor(
+                    store.storage_id(),
+                ))],
+                ..HubConfig::default()
+            },
+        );
+        let security = Security::open(store.db(), store_dir, dev_token, limits.code_lifetime)
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let ledger = crate::services::ledger::Ledger::open(store.db())
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let facilities = store
+            .db()
+            .open_tree("facilities")
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let (late_tx, late_rx) = mpsc::unbounded_channel();
+        let (alerting, alert_rx) =
+            crate::services::alerting::Alerting::open(store.db(), store.storage_id())
+                .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let accounts = crate::services::accounts::Accounts::open(store.db())
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let quarantine = crate::sync::quarantine::Quarantine::open(store.db())
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let hash_threads = limits.network.password_hashes_at_once.max(1);
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            inbox_budget: Arc::new(tokio::sync::Semaphore::new(
+                crate::sync::shards::ALL_INBOXES_KIB as usize,
+            )),
+            accounts,
+            quarantine,
+            push: std::sync::RwLock::new(None),
+            alerting,
+            alert_rx: Mutex::new(Some(alert_rx)),
+            late_tx,
+            ledger,
+            rules,
+            recheck: Mutex::new(HashMap::new()),
+            facilities,
+            facility_cache: Mutex::new(None),
+            shards,
+            conns: Mutex::new(Conns::default()),
+            security,
+            index: Arc::new(FacilityIndex::new(store.clone())),
+            frame_limiter: RateLimiter::new(limits.frames_per_second, limits.frame_burst),
+            frame_workers: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            sign_in_per_address: RateLimiter::new(
+                limits.sign_ins_per_minute / 60.0,
+                limits.sign_ins_per_minute,
+            ),
+            sign_in_per_account: RateLimiter::new(
+                limits.sign_ins_per_minute / 60.0,
+                limits.sign_ins_per_minute,
+            ),
+            sign_in_slots: tokio::sync::Semaphore::new(hash_threads),
+            hashers: crate::services::accounts::hashing::Hashers::start(hash_threads),
+            caps: crate::server::network::ConnectionCaps::new(
+                limits.network.max_connections,
+                limits.network.max_connections_per_address,
+            ),
+            noisy: crate::services::audit_aggregate::Aggregator::new(chrono::Duration::seconds(
+                i64::try_from(limits.network.audit_aggregate_seconds).unwrap_or(i64::MAX / 1000),
+            )),
+            enrol_limiter: RateLimiter::new(
+                limits.enrolments_per_minute / 60.0,
+                limits.enrolments_per_minute,
+            ),
+            limits,
+            flusher: Flusher::start(store.clone(), metrics.clone()),
+            store,
+            metrics,
+            max_frame,
+            next_conn: AtomicU64::new(1),
+            shutdown,
+        });
+        for (facility, month) in shared.ledger.closed_months() {
+            shared.watch_closed(&facility, month);
+        }
+        shared.clone().start_late_data(late_rx);
+        Ok(shared)
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shard of a facility (the development shard for none), its drainer started on
+    /// first use.
+    pub fn shard_for(&self, facility: Option<&str>) -> Arc<Shard> {
+        let shard = self.shards.get(facility.unwrap_or(DEV_SHARD));
+        // Outside a runtime (never in the server) the drainer starts on a later call.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Some(rx) = shard.take_receiver()
+        {
+            runtime.spawn(driver::drive(self.me.clone(), shard.clone(), rx));
+        }
+        shard
+    }
+
+    /// The shard that holds a document: its registered facility's, else the development shard.
+    pub fn shard_of_doc(&self, doc: &DocumentId) -> Arc<Shard> {
+        let owner = self
+            .facility_ids()
+            .into_iter()
+            .find(|f| self.index.scope(f, doc).is_some());
+        self.shard_for(owner.as_deref())
+    }
+
+    /// A document's bytes as its shard's hub holds them (loaded from the store when it is not
+    /// in memory; nothing kept).
+    pub fn document_bytes(&self, shard: &Shard, id: DocumentId) -> Result<Option<Vec<u8>>, String> {
+        let mut loader = &*self.store;
+        shard.lock().hub.document_bytes(id, &mut loader)
+    }
+
+    /// Whether another enrolment attempt from `client` is allowed now.
+    /// Whether another console sign-in from `client` for `username` is allowed now.
+    pub fn admit_sign_in(&self, client: &str, username: &str) -> bool {
+        self.sign_in_per_address.allow(client) && self.sign_in_per_account.allow(username)
+    }
+
+    pub fn admit_enrolment(&self, client: &str) -> bool {
+        self.enrol_limiter.allow(client)
+    }
+
+    /// The EHR push configuration, when the server was started with one.
+    pub fn push_config(&self) -> Option<crate::services::push::PushConfig> {
+        self.push.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Send due push items every `every` (only with a push configuration).
+    pub(crate) fn start_push_worker(self: Arc<Self>, every: Duration) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut shutdown = self.shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                let Some(config) = self.push_config() else {
+                    continue;
+                };
+                match crate::services::push::Outbox::open(self.store.db()) {
+                    Ok(outbox) => {
+                        let (ok, failed, pending) = outbox.process(&config).await;
+                        if ok + failed > 0 {
+                            tracing::info!(ok, failed, pending, "push round");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "push outbox unavailable"),
+                }
+            }
+        });
+    }
+
+    /// Audit an event anyone could repeat at will (an unauthenticated or rate-limited request,
+    /// a device's repeated denial): the first of its `source` and `reason` in an interval is
+    /// written in full, the rest as one summary record with a count.
+    pub fn audit_noisy(&self, source: &str, reason: &str, rec: AuditRecord) {
+        for r in self.noisy.note(source, reason, rec, chrono::Utc::now()) {
+            self.security.record(r);
+        }
+    }
+
+    /// Write the summaries of aggregation intervals that have ended (all of them with `all`).
+    pub fn write_audit_summaries(&self, all: bool) {
+        for r in self.noisy.due(chrono::Utc::now(), all) {
+            self.security.record(r);
+        }
+    }
+
+    /// `/metrics` samples of the connection caps and the aggregated audit records.
+    pub(crate) fn network_samples(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (
+                "rounds_tcp_connections_open",
+                "TCP connections open now (pages, API calls and WebSockets).",
+                "gauge",
+                self.caps.open() as f64,
+            ),
+            (
+                "rounds_connections_refused_total",
+                "Connections closed on arrival: --max-connections reached.",
+                "counter",
+                self.caps.refused_total.load(Relaxed) as f64,
+            ),
+            (
+                "rounds_connections_refused_per_address_total",
+                "Connections closed on arrival: --max-connections-per-address reached.",
+                "counter",
+                self.caps.refused_per_address.load(Relaxed) as f64,
+            ),
+            (
+                "rounds_audit_noisy_events_total",
+                "Audited events anyone can repeat (unauthenticated, rate-limited, repeated denials).",
+                "counter",
+                self.noisy.events.load(Relaxed) as f64,
+            ),
+            (
+                "rounds_audit_events_aggregated_total",
+                "Of those, events counted into a summary record instead of written on their own.",
+                "counter",
+                self.noisy.folded.load(Relaxed) as f64,
+            ),
+        ]
+    }
+
+    pub fn documents_in_memory(&self) -> usize {
+        self.shards
+            .all()
+            .iter()
+            .map(|s| s.lock().hub.loaded_documents())
+            .sum()
+    }
+
+    /// Flush everything (shutdown).
+    pub async fn flush(&self) -> Result<(), ServeError> {
+        self.flusher
+            .flush()
+            .await
+            .map(|_| ())
+            .map_err(ServeError::Flush)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::outlet::Outbound;
+
+    fn join() -> axum::body::Bytes {
+        Message::Join {
+            sender_id: "tablet".into(),
+            peer_metadata: rounds_core::sync::wire::PeerMetadata::default(),
+            supported_protocol_versions: vec!["1".into()],
+        }
+        .encode()
+        .into()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_facilitys_work_never_waits_on_anothers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let shared = Shared::open(
+            dir.path(),
+            8 << 20,
+            None,
+            Limits::default(),
+            rounds_core::billing::RuleSet::default(),
+            shutdown,
+        )
+        .unwrap();
+        let device = |name: &str, facility: &str| Device {
+            name: name.into(),
+            facility: Some(facility.into()),
+        };
+        let (tx_a, mut rx_a, _) = crate::sync::outlet::Outlet::new(1 << 20);
+        let (tx_b, mut rx_b, _) = crate::sync::outlet::Outlet::new(1 << 20);
+        shared
+            .register(1, tx_a, device("tab-a", "a"))
+            .await
+            .unwrap();
+        shared
+            .register(2, tx_b, device("tab-b", "b"))
+            .await
+            .unwrap();
+        // Facility a's hub is busy (its lock held by another thread, as by a long merge)...
+        let busy = shared.shard_for(Some("a"));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _guard = busy.lock();
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().unwrap();
+        // ...a frame of a's waits in a's inbox (the connection is not held up)...
+        tokio::time::timeout(Duration::from_secs(5), shared.receive(1, join()))
+            .await
+            .expect("a's frame queued");
+        // ...and facility b is answered all the same.
+        tokio::time::timeout(Duration::from_secs(5), shared.receive(2, join()))
+            .await
+            .expect("b's frame queued");
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())
+            .await
+            .expect("facility b waited on facility a");
+        match answer {
+            Some(Outbound::Frame(f)) => {
+                assert!(matches!(Message::decode(&f), Ok(Message::Peer { .. })))
+            }
+            _ => panic!("no answer to b's join"),
+        }
+        assert!(
+            rx_a.try_recv().is_none(),
+            "a answered while its hub was busy"
+        );
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        // a's frame is served once its hub is free.
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx_a.recv())
+            .await
+            .expect("facility a served after its work");
+        assert!(matches!(answer, Some(Outbound::Frame(_))));
+        assert_eq!(shared.shards.all().len(), 2);
+    }
+}

@@ -1,0 +1,351 @@
+//! Month close and the encounter ledger: each patient's encounter, versioned, with the document
+//! heads and rule set it was computed from. A new version is stored only when the lines change
+//! (late data): an *amendment* when lines were added or units raised, a *void* when a billed line
+//! lost its basis. Versions are never rewritten.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rounds_core::billing::{self, Encounter, Line, RuleSet};
+use rounds_core::{DataFile, Month};
+use serde::{Deserialize, Serialize};
+
+use crate::sync::store::SledStore;
+
+/// What a version is, relative to the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionKind {
+    /// Version 1, at month close.
+    Original,
+    /// Lines added or units raised.
+    Amendment,
+    /// A billed line removed or its units lowered (an overpayment to report).
+    Void,
+}
+
+/// The difference between two versions' lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineDiff {
+    pub added: Vec<Line>,
+    pub removed: Vec<Line>,
+}
+
+/// One stored version of a patient's encounter for a month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncounterVersion {
+    pub facility: String,
+    pub month: Month,
+    pub patient: String,
+    pub version: u32,
+    pub kind: VersionKind,
+    pub rule_set: String,
+    pub computed_at: DateTime<Utc>,
+    /// Document URL → heads (hex) the encounter was computed from.
+    pub heads: BTreeMap<String, Vec<String>>,
+    pub encounter: Encounter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<LineDiff>,
+}
+
+/// Errors of close and export.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("facility {0:?} has no facility document in this store")]
+    NoFacility(String),
+    #[error("facility {facility}: {problems}")]
+    Unreadable { facility: String, problems: String },
+    #[error("store: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Billing(#[from] billing::BillingError),
+}
+
+pub use crate::sync::store::read_model::{FacilityData, facility_data};
+
+impl From<crate::sync::store::read_model::ReadError> for LedgerError {
+    fn from(e: crate::sync::store::read_model::ReadError) -> LedgerError {
+        use crate::sync::store::read_model::ReadError;
+        match e {
+            ReadError::NoFacility(f) => LedgerError::NoFacility(f),
+            ReadError::Unreadable { facility, problems } => {
+                LedgerError::Unreadable { facility, problems }
+            }
+            ReadError::Failed(m) => LedgerError::Store(m),
+        }
+    }
+}
+
+/// The ledger in the store.
+pub struct Ledger {
+    versions: sled::Tree,
+    closed: sled::Tree,
+}
+
+fn key(facility: &str, month: Month, patient: &str, version: u32) -> Vec<u8> {
+    let mut k = prefix(facility, month);
+    k.extend_from_slice(patient.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn prefix(facility: &str, month: Month) -> Vec<u8> {
+    let mut k = facility.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(month.to_string().as_bytes());
+    k.push(0);
+    k
+}
+
+fn diff(old: &[Line], new: &[Line]) -> LineDiff {
+    LineDiff {
+        added: new.iter().filter(|l| !old.contains(l)).cloned().collect(),
+        removed: old.iter().filter(|l| !new.contains(l)).cloned().collect(),
+    }
+}
+
+/// Void when a billed code disappeared or lost units; otherwise an amendment.
+fn kind_of(d: &LineDiff) -> VersionKind {
+    let lost = d.removed.iter().any(|r| {
+        d.added
+            .iter()
+            .find(|a| a.code == r.code)
+            .is_none_or(|a| a.units < r.units)
+    });
+    if lost {
+        VersionKind::Void
+    } else {
+        VersionKind::Amendment
+    }
+}
+
+impl Ledger {
+    /// Versions of a month: all, or (`changed`) those of patients with more than one version.
+    pub fn select_versions(
+        &self,
+        facility: &str,
+        month: rounds_core::Month,
+        changed: bool,
+    ) -> Vec<EncounterVersion> {
+        let all = self.versions(facility, month);
+        if !changed {
+            return all;
+        }
+        let changed_patients: std::collections::BTreeSet<String> = all
+            .iter()
+            .filter(|v| v.version > 1)
+            .map(|v| v.patient.clone())
+            .collect();
+        all.into_iter()
+            .filter(|v| changed_patients.contains(&v.patient))
+            .collect()
+    }
+
+    pub fn open(db: &sled::Db) -> Result<Ledger, LedgerError> {
+        let e = |e: sled::Error| LedgerError::Store(e.to_string());
+        Ok(Ledger {
+            versions: db.open_tree("encounter_versions").map_err(e)?,
+            closed: db.open_tree("closed_months").map_err(e)?,
+        })
+    }
+
+    pub fn is_closed(&self, facility: &str, month: Month) -> bool {
+        self.closed
+            .contains_key(prefix(facility, month))
+            .unwrap_or(false)
+    }
+
+    /// Every version of a facility's month, in patient then version order.
+    pub fn versions(&self, facility: &str, month: Month) -> Vec<EncounterVersion> {
+        self.versions
+            .scan_prefix(prefix(facility, month))
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// The newest version per patient.
+    pub fn latest(&self, facility: &str, month: Month) -> Vec<EncounterVersion> {
+        let mut by_patient: BTreeMap<String, EncounterVersion> = BTreeMap::new();
+        for v in self.versions(facility, month) {
+            by_patient.insert(v.patient.clone(), v);
+        }
+        by_patient.into_values().collect()
+    }
+
+    /// Close (or re-evaluate a closed) month: compute every encounter and store a new version
+    /// where the lines changed. Returns the versions written.
+    pub fn close(
+        &self,
+        store: &SledStore,
+        facility: &str,
+        month: Month,
+        rules: &RuleSet,
+    ) -> Result<Vec<EncounterVersion>, LedgerError> {
+        let fd = facility_data(store, facility)?;
+        let run = billing::bill(&fd.data, month, rules)?;
+        let latest: BTreeMap<String, EncounterVersion> = self
+            .latest(facility, month)
+            .into_iter()
+            .map(|v| (v.patient.clone(), v))
+            .collect();
+        let now = Utc::now();
+        let mut written = Vec::new();
+        // Each encounter rests on the facility document and its patient's documents: group the
+        // documents by owner once (not once per encounter).
+        let mut shared_docs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_patient: BTreeMap<&str, Vec<(String, Vec<String>)>> = BTreeMap::new();
+        for (id, owner) in &fd.owner {
+            let Some(h) = fd.heads.get(id) else {
+                continue;
+            };
+            match owner {
+                None => {
+                    shared_docs.insert(id.url(), h.clone());
+                }
+                Some(p) => by_patient
+                    .entry(p.as_str())
+                    .or_default()
+                    .push((id.url(), h.clone())),
+            }
+        }
+        for enc in run.encounters {
+            let mut heads = shared_docs.clone();
+            if let Some(docs) = by_patient.get(enc.patient.as_str()) {
+                heads.extend(docs.iter().cloned());
+            }
+            let (version, kind, d) = match latest.get(&enc.patient) {
+                None => (1, VersionKind::Original, None),
+                Some(prev) if prev.encounter.lines == enc.lines => continue,
+                Some(prev) => {
+                    let d = diff(&prev.encounter.lines, &enc.lines);
+                    (prev.version + 1, kind_of(&d), Some(d))
+                }
+            };
+            let v = EncounterVersion {
+                facility: facility.to_string(),
+                month,
+                patient: enc.patient.clone(),
+                version,
+                kind,
+                rule_set: run.rule_set.clone(),
+                computed_at: now,
+                heads,
+                encounter: enc,
+                diff: d,
+            };
+            let bytes = serde_json::to_vec(&v).map_err(|e| LedgerError::Store(e.to_string()))?;
+            // Insert only if absent: a version, once written, is never rewritten.
+            self.versions
+                .compare_and_swap(
+                    key(facility, month, &v.patient, version),
+                    None as Option<&[u8]>,
+                    Some(bytes),
+                )
+                .map_err(|e| LedgerError::Store(e.to_string()))?
+                .map_err(|_| {
+                    LedgerError::Store(format!("version {version} of {} exists", v.patient))
+                })?;
+            written.push(v);
+        }
+        self.closed
+            .insert(prefix(facility, month), now.to_rfc3339().as_bytes())
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        store
+            .flush()
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        Ok(written)
+    }
+
+    /// Closed (facility, month) pairs.
+    pub fn closed_months(&self) -> Vec<(String, Month)> {
+        self.closed
+            .iter()
+            .keys()
+            .flatten()
+            .filter_map(|k| {
+                let s = String::from_utf8_lossy(&k).to_string();
+                let mut parts = s.split('\0');
+                Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// A closed month ready for packaging: the facility's data, its zone and the latest versions.
+pub struct ClosedMonth {
+    pub data: std::sync::Arc<FacilityData>,
+    pub tz: chrono_tz::Tz,
+    pub versions: Vec<EncounterVersion>,
+    /// The data split by patient, and each patient's alerts: one package reads its patient's
+    /// part only (a package per patient over the whole file was quadratic).
+    parts: BTreeMap<String, DataFile>,
+    alerts: BTreeMap<String, Vec<rounds_core::alerts::AlertView>>,
+}
+
+impl ClosedMonth {
+    /// Each latest version with its patient, ready for the package builders.
+    pub fn patient_months<'a>(
+        &'a self,
+        month: Month,
+        now: DateTime<Utc>,
+        config: &'a rounds_core::ehr::ExportConfig,
+    ) -> Vec<rounds_core::ehr::PatientMonth<'a>> {
+        self.versions
+            .iter()
+            .filter_map(|v| {
+                let part = self.parts.get(&v.patient)?;
+                let patient = part.patients.first()?;
+                Some(rounds_core::ehr::PatientMonth {
+                    data: part,
+                    patient,
+                    month,
+                    encounter: &v.encounter,
+                    alerts: self.alerts.get(&v.patient).map_or(&[], Vec::as_slice),
+                    version: v.version,
+                    tz: self.tz,
+                    now,
+                    config,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Load a closed month (an error naming the command to run when it is not closed).
+pub fn closed_month(
+    store: &SledStore,
+    ledger: &Ledger,
+    facility: &str,
+    month: Month,
+) -> Result<ClosedMonth, LedgerError> {
+    if !ledger.is_closed(facility, month) {
+        return Err(LedgerError::Store(format!(
+            "{facility} {month} is not closed yet: run `rounds close-month --facility {facility} --month {month}` first"
+        )));
+    }
+    let data = facility_data(store, facility)?;
+    let tz = data
+        .data
+        .facility
+        .timezone
+        .parse()
+        .map_err(|_| LedgerError::Store(format!("facility {facility}: bad time zone")))?;
+    let parts = data.data.by_patient();
+    let mut alerts: BTreeMap<String, Vec<rounds_core::alerts::AlertView>> = BTreeMap::new();
+    for a in &data.alerts {
+        alerts
+            .entry(a.alert.patient.clone())
+            .or_default()
+            .push(a.clone());
+    }
+    Ok(ClosedMonth {
+        data,
+        tz,
+        versions: ledger.latest(facility, month),
+        parts,
+        alerts,
+    })
+}

@@ -1,0 +1,14 @@
+//! The domain services. They use [`crate::sync`] and the core, never [`crate::server`],
+//! [`crate::http`] or axum types. See `lib.rs` for the layers.
+
+pub mod accounts;
+pub mod alerting;
+pub mod audit_aggregate;
+pub mod auth;
+pub mod export;
+pub mod import;
+pub mod ledger;
+pub mod notify;
+pub mod pdf;
+pub mod push;
+pub mod security;

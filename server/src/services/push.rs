@@ -1,0 +1,405 @@
+//! Pushing the monthly package into the practice's EHR: a durable outbox in the store, FHIR REST
+//! (transaction bundles) and HL7 v2 over MLLP, retries with backoff that survive restarts, and a
+//! ledger of what the EHR acknowledged.
+//!
+//! Every item has a business key (bundle: `<key>-<version>-FHIR`, HL7: `<key>-<version>-<type>`);
+//! enqueueing the same package twice adds nothing. Once acknowledged, an item is never sent again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rounds_core::Month;
+use rounds_core::ehr::{ExportConfig, fhir, hl7};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::services::ledger::{Ledger, LedgerError, closed_month};
+use crate::sync::store::SledStore;
+
+/// `push.toml`: where a practice's EHR listens.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub fhir: Option<FhirTarget>,
+    pub hl7: Option<Hl7Target>,
+    #[serde(default)]
+    pub export: ExportConfig,
+    /// Attempts before an item is marked failed (default 8).
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirTarget {
+    /// The FHIR base URL; the bundle is POSTed to it.
+    pub base_url: String,
+    pub token: Option<String>,
+    /// Trust this certificate fingerprint (SHA-256 hex) instead of the system roots.
+    pub fingerprint: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7Target {
+    /// host:port of the MLLP listener.
+    pub address: String,
+    pub timeout_seconds: Option<u64>,
+}
+
+impl PushConfig {
+    pub fn load(path: &Path) -> Result<PushConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Fhir,
+    Hl7,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Acknowledged,
+    Failed,
+}
+
+/// One message in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    pub key: String,
+    pub facility: String,
+    pub month: Month,
+    pub patient: String,
+    pub version: u32,
+    pub target: Target,
+    pub payload: String,
+    pub status: Status,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// What the EHR answered on success (HTTP status and body excerpt, or the ACK).
+    pub acknowledgement: Option<String>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+/// The outbox tree.
+pub struct Outbox {
+    items: sled::Tree,
+}
+
+impl Outbox {
+    pub fn open(db: &sled::Db) -> Result<Outbox, String> {
+        Ok(Outbox {
+            items: db.open_tree("push_outbox").map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Queue the package of a closed month (latest versions) for the configured targets.
+    /// Returns the number of items added (already-queued keys are skipped).
+    pub fn enqueue(
+        &self,
+        store: &SledStore,
+        ledger: &Ledger,
+        config: &PushConfig,
+        facility: &str,
+        month: Month,
+    ) -> Result<usize, LedgerError> {
+        let closed = closed_month(store, ledger, facility, month)?;
+        let now = Utc::now();
+        let mut added = 0;
+        for pm in closed.patient_months(month, now, &config.export) {
+            if pm.encounter.lines.is_empty() {
+                continue;
+            }
+            let mut payloads: Vec<(Target, String, String)> = Vec::new();
+            if config.fhir.is_some() {
+                payloads.push((
+                    Target::Fhir,
+                    "FHIR".into(),
+                    serde_json::to_string(&fhir::bundle(&pm)).unwrap_or_default(),
+                ));
+            }
+            if config.hl7.is_some() {
+                if let Some(m) = hl7::dft_p03(&pm, 0) {
+                    payloads.push((Target::Hl7, "DFT".into(), m));
+                }
+                payloads.push((Target::Hl7, "MDM".into(), hl7::mdm_t02(&pm, 0)));
+                if let Some(m) = hl7::oru_r01(&pm, 0) {
+                    payloads.push((Target::Hl7, "ORU".into(), m));
+                }
+            }
+            for (target, kind, payload) in payloads {
+                let key = format!("{}-v{}-{kind}", pm.key(), pm.version);
+                let item = OutboxItem {
+                    key: key.clone(),
+                    facility: facility.to_string(),
+                    month,
+                    patient: pm.patient.id.clone(),
+                    version: pm.version,
+                    target,
+                    payload,
+                    status: Status::Pending,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_error: None,
+                    acknowledgement: None,
+                    acknowledged_at: None,
+                };
+                let bytes =
+                    serde_json::to_vec(&item).map_err(|e| LedgerError::Store(e.to_string()))?;
+                if self
+                    .items
+                    .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(bytes))
+                    .map_err(|e| LedgerError::Store(e.to_string()))?
+                    .is_ok()
+                {
+                    added += 1;
+                }
+            }
+        }
+        store
+            .flush()
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        Ok(added)
+    }
+
+    pub fn all(&self) -> Vec<OutboxItem> {
+        self.items
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// Put a failed item back in the queue (a person decided to try again).
+    pub fn retry(&self, key: &str) -> Result<(), String> {
+        let Some(mut item) = self.all().into_iter().find(|i| i.key == key) else {
+            return Err(format!("no push item {key:?}"));
+        };
+        if item.status == Status::Failed {
+            item.status = Status::Pending;
+            item.attempts = 0;
+            item.next_attempt_at = Utc::now();
+            self.save(&item)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, item: &OutboxItem) -> Result<(), String> {
+        let bytes = serde_json::to_vec(item).map_err(|e| e.to_string())?;
+        self.items
+            .insert(item.key.as_bytes(), bytes)
+            .map_err(|e| e.to_string())?;
+        self.items.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Send every due pending item once. Returns (acknowledged, failed, still pending).
+    pub async fn process(&self, config: &PushConfig) -> (usize, usize, usize) {
+        let max = config.max_attempts.unwrap_or(8);
+        let now = Utc::now();
+        for mut item in self
+            .all()
+            .into_iter()
+            .filter(|i| i.status == Status::Pending && i.next_attempt_at <= now)
+        {
+            item.attempts += 1;
+            let outcome = match item.target {
+                Target::Fhir => match &config.fhir {
+                    Some(t) => send_fhir(t, &item.payload).await,
+                    None => Outcome::Failed("no [fhir] target configured".into()),
+                },
+                Target::Hl7 => match &config.hl7 {
+                    Some(t) => send_hl7(t, &item).await,
+                    None => Outcome::Failed("no [hl7] target configured".into()),
+                },
+            };
+            match outcome {
+                Outcome::Acknowledged(ack) => {
+                    item.status = Status::Acknowledged;
+                    item.acknowledgement = Some(ack);
+                    item.acknowledged_at = Some(Utc::now());
+                    item.last_error = None;
+                    tracing::info!(key = %item.key, "pushed and acknowledged");
+                }
+                Outcome::Failed(e) => {
+                    item.status = Status::Failed;
+                    item.last_error = Some(e);
+                    tracing::warn!(key = %item.key, error = ?item.last_error, "push failed; needs attention");
+                }
+                Outcome::Retry(e) => {
+                    item.last_error = Some(e);
+                    if item.attempts >= max {
+                        item.status = Status::Failed;
+                    } else {
+                        let backoff = 2u64.saturating_pow(item.attempts.min(10)).min(600);
+                        item.next_attempt_at =
+                            Utc::now() + chrono::Duration::milliseconds((backoff * 250) as i64);
+                    }
+                    tracing::info!(key = %item.key, attempts = item.attempts, error = ?item.last_error, "push will be retried");
+                }
+            }
+            if let Err(e) = self.save(&item) {
+                tracing::error!(key = %item.key, error = %e, "could not record a push outcome");
+            }
+        }
+        let all = self.all();
+        let count = |s: Status| all.iter().filter(|i| i.status == s).count();
+        (
+            count(Status::Acknowledged),
+            count(Status::Failed),
+            count(Status::Pending),
+        )
+    }
+
+    /// Process until nothing is pending (waiting for backoffs), at most `limit`.
+    pub async fn drain(&self, config: &PushConfig, limit: Duration) -> (usize, usize, usize) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let counts = self.process(config).await;
+            if counts.2 == 0 || tokio::time::Instant::now() >= deadline {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+enum Outcome {
+    Acknowledged(String),
+    Failed(String),
+    Retry(String),
+}
+
+async fn send_fhir(t: &FhirTarget, bundle: &str) -> Outcome {
+    let trust = match t.fingerprint.as_deref() {
+        Some(hex) => {
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            match <[u8; 32]>::try_from(bytes) {
+                Ok(b) => rounds_core::sync::net::Trust::Fingerprint(b),
+                Err(_) => return Outcome::Failed("fingerprint: expected 64 hex digits".into()),
+            }
+        }
+        None => rounds_core::sync::net::Trust::SystemRoots,
+    };
+    let mut builder =
+        reqwest::Client::builder().timeout(Duration::from_secs(t.timeout_seconds.unwrap_or(30)));
+    if t.base_url.starts_with("https:") {
+        match rounds_core::sync::net::client_config(&trust) {
+            Ok(tls) => builder = builder.tls_backend_preconfigured(tls),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let mut req = client
+        .post(&t.base_url)
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string());
+    if let Some(token) = &t.token {
+        req = req.bearer_auth(token);
+    }
+    match req.send().await {
+        Err(e) => Outcome::Retry(format!("FHIR server: {e}")),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            let excerpt: String = body.chars().take(300).collect();
+            match status {
+                200 | 201 => Outcome::Acknowledged(format!("HTTP {status}: {excerpt}")),
+                412 => Outcome::Failed(format!(
+                    "HTTP 412: a business identifier matches several resources on the EHR: {excerpt}"
+                )),
+                408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}: {excerpt}")),
+                _ => Outcome::Failed(format!("HTTP {status}: {excerpt}")),
+            }
+        }
+    }
+}
+
+/// Replace MSH-10 (a new control id per attempt; business keys stay the same).
+fn with_control_id(message: &str, control: &str) -> String {
+    let mut segs: Vec<String> = message.split('\r').map(str::to_string).collect();
+    if let Some(msh) = segs.first_mut() {
+        let mut fields: Vec<&str> = msh.split('|').collect();
+        if fields.len() > 9 {
+            fields[9] = control;
+            *msh = fields.join("|");
+        }
+    }
+    segs.join("\r")
+}
+
+async fn send_hl7(t: &Hl7Target, item: &OutboxItem) -> Outcome {
+    let timeout = Duration::from_secs(t.timeout_seconds.unwrap_or(10));
+    let control = {
+        let u = rounds_core::ids::name_uuid(&format!("{}#{}", item.key, item.attempts));
+        format!("R{}", &u.simple().to_string()[..19])
+    };
+    let message = with_control_id(&item.payload, &control);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&t.address).await?;
+        let mut frame = vec![0x0b];
+        frame.extend_from_slice(message.as_bytes());
+        frame.extend_from_slice(&[0x1c, 0x0d]);
+        stream.write_all(&frame).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
+                break;
+            }
+        }
+        Ok::<Vec<u8>, std::io::Error>(buf)
+    };
+    let reply = match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => return Outcome::Retry(format!("no ACK within {timeout:?}")),
+        Ok(Err(e)) => return Outcome::Retry(format!("MLLP {}: {e}", t.address)),
+        Ok(Ok(b)) => String::from_utf8_lossy(&b)
+            .trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r')
+            .to_string(),
+    };
+    let segment = |name: &str| {
+        reply
+            .split('\r')
+            .find(|s| s.starts_with(name))
+            .map(str::to_string)
+    };
+    let Some(msa) = segment("MSA") else {
+        return Outcome::Retry(format!("reply without MSA: {reply:?}"));
+    };
+    let fields: Vec<&str> = msa.split('|').collect();
+    let code = fields.get(1).copied().unwrap_or_default();
+    if fields.get(2).is_some_and(|c| *c != control) {
+        return Outcome::Retry(format!(
+            "ACK for another message ({})",
+            fields.get(2).unwrap_or(&"")
+        ));
+    }
+    let detail = segment("ERR")
+        .or_else(|| fields.get(3).map(|s| s.to_string()))
+        .unwrap_or_default();
+    match code {
+        "AA" | "CA" => Outcome::Acknowledged(format!("{msa} (control {control})")),
+        "AE" | "CE" => Outcome::Failed(format!("application error: {detail}")),
+        "AR" | "CR" => Outcome::Retry(format!("rejected: {detail}")),
+        other => Outcome::Retry(format!("unknown acknowledgement code {other:?}")),
+    }
+}

@@ -1,0 +1,247 @@
+//! Server storage in sled, behind the narrow [`Loader`] reads of the hub plus a few writes.
+//!
+//! Trees: `chunks` (key = document id ‖ sequence number, big-endian; value = an Automerge chunk —
+//! incremental changes or a whole-document snapshot), `sync_states` (key = document id ‖ peer
+//! storage id), `meta` (`storage-id`, `seq`). A snapshot replaces the chunks with smaller sequence
+//! numbers in one atomic batch, so a crash during compaction leaves either the old chunks or the
+//! snapshot, never neither.
+
+pub mod read_model;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rounds_core::DocumentId;
+use rounds_core::sync::hub::Loader;
+
+/// Storage failures, with the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the store at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store {op}: {source}")]
+    Sled {
+        op: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+fn err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::Sled { op, source }
+}
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    chunks: sled::Tree,
+    sync_states: sled::Tree,
+    meta: sled::Tree,
+    storage_id: String,
+    /// Largest sequence number written (not necessarily flushed).
+    written: AtomicU64,
+    /// Each document's newest chunk sequence number (from the keys at open, then every write):
+    /// what the read model checks its entries against, without reading a chunk.
+    latest: std::sync::Mutex<std::collections::HashMap<DocumentId, u64>>,
+    /// Each patient and patient-month document read into the model, kept by sequence number.
+    pub read_model: crate::sync::store::read_model::ReadModel,
+}
+
+fn chunk_key(doc: &DocumentId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(doc.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl SledStore {
+    /// Open (or create) the store in `dir/db`.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let chunks = db.open_tree("chunks").map_err(err("open chunks"))?;
+        let sync_states = db
+            .open_tree("sync_states")
+            .map_err(err("open sync_states"))?;
+        let meta = db.open_tree("meta").map_err(err("open meta"))?;
+        let storage_id = match meta.get("storage-id").map_err(err("read storage id"))? {
+            Some(v) => String::from_utf8_lossy(&v).to_string(),
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                meta.insert("storage-id", id.as_bytes())
+                    .map_err(err("write storage id"))?;
+                db.flush().map_err(err("flush"))?;
+                id
+            }
+        };
+        let mut seq = meta
+            .get("seq")
+            .map_err(err("read seq"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        // A chunk may be durable while the seq record is not: take the larger.
+        let mut latest = std::collections::HashMap::new();
+        for k in chunks.iter().keys().flatten() {
+            if let (Some(id), Some(tail)) = (
+                k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                k.get(16..24).and_then(|t| <[u8; 8]>::try_from(t).ok()),
+            ) {
+                let n = u64::from_be_bytes(tail);
+                seq = seq.max(n);
+                let e = latest.entry(DocumentId::from_bytes(id)).or_insert(n);
+                *e = (*e).max(n);
+            }
+        }
+        let read_model =
+            crate::sync::store::read_model::ReadModel::open(&db).map_err(err("open read_model"))?;
+        Ok(SledStore {
+            db,
+            chunks,
+            sync_states,
+            meta,
+            storage_id,
+            written: AtomicU64::new(seq),
+            latest: std::sync::Mutex::new(latest),
+            read_model,
+        })
+    }
+
+    /// The underlying database (for the security trees).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// This store's stable storage id (sent to peers).
+    pub fn storage_id(&self) -> &str {
+        &self.storage_id
+    }
+
+    /// The largest sequence number written.
+    pub fn written_seq(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Store a chunk; a snapshot replaces the document's older chunks atomically.
+    pub fn persist(
+        &self,
+        doc: &DocumentId,
+        seq: u64,
+        chunk: &[u8],
+        snapshot: bool,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        if snapshot {
+            for k in self.chunks.scan_prefix(doc.as_bytes()).keys() {
+                let k = k.map_err(err("scan chunks"))?;
+                if k.as_ref() < chunk_key(doc, seq).as_slice() {
+                    batch.remove(k);
+                }
+            }
+        }
+        batch.insert(chunk_key(doc, seq).as_slice(), chunk);
+        self.chunks.apply_batch(batch).map_err(err("write chunk"))?;
+        {
+            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            let e = latest.entry(*doc).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+        self.meta
+            .insert("seq", &seq.to_be_bytes())
+            .map_err(err("write seq"))?;
+        self.written.fetch_max(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn save_sync_state(
+        &self,
+        doc: &DocumentId,
+        peer_storage: &str,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut key = doc.as_bytes().to_vec();
+        key.extend_from_slice(peer_storage.as_bytes());
+        self.sync_states
+            .insert(key, state)
+            .map_err(err("write sync state"))?;
+        Ok(())
+    }
+
+    /// Make everything written so far durable (fsync).
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        self.db.flush().map_err(err("flush"))
+    }
+
+    /// A document's newest chunk sequence number (None: not stored).
+    pub fn latest_seq(&self, doc: &DocumentId) -> Option<u64> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(doc)
+            .copied()
+    }
+
+    /// Several documents' newest chunk sequence numbers, under one lock.
+    pub fn latest_seqs(&self, docs: &[DocumentId]) -> Vec<Option<u64>> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        docs.iter().map(|d| latest.get(d).copied()).collect()
+    }
+
+    /// Every document id with stored chunks.
+    pub fn document_ids(&self) -> Vec<DocumentId> {
+        let mut out: Vec<DocumentId> = Vec::new();
+        for k in self.chunks.iter().keys().flatten() {
+            if let Some(id) = k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                let id = DocumentId::from_bytes(id);
+                if out.last() != Some(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+
+    /// A stored document, loaded (None when the store does not have it).
+    pub fn load_doc(&self, id: &DocumentId) -> Option<automerge::Automerge> {
+        let mut loader = self;
+        let chunks = loader.load(id).ok()??;
+        let mut doc = automerge::Automerge::new();
+        for c in chunks {
+            if let Err(e) = doc.load_incremental(&c) {
+                tracing::error!(doc = %id, error = %e, "stored chunk does not load");
+            }
+        }
+        Some(doc)
+    }
+
+    /// Number of stored chunks of a document.
+    pub fn chunk_count(&self, doc: &DocumentId) -> usize {
+        self.chunks.scan_prefix(doc.as_bytes()).count()
+    }
+}
+
+impl Loader for &SledStore {
+    fn load(&mut self, doc: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
+        let mut out = Vec::new();
+        for v in self.chunks.scan_prefix(doc.as_bytes()).values() {
+            out.push(v.map_err(|e| e.to_string())?.to_vec());
+        }
+        Ok(if out.is_empty() { None } else { Some(out) })
+    }
+
+    fn load_sync_state(&mut self, doc: &DocumentId, peer_storage: &str) -> Option<Vec<u8>> {
+        let mut key = doc.as_bytes().to_vec();
+        key.extend_from_slice(peer_storage.as_bytes());
+        self.sync_states.get(key).ok().flatten().map(|v| v.to_vec())
+    }
+}
