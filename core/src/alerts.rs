@@ -687,7 +687,7 @@ mod tests {
 
     fn reading(kind: ReadingKind, value: f64, unit: &str, at: &str) -> Reading {
         Reading {
-            id: Uuid::now_v7(),
+            id: Uuid::new_v4(),
             patient: "p-001".into(),
             kind,
             systolic: None,
@@ -888,9 +888,9 @@ mod tests {
     fn folding_keeps_every_acknowledgement_and_derives_status() {
         let now = t("2026-12-03T10:00:00-05:00");
         let a = Alert {
-            id: Uuid::now_v7(),
+            id: Uuid::new_v4(),
             patient: "p-001".into(),
-            reading: Uuid::now_v7(),
+            reading: Uuid::new_v4(),
             rule: "spo2-low".into(),
             severity: Severity::Urgent,
             message: "spo2 85 % < 90".into(),
@@ -900,7 +900,7 @@ mod tests {
             raised_by: "dev".into(),
         };
         let ev = |by: &str, mins: i64, action| AlertEvent {
-            id: Uuid::now_v7(),
+            id: Uuid::new_v4(),
             alert: a.id,
             action,
             by: by.into(),

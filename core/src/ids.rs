@@ -6,6 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -17,6 +18,17 @@ pub fn name_uuid(name: &str) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// A fresh entry id: a UUIDv7 whose timestamp is `now` and whose other 74 bits are random.
+///
+/// The core reads no clock: the caller passes the time, as it does to every action. Entries made
+/// at the same millisecond (two tablets, or one action writing two entries) still get different
+/// ids from the random bits. A time before 1970 (never produced by a real clock) is written as 0.
+pub fn entry_id(now: DateTime<Utc>) -> Uuid {
+    let secs = u64::try_from(now.timestamp()).unwrap_or(0);
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, now.timestamp_subsec_nanos());
+    Uuid::new_v7(ts)
 }
 
 /// The key of a consent imported without one: stable for the same patient and position.
@@ -150,6 +162,26 @@ impl FromStr for DocumentId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_ids_carry_the_time_passed_in_and_differ_at_the_same_instant() {
+        let now: DateTime<Utc> = "2026-11-03T14:00:00.250Z".parse().unwrap();
+        let a = entry_id(now);
+        let b = entry_id(now);
+        assert_ne!(a, b);
+        assert_eq!(a.get_version_num(), 7);
+        let (secs, nanos) = a.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs, 1_793_714_400);
+        assert_eq!(nanos, 250_000_000);
+        // Ids sort by the time passed in, whatever the clock of the machine says.
+        let later = entry_id(now + chrono::Duration::milliseconds(1));
+        assert!(later > a && later > b);
+        let before_1970: DateTime<Utc> = "1969-12-31T23:59:59Z".parse().unwrap();
+        assert_eq!(
+            entry_id(before_1970).get_timestamp().unwrap().to_unix().0,
+            0
+        );
+    }
 
     #[test]
     fn derived_ids_are_stable_and_round_trip() {

@@ -1,6 +1,6 @@
 //! The domain model: the facility, its people and patients, and the entries staff log.
 //!
-//! These types are the `rounds-data/1` data file's shapes (`spec/data-file.md`) and the values the
+//! These types are the `rounds-data/1` data file's shapes (`docs/data-file.md`) and the values the
 //! Automerge documents hold. Parsing with per-entry errors lives in [`crate::datafile`]; the
 //! semantic checks live in [`crate::validate`].
 

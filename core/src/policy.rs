@@ -69,6 +69,15 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The rule a change the gate refused breaks.
+    pub fn of_gate(e: &crate::sync::gate::GateError) -> Rule {
+        use crate::sync::gate::GateError;
+        match e {
+            GateError::TooLarge { .. } => Rule::TooLarge,
+            GateError::Malformed { .. } | GateError::DocumentChunk { .. } => Rule::Malformed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::ReservedActor => "reserved-actor",
@@ -780,7 +789,7 @@ fn check_entry(
             own_patient(&t.patient)?;
             person("staff", &t.staff)
         }
-        d::TIMER_STOPS => parse::<crate::replica::TimerStop>(body)
+        d::TIMER_STOPS => parse::<crate::view::TimerStop>(body)
             .map(|_| ())
             .map_err(schema),
         d::CORRECTIONS => {

@@ -26,7 +26,7 @@ use crate::month::Month;
 use crate::problem::{Problem, Problems};
 use crate::validate;
 use crate::view;
-pub use crate::view::Roster;
+pub use crate::view::{MonthEntries, Roster, TimerStop, read_month};
 
 mod alert_actions;
 use alert_actions::write_alerts;
@@ -98,16 +98,6 @@ struct ReplicaMeta {
 
 const KEY_CHECK: &[u8] = b"rounds-replica-key-check";
 
-/// The stop event of a timer, written once under the timer's id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TimerStop {
-    pub ended_at: DateTime<FixedOffset>,
-    #[serde(default)]
-    pub interactive: bool,
-    #[serde(default)]
-    pub note: Option<String>,
-}
-
 /// A time entry logged after the fact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewInteraction {
@@ -133,21 +123,6 @@ pub struct NewReading {
     pub measured_at: DateTime<Utc>,
     pub device: Option<String>,
     pub source: ReadingSource,
-}
-
-/// The entries of one patient-month document, as stored (nothing folded away).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MonthEntries {
-    /// Logged interactions and stopped timers.
-    pub interactions: Vec<Interaction>,
-    pub readings: Vec<Reading>,
-    pub running_timers: Vec<RunningTimer>,
-    pub corrections: Vec<Correction>,
-    /// Alerts raised by this month's readings, and what was done about them.
-    pub alerts: Vec<crate::alerts::Alert>,
-    pub alert_events: Vec<crate::alerts::AlertEvent>,
-    /// Entries that could not be read (skipped).
-    pub problems: Vec<Problem>,
 }
 
 /// What a nurse sees for a patient's month on the tablet.
@@ -678,7 +653,7 @@ impl Replica {
         })?;
         let (reported_at, _) = self.local(now)?;
         let report = BedsideReport {
-            id: Uuid::now_v7(),
+            id: crate::ids::entry_id(now),
             patient: patient.to_string(),
             reported_by: reported_by.to_string(),
             reported_at,
@@ -705,7 +680,7 @@ impl Replica {
         let key = consent
             .id
             .clone()
-            .unwrap_or_else(|| Uuid::now_v7().to_string());
+            .unwrap_or_else(|| crate::ids::entry_id(now).to_string());
         consent.id = None;
         if let Some(by) = &consent.by {
             self.require_person(&format!("consent {key}"), "by", by)?;
@@ -842,7 +817,7 @@ impl Replica {
         now: DateTime<Utc>,
     ) -> Result<RunningTimer> {
         self.require_patient(patient)?;
-        let id = Uuid::now_v7();
+        let id = crate::ids::entry_id(now);
         self.require_person(&format!("timer {id}"), "staff", staff)?;
         let (started_at, month) = self.local(now)?;
         let timer = RunningTimer {
@@ -952,11 +927,16 @@ impl Replica {
         })
     }
 
-    fn to_interaction(&self, n: NewInteraction, amends: Option<Uuid>) -> Result<Interaction> {
+    fn to_interaction(
+        &self,
+        n: NewInteraction,
+        amends: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<Interaction> {
         let (started_at, _) = self.local(n.started_at)?;
         let (ended_at, _) = self.local(n.ended_at)?;
         Ok(Interaction {
-            id: Uuid::now_v7(),
+            id: crate::ids::entry_id(now),
             patient: n.patient,
             staff: n.staff,
             program: n.program,
@@ -975,7 +955,7 @@ impl Replica {
         n: NewInteraction,
         now: DateTime<Utc>,
     ) -> Result<Interaction> {
-        let i = self.to_interaction(n, None)?;
+        let i = self.to_interaction(n, None, now)?;
         self.check_new_interaction(&i)?;
         self.write_interaction(&i, now)?;
         Ok(i)
@@ -994,7 +974,7 @@ impl Replica {
         if !entries.interactions.iter().any(|i| i.id == original) {
             return Err(ReplicaError::UnknownEntry(original));
         }
-        let i = self.to_interaction(n, Some(original))?;
+        let i = self.to_interaction(n, Some(original), now)?;
         self.check_new_interaction(&i)?;
         self.write_interaction(&i, now)?;
         Ok(i)
@@ -1012,7 +992,7 @@ impl Replica {
         n: NewReading,
         now: DateTime<Utc>,
     ) -> Result<(Reading, Vec<crate::alerts::Alert>)> {
-        self.write_reading(Uuid::now_v7(), n, now)
+        self.write_reading(crate::ids::entry_id(now), n, now)
             .map(|(r, a, _)| (r, a))
     }
 
@@ -1081,7 +1061,7 @@ impl Replica {
         let (doc_id, _) = self
             .find_month_of(target)
             .ok_or(ReplicaError::UnknownEntry(target))?;
-        let id = Uuid::now_v7();
+        let id = crate::ids::entry_id(now);
         self.require_person(&format!("correction {id}"), "by", by)?;
         let (at, _) = self.local(now)?;
         let correction = Correction {
@@ -1770,66 +1750,6 @@ impl Replica {
         };
         *self.sync_state(doc, peer) = state;
         result
-    }
-}
-
-/// Read one patient-month document: stored entries, stopped timers folded into interactions.
-pub fn read_month(doc: &automerge::Automerge) -> MonthEntries {
-    let mut problems = Vec::new();
-    let mut interactions: Vec<Interaction> =
-        d::read_entries(doc, d::INTERACTIONS, "interaction", &mut problems)
-            .into_iter()
-            .map(|(_, i)| i)
-            .collect();
-    let readings = d::read_entries(doc, d::READINGS, "reading", &mut problems)
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    let timers: Vec<(String, RunningTimer)> =
-        d::read_entries(doc, d::TIMERS, "timer", &mut problems);
-    let stops: BTreeMap<String, TimerStop> =
-        d::read_entries(doc, d::TIMER_STOPS, "timer stop", &mut problems)
-            .into_iter()
-            .collect();
-    let mut running_timers = Vec::new();
-    for (key, t) in timers {
-        match stops.get(&key) {
-            Some(s) => interactions.push(Interaction {
-                id: t.id,
-                patient: t.patient,
-                staff: t.staff,
-                program: t.program,
-                started_at: t.started_at,
-                ended_at: s.ended_at,
-                interactive: s.interactive,
-                activity: t.activity,
-                note: s.note.clone(),
-                amends: None,
-            }),
-            None => running_timers.push(t),
-        }
-    }
-    let corrections = d::read_entries(doc, d::CORRECTIONS, "correction", &mut problems)
-        .into_iter()
-        .map(|(_, c)| c)
-        .collect();
-    let alerts = d::read_entries(doc, d::ALERTS, "alert", &mut problems)
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect();
-    let alert_events = d::read_entries(doc, d::ALERT_EVENTS, "alert event", &mut problems)
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect();
-    interactions.sort_by_key(|i| i.id);
-    MonthEntries {
-        interactions,
-        readings,
-        running_timers,
-        corrections,
-        alerts,
-        alert_events,
-        problems,
     }
 }
 

@@ -1,7 +1,11 @@
 //! Reading the facility's documents into the domain model, whoever holds them (a device's
 //! replica, or the server's store at month close).
 
+use std::collections::BTreeMap;
+
 use automerge::{Automerge, ReadDoc};
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
 
 use crate::document as d;
 use crate::model::*;
@@ -157,7 +161,7 @@ pub fn assemble<'a>(
         patient_docs
             .into_iter()
             .map(|(id, doc)| read_patient(doc, &id)),
-        month_docs.into_iter().map(crate::replica::read_month),
+        month_docs.into_iter().map(read_month),
     )
     .map(|(data, problems, _)| (data, problems))
 }
@@ -167,7 +171,7 @@ pub fn assemble<'a>(
 pub fn assemble_read(
     facility_doc: &Automerge,
     patients: impl IntoIterator<Item = Result<crate::model::Patient, Vec<Problem>>>,
-    months: impl IntoIterator<Item = crate::replica::MonthEntries>,
+    months: impl IntoIterator<Item = MonthEntries>,
 ) -> Result<(DataFile, Vec<Problem>, Vec<crate::alerts::AlertView>), Vec<Problem>> {
     let roster = read_roster(facility_doc)?;
     let mut problems = roster.problems;
@@ -202,9 +206,94 @@ pub fn assemble_alerts<'a>(
     let mut alerts = Vec::new();
     let mut events = Vec::new();
     for doc in month_docs {
-        let e = crate::replica::read_month(doc);
+        let e = read_month(doc);
         alerts.extend(e.alerts);
         events.extend(e.alert_events);
     }
     crate::alerts::fold(&alerts, &events)
+}
+
+/// The stop event of a timer, written once under the timer's id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimerStop {
+    pub ended_at: DateTime<FixedOffset>,
+    #[serde(default)]
+    pub interactive: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// The entries of one patient-month document, as stored (nothing folded away).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonthEntries {
+    /// Logged interactions and stopped timers.
+    pub interactions: Vec<Interaction>,
+    pub readings: Vec<Reading>,
+    pub running_timers: Vec<RunningTimer>,
+    pub corrections: Vec<Correction>,
+    /// Alerts raised by this month's readings, and what was done about them.
+    pub alerts: Vec<crate::alerts::Alert>,
+    pub alert_events: Vec<crate::alerts::AlertEvent>,
+    /// Entries that could not be read (skipped).
+    pub problems: Vec<Problem>,
+}
+
+/// Read one patient-month document: stored entries, stopped timers folded into interactions.
+pub fn read_month(doc: &automerge::Automerge) -> MonthEntries {
+    let mut problems = Vec::new();
+    let mut interactions: Vec<Interaction> =
+        d::read_entries(doc, d::INTERACTIONS, "interaction", &mut problems)
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+    let readings = d::read_entries(doc, d::READINGS, "reading", &mut problems)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let timers: Vec<(String, RunningTimer)> =
+        d::read_entries(doc, d::TIMERS, "timer", &mut problems);
+    let stops: BTreeMap<String, TimerStop> =
+        d::read_entries(doc, d::TIMER_STOPS, "timer stop", &mut problems)
+            .into_iter()
+            .collect();
+    let mut running_timers = Vec::new();
+    for (key, t) in timers {
+        match stops.get(&key) {
+            Some(s) => interactions.push(Interaction {
+                id: t.id,
+                patient: t.patient,
+                staff: t.staff,
+                program: t.program,
+                started_at: t.started_at,
+                ended_at: s.ended_at,
+                interactive: s.interactive,
+                activity: t.activity,
+                note: s.note.clone(),
+                amends: None,
+            }),
+            None => running_timers.push(t),
+        }
+    }
+    let corrections = d::read_entries(doc, d::CORRECTIONS, "correction", &mut problems)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let alerts = d::read_entries(doc, d::ALERTS, "alert", &mut problems)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let alert_events = d::read_entries(doc, d::ALERT_EVENTS, "alert event", &mut problems)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    interactions.sort_by_key(|i| i.id);
+    MonthEntries {
+        interactions,
+        readings,
+        running_timers,
+        corrections,
+        alerts,
+        alert_events,
+        problems,
+    }
 }

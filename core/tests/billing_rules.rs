@@ -1,4 +1,4 @@
-//! Hand-computed cases for every numbered rule of `spec/billing-rules-2026.md` §12.
+//! Hand-computed cases for every numbered rule of `docs/billing-rules.md`.
 //! Each case starts from one CCM-eligible patient in America/New_York and changes one thing.
 
 use chrono::{DateTime, FixedOffset, NaiveDate};
@@ -204,7 +204,7 @@ fn has_exception(e: &Encounter, needle: &str) -> bool {
     e.exceptions.iter().any(|x| x.reason.contains(needle))
 }
 
-// §12.1 ---------------------------------------------------------------------------------------
+// Rule 1 ---------------------------------------------------------------------------------------
 
 #[test]
 fn r01_entry_crossing_midnight_into_the_month_is_split() {
@@ -260,7 +260,7 @@ fn r01_days_are_local_to_the_facility_zone() {
     assert_eq!(enc(&d, "2026-12").minutes.ccm, 0);
 }
 
-// §12.2 ---------------------------------------------------------------------------------------
+// Rule 2 ---------------------------------------------------------------------------------------
 
 #[test]
 fn r02_exactly_twenty_minutes_summed_from_seconds() {
@@ -302,7 +302,7 @@ fn r02_overlapping_entries_by_one_person_count_once() {
     assert_eq!(enc(&d, "2026-11").minutes.ccm, 30);
 }
 
-// §12.3 ---------------------------------------------------------------------------------------
+// Rule 3 ---------------------------------------------------------------------------------------
 
 #[test]
 fn r03_staff_not_counted_for_billing_is_reported_not_billed() {
@@ -352,7 +352,7 @@ fn r03_practitioner_time_counts_and_time_after_death_does_not() {
         &e,
         "30 min of CCM time not counted: after the date of death 2026-11-18"
     ));
-    // §12.14: date of service is the date of death.
+    // Rule 14: date of service is the date of death.
     assert_eq!(e.lines[0].date_of_service, date("2026-11-18"));
 }
 
@@ -429,7 +429,7 @@ fn ccm_consent_revoked_mid_month_still_bills_that_month_only() {
     assert!(has_exception(&e, "no CCM consent in effect"));
 }
 
-// §12.4 lanes -----------------------------------------------------------------------------------
+// Rule 4 lanes -----------------------------------------------------------------------------------
 
 #[test]
 fn r04_lane_selection() {
@@ -475,7 +475,7 @@ fn r04_lane_override() {
     assert_eq!(codes(&enc(&s, "2026-11")), vec![("99439", 2), ("99490", 1)]);
 }
 
-// §12.5 standard --------------------------------------------------------------------------------
+// Rule 5 standard --------------------------------------------------------------------------------
 
 #[test]
 fn r05_standard_ladder_and_cap() {
@@ -495,7 +495,7 @@ fn r05_standard_ladder_and_cap() {
     }
 }
 
-// §12.6 complex ---------------------------------------------------------------------------------
+// Rule 6 complex ---------------------------------------------------------------------------------
 
 #[test]
 fn r06_complex_ladder() {
@@ -516,7 +516,7 @@ fn r06_complex_ladder() {
     }
 }
 
-// §12.7 practitioner ----------------------------------------------------------------------------
+// Rule 7 practitioner ----------------------------------------------------------------------------
 
 #[test]
 fn r07_practitioner_lane_counts_only_the_billing_practitioners_time() {
@@ -541,7 +541,7 @@ fn r07_practitioner_lane_counts_only_the_billing_practitioners_time() {
     }
 }
 
-// §12.8 diagnoses --------------------------------------------------------------------------------
+// Rule 8 diagnoses --------------------------------------------------------------------------------
 
 #[test]
 fn r08_ccm_diagnoses_are_the_chronic_conditions_in_file_order() {
@@ -605,7 +605,7 @@ fn pcm_and_ccm_by_the_same_practitioner_bill_neither() {
     ));
 }
 
-// §12.9–11 RPM device ---------------------------------------------------------------------------
+// Rules 9–11 RPM device ---------------------------------------------------------------------------
 
 #[test]
 fn r09_periods_are_30_days_from_setup_and_billed_in_the_month_they_end() {
@@ -757,7 +757,7 @@ fn rpm_requires_consent_and_revocation_stops_counting_on_its_date() {
     assert!(has_exception(&e, "no RPM consent in effect"));
 }
 
-// §12.12 RPM management -------------------------------------------------------------------------
+// Rule 12 RPM management -------------------------------------------------------------------------
 
 #[test]
 fn r12_management_ladder_99470_vs_99457_and_99458() {
@@ -809,7 +809,7 @@ fn r12_management_needs_an_interactive_communication() {
     assert_eq!(codes(&enc(&d, "2026-11")), vec![("99457", 1)]);
 }
 
-// §12.13 separate buckets -----------------------------------------------------------------------
+// Rule 13 separate buckets -----------------------------------------------------------------------
 
 #[test]
 fn r13_rpm_and_ccm_time_never_add_up() {
@@ -823,7 +823,7 @@ fn r13_rpm_and_ccm_time_never_add_up() {
     assert!(has_exception(&e, "CCM needs 5 more minutes"));
 }
 
-// §12.14–15 every line --------------------------------------------------------------------------
+// Rules 14–15 every line --------------------------------------------------------------------------
 
 #[test]
 fn r14_r15_date_of_service_place_and_npi() {
@@ -851,7 +851,7 @@ fn r14_r15_date_of_service_place_and_npi() {
     assert!(has_exception(&e, "died on 2026-10-30"));
 }
 
-// §12.16 add-ons and lanes ----------------------------------------------------------------------
+// Rule 16 add-ons and lanes ----------------------------------------------------------------------
 
 #[test]
 fn r16_add_ons_never_without_their_base_and_one_lane() {

@@ -1,5 +1,5 @@
 //! The billing engine: facility + patients + a month's entries + a [`RuleSet`] → one
-//! [`Encounter`] per patient. A pure function; `spec/billing-rules-2026.md` §12 is its contract
+//! [`Encounter`] per patient. A pure function; `docs/billing-rules.md` is its contract
 //! (the numbered comments below refer to it).
 
 pub mod encounter;
@@ -99,7 +99,7 @@ impl<'a> Input<'a> {
             .unwrap_or_default()
     }
 
-    /// §12.3: a practitioner, or staff with `counts_for_billing`.
+    /// Rule 3: a practitioner, or staff with `counts_for_billing`.
     fn person_counts(&self, id: &str) -> Result<(), String> {
         if self.is_practitioner(id) {
             return Ok(());
@@ -320,7 +320,7 @@ fn needs(program: Program, more: u32, code: &str, what: &str) -> Exception {
     )
 }
 
-/// §12.4: the override when given; complex when the month is a complex month, the care plan was
+/// Rule 4: the override when given; complex when the month is a complex month, the care plan was
 /// established or revised in it and CCM minutes reach the complex threshold; else standard.
 pub fn ccm_lane(p: &Patient, month: Month, ccm_minutes: u32, rules: &RuleSet) -> CcmLane {
     if let Some(l) = p.ccm_lane.get(&month) {
@@ -340,7 +340,7 @@ pub fn ccm_lane(p: &Patient, month: Month, ccm_minutes: u32, rules: &RuleSet) ->
     }
 }
 
-/// CCM: requirements, lane (§12.4), and the lane's codes (§12.5–8).
+/// CCM: requirements, lane (rule 4), and the lane's codes (rules 5–8).
 fn bill_ccm(
     p: &Patient,
     month: Month,
@@ -553,7 +553,7 @@ pub(crate) struct PeriodDays {
     pub evidence: BTreeSet<Uuid>,
 }
 
-/// §12.9–10: the RPM periods from set-up whose start is on or before `until`, with their days.
+/// Rules 9–10: the RPM periods from set-up whose start is on or before `until`, with their days.
 pub(crate) fn rpm_periods(
     input: &Input<'_>,
     p: &Patient,
@@ -666,7 +666,7 @@ fn bill_rpm(
         return (r, periods_out);
     }
     let dx = chronic_diagnoses(p);
-    // §12.9–11: device periods ending (or cut short) in this month.
+    // Rules 9–11: device periods ending (or cut short) in this month.
     let periods = rpm_periods(input, p, month.last_day(), rules);
     let earns = |d: usize| d as u32 >= rules.rpm_min_days_99445;
     let first_earning = periods.iter().position(|pd| earns(pd.days.len()));
@@ -708,7 +708,7 @@ fn bill_rpm(
             r.lines.push(setup.line("99453", 1, &dx, &pd.evidence));
         }
     }
-    // §12.12: treatment management per calendar month.
+    // Rule 12: treatment management per calendar month.
     let minutes = whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0));
     let empty = BTreeSet::new();
     let ev = t.evidence.get(&Program::Rpm).unwrap_or(&empty);
@@ -786,7 +786,7 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         pcm: whole_minutes(t.seconds.get(&Program::Pcm).copied().unwrap_or(0)),
         rpm: whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0)),
     };
-    // §12.14–15.
+    // Rules 14–15.
     let lm = LineMaker {
         dos: p.died_on.map_or(last, |d| d.min(last)),
         pos: &input.data.facility.place_of_service,

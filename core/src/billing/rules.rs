@@ -1,6 +1,6 @@
 //! `RuleSet`: the billing thresholds, caps and the UNCONFIRMED choices, as data.
 //!
-//! The built-in default is `medicare-ffs-2026` (`spec/billing-rules-2026.md` §12). A TOML file
+//! The built-in default is `medicare-ffs-2026` (`docs/billing-rules.md`). A TOML file
 //! may override any field; unknown fields are an error so that a typo never silently changes
 //! billing.
 
@@ -75,7 +75,7 @@ pub struct RuleSet {
     pub rpm_mgmt_requires_interactive: bool,
     /// When an RPM consent revocation takes effect.
     pub rpm_revocation: Revocation,
-    /// Reading days inside Part A / inpatient stays do not count (UNCONFIRMED #10).
+    /// Reading days inside Part A / inpatient stays do not count (an uncertain reading of the regulations: a setting).
     pub rpm_exclude_stay_days: bool,
 }
 

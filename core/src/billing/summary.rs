@@ -1,4 +1,4 @@
-//! The monthly "patients served" summary (`spec/ehr-integration.md` §3.6): one row per patient ×
+//! The monthly "patients served" summary (`docs/ehr-integration.md`): one row per patient ×
 //! program, with provider and facility totals, as CSV.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! HL7 v2.5.1 messages per patient-month: DFT^P03 (charges), MDM^T02 (the note), ORU^R01
-//! (readings). Field positions follow `spec/ehr-integration.md` §3.5; business keys (FT1-2,
+//! (readings). Field positions: `docs/ehr-integration.md`; business keys (FT1-2,
 //! PV1-19, TXA-12, ORC-3) stay stable across resends, MSH-10 is new per message.
 
 use chrono::{DateTime, FixedOffset};

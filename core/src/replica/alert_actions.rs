@@ -308,7 +308,7 @@ impl Replica {
         )?;
         let (at, _) = self.local(now)?;
         let event = AlertEvent {
-            id: Uuid::now_v7(),
+            id: crate::ids::entry_id(now),
             alert,
             action: AlertAction::Acknowledged,
             by: ack.by,
@@ -335,7 +335,7 @@ impl Replica {
         self.require_person(&format!("resolution of alert {alert}"), "by", by)?;
         let (at, _) = self.local(now)?;
         let event = AlertEvent {
-            id: Uuid::now_v7(),
+            id: crate::ids::entry_id(now),
             alert,
             action: AlertAction::Resolved,
             by: by.to_string(),
@@ -383,7 +383,7 @@ impl Replica {
             id: if automatic {
                 alerts::escalation_id(alert)
             } else {
-                Uuid::now_v7()
+                crate::ids::entry_id(now)
             },
             alert,
             action: AlertAction::Escalated,

@@ -64,18 +64,6 @@ pub enum GateError {
     DocumentChunk { index: usize },
 }
 
-impl GateError {
-    /// The policy rule this refusal belongs to.
-    pub fn rule(&self) -> crate::policy::Rule {
-        match self {
-            GateError::TooLarge { .. } => crate::policy::Rule::TooLarge,
-            GateError::Malformed { .. } | GateError::DocumentChunk { .. } => {
-                crate::policy::Rule::Malformed
-            }
-        }
-    }
-}
-
 const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// Columns a change may have (Automerge writes 11–13).
 const MAX_COLUMNS: u64 = 64;

@@ -483,7 +483,7 @@ impl Hub {
                         conn,
                         doc_id,
                         None,
-                        e.rule(),
+                        crate::policy::Rule::of_gate(&e),
                         e.to_string(),
                         data[..keep].to_vec(),
                     );

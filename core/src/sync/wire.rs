@@ -1,4 +1,4 @@
-//! The automerge-repo v1 wire messages (`spec/sync-protocol.md`): one CBOR map per WebSocket
+//! The automerge-repo v1 wire messages (`docs/sync-protocol.md`): one CBOR map per WebSocket
 //! binary frame, text keys, byte strings for `data`. Decoding is lenient where real peers are
 //! (integers as floats, `undefined` metadata, unknown keys, document ids as bytes) and strict
 //! where it matters (a frame that is not a CBOR map with a known `type` is an error).

@@ -58,7 +58,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
         rules: rounds_core::billing::RuleSet::default(),
         close_check: std::time::Duration::from_secs(3600),
         notify: None,
-        clock_file: None,
+        clock: Default::default(),
         alert_tick: std::time::Duration::from_secs(10),
         push: None,
     };
@@ -69,7 +69,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
     let mut roster = example.clone();
     roster.interactions.clear();
     roster.readings.clear();
-    let docs = crate::services::import::documents_of(&roster).map_err(err)?;
+    let docs = crate::services::import::documents_of(&roster, chrono::Utc::now()).map_err(err)?;
     shared.register_facility(&roster.facility.id);
     shared.merge(&roster.facility.id, docs).await.map_err(err)?;
     println!(

@@ -21,7 +21,7 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum BillFormat {
-    /// The encounters as JSON (spec/data-file.md).
+    /// The encounters as JSON (docs/data-file.md).
     Json,
     /// The monthly summary of all patients served.
     Csv,

@@ -442,7 +442,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 rules,
                 close_check: std::time::Duration::from_secs(close_check_seconds.max(1)),
                 notify,
-                clock_file,
+                clock: clock_file
+                    .map(crate::services::alerting::Clock::File)
+                    .unwrap_or_default(),
                 alert_tick: std::time::Duration::from_secs(alert_tick_seconds.max(1)),
                 push,
             };
@@ -475,7 +477,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 println!("{reply}");
                 return Ok(());
             }
-            let docs = crate::services::import::documents_of(&data).map_err(CliError::Invalid)?;
+            let docs = crate::services::import::documents_of(&data, chrono::Utc::now())
+                .map_err(CliError::Invalid)?;
             let n = docs.len();
             runtime()?.block_on(async {
                 let (_tx, rx) = tokio::sync::watch::channel(false);

@@ -92,6 +92,40 @@ impl From<crate::services::ledger::LedgerError> for ApiError {
     }
 }
 
+impl From<crate::services::alerting::AlertingError> for ApiError {
+    fn from(e: crate::services::alerting::AlertingError) -> ApiError {
+        use crate::services::alerting::AlertingError as A;
+        match e {
+            A::Invalid(d) => ApiError::invalid(d),
+            A::NotFound(d) => ApiError::not_found(d),
+            A::Store(d) => ApiError::internal(d),
+        }
+    }
+}
+
+impl From<crate::services::alerting::vendor::IngestError> for ApiError {
+    fn from(e: crate::services::alerting::vendor::IngestError) -> ApiError {
+        use crate::services::alerting::vendor::IngestError as I;
+        let status = match &e {
+            I::Unauthorized => StatusCode::UNAUTHORIZED,
+            I::Malformed(_) => StatusCode::BAD_REQUEST,
+            I::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            I::UnknownDevice(_) => StatusCode::NOT_FOUND,
+            I::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::server::ImportError> for ApiError {
+    fn from(e: crate::server::ImportError) -> ApiError {
+        match e {
+            crate::server::ImportError::Invalid(p) => ApiError::invalid(p.to_string()),
+            crate::server::ImportError::Internal(d) => ApiError::internal(d),
+        }
+    }
+}
+
 /// The detail of a problem-details body, or the text itself when it is not one (for the CLI,
 /// which prints what the server said).
 pub fn detail_of(body: &str) -> String {

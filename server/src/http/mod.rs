@@ -89,27 +89,11 @@ async fn import(
     State(shared): State<Arc<Shared>>,
     body: String,
 ) -> Result<axum::Json<serde_json::Value>, crate::http::api_error::ApiError> {
-    use crate::http::api_error::ApiError;
-    let data = rounds_core::parse_data_file(&body).map_err(|p| ApiError::invalid(p.to_string()))?;
-    let docs = crate::services::import::documents_of(&data).map_err(ApiError::internal)?;
-    shared.register_facility(&data.facility.id);
-    let n = docs.len();
-    shared
-        .merge(&data.facility.id, docs)
-        .await
-        .map_err(ApiError::internal)?;
-    // Read what was written into the read model now, not at the first page or close.
-    let (s, f) = (shared.clone(), data.facility.id.clone());
-    crate::http::api_error::blocking(move || {
-        crate::sync::store::read_model::facility_data(&s.store, &f)
-            .map(|_| ())
-            .map_err(|e| ApiError::internal(e.to_string()))
-    })
-    .await?;
+    let done = shared.import_data(body).await?;
     Ok(axum::Json(serde_json::json!({
-        "facility": data.facility.id,
-        "facility_url": DocumentId::facility(&data.facility.id).url(),
-        "documents": n,
+        "facility": done.facility,
+        "facility_url": DocumentId::facility(&done.facility).url(),
+        "documents": done.documents,
     })))
 }
 
@@ -170,7 +154,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Run the server until SIGINT/SIGTERM, then close connections and flush.
 /// A started server: its shared state, address and certificate fingerprint.
 pub struct Running {
     pub shared: Arc<Shared>,
@@ -193,8 +176,38 @@ impl Running {
     }
 }
 
-/// Open the store and start listening; prints the certificate and address lines.
+/// Bind `opts.listen`, open the store and start serving; prints the certificate and address
+/// lines.
 pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
+    start_on(bind(opts.listen)?, opts).await
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })
+}
+
+/// Serve on `listener` (bound by the caller: port 0 in tests) until `shutdown` completes, then
+/// close the connections, stop listening and flush the store.
+pub async fn run(
+    listener: std::net::TcpListener,
+    opts: &ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let running = start_on(listener, opts).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await
+}
+
+/// Open the store and start serving on `listener`; prints the certificate and address lines.
+pub async fn start_on(
+    listener: std::net::TcpListener,
+    opts: &ServeOptions,
+) -> Result<Running, ServeError> {
+    let listen = listener.local_addr().unwrap_or(opts.listen);
+    // The HTTP clients (webhooks, FHIR push) need a process-wide TLS provider; the binary
+    // installs it first, an embedding program may not have (a second install is a no-op).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared::open(
         &opts.store,
@@ -225,8 +238,8 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
     if let Ok(mut c) = shared.alerting.config.write() {
         *c = opts.notify.clone().unwrap_or_default();
     }
-    if let (Some(f), Ok(mut c)) = (&opts.clock_file, shared.alerting.clock.write()) {
-        *c = crate::services::alerting::Clock::File(f.clone());
+    if let Ok(mut c) = shared.alerting.clock.write() {
+        *c = opts.clock.clone();
     }
     let alert_rx = shared
         .alert_rx
@@ -243,7 +256,7 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
     }
     let app = router(shared.clone());
     let handle = axum_server::Handle::new();
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::stdout();
     let scheme = if opts.insecure_http { "http" } else { "https" };
     let mut fingerprint = String::new();
     let net = &opts.limits.network;
@@ -264,7 +277,7 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
             "WARNING: --insecure-http: traffic (patient data, tokens) is NOT encrypted; use only on a trusted network"
         );
         let server = configure(
-            axum_server::bind(opts.listen).acceptor(capped),
+            from_tcp(listener, listen)?.acceptor(capped),
             net.header_timeout(),
         )
         .handle(handle.clone());
@@ -293,7 +306,7 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
             .handshake_timeout(net.header_timeout())
             .acceptor(capped);
         let server = configure(
-            axum_server::bind(opts.listen).acceptor(acceptor),
+            from_tcp(listener, listen)?.acceptor(acceptor),
             net.header_timeout(),
         )
         .handle(handle.clone());
@@ -305,7 +318,7 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
             _ => std::io::Error::other("server did not start"),
         };
         return Err(ServeError::Listen {
-            addr: opts.listen,
+            addr: listen,
             source,
         });
     };
@@ -327,12 +340,16 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, ServeError> {
 
 /// Run the server until SIGINT/SIGTERM, then close connections and flush.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    let running = start(&opts).await?;
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    running.stop().await?;
+    run(bind(opts.listen)?, &opts, wait_for_signal()).await?;
     println!("rounds: stopped; store flushed");
     Ok(())
+}
+
+fn from_tcp(
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<axum_server::Server<SocketAddr>, ServeError> {
+    axum_server::from_tcp(listener).map_err(|source| ServeError::Listen { addr, source })
 }
 
 pub async fn wait_for_signal() {

@@ -16,6 +16,42 @@ use crate::services::alerting::*;
 use crate::services::security::AuditRecord;
 
 impl Shared {
+    /// Create a vendor integration for `facility`; returns its API key (shown once). Audited.
+    pub(crate) fn add_integration(
+        &self,
+        facility: &str,
+        name: &str,
+    ) -> Result<String, AlertingError> {
+        let key = self.alerting.add_integration(facility, name)?;
+        let mut a = AuditRecord::new("integration-added");
+        a.facility = Some(facility.to_string());
+        a.detail = Some(name.to_string());
+        self.security.record(a);
+        Ok(key)
+    }
+
+    /// Set `facility`'s alert protocol from its TOML text: checked, written into the facility
+    /// document with the server's actor and merged into the hub. Returns the number of rules.
+    pub(crate) async fn set_protocol(
+        &self,
+        facility: &str,
+        toml: &str,
+    ) -> Result<usize, AlertingError> {
+        let protocol = rounds_core::alerts::AlertProtocol::from_toml(toml)
+            .map_err(|e| AlertingError::Invalid(e.to_string()))?;
+        let _guard = self.alerting.stage_lock.lock().await;
+        let shard = self.shard_for(Some(facility));
+        let mut loader = |id: DocumentId| self.document_bytes(&shard, id);
+        let now = self.alerting.now();
+        let staged = stage_protocol(&self.alerting.actor, facility, &protocol, &mut loader, now)?;
+        self.commit(&staged).await.map_err(AlertingError::Store)?;
+        let mut a = AuditRecord::new("protocol-set");
+        a.facility = Some(facility.to_string());
+        a.detail = Some(format!("{} rules", protocol.rules.len()));
+        self.security.record(a);
+        Ok(protocol.rules.len())
+    }
+
     /// Documents `docs` of `facility` (those that exist) in a staging replica.
     pub(crate) fn stage(&self, facility: &str, docs: &[DocumentId]) -> Result<Staged, String> {
         let mut replica = Replica::staging(&self.alerting.actor, facility);

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use rounds_core::{DocumentId, Month, view};
 
 use crate::server::Shared;
@@ -125,7 +124,7 @@ impl Shared {
 
     /// Months past their grace window that are not closed yet.
     pub fn due_months(&self) -> Vec<(String, Month)> {
-        let today = Utc::now().date_naive();
+        let today = self.alerting.now().date_naive();
         let grace = i64::from(self.rules.grace_days);
         let mut out = Vec::new();
         for facility in self.facility_ids() {

@@ -24,6 +24,9 @@ mod alerting;
 mod close;
 pub mod connection;
 mod driver;
+mod import;
+pub use import::{ImportError, Imported};
+mod ingest;
 pub mod network;
 pub mod tls;
 
@@ -44,8 +47,9 @@ pub struct ServeOptions {
     pub close_check: Duration,
     /// Alert notification settings (`notify.toml`); none: alerts only in the apps.
     pub notify: Option<crate::services::notify::NotifyConfig>,
-    /// Read "now" from this file (RFC 3339) for deadlines (tests); None: the system clock.
-    pub clock_file: Option<PathBuf>,
+    /// Where "now" comes from for deadlines, escalations and retries (the system clock, or a
+    /// test's clock).
+    pub clock: crate::services::alerting::Clock,
     /// How often to escalate overdue alerts and deliver notifications.
     pub alert_tick: Duration,
     /// The practice's EHR (`push.toml`): the console's "approve and push" queues packages and

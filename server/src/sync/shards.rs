@@ -69,7 +69,7 @@ pub enum ShardMsg {
     /// home shard decodes it and routes it on when its document belongs to another facility).
     Frame {
         conn: ConnId,
-        frame: axum::body::Bytes,
+        frame: bytes::Bytes,
         /// Its share of the inboxes' byte budgets, given back once it is processed.
         budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     },

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use rounds_core::alerts::{AlertView, Severity};
 use rounds_core::{DocumentId, Month, Replica, ReplicaError};
@@ -21,19 +20,39 @@ use tokio::sync::mpsc;
 
 use crate::services::notify::{AlertNotice, NotifyConfig, Outbox};
 
-/// Where "now" comes from: the system clock, or a file holding an RFC 3339 time (tests of
-/// deadlines and escalation).
+pub mod vendor;
+
+/// Where "now" comes from: the system clock, a file holding an RFC 3339 time (process tests of
+/// deadlines and escalation), or tokio's clock from a fixed start (in-process tests with a
+/// paused clock: `tokio::time::advance` moves deadlines, escalations and retries together).
 #[derive(Debug, Clone, Default)]
 pub enum Clock {
     #[default]
     System,
     File(PathBuf),
+    Tokio {
+        /// The time at `since`.
+        at: DateTime<Utc>,
+        since: tokio::time::Instant,
+    },
 }
 
 impl Clock {
+    /// Tokio's clock, reading `at` now.
+    pub fn tokio_from(at: DateTime<Utc>) -> Clock {
+        Clock::Tokio {
+            at,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         match self {
             Clock::System => Utc::now(),
+            Clock::Tokio { at, since } => {
+                let elapsed = chrono::Duration::from_std(since.elapsed()).unwrap_or_default();
+                *at + elapsed
+            }
             Clock::File(p) => std::fs::read_to_string(p)
                 .ok()
                 .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
@@ -81,8 +100,12 @@ pub struct Alerting {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertingError {
+    /// The request names something wrong (a bad protocol, a duplicate integration name).
     #[error("{0}")]
     Invalid(String),
+    /// The request names something that does not exist (an unknown facility).
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Store(String),
 }
@@ -221,15 +244,15 @@ pub(crate) fn stage_protocol(
     facility: &str,
     protocol: &rounds_core::alerts::AlertProtocol,
     load: &mut DocLoader<'_>,
-) -> Result<Staged, (StatusCode, String)> {
-    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
+    now: DateTime<Utc>,
+) -> Result<Staged, AlertingError> {
+    let internal = AlertingError::Store;
     let mut replica = Replica::staging(actor, facility);
     let fid = DocumentId::facility(facility);
     let Some(bytes) = load(fid).map_err(internal)? else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            format!("unknown facility {facility:?}"),
-        ));
+        return Err(AlertingError::NotFound(format!(
+            "unknown facility {facility:?}"
+        )));
     };
     replica
         .adopt(fid, &bytes)
@@ -246,16 +269,15 @@ pub(crate) fn stage_protocol(
             before.insert(id, replica.heads(id).unwrap_or_default());
         }
     }
-    match replica.set_alert_protocol(protocol, Utc::now()) {
+    match replica.set_alert_protocol(protocol, now) {
         Ok(()) => Ok(Staged {
             facility: facility.to_string(),
             replica,
             before,
         }),
-        Err(ReplicaError::Invalid(p)) => Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("alert protocol is invalid:\n{p}"),
-        )),
+        Err(ReplicaError::Invalid(p)) => Err(AlertingError::Invalid(format!(
+            "alert protocol is invalid:\n{p}"
+        ))),
         Err(e) => Err(internal(e.to_string())),
     }
 }
@@ -271,8 +293,14 @@ pub fn set_protocol_on_store(
     let (alerting, _) =
         Alerting::open(store.db(), store.storage_id()).map_err(|e| e.to_string())?;
     let mut load = |id: DocumentId| Ok(store.load_doc(&id).map(|d| d.save()));
-    let staged =
-        stage_protocol(&alerting.actor, facility, &protocol, &mut load).map_err(|(_, e)| e)?;
+    let staged = stage_protocol(
+        &alerting.actor,
+        facility,
+        &protocol,
+        &mut load,
+        alerting.now(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut seq = store.written_seq();
     for id in staged.replica.document_ids() {
         let heads = staged.before.get(&id).cloned().unwrap_or_default();

@@ -1,0 +1,57 @@
+//! Onboarding on a running server: `Shared::import_data`, the service behind
+//! `POST /api/v1/import`.
+
+use super::Shared;
+
+/// What an import wrote.
+#[derive(Debug)]
+pub struct Imported {
+    pub facility: String,
+    /// Documents written (facility, patients, patient-months).
+    pub documents: usize,
+}
+
+/// Why an import changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file is not a valid `rounds-data/1` file: one line per problem, naming entry and field.
+    #[error("{0}")]
+    Invalid(rounds_core::Problems),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Shared {
+    /// Validate a whole data file, build its documents with the server's clock, merge them into
+    /// the facility's hub (persisted and fanned out like any change) and read them into the read
+    /// model, so the first page or month close does not pay for it.
+    pub(crate) async fn import_data(&self, body: String) -> Result<Imported, ImportError> {
+        let now = self.alerting.now();
+        let (data, docs) = tokio::task::spawn_blocking(move || {
+            let data = rounds_core::parse_data_file(&body).map_err(ImportError::Invalid)?;
+            let docs =
+                crate::services::import::documents_of(&data, now).map_err(ImportError::Internal)?;
+            Ok::<_, ImportError>((data, docs))
+        })
+        .await
+        .map_err(|e| ImportError::Internal(format!("the import task failed: {e}")))??;
+        let facility = data.facility.id.clone();
+        self.register_facility(&facility);
+        let documents = docs.len();
+        self.merge(&facility, docs)
+            .await
+            .map_err(ImportError::Internal)?;
+        let store = self.store.clone();
+        let f = facility.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::sync::store::read_model::facility_data(&store, &f).map(|_| ())
+        })
+        .await
+        .map_err(|e| ImportError::Internal(format!("the read-model task failed: {e}")))?
+        .map_err(|e| ImportError::Internal(e.to_string()))?;
+        Ok(Imported {
+            facility,
+            documents,
+        })
+    }
+}
