@@ -505,7 +505,12 @@ async fn a_tablet_with_a_refused_change_resets_and_its_valid_entries_reach_the_s
         .unwrap();
     // ...and an app bug: an existing interaction's minutes edited (arrives as a sync message
     // from a buggy component, so the replica's own write path never saw it).
-    let original = tablet.month_entries("p-004", month).interactions[0].clone();
+    let original = tablet
+        .month_entries("p-004", month)
+        .interactions
+        .into_iter()
+        .find(|i| i.id != valid.id)
+        .expect("an interaction the server already has");
     let doc = tablet.document(pm_id).unwrap().clone();
     let tampered = forged(&doc, |tx| {
         let m = d::container(tx, d::INTERACTIONS).unwrap();

@@ -93,72 +93,7 @@ pub enum Command {
         data: PathBuf,
     },
     /// Run the sync server (WebSocket at /sync over TLS; /healthz, /metrics).
-    Serve {
-        /// The store directory (sled database, TLS certificate).
-        #[arg(long, default_value = "./rounds-data")]
-        store: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: std::net::SocketAddr,
-        /// PEM certificate chain; without it a self-signed certificate is generated into the store.
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key for --tls-cert.
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Serve plain HTTP (no TLS). Only on a trusted network.
-        #[arg(long)]
-        insecure_http: bool,
-        /// Largest WebSocket frame accepted, in bytes.
-        #[arg(long, default_value_t = 8 << 20)]
-        max_frame: usize,
-        /// Accept this development token for every facility's documents (testing only; or
-        /// ROUNDS_DEV_TOKEN). Devices normally enrol: see `rounds device`.
-        #[arg(long, env = "ROUNDS_DEV_TOKEN")]
-        dev_token: Option<String>,
-        /// Connections one device may hold open at once.
-        #[arg(long, default_value_t = 4)]
-        max_connections_per_device: usize,
-        /// Documents one connection may sync.
-        #[arg(long, default_value_t = 50_000)]
-        max_documents_per_connection: usize,
-        /// Bytes queued for one connection and not yet read by its peer before the connection
-        /// is cut (a peer that reads too slowly is disconnected, not buffered without end).
-        #[arg(long, default_value_t = 32 << 20)]
-        max_outbound_bytes: usize,
-        /// Console sign-in attempts per minute per client address, and per account.
-        #[arg(long, default_value_t = 20.0)]
-        sign_ins_per_minute: f64,
-        #[command(flatten)]
-        network: Box<crate::server::network::NetworkLimits>,
-        /// Sustained frames per second per device (bursts of --frame-burst allowed).
-        #[arg(long, default_value_t = 500.0)]
-        frames_per_second: f64,
-        #[arg(long, default_value_t = 20_000.0)]
-        frame_burst: f64,
-        /// Hours an enrolment code stays valid.
-        #[arg(long, default_value_t = 24.0)]
-        enrolment_code_hours: f64,
-        /// A TOML rule set for month close (default: the built-in medicare-ffs-2026).
-        #[arg(long)]
-        rules: Option<PathBuf>,
-        /// Seconds between checks for months past their grace window.
-        #[arg(long, default_value_t = 3600)]
-        close_check_seconds: u64,
-        /// Alert notifications: a TOML file with [webhook] (url, HMAC secret) and/or [email]
-        /// (SMTP); see ARCHITECTURE.md. Without it, alerts show only in the apps.
-        #[arg(long)]
-        notify: Option<PathBuf>,
-        /// Seconds between escalation checks and notification deliveries.
-        #[arg(long, default_value_t = 10)]
-        alert_tick_seconds: u64,
-        /// Read the current time from this file (RFC 3339) for alert deadlines (tests only).
-        #[arg(long, hide = true)]
-        clock_file: Option<PathBuf>,
-        /// The practice's EHR (push.toml, as for `rounds push`): the console's "approve and
-        /// push" queues a closed month and the server sends it.
-        #[arg(long)]
-        push: Option<PathBuf>,
-    },
+    Serve(Box<ServeArgs>),
     /// Web console accounts (the console is at https://HOST:PORT/console/).
     User {
         #[command(subcommand)]
@@ -298,6 +233,75 @@ pub enum Command {
     },
 }
 
+/// `rounds serve`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The store directory (sled database, TLS certificate).
+    #[arg(long, default_value = "./rounds-data")]
+    pub store: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+    /// PEM certificate chain; without it a self-signed certificate is generated into the store.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (no TLS). Only on a trusted network.
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// Largest WebSocket frame accepted, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_frame: usize,
+    /// Accept this development token for every facility's documents (testing only; or
+    /// ROUNDS_DEV_TOKEN). Devices normally enrol: see `rounds device`.
+    #[arg(long, env = "ROUNDS_DEV_TOKEN")]
+    pub dev_token: Option<String>,
+    /// Connections one device may hold open at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_connections_per_device: usize,
+    /// Documents one connection may sync.
+    #[arg(long, default_value_t = 50_000)]
+    pub max_documents_per_connection: usize,
+    /// Bytes queued for one connection and not yet read by its peer before the connection
+    /// is cut (a peer that reads too slowly is disconnected, not buffered without end).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_outbound_bytes: usize,
+    /// Console sign-in attempts per minute per client address, and per account.
+    #[arg(long, default_value_t = 20.0)]
+    pub sign_ins_per_minute: f64,
+    #[command(flatten)]
+    pub network: Box<crate::server::network::NetworkLimits>,
+    /// Sustained frames per second per device (bursts of --frame-burst allowed).
+    #[arg(long, default_value_t = 500.0)]
+    pub frames_per_second: f64,
+    #[arg(long, default_value_t = 20_000.0)]
+    pub frame_burst: f64,
+    /// Hours an enrolment code stays valid.
+    #[arg(long, default_value_t = 24.0)]
+    pub enrolment_code_hours: f64,
+    /// A TOML rule set for month close (default: the built-in medicare-ffs-2026).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Seconds between checks for months past their grace window.
+    #[arg(long, default_value_t = 3600)]
+    pub close_check_seconds: u64,
+    /// Alert notifications: a TOML file with [webhook] (url, HMAC secret) and/or [email]
+    /// (SMTP); see ARCHITECTURE.md. Without it, alerts show only in the apps.
+    #[arg(long)]
+    pub notify: Option<PathBuf>,
+    /// Seconds between escalation checks and notification deliveries.
+    #[arg(long, default_value_t = 10)]
+    pub alert_tick_seconds: u64,
+    /// Read the current time from this file (RFC 3339) for alert deadlines (tests only).
+    #[arg(long, hide = true)]
+    pub clock_file: Option<PathBuf>,
+    /// The practice's EHR (push.toml, as for `rounds push`): the console's "approve and
+    /// push" queues a closed month and the server sends it.
+    #[arg(long)]
+    pub push: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PushCommand {
     /// Queue the month's package and send it; retries with backoff until acknowledged, failed,
@@ -417,9 +421,13 @@ pub enum CliError {
     Output(String),
 }
 
+mod admin;
 pub mod admin_client;
+mod data;
 pub mod demo;
 mod run;
+mod serve;
+mod store;
 
 pub use run::run;
 
@@ -459,4 +467,95 @@ fn worklist_table(items: &[worklist::WorklistItem]) -> String {
         ));
     }
     s
+}
+
+/// Run an admin operation (through the running server, or on the store) and print its answer.
+fn admin(store: PathBuf, server: String, op: crate::cli::admin_client::Op) -> Result<(), CliError> {
+    let out = crate::cli::admin_client::run(
+        &crate::cli::admin_client::AdminTarget { store, server },
+        op,
+    )?;
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_month(s: &str) -> Result<Month, CliError> {
+    s.parse()
+        .map_err(|e: rounds_core::month::MonthParseError| CliError::BadMonth(e.to_string()))
+}
+
+fn load_data(path: &Path) -> Result<DataFile, CliError> {
+    let text = read(path)?;
+    parse_data_file(&text).map_err(|p| CliError::Invalid(p.to_string()))
+}
+
+fn load_rules(path: Option<&Path>) -> Result<RuleSet, CliError> {
+    match path {
+        None => Ok(RuleSet::default()),
+        Some(p) => RuleSet::from_toml(&read(p)?)
+            .map_err(|e| CliError::Invalid(format!("{}: {e}", p.display()))),
+    }
+}
+
+fn out_err(e: impl std::fmt::Display) -> CliError {
+    CliError::Output(e.to_string())
+}
+
+fn parse_fingerprint(hex: &str) -> Result<[u8; 32], CliError> {
+    let clean: String = hex.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let bytes: Vec<u8> = (0..clean.len() / 2)
+        .filter_map(|i| u8::from_str_radix(clean.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| CliError::Invalid("--fingerprint: expected 64 hex digits (SHA-256)".into()))
+}
+
+async fn post_import(
+    url: &str,
+    token: &str,
+    trust: rounds_core::sync::net::Trust,
+    body: String,
+) -> Result<String, CliError> {
+    let tls = rounds_core::sync::net::client_config(&trust)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| CliError::Invalid(format!("HTTP client: {e}")))?;
+    let endpoint = format!("{}/api/v1/import", url.trim_end_matches('/'));
+    let resp = client
+        .post(&endpoint)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| CliError::Invalid(format!("{endpoint}: {e}")))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| CliError::Invalid(format!("{endpoint}: {e}")))?;
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(CliError::Invalid(format!(
+            "{endpoint}: {status}: {}",
+            crate::http::api_error::detail_of(&text)
+        )))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Invalid(format!("starting the runtime: {e}")))
 }

@@ -1,0 +1,197 @@
+//! Administration through the running server's admin API (or on a stopped server's store):
+//! console users, vendor integrations, the alert protocol, refused changes, devices, the audit
+//! log, month close, encounters and the export.
+
+use super::*;
+
+pub(super) fn user(command: UserCommand, store: PathBuf, server: String) -> Result<(), CliError> {
+    let op = match command {
+        UserCommand::Add {
+            username,
+            role,
+            facilities,
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| CliError::Invalid(format!("password from stdin: {e}")))?;
+            crate::cli::admin_client::Op::UserAdd {
+                username,
+                role,
+                facilities,
+                password: password.trim_end_matches(['\r', '\n']).to_string(),
+            }
+        }
+        UserCommand::List => crate::cli::admin_client::Op::Users,
+    };
+    admin(store, server, op)
+}
+
+pub(super) fn integration(
+    command: IntegrationCommand,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let op = match command {
+        IntegrationCommand::Add { facility, name } => {
+            crate::cli::admin_client::Op::Integration { facility, name }
+        }
+        IntegrationCommand::List => crate::cli::admin_client::Op::Integrations,
+    };
+    admin(store, server, op)
+}
+
+pub(super) fn protocol(
+    command: ProtocolCommand,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    match command {
+        ProtocolCommand::Default => {
+            print!("{}", rounds_core::alerts::DEFAULT_PROTOCOL);
+            Ok(())
+        }
+        ProtocolCommand::Check { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let p = rounds_core::alerts::AlertProtocol::from_toml(&text)
+                .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            println!("{}: ok, {} rules", file.display(), p.rules.len());
+            Ok(())
+        }
+        ProtocolCommand::Set { facility, file } => {
+            let toml = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            rounds_core::alerts::AlertProtocol::from_toml(&toml)
+                .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            let op = crate::cli::admin_client::Op::Protocol { facility, toml };
+            admin(store, server, op)
+        }
+    }
+}
+
+pub(super) fn quarantine(
+    command: QuarantineCommand,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let op = match command {
+        QuarantineCommand::List { facility } => {
+            crate::cli::admin_client::Op::Quarantine { facility }
+        }
+        QuarantineCommand::Show { id } => crate::cli::admin_client::Op::QuarantineShow { id },
+    };
+    admin(store, server, op)
+}
+
+pub(super) fn device(
+    command: DeviceCommand,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let op = match command {
+        DeviceCommand::Code { facility } => crate::cli::admin_client::Op::Code { facility },
+        DeviceCommand::Add { facility, name } => {
+            crate::cli::admin_client::Op::Add { facility, name }
+        }
+        DeviceCommand::List => crate::cli::admin_client::Op::List,
+        DeviceCommand::Revoke { name } => crate::cli::admin_client::Op::Revoke { name },
+    };
+    admin(store, server, op)
+}
+
+pub(super) fn audit(
+    patient: Option<String>,
+    device: Option<String>,
+    since: Option<String>,
+    csv: bool,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let parsed = since
+        .as_deref()
+        .map(crate::http::admin::parse_since)
+        .transpose()
+        .map_err(|e| CliError::Invalid(format!("--since: {e}")))?;
+    let op = crate::cli::admin_client::Op::Audit {
+        query: crate::services::security::AuditQuery {
+            patient,
+            device,
+            since: parsed,
+        },
+        csv,
+        raw_since: since,
+    };
+    admin(store, server, op)
+}
+
+pub(super) fn close_month(
+    facility: String,
+    month: String,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let month = parse_month(&month)?;
+    let out = crate::cli::admin_client::run(
+        &crate::cli::admin_client::AdminTarget { store, server },
+        crate::cli::admin_client::Op::Close { facility, month },
+    )?;
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
+pub(super) fn encounters(
+    facility: String,
+    month: String,
+    changed: bool,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let month = parse_month(&month)?;
+    let out = crate::cli::admin_client::run(
+        &crate::cli::admin_client::AdminTarget { store, server },
+        crate::cli::admin_client::Op::Encounters {
+            facility,
+            month,
+            changed,
+        },
+    )?;
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
+pub(super) fn export(
+    facility: String,
+    month: String,
+    format: crate::services::export::Format,
+    out: PathBuf,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let month = parse_month(&month)?;
+    let target = crate::cli::admin_client::AdminTarget { store, server };
+    if let Some(written) =
+        crate::cli::admin_client::export_local(&target, &facility, month, format, &out)
+    {
+        println!("wrote {} files to {}", written?, out.display());
+        return Ok(());
+    }
+    let files = crate::cli::admin_client::run(
+        &target,
+        crate::cli::admin_client::Op::Export {
+            facility,
+            month,
+            format,
+        },
+    )?;
+    let files: Vec<crate::services::export::ExportFile> =
+        serde_json::from_str(&files).map_err(|e| CliError::Invalid(format!("export: {e}")))?;
+    crate::services::export::write(&out, &files)
+        .map_err(|e| CliError::Invalid(format!("{}: {e}", out.display())))?;
+    println!("wrote {} files to {}", files.len(), out.display());
+    Ok(())
+}

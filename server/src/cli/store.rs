@@ -1,0 +1,147 @@
+//! Commands on a store: `read-model` (check, rebuild), `push` (send, status) and `import`
+//! (through a running server, or into a stopped server's store).
+
+use super::*;
+
+pub(super) fn read_model(action: ReadModelAction, store: PathBuf) -> Result<(), CliError> {
+    let st = crate::sync::store::SledStore::open(&store)
+        .map_err(|e| CliError::Invalid(format!("{e} (stop the server to use this store)")))?;
+    match action {
+        ReadModelAction::Check => {
+            let r = st.read_model.check(&st);
+            println!(
+                "read model: {} entries compared, {} stale (read again on next use), {} wrong",
+                r.compared,
+                r.stale,
+                r.mismatched.len()
+            );
+            if r.mismatched.is_empty() {
+                Ok(())
+            } else {
+                let ids: Vec<String> = r.mismatched.iter().map(|d| d.url()).collect();
+                Err(CliError::Invalid(format!(
+                    "read-model entries differ from their documents: {} (run `rounds read-model rebuild`)",
+                    ids.join(", ")
+                )))
+            }
+        }
+        ReadModelAction::Rebuild => {
+            let n = st
+                .read_model
+                .rebuild(&st)
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            st.flush().map_err(|e| CliError::Invalid(e.to_string()))?;
+            println!("read model: {n} documents read again");
+            Ok(())
+        }
+    }
+}
+
+pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError> {
+    let st = crate::sync::store::SledStore::open(&store)
+        .map_err(|e| CliError::Invalid(format!("{e} (stop the server to push from this store)")))?;
+    let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
+    match command {
+        PushCommand::Send {
+            facility,
+            month,
+            config,
+            wait,
+        } => {
+            let month = parse_month(&month)?;
+            let config =
+                crate::services::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
+            let ledger = crate::services::ledger::Ledger::open(st.db())
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let added = outbox
+                .enqueue(&st, &ledger, &config, &facility, month)
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let (ack, failed, pending) =
+                runtime()?.block_on(outbox.drain(&config, std::time::Duration::from_secs(wait)));
+            println!("queued {added} new; acknowledged {ack}, failed {failed}, pending {pending}");
+            for i in outbox
+                .all()
+                .iter()
+                .filter(|i| i.status == crate::services::push::Status::Failed)
+            {
+                println!(
+                    "  failed {}: {}",
+                    i.key,
+                    i.last_error.clone().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        PushCommand::Status { facility, month } => {
+            let items: Vec<_> = outbox
+                .all()
+                .into_iter()
+                .filter(|i| facility.as_ref().is_none_or(|f| &i.facility == f))
+                .filter(|i| month.as_ref().is_none_or(|m| &i.month.to_string() == m))
+                .map(|mut i| {
+                    i.payload = format!("{} bytes", i.payload.len());
+                    i
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&items).unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}
+
+pub(super) fn import(
+    file: PathBuf,
+    store: PathBuf,
+    server: Option<String>,
+    token: Option<String>,
+    fingerprint: Option<String>,
+) -> Result<(), CliError> {
+    // The whole file is checked before anything is sent or written.
+    load_data(&file)?;
+    if let Some(url) = server {
+        let body = read(&file)?;
+        let trust = match fingerprint.as_deref() {
+            Some(hex) => rounds_core::sync::net::Trust::Fingerprint(parse_fingerprint(hex)?),
+            None => rounds_core::sync::net::Trust::SystemRoots,
+        };
+        let reply = runtime()?.block_on(post_import(
+            &url,
+            token.as_deref().unwrap_or_default(),
+            trust,
+            body,
+        ))?;
+        println!("{reply}");
+        return Ok(());
+    }
+    let body = read(&file)?;
+    let done = runtime()?.block_on(async {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let shared = crate::server::Shared::open(
+            &store,
+            8 << 20,
+            None,
+            crate::server::Limits::default(),
+            RuleSet::default(),
+            rx,
+        )
+        .map_err(|e| {
+            CliError::Invalid(format!(
+                "{e} (is a server running on this store? then import through it)"
+            ))
+        })?;
+        shared
+            .import_data(body)
+            .await
+            .map_err(|e| CliError::Invalid(e.to_string()))
+    })?;
+    println!(
+        "imported {} ({} documents); facility document {}",
+        done.facility,
+        done.documents,
+        rounds_core::DocumentId::facility(&done.facility).url()
+    );
+    Ok(())
+}
