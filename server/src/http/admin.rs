@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -117,19 +116,8 @@ pub async fn enroll(
     headers: axum::http::HeaderMap,
     Json(b): Json<EnrollBody>,
 ) -> Api<serde_json::Value> {
-    let client = shared.limits.network.client_ip(peer, &headers);
-    if !shared.admit_enrolment(&client.to_string()) {
-        let mut rec = AuditRecord::new("enrol-refused");
-        rec.detail = Some(format!("rate limited (from {client})"));
-        shared.audit_noisy(&client.to_string(), "enrolment rate limited", rec);
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many enrolment attempts; wait a minute",
-        ));
-    }
-    let (token, facility) = shared
-        .security
-        .enroll(&b.code, &b.name, chrono::Utc::now())?;
+    let client = shared.limits.network.client_ip(peer, &headers).to_string();
+    let (token, facility) = shared.enrol_device(&client, &b.code, &b.name, chrono::Utc::now())?;
     Ok(Json(json!({
         "name": b.name,
         "facility": facility,

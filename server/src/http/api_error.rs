@@ -126,6 +126,34 @@ impl From<crate::server::ImportError> for ApiError {
     }
 }
 
+impl From<crate::server::SyncRefusal> for ApiError {
+    fn from(e: crate::server::SyncRefusal) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+}
+
+impl From<crate::server::EnrolError> for ApiError {
+    fn from(e: crate::server::EnrolError) -> ApiError {
+        match e {
+            crate::server::EnrolError::RateLimited => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
+            crate::server::EnrolError::Security(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::services::accounts::AccountError> for ApiError {
+    fn from(e: crate::services::accounts::AccountError) -> ApiError {
+        use crate::services::accounts::AccountError as A;
+        match e {
+            A::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            A::Store(d) => ApiError::internal(d),
+            e => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
 /// The detail of a problem-details body, or the text itself when it is not one (for the CLI,
 /// which prints what the server said).
 pub fn detail_of(body: &str) -> String {

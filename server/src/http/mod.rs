@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use rounds_core::DocumentId;
 use tokio::sync::watch;
-
-use crate::services::security::AuditRecord;
 
 use crate::server::{ServeError, ServeOptions, Shared};
 
@@ -44,31 +42,14 @@ async fn sync_upgrade(
     Query(q): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if q.token.is_some() && shared.limits.network.no_query_tokens {
-        shared
-            .metrics
-            .query_tokens_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
-            StatusCode::UNAUTHORIZED,
-            "tokens in the URL are turned off on this server (--no-query-tokens): send an \
-             Authorization: Bearer header\n",
-        )
-            .into_response();
-    }
-    let token = token_of(&headers, q.token.as_deref());
-    match shared.security.authenticate(token) {
+    let client = shared.limits.network.client_ip(peer, &headers).to_string();
+    let header = token_of(&headers, None);
+    match shared.admit_sync(header, q.token.as_deref(), &client) {
         Ok(device) => ws
             .max_message_size(shared.max_frame)
             .max_frame_size(shared.max_frame)
             .on_upgrade(move |socket| crate::server::connection::handle(socket, shared, device)),
-        Err(e) => {
-            let client = shared.limits.network.client_ip(peer, &headers).to_string();
-            let mut a = AuditRecord::new("sync-unauthorized");
-            a.detail = Some(format!("{e} (from {client})"));
-            shared.audit_noisy(&client, "sync without a valid token", a);
-            (StatusCode::UNAUTHORIZED, e.to_string()).into_response()
-        }
+        Err(e) => crate::http::api_error::ApiError::from(e).into_response(),
     }
 }
 

@@ -20,11 +20,13 @@ use crate::sync::metrics::Metrics;
 use crate::sync::shards::{DEV_SHARD, Shard, ShardCore, ShardMsg, Shards};
 use crate::sync::store::SledStore;
 
+mod admission;
 mod alerting;
 mod close;
 pub mod connection;
 mod driver;
 mod import;
+pub use admission::{EnrolError, SyncRefusal};
 pub use import::{ImportError, Imported};
 mod ingest;
 pub mod network;

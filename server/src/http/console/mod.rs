@@ -418,27 +418,9 @@ pub async fn api_add_user(
     State(shared): State<Arc<Shared>>,
     axum::Json(b): axum::Json<NewUser>,
 ) -> Result<axum::Json<serde_json::Value>, crate::http::api_error::ApiError> {
-    use crate::http::api_error::ApiError;
-    let s = shared.clone();
-    // A password hash: on a hashing thread, like a sign-in.
     let u = shared
-        .hashers
-        .run(move || {
-            s.accounts
-                .add_user(&b.username, &b.password, b.role, &b.facilities)
-        })
-        .await
-        .ok_or_else(|| ApiError::internal("the password could not be hashed"))?
-        .map_err(|e| match e {
-            AccountError::Exists(n) => {
-                ApiError::new(StatusCode::CONFLICT, format!("user {n:?} exists"))
-            }
-            e => ApiError::invalid(e.to_string()),
-        })?;
-    let mut a = AuditRecord::new("user-added");
-    a.device = Some(format!("user:{}", u.username));
-    a.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
-    shared.security.record(a);
+        .add_console_user(b.username, b.password, b.role, b.facilities)
+        .await?;
     Ok(axum::Json(
         serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities}),
     ))
