@@ -41,6 +41,14 @@ pub(super) fn integration(
     admin(store, server, op)
 }
 
+/// An alert-protocol file: its text and the protocol, checked.
+fn read_protocol(file: &Path) -> Result<(String, rounds_core::alerts::AlertProtocol), CliError> {
+    let text = read(file)?;
+    let p = rounds_core::alerts::AlertProtocol::from_toml(&text)
+        .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+    Ok((text, p))
+}
+
 pub(super) fn protocol(
     command: ProtocolCommand,
     store: PathBuf,
@@ -52,22 +60,12 @@ pub(super) fn protocol(
             Ok(())
         }
         ProtocolCommand::Check { file } => {
-            let text = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
-                path: file.clone(),
-                source,
-            })?;
-            let p = rounds_core::alerts::AlertProtocol::from_toml(&text)
-                .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            let (_, p) = read_protocol(&file)?;
             println!("{}: ok, {} rules", file.display(), p.rules.len());
             Ok(())
         }
         ProtocolCommand::Set { facility, file } => {
-            let toml = std::fs::read_to_string(&file).map_err(|source| CliError::Read {
-                path: file.clone(),
-                source,
-            })?;
-            rounds_core::alerts::AlertProtocol::from_toml(&toml)
-                .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            let (toml, _) = read_protocol(&file)?;
             let op = crate::cli::admin_client::Op::Protocol { facility, toml };
             admin(store, server, op)
         }

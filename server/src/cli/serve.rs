@@ -3,68 +3,48 @@
 use super::*;
 
 pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
-    let ServeArgs {
-        store,
-        listen,
-        tls_cert,
-        tls_key,
-        insecure_http,
-        max_frame,
-        dev_token,
-        max_connections_per_device,
-        max_documents_per_connection,
-        max_outbound_bytes,
-        sign_ins_per_minute,
-        network,
-        frames_per_second,
-        frame_burst,
-        enrolment_code_hours,
-        rules,
-        close_check_seconds,
-        notify,
-        alert_tick_seconds,
-        clock_file,
-        push,
-    } = args;
-    let push = push
+    let push = args
+        .push
         .as_deref()
         .map(crate::services::push::PushConfig::load)
         .transpose()
         .map_err(CliError::Invalid)?;
-    let rules = load_rules(rules.as_deref())?;
-    let notify = notify
+    let rules = load_rules(args.rules.as_deref())?;
+    let notify = args
+        .notify
         .as_deref()
         .map(crate::services::notify::NotifyConfig::load)
         .transpose()
         .map_err(|e| CliError::Invalid(e.to_string()))?;
     let opts = crate::server::ServeOptions {
-        store,
-        listen,
-        tls_cert,
-        tls_key,
-        insecure_http,
-        max_frame,
-        dev_token,
+        store: args.store,
+        listen: args.listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        insecure_http: args.insecure_http,
+        max_frame: args.max_frame,
+        dev_token: args.dev_token,
         limits: crate::server::Limits {
-            connections_per_device: max_connections_per_device,
-            documents_per_connection: max_documents_per_connection,
-            outbound_bytes: max_outbound_bytes,
-            sign_ins_per_minute,
-            network: *network,
-            frames_per_second,
-            frame_burst,
+            connections_per_device: args.max_connections_per_device,
+            documents_per_connection: args.max_documents_per_connection,
+            outbound_bytes: args.max_outbound_bytes,
+            sign_ins_per_minute: args.sign_ins_per_minute,
+            network: *args.network,
+            frames_per_second: args.frames_per_second,
+            frame_burst: args.frame_burst,
             code_lifetime: chrono::Duration::milliseconds(
-                (enrolment_code_hours * 3_600_000.0) as i64,
+                (args.enrolment_code_hours * 3_600_000.0) as i64,
             ),
             ..crate::server::Limits::default()
         },
         rules,
-        close_check: std::time::Duration::from_secs(close_check_seconds.max(1)),
+        close_check: std::time::Duration::from_secs(args.close_check_seconds.max(1)),
         notify,
-        clock: clock_file
+        clock: args
+            .clock_file
             .map(crate::services::alerting::Clock::File)
             .unwrap_or_default(),
-        alert_tick: std::time::Duration::from_secs(alert_tick_seconds.max(1)),
+        alert_tick: std::time::Duration::from_secs(args.alert_tick_seconds.max(1)),
         push,
     };
     runtime()?
