@@ -254,6 +254,7 @@ fn write_corpus_when_asked() {
                 peer_metadata: PeerMetadata {
                     storage_id: Some("s".into()),
                     is_ephemeral: false,
+                    capabilities: vec!["rounds/answers-every-sync/1".into()],
                 },
                 supported_protocol_versions: vec!["1".into()],
             },

@@ -8,7 +8,7 @@ use automerge::AutoCommit;
 use automerge::sync::{self, SyncDoc};
 use rounds_core::DocumentId;
 use rounds_core::sync::hub::{Action, AllowAll, EPHEMERAL_SESSIONS, EmptyStore, Hub, HubConfig};
-use rounds_core::sync::wire::{Message, PeerMetadata};
+use rounds_core::sync::wire::{CAP_ANSWERS_EVERY_SYNC, Message, PeerMetadata};
 
 fn hub() -> Hub {
     Hub::new("server".into(), "storage".into(), 0, HubConfig::default())
@@ -109,4 +109,26 @@ fn ephemeral_messages_go_out_only_as_their_own_peer_and_for_few_sessions() {
     }
     let out = hub.receive(2, &ephemeral("peer-b", EPHEMERAL_SESSIONS), &mut EmptyStore);
     assert!(sent_to(&out, 1).is_empty(), "{out:?}");
+}
+
+#[test]
+fn the_server_announces_what_it_speaks_in_its_peer_metadata_not_its_name() {
+    let mut hub = hub();
+    hub.connect(1, Arc::new(AllowAll));
+    let sent = sent_to(&join(&mut hub, 1, "tablet-1"), 1);
+    let Some(Message::Peer {
+        sender_id,
+        peer_metadata,
+        ..
+    }) = sent.first()
+    else {
+        panic!("no peer message: {sent:?}");
+    };
+    // Its name says nothing about Rounds; the capability does.
+    assert_eq!(sender_id, "server");
+    assert!(
+        peer_metadata.has(CAP_ANSWERS_EVERY_SYNC),
+        "{peer_metadata:?}"
+    );
+    assert!(!PeerMetadata::default().has(CAP_ANSWERS_EVERY_SYNC));
 }

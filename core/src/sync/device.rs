@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::wire::{Message, PROTOCOL_VERSION, PeerMetadata};
+use super::wire::{CAP_ANSWERS_EVERY_SYNC, Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::ids::DocumentId;
 use crate::replica::{Replica, ReplicaError};
 
@@ -61,6 +61,7 @@ impl DeviceSession {
             peer_metadata: PeerMetadata {
                 storage_id: Some(replica.actor()),
                 is_ephemeral: false,
+                capabilities: Vec::new(),
             },
             supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
         };
@@ -185,13 +186,14 @@ impl DeviceSession {
                 peer_metadata,
                 ..
             } => {
+                // Negotiated, not guessed from the server's name.
+                let answers_all = peer_metadata.has(CAP_ANSWERS_EVERY_SYNC);
                 let key = peer_metadata
                     .storage_id
                     .unwrap_or_else(|| sender_id.clone());
                 // A new connection is a new sync session; shared heads persist on disk.
                 replica.reset_sync_sessions(&key);
-                // Rounds servers name themselves `rounds-<storage id prefix>`.
-                self.server_answers_all = sender_id.starts_with("rounds-");
+                self.server_answers_all = answers_all;
                 self.server = Some((sender_id, key));
                 Ok(self.add_documents(replica))
             }

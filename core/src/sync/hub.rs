@@ -351,6 +351,7 @@ impl Hub {
                         peer_metadata: PeerMetadata {
                             storage_id: Some(self.storage_id.clone()),
                             is_ephemeral: false,
+                            capabilities: vec![super::wire::CAP_ANSWERS_EVERY_SYNC.into()],
                         },
                         selected_protocol_version: PROTOCOL_VERSION.into(),
                     }

@@ -10,11 +10,30 @@ use ciborium::Value;
 /// The only protocol version we speak.
 pub const PROTOCOL_VERSION: &str = "1";
 
+/// A Rounds server's capability: it answers every `sync` message, even about a document that is
+/// unchanged on both sides, so a device may wait for an answer per document instead of settling
+/// by silence.
+pub const CAP_ANSWERS_EVERY_SYNC: &str = "rounds/answers-every-sync/1";
+
+/// Capabilities a peer may list; more than this many, or longer names, are ignored.
+const MAX_CAPABILITIES: usize = 16;
+const MAX_CAPABILITY_LEN: usize = 64;
+
 /// Peer metadata sent in `join` and `peer`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerMetadata {
     pub storage_id: Option<String>,
     pub is_ephemeral: bool,
+    /// Rounds extensions the peer speaks (`roundsCapabilities`: a list of text in the metadata
+    /// map; automerge-repo peers ignore the key and send none). Empty for plain peers.
+    pub capabilities: Vec<String>,
+}
+
+impl PeerMetadata {
+    /// Whether the peer listed `capability`.
+    pub fn has(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
 }
 
 /// One wire message.
@@ -157,6 +176,17 @@ impl<'a> Fields<'a> {
             match (k, v) {
                 (Value::Text(k), v) if k == "storageId" => md.storage_id = text(v),
                 (Value::Text(k), Value::Bool(b)) if k == "isEphemeral" => md.is_ephemeral = *b,
+                (Value::Text(k), Value::Array(caps)) if k == "roundsCapabilities" => {
+                    // Lenient: entries that are not short text are skipped, the list is capped.
+                    md.capabilities = caps
+                        .iter()
+                        .filter_map(|c| match c {
+                            Value::Text(c) if c.len() <= MAX_CAPABILITY_LEN => Some(c.clone()),
+                            _ => None,
+                        })
+                        .take(MAX_CAPABILITIES)
+                        .collect();
+                }
                 _ => {}
             }
         }
@@ -267,6 +297,12 @@ impl Message {
             let mut e = vec![(t("isEphemeral"), Value::Bool(md.is_ephemeral))];
             if let Some(s) = &md.storage_id {
                 e.insert(0, (t("storageId"), t(s)));
+            }
+            if !md.capabilities.is_empty() {
+                e.push((
+                    t("roundsCapabilities"),
+                    Value::Array(md.capabilities.iter().map(|c| t(c)).collect()),
+                ));
             }
             Value::Map(e)
         };
@@ -421,6 +457,7 @@ mod tests {
                 peer_metadata: PeerMetadata {
                     storage_id: Some("s-1".into()),
                     is_ephemeral: false,
+                    capabilities: Vec::new(),
                 },
                 supported_protocol_versions: vec!["1".into()],
             },
@@ -473,6 +510,56 @@ mod tests {
             if peer_metadata.storage_id.is_none() && supported_protocol_versions == &["1"])
         );
         assert_eq!(uint(&Value::Float(3.0)), Some(3));
+    }
+
+    #[test]
+    fn capabilities_round_trip_and_are_read_leniently() {
+        let m = Message::Peer {
+            sender_id: "s".into(),
+            target_id: "t".into(),
+            peer_metadata: PeerMetadata {
+                storage_id: Some("st".into()),
+                is_ephemeral: false,
+                capabilities: vec![CAP_ANSWERS_EVERY_SYNC.into()],
+            },
+            selected_protocol_version: "1".into(),
+        };
+        let back = Message::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        // A plain peer's metadata has no key for it, and encodes none.
+        let plain = PeerMetadata {
+            storage_id: Some("st".into()),
+            ..PeerMetadata::default()
+        };
+        let join = Message::Join {
+            sender_id: "p".into(),
+            peer_metadata: plain,
+            supported_protocol_versions: vec!["1".into()],
+        };
+        assert!(!String::from_utf8_lossy(&join.encode()).contains("roundsCapabilities"));
+        // Entries that are not short text are skipped; the list is capped.
+        let t = |s: &str| Value::Text(s.into());
+        let mut caps = vec![Value::Integer(7.into()), t(&"x".repeat(65)), t("a")];
+        caps.extend((0..40).map(|i| t(&format!("c{i}"))));
+        let frame = {
+            let mut out = Vec::new();
+            let map = Value::Map(vec![
+                (t("type"), t("join")),
+                (t("senderId"), t("p")),
+                (
+                    t("peerMetadata"),
+                    Value::Map(vec![(t("roundsCapabilities"), Value::Array(caps))]),
+                ),
+            ]);
+            ciborium::ser::into_writer(&map, &mut out).unwrap();
+            out
+        };
+        let Message::Join { peer_metadata, .. } = Message::decode(&frame).unwrap() else {
+            panic!("not a join");
+        };
+        assert_eq!(peer_metadata.capabilities.len(), MAX_CAPABILITIES);
+        assert_eq!(peer_metadata.capabilities[0], "a");
+        assert!(!peer_metadata.has(CAP_ANSWERS_EVERY_SYNC));
     }
 
     #[test]
