@@ -64,12 +64,7 @@ async fn request(
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    // Chunked bodies: keep the JSON between the first '{' or '[' and the last '}' or ']'.
-    let json = match (body.find(['{', '[']), body.rfind(['}', ']'])) {
-        (Some(a), Some(b)) if a <= b => body[a..=b].to_string(),
-        _ => body,
-    };
-    (status, json)
+    (status, body)
 }
 
 fn json(text: &str) -> serde_json::Value {

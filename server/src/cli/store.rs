@@ -99,10 +99,10 @@ pub(super) fn import(
     token: Option<String>,
     fingerprint: Option<String>,
 ) -> Result<(), CliError> {
-    // The whole file is checked before anything is sent or written.
-    load_data(&file)?;
+    // The whole file is read and checked once, before anything is sent, opened or written.
+    let body = read(&file)?;
+    let data = parse_data_file(&body).map_err(|p| CliError::Invalid(p.to_string()))?;
     if let Some(url) = server {
-        let body = read(&file)?;
         let trust = match fingerprint.as_deref() {
             Some(hex) => rounds_core::sync::net::Trust::Fingerprint(parse_fingerprint(hex)?),
             None => rounds_core::sync::net::Trust::SystemRoots,
@@ -116,7 +116,6 @@ pub(super) fn import(
         println!("{reply}");
         return Ok(());
     }
-    let body = read(&file)?;
     let done = runtime()?.block_on(async {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let shared = crate::server::Shared::open(
@@ -133,7 +132,7 @@ pub(super) fn import(
             ))
         })?;
         shared
-            .import_data(body)
+            .import_parsed(data)
             .await
             .map_err(|e| CliError::Invalid(e.to_string()))
     })?;

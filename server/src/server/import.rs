@@ -26,9 +26,21 @@ impl Shared {
     /// the facility's hub (persisted and fanned out like any change) and read them into the read
     /// model, so the first page or month close does not pay for it.
     pub(crate) async fn import_data(&self, body: String) -> Result<Imported, ImportError> {
+        let data = tokio::task::spawn_blocking(move || rounds_core::parse_data_file(&body))
+            .await
+            .map_err(|e| ImportError::Internal(format!("the import task failed: {e}")))?
+            .map_err(ImportError::Invalid)?;
+        self.import_parsed(data).await
+    }
+
+    /// [`Shared::import_data`] for a file already parsed and checked (the CLI checks it before
+    /// it opens the store, so a bad file creates nothing).
+    pub(crate) async fn import_parsed(
+        &self,
+        data: rounds_core::DataFile,
+    ) -> Result<Imported, ImportError> {
         let now = self.alerting.now();
         let (data, docs) = tokio::task::spawn_blocking(move || {
-            let data = rounds_core::parse_data_file(&body).map_err(ImportError::Invalid)?;
             let docs =
                 crate::services::import::documents_of(&data, now).map_err(ImportError::Internal)?;
             Ok::<_, ImportError>((data, docs))
