@@ -1648,6 +1648,20 @@ impl Replica {
         }
     }
 
+    /// The document's heads when they are exactly the heads last shared with `peer` — nothing
+    /// changed on this side since the last confirmed sync (what a summary may list); `None` when
+    /// the document is absent or has changes `peer` has not confirmed.
+    pub fn heads_if_shared(&mut self, doc: DocumentId, peer: &str) -> Option<Vec<ChangeHash>> {
+        let mut ours = self.docs.get(&doc)?.doc.get_heads();
+        if ours.is_empty() {
+            return None;
+        }
+        let mut shared = self.sync_state(doc, peer).shared_heads.clone();
+        ours.sort();
+        shared.sort();
+        (ours == shared).then_some(ours)
+    }
+
     /// Whether the replica holds any change of `doc`.
     pub fn has_document(&self, doc: DocumentId) -> bool {
         self.docs

@@ -2,9 +2,10 @@
 //! [`Replica`]. Feed it the server's frames; it returns the frames to send and tracks which
 //! documents the server has confirmed (its heads include all of ours).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use super::wire::{CAP_ANSWERS_EVERY_SYNC, Message, PROTOCOL_VERSION, PeerMetadata};
+use super::summary::{self, Prefix};
+use super::wire::{CAP_ANSWERS_EVERY_SYNC, CAP_SUMMARY, Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::ids::DocumentId;
 use crate::replica::{Replica, ReplicaError};
 
@@ -30,6 +31,21 @@ pub enum SessionError {
     Replica(#[from] ReplicaError),
 }
 
+/// What the summary exchange of a session did (all zero when the server does not speak it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SummaryStats {
+    /// Documents listed in the summary.
+    pub summarized: usize,
+    /// Of those, documents the server named as changed.
+    pub differ: usize,
+    /// Of those, documents the server could not resolve (synced one by one).
+    pub unknown: usize,
+    /// Bytes of the summary frame.
+    pub bytes: usize,
+    /// Documents synced one by one from the start (local changes, new, or sharing a prefix).
+    pub direct: usize,
+}
+
 /// One connection's worth of syncing.
 pub struct DeviceSession {
     peer_id: String,
@@ -39,6 +55,9 @@ pub struct DeviceSession {
     /// The server answers every sync message, changed document or not (a Rounds server): never
     /// settle by silence, wait for its answers (a loaded server can be quiet for a while).
     server_answers_all: bool,
+    /// Summarized documents awaiting the server's reply, by prefix.
+    summarized: HashMap<Prefix, DocumentId>,
+    summary: SummaryStats,
 }
 
 impl DeviceSession {
@@ -61,7 +80,7 @@ impl DeviceSession {
             peer_metadata: PeerMetadata {
                 storage_id: Some(replica.actor()),
                 is_ephemeral: false,
-                capabilities: Vec::new(),
+                capabilities: vec![CAP_SUMMARY.into()],
             },
             supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
         };
@@ -71,6 +90,8 @@ impl DeviceSession {
                 server: None,
                 docs: BTreeMap::new(),
                 server_answers_all: false,
+                summarized: HashMap::new(),
+                summary: SummaryStats::default(),
             },
             join.encode(),
         )
@@ -102,6 +123,11 @@ impl DeviceSession {
     /// Whether the handshake is done and every document is confirmed or unavailable.
     pub fn is_complete(&self) -> bool {
         self.server.is_some() && self.docs.values().all(|p| *p != DocProgress::Syncing)
+    }
+
+    /// What the summary exchange did in this session.
+    pub fn summary(&self) -> SummaryStats {
+        self.summary
     }
 
     /// The status of each document.
@@ -142,6 +168,95 @@ impl DeviceSession {
                 continue;
             }
             self.docs.insert(doc, DocProgress::Syncing);
+            out.extend(self.sync_frame(replica, doc));
+        }
+        out
+    }
+
+    /// Start the session with a summary (the server speaks `rounds/summary/1`): documents
+    /// unchanged since the last confirmed sync go into one `rounds-summary`; the others (local
+    /// changes, never synced, or sharing an id prefix with another) are synced one by one now.
+    fn start_with_summary(&mut self, replica: &mut Replica) -> Vec<Vec<u8>> {
+        let Some((server, key)) = self.server.clone() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut candidates = Vec::new();
+        let mut direct = Vec::new();
+        let mut per_prefix: HashMap<Prefix, usize> = HashMap::new();
+        for doc in replica.documents_to_sync() {
+            self.docs.insert(doc, DocProgress::Syncing);
+            match replica.heads_if_shared(doc, &key) {
+                Some(heads) => {
+                    *per_prefix.entry(summary::prefix(&doc)).or_default() += 1;
+                    candidates.push((doc, heads));
+                }
+                None => direct.push(doc),
+            }
+        }
+        let salt = uuid::Uuid::new_v4().into_bytes().to_vec();
+        let mut entries = Vec::new();
+        for (doc, heads) in candidates {
+            let prefix = summary::prefix(&doc);
+            if per_prefix.get(&prefix) == Some(&1) {
+                entries.extend_from_slice(&summary::entry(&salt, &doc, &heads));
+                self.summarized.insert(prefix, doc);
+            } else {
+                // Two documents share the prefix: neither is summarized.
+                direct.push(doc);
+            }
+        }
+        direct.sort();
+        direct.dedup();
+        self.summary.direct = direct.len();
+        for doc in direct {
+            out.extend(self.sync_frame(replica, doc));
+        }
+        if !self.summarized.is_empty() {
+            self.summary.summarized = self.summarized.len();
+            let frame = Message::Summary {
+                sender_id: self.peer_id.clone(),
+                target_id: server,
+                salt,
+                entries,
+            }
+            .encode();
+            self.summary.bytes = frame.len();
+            out.push(frame);
+        }
+        out
+    }
+
+    /// The server's `rounds-summary-reply`: changed and unresolved documents are synced one by
+    /// one, every other summarized document is confirmed as it is.
+    fn summary_reply(
+        &mut self,
+        replica: &mut Replica,
+        differ: &[u8],
+        unknown: &[u8],
+    ) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let pending = std::mem::take(&mut self.summarized);
+        let mut resync = Vec::new();
+        for doc in summary::document_ids(differ) {
+            // Only documents this session summarized (a server cannot add others this way).
+            if pending.get(&summary::prefix(&doc)) == Some(&doc) {
+                resync.push(doc);
+                self.summary.differ += 1;
+            }
+        }
+        for p in summary::prefixes(unknown) {
+            if let Some(doc) = pending.get(&p) {
+                resync.push(*doc);
+                self.summary.unknown += 1;
+            }
+        }
+        for doc in pending.values() {
+            if !resync.contains(doc) {
+                self.docs.insert(*doc, DocProgress::Confirmed);
+            }
+        }
+        for doc in resync {
             out.extend(self.sync_frame(replica, doc));
         }
         out
@@ -188,6 +303,7 @@ impl DeviceSession {
             } => {
                 // Negotiated, not guessed from the server's name.
                 let answers_all = peer_metadata.has(CAP_ANSWERS_EVERY_SYNC);
+                let speaks_summary = peer_metadata.has(CAP_SUMMARY);
                 let key = peer_metadata
                     .storage_id
                     .unwrap_or_else(|| sender_id.clone());
@@ -195,7 +311,18 @@ impl DeviceSession {
                 replica.reset_sync_sessions(&key);
                 self.server_answers_all = answers_all;
                 self.server = Some((sender_id, key));
+                if speaks_summary && self.docs.is_empty() {
+                    return Ok(self.start_with_summary(replica));
+                }
                 Ok(self.add_documents(replica))
+            }
+            Message::SummaryReply {
+                differ, unknown, ..
+            } => {
+                if self.server.is_none() {
+                    return Err(SessionError::BadFrame("summary reply before peer".into()));
+                }
+                Ok(self.summary_reply(replica, &differ, &unknown))
             }
             Message::Sync {
                 document_id, data, ..

@@ -14,11 +14,12 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash};
 
 use super::gate::{self, GateLimits};
-use super::wire::{Message, PROTOCOL_VERSION, PeerMetadata};
+use super::summary;
+use super::wire::{CAP_ANSWERS_EVERY_SYNC, CAP_SUMMARY, Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::ids::DocumentId;
 
 /// A connection, numbered by the shell.
@@ -30,6 +31,23 @@ pub trait Loader {
     fn load(&mut self, doc: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String>;
     /// The sync state saved for (document, peer storage id).
     fn load_sync_state(&mut self, doc: &DocumentId, peer_storage: &str) -> Option<Vec<u8>>;
+    /// A stored document's heads, `None` when the store does not have it. The default loads the
+    /// document; a store that keeps heads beside the chunks answers without loading.
+    fn heads(&mut self, doc: &DocumentId) -> Result<Option<Vec<ChangeHash>>, String> {
+        let Some(chunks) = self.load(doc)? else {
+            return Ok(None);
+        };
+        let mut d = Automerge::new();
+        for chunk in &chunks {
+            d.load_incremental(chunk).map_err(|e| e.to_string())?;
+        }
+        Ok(Some(d.get_heads()))
+    }
+    /// Which stored document has this id prefix (for the summary exchange). The default knows
+    /// none, so every summarized document of such a store is synced one by one.
+    fn resolve(&mut self, _prefix: &summary::Prefix) -> summary::Resolved {
+        summary::Resolved::None
+    }
 }
 
 /// A store that holds nothing: every document the hub is asked for is new (tests, fuzzing).
@@ -51,6 +69,13 @@ pub trait Access: Send + Sync {
     /// (the development token) and its changes are screened by the gate but not policy-checked.
     fn scope(&self, _doc: &DocumentId) -> Option<crate::policy::DocScope> {
         None
+    }
+    /// Whether every document this connection may see lives in this hub, so the hub can answer
+    /// its summary and watch its documents. A connection whose documents span hubs (the
+    /// development token's) answers `false`: every summarized document comes back as unknown and
+    /// is synced one by one, where it lives.
+    fn summarizable(&self) -> bool {
+        true
     }
 }
 
@@ -154,6 +179,9 @@ struct HubConn {
     /// Documents this peer sent a message about while they were held: it is owed an answer
     /// when they are released, even one Automerge would skip (see [`Hub::pump`]).
     owed: HashSet<DocumentId>,
+    /// Documents the peer's summary showed in sync, with the heads they had then: not loaded,
+    /// not synced, until they change (see [`Hub::watch`]).
+    watching: HashMap<DocumentId, Vec<ChangeHash>>,
 }
 
 /// The server's documents and connections.
@@ -171,6 +199,8 @@ pub struct Hub {
     conns: HashMap<ConnId, HubConn>,
     /// Connections that asked for a document the server does not have (yet).
     waiting: HashMap<DocumentId, BTreeSet<ConnId>>,
+    /// Connections watching each document (see [`HubConn::watching`]).
+    watchers: HashMap<DocumentId, BTreeSet<ConnId>>,
     /// Changes refused per document: a later change that depends on one is refused too.
     refused: HashMap<DocumentId, std::collections::HashSet<automerge::ChangeHash>>,
 }
@@ -206,6 +236,7 @@ impl Hub {
             docs: HashMap::new(),
             conns: HashMap::new(),
             waiting: HashMap::new(),
+            watchers: HashMap::new(),
             refused: HashMap::new(),
         }
     }
@@ -246,6 +277,7 @@ impl Hub {
                 ephemeral_seen: HashMap::new(),
                 device,
                 owed: HashSet::new(),
+                watching: HashMap::new(),
             },
         );
     }
@@ -351,7 +383,7 @@ impl Hub {
                         peer_metadata: PeerMetadata {
                             storage_id: Some(self.storage_id.clone()),
                             is_ephemeral: false,
-                            capabilities: vec![super::wire::CAP_ANSWERS_EVERY_SYNC.into()],
+                            capabilities: vec![CAP_ANSWERS_EVERY_SYNC.into(), CAP_SUMMARY.into()],
                         },
                         selected_protocol_version: PROTOCOL_VERSION.into(),
                     }
@@ -377,6 +409,13 @@ impl Hub {
                 self.receive_sync(conn, &document_id, &data, false, loader)
             }
             Message::Request { .. } | Message::Sync { .. } => Vec::new(),
+            Message::Summary {
+                target_id,
+                salt,
+                entries,
+                ..
+            } if target_id == self.peer_id => self.receive_summary(conn, &salt, &entries, loader),
+            Message::Summary { .. } | Message::SummaryReply { .. } => Vec::new(),
             Message::Ephemeral {
                 sender_id,
                 document_id,
@@ -566,6 +605,12 @@ impl Hub {
             );
         }
         d.peers.insert(conn);
+        // A peer now, no longer a watcher.
+        if c.watching.remove(&doc_id).is_some()
+            && let Some(w) = self.watchers.get_mut(&doc_id)
+        {
+            w.remove(&conn);
+        }
         // Peers that asked for the document before it existed get it now.
         if let Some(waiting) = self.waiting.remove(&doc_id) {
             d.peers
@@ -579,6 +624,10 @@ impl Hub {
             wrote,
         });
         if wrote {
+            self.promote_watchers(doc_id);
+            let Some(d) = self.docs.get_mut(&doc_id) else {
+                return actions;
+            };
             let chunk = d.doc.save_after(&before);
             next_seq(&self.sequence, &mut self.seq);
             d.last_seq = self.seq;
@@ -697,6 +746,11 @@ impl Hub {
         Ok(Some(doc.save()))
     }
 
+    /// A loaded document's heads (None when it is not in memory).
+    pub fn heads(&self, doc_id: DocumentId) -> Option<Vec<ChangeHash>> {
+        self.docs.get(&doc_id).map(|d| d.doc.get_heads())
+    }
+
     /// A loaded document's root string field (`type`, `facility`, `patient`, `month`).
     pub fn root_str(&self, doc_id: DocumentId, key: &str) -> Option<String> {
         self.docs
@@ -741,6 +795,10 @@ impl Hub {
         let before = d.doc.get_heads();
         d.doc.load_incremental(bytes).map_err(|e| e.to_string())?;
         if d.doc.get_heads() != before {
+            self.promote_watchers(doc_id);
+            let Some(d) = self.docs.get_mut(&doc_id) else {
+                return Ok(actions);
+            };
             next_seq(&self.sequence, &mut self.seq);
             d.last_seq = self.seq;
             d.chunks += 1;
@@ -840,8 +898,138 @@ impl Hub {
             w.remove(&conn);
         }
         self.waiting.retain(|_, w| !w.is_empty());
+        for doc in c.watching.keys() {
+            if let Some(w) = self.watchers.get_mut(doc) {
+                w.remove(&conn);
+                if w.is_empty() {
+                    self.watchers.remove(doc);
+                }
+            }
+        }
         self.evict_idle();
         out
+    }
+
+    /// A `rounds-summary`: answer which summarized documents differ (or cannot be resolved) and
+    /// watch the others for this connection. Nothing is loaded for a document in sync: its heads
+    /// come from memory when it is loaded, else from the store (see [`Loader::heads`]).
+    fn receive_summary(
+        &mut self,
+        conn: ConnId,
+        salt: &[u8],
+        entries: &[u8],
+        loader: &mut dyn Loader,
+    ) -> Vec<Action> {
+        let n = entries.len() / summary::ENTRY;
+        if n > self.config.max_docs_per_conn {
+            return self.error(
+                conn,
+                format!(
+                    "summary of {n} documents; at most {} per connection",
+                    self.config.max_docs_per_conn
+                ),
+            );
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return Vec::new();
+        };
+        let access = c.access.clone();
+        let Some(peer) = c.peer_id.clone() else {
+            return Vec::new();
+        };
+        let mut differ = Vec::new();
+        let mut unknown = Vec::new();
+        let mut in_sync = Vec::new();
+        for (prefix, fp) in summary::entries(entries) {
+            let resolved = if access.summarizable() {
+                loader.resolve(&prefix)
+            } else {
+                summary::Resolved::None
+            };
+            let doc = match resolved {
+                summary::Resolved::One(doc) if access.allows(&doc) => doc,
+                _ => {
+                    unknown.extend_from_slice(&prefix);
+                    continue;
+                }
+            };
+            let heads = match self.docs.get(&doc) {
+                // A held document's heads were never sent: sync it in full (the answer waits
+                // for the flush, as ever).
+                Some(d) if d.last_seq > self.flushed => None,
+                Some(d) => Some(d.doc.get_heads()),
+                None => match loader.heads(&doc) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::error!(doc = %doc, error = %e, "could not read a document's heads");
+                        None
+                    }
+                },
+            };
+            match heads {
+                Some(h) if summary::fingerprint(salt, &doc, &h) == fp => in_sync.push((doc, h)),
+                _ => differ.extend_from_slice(doc.as_bytes()),
+            }
+        }
+        tracing::debug!(
+            conn,
+            summarized = n,
+            in_sync = in_sync.len(),
+            differ = differ.len() / 16,
+            unknown = unknown.len() / summary::PREFIX,
+            "summary"
+        );
+        for (doc, heads) in in_sync {
+            self.watch(conn, doc, heads);
+        }
+        vec![Action::Send(
+            conn,
+            Message::SummaryReply {
+                sender_id: self.peer_id.clone(),
+                target_id: peer,
+                differ,
+                unknown,
+            }
+            .encode(),
+        )]
+    }
+
+    /// Watch a document for a connection whose copy has `heads`: when it changes on the server,
+    /// the connection becomes one of its peers (see [`Hub::promote_watchers`]).
+    fn watch(&mut self, conn: ConnId, doc: DocumentId, heads: Vec<ChangeHash>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if self.docs.get(&doc).is_some_and(|d| d.peers.contains(&conn)) {
+            return;
+        }
+        c.watching.insert(doc, heads);
+        self.watchers.entry(doc).or_default().insert(conn);
+    }
+
+    /// A document changed: the connections watching it become its peers, each starting from the
+    /// heads its summary showed, so the next pump sends them what changed since.
+    fn promote_watchers(&mut self, doc: DocumentId) {
+        let Some(watchers) = self.watchers.remove(&doc) else {
+            return;
+        };
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        for conn in watchers {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let Some(heads) = c.watching.remove(&doc) else {
+                continue;
+            };
+            c.states.entry(doc).or_insert_with(|| {
+                let mut state = sync::State::new();
+                state.shared_heads = heads;
+                state
+            });
+            d.peers.insert(conn);
+        }
     }
 
     /// Drop documents nobody syncs and whose changes are durable (they reload from the store).

@@ -5,4 +5,5 @@ pub mod gate;
 pub mod hub;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod summary;
 pub mod wire;

@@ -76,6 +76,8 @@ pub struct SyncReport {
     pub frames_received: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The summary exchange of the last attempt (zero when the server does not speak it).
+    pub summary: super::device::SummaryStats,
 }
 
 /// Why a sync failed.
@@ -306,6 +308,7 @@ pub async fn sync_once(
         .filter(|p| **p == super::device::DocProgress::Unavailable)
         .count();
     report.unsent = session.unconfirmed();
+    report.summary = session.summary();
     let _ = ws.close(None).await;
     result
 }

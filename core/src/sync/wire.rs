@@ -15,6 +15,11 @@ pub const PROTOCOL_VERSION: &str = "1";
 /// by silence.
 pub const CAP_ANSWERS_EVERY_SYNC: &str = "rounds/answers-every-sync/1";
 
+/// The batched summary exchange (`rounds-summary` / `rounds-summary-reply`, see
+/// [`super::summary`]): listed by a device in `join` and by the server in `peer`; a device sends a
+/// summary only to a server that listed it.
+pub const CAP_SUMMARY: &str = "rounds/summary/1";
+
 /// Capabilities a peer may list; more than this many, or longer names, are ignored.
 const MAX_CAPABILITIES: usize = 16;
 const MAX_CAPABILITY_LEN: usize = 64;
@@ -94,6 +99,25 @@ pub enum Message {
     Leave {
         sender_id: String,
     },
+    /// `rounds-summary` (Rounds peers only): the documents a device holds unchanged since its
+    /// last confirmed sync, as 16-byte entries (see [`super::summary`]).
+    Summary {
+        sender_id: String,
+        target_id: String,
+        /// The device's random per-connection key for the fingerprints (8 to 32 bytes).
+        salt: Vec<u8>,
+        /// Concatenated entries: 8-byte document-id prefix, 8-byte fingerprint of the heads.
+        entries: Vec<u8>,
+    },
+    /// `rounds-summary-reply`: which summarized documents to sync document by document.
+    SummaryReply {
+        sender_id: String,
+        target_id: String,
+        /// Concatenated 16-byte ids of the documents whose heads differ.
+        differ: Vec<u8>,
+        /// Concatenated 8-byte prefixes the server could not resolve to exactly one document.
+        unknown: Vec<u8>,
+    },
 }
 
 /// Why a frame could not be decoded.
@@ -150,6 +174,13 @@ impl<'a> Fields<'a> {
             kind: self.kind.clone(),
             field,
         })
+    }
+
+    fn field(&self, field: &'static str) -> WireError {
+        WireError::Field {
+            kind: self.kind.clone(),
+            field,
+        }
     }
 
     fn opt_text(&self, field: &str) -> Option<String> {
@@ -284,6 +315,38 @@ impl Message {
             "leave" => Message::Leave {
                 sender_id: f.text("senderId")?,
             },
+            "rounds-summary" => {
+                let salt = f.bytes("salt")?;
+                let entries = f.bytes("entries")?;
+                if !(super::summary::MIN_SALT..=super::summary::MAX_SALT).contains(&salt.len()) {
+                    return Err(f.field("salt"));
+                }
+                if !entries.len().is_multiple_of(super::summary::ENTRY) {
+                    return Err(f.field("entries"));
+                }
+                Message::Summary {
+                    sender_id: f.text("senderId")?,
+                    target_id: f.text("targetId")?,
+                    salt,
+                    entries,
+                }
+            }
+            "rounds-summary-reply" => {
+                let differ = f.bytes("differ")?;
+                let unknown = f.bytes("unknown")?;
+                if !differ.len().is_multiple_of(16) {
+                    return Err(f.field("differ"));
+                }
+                if !unknown.len().is_multiple_of(super::summary::PREFIX) {
+                    return Err(f.field("unknown"));
+                }
+                Message::SummaryReply {
+                    sender_id: f.text("senderId")?,
+                    target_id: f.text("targetId")?,
+                    differ,
+                    unknown,
+                }
+            }
             other => return Err(WireError::UnknownType(other.to_string())),
         })
     }
@@ -424,6 +487,30 @@ impl Message {
             Message::Leave { sender_id } => {
                 put("type", t("leave"));
                 put("senderId", t(sender_id));
+            }
+            Message::Summary {
+                sender_id,
+                target_id,
+                salt,
+                entries,
+            } => {
+                put("type", t("rounds-summary"));
+                put("senderId", t(sender_id));
+                put("targetId", t(target_id));
+                put("salt", Value::Bytes(salt.clone()));
+                put("entries", Value::Bytes(entries.clone()));
+            }
+            Message::SummaryReply {
+                sender_id,
+                target_id,
+                differ,
+                unknown,
+            } => {
+                put("type", t("rounds-summary-reply"));
+                put("senderId", t(sender_id));
+                put("targetId", t(target_id));
+                put("differ", Value::Bytes(differ.clone()));
+                put("unknown", Value::Bytes(unknown.clone()));
             }
         }
         let mut out = Vec::new();

@@ -18,7 +18,7 @@ impl Shared {
                 facility: f.clone(),
                 index: self.index.clone(),
             }),
-            None => Arc::new(AllowAll),
+            None => Arc::new(crate::sync::access::DevAccess),
         };
         let home = self.shard_for(device.facility.as_deref());
         let name = device.name.clone();
@@ -136,6 +136,10 @@ impl Shared {
                         core.hub
                             .container_keys(doc, rounds_core::document::PATIENTS)
                             .map(|k| k.into_iter().collect())
+                    });
+                    let stored = stored.and_then(|()| match core.hub.heads(doc) {
+                        Some(h) => self.store.record_heads(&doc, seq, &h),
+                        None => Ok(()),
                     });
                     if let Err(e) = stored {
                         // The document stays held (never flushed), so nothing unsaved is acknowledged.

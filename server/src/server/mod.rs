@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rounds_core::DocumentId;
-use rounds_core::sync::hub::{Access, Action, AllowAll, ConnId, HubConfig};
+use rounds_core::sync::hub::{Access, Action, ConnId, HubConfig};
 use rounds_core::sync::wire::Message;
 use tokio::sync::{mpsc, watch};
 

@@ -2,7 +2,10 @@
 //!
 //! Trees: `chunks` (key = document id ‖ sequence number, big-endian; value = an Automerge chunk —
 //! incremental changes or a whole-document snapshot), `sync_states` (key = document id ‖ peer
-//! storage id), `meta` (`storage-id`, `seq`). A snapshot replaces the chunks with smaller sequence
+//! storage id), `heads` (key = document id; value = the sequence number of the newest chunk it
+//! describes ‖ the document's heads, 32 bytes each: what the summary exchange compares without
+//! loading the document — an entry older than the newest chunk is recomputed from the chunks),
+//! `meta` (`storage-id`, `seq`). A snapshot replaces the chunks with smaller sequence
 //! numbers in one atomic batch, so a crash during compaction leaves either the old chunks or the
 //! snapshot, never neither.
 
@@ -13,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rounds_core::DocumentId;
 use rounds_core::sync::hub::Loader;
+use rounds_core::sync::summary;
 
 /// Storage failures, with the operation.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,7 @@ pub struct SledStore {
     db: sled::Db,
     chunks: sled::Tree,
     sync_states: sled::Tree,
+    heads: sled::Tree,
     meta: sled::Tree,
     storage_id: String,
     /// Largest sequence number written (not necessarily flushed).
@@ -75,6 +80,7 @@ impl SledStore {
             .open_tree("sync_states")
             .map_err(err("open sync_states"))?;
         let meta = db.open_tree("meta").map_err(err("open meta"))?;
+        let heads = db.open_tree("heads").map_err(err("open heads"))?;
         let storage_id = match meta.get("storage-id").map_err(err("read storage id"))? {
             Some(v) => String::from_utf8_lossy(&v).to_string(),
             None => {
@@ -109,6 +115,7 @@ impl SledStore {
             db,
             chunks,
             sync_states,
+            heads,
             meta,
             storage_id,
             written: AtomicU64::new(seq),
@@ -177,6 +184,53 @@ impl SledStore {
         Ok(())
     }
 
+    /// Record a document's heads as of its chunk `seq` (see the `heads` tree).
+    pub fn record_heads(
+        &self,
+        doc: &DocumentId,
+        seq: u64,
+        heads: &[automerge::ChangeHash],
+    ) -> Result<(), StoreError> {
+        let mut v = Vec::with_capacity(8 + 32 * heads.len());
+        v.extend_from_slice(&seq.to_be_bytes());
+        for h in heads {
+            v.extend_from_slice(&h.0);
+        }
+        self.heads
+            .insert(doc.as_bytes(), v)
+            .map_err(err("write heads"))?;
+        Ok(())
+    }
+
+    /// A stored document's heads: from the `heads` tree when it describes the newest chunk,
+    /// else computed from the chunks (and recorded).
+    pub fn stored_heads(
+        &self,
+        doc: &DocumentId,
+    ) -> Result<Option<Vec<automerge::ChangeHash>>, StoreError> {
+        let Some(latest) = self.latest_seq(doc) else {
+            return Ok(None);
+        };
+        if let Some(v) = self.heads.get(doc.as_bytes()).map_err(err("read heads"))?
+            && v.len() >= 8
+            && (v.len() - 8).is_multiple_of(32)
+            && v[..8] == latest.to_be_bytes()
+        {
+            let heads = v[8..]
+                .chunks_exact(32)
+                .filter_map(|h| <[u8; 32]>::try_from(h).ok())
+                .map(automerge::ChangeHash)
+                .collect();
+            return Ok(Some(heads));
+        }
+        let Some(d) = self.load_doc(doc) else {
+            return Ok(None);
+        };
+        let heads = d.get_heads();
+        self.record_heads(doc, latest, &heads)?;
+        Ok(Some(heads))
+    }
+
     /// Make everything written so far durable (fsync).
     pub fn flush(&self) -> Result<usize, StoreError> {
         self.db.flush().map_err(err("flush"))
@@ -243,5 +297,30 @@ impl Loader for &SledStore {
         let mut key = doc.as_bytes().to_vec();
         key.extend_from_slice(peer_storage.as_bytes());
         self.sync_states.get(key).ok().flatten().map(|v| v.to_vec())
+    }
+
+    fn heads(&mut self, doc: &DocumentId) -> Result<Option<Vec<automerge::ChangeHash>>, String> {
+        self.stored_heads(doc).map_err(|e| e.to_string())
+    }
+
+    /// The documents whose chunk keys start with the prefix (keys are id ‖ sequence number):
+    /// at most two distinct ids are read.
+    fn resolve(&mut self, prefix: &summary::Prefix) -> summary::Resolved {
+        let mut found: Option<DocumentId> = None;
+        for k in self.chunks.scan_prefix(prefix).keys() {
+            let Ok(k) = k else {
+                return summary::Resolved::None;
+            };
+            let Some(id) = k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                continue;
+            };
+            let id = DocumentId::from_bytes(id);
+            match found {
+                None => found = Some(id),
+                Some(f) if f == id => {}
+                Some(_) => return summary::Resolved::Many,
+            }
+        }
+        found.map_or(summary::Resolved::None, summary::Resolved::One)
     }
 }
