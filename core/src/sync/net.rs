@@ -109,7 +109,7 @@ pub enum NetError {
     GaveUp {
         attempts: u32,
         last: String,
-        report: SyncReport,
+        report: Box<SyncReport>,
     },
 }
 
@@ -351,7 +351,7 @@ pub async fn sync(
     Err(NetError::GaveUp {
         attempts: report.attempts,
         last,
-        report,
+        report: Box::new(report),
     })
 }
 
