@@ -25,4 +25,4 @@ pub use ids::DocumentId;
 pub use model::*;
 pub use month::Month;
 pub use problem::{Problem, Problems};
-pub use replica::{Replica, ReplicaError};
+pub use replica::{Replica, ReplicaError, SyncWindow};

@@ -156,6 +156,49 @@ pub struct Replica {
     sync_states: HashMap<(DocumentId, String), sync::State>,
     /// Per peer: the sync states as last saved (document → encoded state).
     saved_sync: HashMap<String, HashMap<DocumentId, Vec<u8>>>,
+    /// Which documents the device keeps (None: all).
+    window: Option<SyncWindow>,
+}
+
+/// Which documents a tablet keeps: its facility's document, the documents of the residents on
+/// the roster, and their month documents of open months — the current month and later, an
+/// earlier month until its grace window has passed (the server closes it then), and
+/// `retention_months` more before the current month. A document outside the window leaves the
+/// device once the server has confirmed it ([`Replica::drop_outside_window`]); a late entry for
+/// such a month re-creates its document, which syncs and then leaves again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncWindow {
+    /// The device's local date.
+    pub today: chrono::NaiveDate,
+    /// Days after a month's end until it closes (the rule set's `grace_days`, 7 by default).
+    pub grace_days: u32,
+    /// Closed months kept besides the open ones, counted back from the current month.
+    pub retention_months: u32,
+}
+
+impl SyncWindow {
+    /// The window on `today` with the default grace window (7 days) and no retention.
+    pub fn new(today: chrono::NaiveDate) -> SyncWindow {
+        SyncWindow {
+            today,
+            grace_days: crate::billing::RuleSet::default().grace_days,
+            retention_months: 0,
+        }
+    }
+
+    /// Whether the window holds the month's documents.
+    pub fn holds(&self, month: Month) -> bool {
+        let current = Month::of(self.today);
+        if month >= current {
+            return true;
+        }
+        if (self.today - month.last_day()).num_days() <= i64::from(self.grace_days) {
+            return true;
+        }
+        let back =
+            (current.year() - month.year()) * 12 + current.number() as i32 - month.number() as i32;
+        back <= self.retention_months as i32
+    }
 }
 
 impl Replica {
@@ -198,6 +241,7 @@ impl Replica {
             docs: BTreeMap::new(),
             sync_states: HashMap::new(),
             saved_sync: HashMap::new(),
+            window: None,
         }
     }
 
@@ -328,6 +372,7 @@ impl Replica {
             docs,
             sync_states: HashMap::new(),
             saved_sync: HashMap::new(),
+            window: None,
         })
     }
 
@@ -1501,26 +1546,107 @@ impl Replica {
         }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&dir)?;
-        // Drop the local copy: files, memory, sync states (memory and saved).
-        self.docs.remove(&doc);
-        for ext in ["log", "snap"] {
-            let f = self.docs_dir.join(format!("{doc}.{ext}"));
-            match fs::remove_file(&f) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&f)(e)),
+        self.forget_documents(&[doc])?;
+        Ok(kept)
+    }
+
+    /// Drop local copies: files, memory, sync states (memory and saved).
+    fn forget_documents(&mut self, docs: &[DocumentId]) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ReplicaError::Store(StoreError::Io { path: p, source })
+        };
+        for doc in docs {
+            self.docs.remove(doc);
+            if self.memory {
+                continue;
+            }
+            for ext in ["log", "snap"] {
+                let f = self.docs_dir.join(format!("{doc}.{ext}"));
+                match fs::remove_file(&f) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&f)(e)),
+                }
             }
         }
-        sync_dir(&self.docs_dir)?;
-        self.sync_states.retain(|(d, _), _| *d != doc);
+        if !self.memory {
+            sync_dir(&self.docs_dir)?;
+        }
+        self.sync_states.retain(|(d, _), _| !docs.contains(d));
         let peers: Vec<String> = self.saved_sync.keys().cloned().collect();
         for peer in peers {
             if let Some(m) = self.saved_sync.get_mut(&peer) {
-                m.remove(&doc);
+                m.retain(|d, _| !docs.contains(d));
             }
             self.save_sync_states(&peer)?;
         }
-        Ok(kept)
+        Ok(())
+    }
+
+    // ----- the sync window ----------------------------------------------------------------------
+
+    /// Keep only the sync window's documents (see [`SyncWindow`]); `None` holds every document
+    /// (tools, the server's staging, tests of history). Not persisted: the app sets it with the
+    /// device's date before each sync.
+    pub fn set_sync_window(&mut self, window: Option<SyncWindow>) {
+        self.window = window;
+    }
+
+    /// The sync window in force.
+    pub fn sync_window(&self) -> Option<SyncWindow> {
+        self.window
+    }
+
+    /// Whether a document belongs in the sync window: the facility document, the documents of
+    /// residents on the roster, and their month documents of months the window holds. Any
+    /// document when no window is set.
+    pub fn in_window(&self, doc: DocumentId) -> bool {
+        let (Some(w), Some(f)) = (self.window, self.facility.as_deref()) else {
+            return true;
+        };
+        if doc == DocumentId::facility(f) {
+            return true;
+        }
+        let roster = self.patient_ids();
+        if roster.iter().any(|p| DocumentId::patient(f, p) == doc) {
+            return true;
+        }
+        let Some(file) = self.docs.get(&doc) else {
+            return false;
+        };
+        let p = d::root_str(&file.doc, "patient");
+        let m = d::root_str(&file.doc, "month").and_then(|m| m.parse::<Month>().ok());
+        match (p, m) {
+            (Some(p), Some(m)) => roster.contains(&p) && w.holds(m),
+            // Not a document of a resident (a document being received): keep it.
+            _ => d::kind_of(&file.doc).is_none(),
+        }
+    }
+
+    /// Drop the documents outside the sync window whose every change `peer` (the server's
+    /// storage id) has confirmed — never one with unsent changes or entries kept aside for a
+    /// re-log. Call after a completed sync. Returns the dropped documents.
+    pub fn drop_outside_window(&mut self, peer: &str) -> Result<Vec<DocumentId>> {
+        if self.window.is_none() {
+            return Ok(Vec::new());
+        }
+        let relogs = self.pending_relogs();
+        let outside: Vec<DocumentId> = self
+            .docs
+            .keys()
+            .copied()
+            .filter(|d| !self.in_window(*d) && !relogs.contains(d))
+            .collect();
+        let confirmed: Vec<DocumentId> = outside
+            .into_iter()
+            .filter(|d| self.in_sync_with(*d, peer) || self.heads_if_shared(*d, peer).is_some())
+            .collect();
+        self.forget_documents(&confirmed)?;
+        Ok(confirmed)
     }
 
     /// Documents with entries kept aside by [`Replica::reset_document`].
@@ -1670,7 +1796,8 @@ impl Replica {
     }
 
     /// The documents a device syncs: all it holds, plus the facility document and the patient
-    /// and patient-month documents the facility document lists.
+    /// and patient-month documents the facility document lists (with a sync window, only the
+    /// month documents the window holds; documents held outside it sync, then leave).
     pub fn documents_to_sync(&self) -> Vec<DocumentId> {
         let mut ids: BTreeSet<DocumentId> = self.docs.keys().copied().collect();
         if let Some(f) = self.facility.as_deref() {
@@ -1684,11 +1811,19 @@ impl Replica {
                 .document(facility)
                 .and_then(|doc| d::container(doc, d::MONTHS).map(|m| (doc, m)))
             {
+                let roster = self.window.map(|_| self.patient_ids());
                 for key in doc.keys(&months) {
                     if let Some((p, m)) = key.split_once('/')
                         && let Ok(month) = m.parse::<Month>()
                     {
-                        ids.insert(DocumentId::patient_month(f, p, month));
+                        // With a window, only the open months of residents on the roster.
+                        let wanted = match (&self.window, &roster) {
+                            (Some(w), Some(r)) => w.holds(month) && r.iter().any(|x| x == p),
+                            _ => true,
+                        };
+                        if wanted {
+                            ids.insert(DocumentId::patient_month(f, p, month));
+                        }
                     }
                 }
             }

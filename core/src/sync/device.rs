@@ -101,6 +101,11 @@ impl DeviceSession {
         &self.peer_id
     }
 
+    /// The key the server's sync states are kept under (its storage id), once it has answered.
+    pub fn server_key(&self) -> Option<&str> {
+        self.server.as_ref().map(|(_, k)| k.as_str())
+    }
+
     /// (confirmed or unavailable, total) documents.
     pub fn progress(&self) -> (usize, usize) {
         let done = self

@@ -76,6 +76,9 @@ pub struct SyncReport {
     pub frames_received: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Documents that left the device after this sync: outside its sync window and confirmed
+    /// by the server (see [`Replica::set_sync_window`]).
+    pub dropped: usize,
     /// The summary exchange of the last attempt (zero when the server does not speak it).
     pub summary: super::device::SummaryStats,
 }
@@ -309,6 +312,17 @@ pub async fn sync_once(
         .count();
     report.unsent = session.unconfirmed();
     report.summary = session.summary();
+    // The sync window: documents outside it that the server now holds leave the device.
+    if result.is_ok()
+        && let Some(key) = session.server_key()
+    {
+        match replica.drop_outside_window(key) {
+            Ok(dropped) => report.dropped = dropped.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not drop documents outside the sync window")
+            }
+        }
+    }
     let _ = ws.close(None).await;
     result
 }
