@@ -88,3 +88,84 @@ async fn an_idle_reconnect_is_one_summary_and_changes_come_document_by_document(
     assert_eq!(a.month_entries("p-001", month).interactions.len(), 1);
     assert_eq!(a.month_entries("p-002", month).interactions.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_tablet_skips_a_closed_month_yet_its_late_entry_amends_the_encounter() {
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let token = setup(store.path());
+    rounds_cli(&[
+        "close-month",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--store",
+        s,
+    ]);
+    let server = ServerProcess::start_with(store.path(), &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Replica::open(dir.path()).unwrap();
+    t.join_facility("sunnyvale").unwrap();
+    // December 20th: November is closed and past its grace window.
+    t.set_sync_window(Some(rounds_core::SyncWindow::new(
+        chrono::NaiveDate::from_ymd_opt(2026, 12, 20).unwrap(),
+    )));
+    sync_tablet(&server, &token, &mut t).await;
+    let nov: rounds_core::Month = "2026-11".parse().unwrap();
+    assert!(t.month_docs().iter().all(|(_, m, _)| *m != nov));
+    assert!(!t.patients().0.is_empty());
+
+    // A late 16-minute call for p-002 in November (45 → 61 minutes: a second 99439).
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-20T15:00:00-05:00")
+        .unwrap()
+        .with_timezone(&Utc);
+    t.log_interaction(
+        NewInteraction {
+            patient: "p-002".into(),
+            staff: "rn-lee".into(),
+            program: Program::Ccm,
+            started_at: start,
+            ended_at: start + Duration::minutes(16),
+            interactive: true,
+            activity: Some("phone_call".into()),
+            note: None,
+        },
+        Utc.with_ymd_and_hms(2026, 12, 20, 9, 0, 0).unwrap(),
+    )
+    .unwrap();
+    let report = sync_tablet(&server, &token, &mut t).await;
+    assert_eq!(
+        report.dropped, 1,
+        "synced, then left the tablet: {report:?}"
+    );
+    assert!(t.month_docs().iter().all(|(_, m, _)| *m != nov));
+
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let mut amended = None;
+    for _ in 0..50 {
+        let changed: Vec<serde_json::Value> = serde_json::from_str(&rounds_cli(&[
+            "encounters",
+            "--facility",
+            "sunnyvale",
+            "--month",
+            "2026-11",
+            "--changed",
+            "--store",
+            s,
+            "--server",
+            &url,
+        ]))
+        .unwrap();
+        amended = changed
+            .into_iter()
+            .find(|v| v["patient"] == "p-002" && v["version"] == 2);
+        if amended.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let amended = amended.expect("the late entry amends p-002's encounter");
+    assert_eq!(amended["kind"], "amendment");
+    assert_eq!(amended["diff"]["added"][0]["code"], "99439");
+}
