@@ -176,6 +176,18 @@ impl Server {
     fn peak_rss_kib(&self) -> u64 {
         rounds_tests::peak_rss_kib(self.child.id())
     }
+
+    /// CPU seconds (user + system) the server process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which ends with ')'): utime and stime are the 12th
+        // and 13th, in clock ticks (100 per second on Linux).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
 }
 
 impl Drop for Server {
@@ -294,6 +306,18 @@ struct StormResult {
     idle_seconds: f64,
     idle_frames_per_doc: f64,
     idle_bytes_per_doc: f64,
+    /// Server CPU seconds from the start of the push to convergence.
+    server_cpu_seconds: f64,
+    /// Server CPU milliseconds and bytes (both ways) per entry converged (tablets × entries).
+    server_cpu_ms_per_entry: f64,
+    bytes_per_entry: f64,
+    /// The idle reconnect's summary exchange: documents summarized per tablet, summary bytes
+    /// per summarized document, and per-document frames (both ways) per tablet besides it.
+    idle_summarized_per_tablet: f64,
+    idle_summary_bytes_per_doc: f64,
+    idle_per_document_frames_per_tablet: f64,
+    /// The pull round's summary: documents named as changed per tablet.
+    pull_differ_per_tablet: f64,
     converged: bool,
 }
 
@@ -349,10 +373,14 @@ async fn storm(
             tablets.push((r, t.token.clone()));
         }
     }
+    let cpu0 = server.cpu_seconds();
     let (tablets, push, r1) = round(tablets, server).await;
     let (tablets, pull, r2) = round(tablets, server).await;
+    let cpu = server.cpu_seconds() - cpu0;
     let (tablets, idle, r3) = round(tablets, server).await;
     let docs: usize = r3.iter().map(|r| r.documents).sum();
+    let n = tablets.len().max(1) as f64;
+    let entries = (tablets.len() * a.entries).max(1) as f64;
     let sum = |rs: &[SyncReport], f: fn(&SyncReport) -> u64| rs.iter().map(f).sum::<u64>();
     // Converged: every tablet of a facility holds the same entries.
     let mut converged = true;
@@ -382,6 +410,25 @@ async fn storm(
             / docs.max(1) as f64,
         idle_bytes_per_doc: sum(&r3, |r| r.bytes_sent + r.bytes_received) as f64
             / docs.max(1) as f64,
+        server_cpu_seconds: cpu,
+        server_cpu_ms_per_entry: cpu * 1e3 / entries,
+        bytes_per_entry: (sum(&r1, |r| r.bytes_sent + r.bytes_received)
+            + sum(&r2, |r| r.bytes_sent + r.bytes_received)) as f64
+            / entries,
+        idle_summarized_per_tablet: sum(&r3, |r| r.summary.summarized as u64) as f64 / n,
+        idle_summary_bytes_per_doc: sum(&r3, |r| r.summary.bytes as u64) as f64
+            / sum(&r3, |r| r.summary.summarized as u64).max(1) as f64,
+        // Besides join/peer and the summary and its reply (when there was one).
+        idle_per_document_frames_per_tablet: r3
+            .iter()
+            .map(|r| {
+                let fixed = if r.summary.summarized > 0 { 4 } else { 2 };
+                (r.frames_sent + r.frames_received).saturating_sub(fixed)
+            })
+            .sum::<u64>() as f64
+            / n,
+        pull_differ_per_tablet: sum(&r2, |r| (r.summary.differ + r.summary.direct) as u64) as f64
+            / n,
         converged,
     }
 }
@@ -777,12 +824,12 @@ fn main() {
     );
     println!();
     println!(
-        "| server | facilities | tablets | docs/tablet | push s | converge s | MB sent+recv | peak RSS MiB | idle s | idle frames/doc | idle bytes/doc | converged |"
+        "| server | facilities | tablets | docs/tablet | push s | converge s | MB sent+recv | peak RSS MiB | idle s | idle frames/doc | idle bytes/doc | server CPU s | CPU ms/entry | bytes/entry | idle summary B/doc | idle per-doc frames/tablet | pull docs/tablet | converged |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &storms {
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {} |",
             s.server,
             s.facilities,
             s.tablets,
@@ -794,6 +841,12 @@ fn main() {
             s.idle_seconds,
             s.idle_frames_per_doc,
             s.idle_bytes_per_doc,
+            s.server_cpu_seconds,
+            s.server_cpu_ms_per_entry,
+            s.bytes_per_entry,
+            s.idle_summary_bytes_per_doc,
+            s.idle_per_document_frames_per_tablet,
+            s.pull_differ_per_tablet,
             s.converged
         );
     }
