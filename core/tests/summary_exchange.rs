@@ -25,6 +25,9 @@ fn an_idle_reconnect_is_one_summary_and_no_per_document_message() {
     assert!(docs > 5, "{docs}");
     assert_eq!(first.summary.summarized, 0);
     assert_eq!(first.per_document.len(), docs);
+    // Every exchange is over: the connection is still open, yet no document stays in memory
+    // for it (each is watched, and reloads when it changes).
+    assert_eq!(server.hub.loaded_documents(), 0);
     disconnect(&mut server, 1, &mut tab, s);
 
     // Reconnect with nothing changed: one summary of 16 bytes a document, nothing else.

@@ -145,6 +145,12 @@ pub struct HubConfig {
     pub gate: GateLimits,
     /// Actors no device may write with (the server's own), besides the genesis actor.
     pub reserved_actors: Vec<automerge::ActorId>,
+    /// A peer whose exchange about a document is over (it holds our heads, we have nothing to
+    /// say) stops being a peer and watches the document instead, and a document with no peer
+    /// left leaves memory: resident documents are those in an exchange or held for a flush,
+    /// not every document a connection touched. Off, a document stays while any connection
+    /// that synced it is open.
+    pub demote_in_sync: bool,
 }
 
 impl Default for HubConfig {
@@ -154,6 +160,7 @@ impl Default for HubConfig {
             max_docs_per_conn: 100_000,
             gate: GateLimits::default(),
             reserved_actors: Vec::new(),
+            demote_in_sync: true,
         }
     }
 }
@@ -685,6 +692,26 @@ impl Hub {
             }
             let generated = d.doc.generate_sync_message(state);
             tracing::trace!(conn, doc = %doc_id, sent = generated.is_some(), "pump");
+            let quiet = generated.as_ref().is_none_or(|m| m.changes.is_empty());
+            if quiet && self.config.demote_in_sync {
+                // The peer holds exactly our heads and we send it no change (at most our heads,
+                // which it has): the exchange is over unless the peer speaks again, and then
+                // it is a peer again (`receive_sync`).
+                // The peer becomes a watcher (promoted again when the document changes), so an
+                // idle document does not stay in memory for the rest of the connection.
+                let mut ours = d.doc.get_heads();
+                ours.sort();
+                let in_sync = state.their_heads.as_ref().is_some_and(|t| {
+                    let mut t = t.clone();
+                    t.sort();
+                    t == ours
+                });
+                if in_sync {
+                    d.peers.remove(&conn);
+                    c.watching.insert(doc_id, ours);
+                    self.watchers.entry(doc_id).or_default().insert(conn);
+                }
+            }
             if let Some(mut m) = generated {
                 // Advertise v1 only, so peers send changes (which the gate screens one by
                 // one), never a whole document in a v2 message.
@@ -700,6 +727,11 @@ impl Hub {
                     .encode(),
                 ));
             }
+        }
+        // Nobody is in an exchange about it and it is durable: it leaves memory (it reloads
+        // from the store when it is next needed).
+        if d.peers.is_empty() && self.config.demote_in_sync {
+            self.docs.remove(&doc_id);
         }
         out
     }
@@ -852,10 +884,14 @@ impl Hub {
             return Vec::new();
         }
         c.ephemeral_seen.insert(key, count);
-        let Some(d) = self.docs.get(&doc_id) else {
-            return Vec::new();
-        };
-        d.peers
+        // Everyone on the document: its peers and those watching it (in sync, not in memory).
+        let mut on_doc: BTreeSet<ConnId> = self
+            .docs
+            .get(&doc_id)
+            .map(|d| d.peers.clone())
+            .unwrap_or_default();
+        on_doc.extend(self.watchers.get(&doc_id).into_iter().flatten().copied());
+        on_doc
             .iter()
             .filter(|p| **p != conn)
             .filter_map(|p| {
