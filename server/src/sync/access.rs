@@ -14,10 +14,31 @@ use rounds_core::{DocumentId, Month};
 use crate::sync::store::SledStore;
 
 struct Built {
-    /// The roster it was built from.
-    patients: BTreeSet<String>,
-    /// Document → what it is (facility, type, patient, month).
-    docs: HashMap<DocumentId, DocScope>,
+    /// The roster it was built from (sorted: a patient's index is its place here).
+    patients: Vec<String>,
+    /// Document → what it is, compactly (a facility has ~100 month ids per resident, so the
+    /// index holds tens of thousands of entries per facility; a full `DocScope` each would cost
+    /// megabytes per facility).
+    docs: HashMap<DocumentId, Slot>,
+}
+
+/// What an indexed document is: the scope without its strings.
+#[derive(Clone, Copy)]
+enum Slot {
+    Facility,
+    Patient(u32),
+    Month(u32, Month),
+}
+
+impl Built {
+    fn scope(&self, facility: &str, doc: &DocumentId) -> Option<DocScope> {
+        let patient = |i: u32| self.patients.get(i as usize);
+        Some(match self.docs.get(doc)? {
+            Slot::Facility => DocScope::facility(facility),
+            Slot::Patient(i) => DocScope::patient(facility, patient(*i)?),
+            Slot::Month(i, m) => DocScope::patient_month(facility, patient(*i)?, *m),
+        })
+    }
 }
 
 /// Facility → its documents, cached; rebuilt when the facility document changes (the roster),
@@ -43,37 +64,34 @@ impl FacilityIndex {
 
     fn build(&self, facility: &str) -> Built {
         let mut docs = HashMap::new();
-        docs.insert(DocumentId::facility(facility), DocScope::facility(facility));
+        docs.insert(DocumentId::facility(facility), Slot::Facility);
         let Some(doc) = self.store.load_doc(&DocumentId::facility(facility)) else {
             return Built {
-                patients: BTreeSet::new(),
+                patients: Vec::new(),
                 docs,
             };
         };
-        let patients: BTreeSet<String> =
+        let roster: BTreeSet<String> =
             rounds_core::document::container(&doc, rounds_core::document::PATIENTS)
                 .map(|m| doc.keys(&m).collect())
                 .unwrap_or_default();
+        let patients: Vec<String> = roster.into_iter().collect();
         let now = Utc::now().date_naive();
         let last = Month::new(now.year() + 2, now.month()).unwrap_or(Month::of(now));
-        for p in &patients {
+        for (i, p) in patients.iter().enumerate() {
             // A stored id that is not a valid id never becomes readable.
             if rounds_core::ids::check_id("patient", p).is_err() {
                 continue;
             }
-            docs.insert(
-                DocumentId::patient(facility, p),
-                DocScope::patient(facility, p),
-            );
+            let i = i as u32;
+            docs.insert(DocumentId::patient(facility, p), Slot::Patient(i));
             let mut m = Month::new(FIRST_YEAR, 1).unwrap_or(last);
             while m <= last {
-                docs.insert(
-                    DocumentId::patient_month(facility, p, m),
-                    DocScope::patient_month(facility, p, m),
-                );
+                docs.insert(DocumentId::patient_month(facility, p, m), Slot::Month(i, m));
                 m = m.next();
             }
         }
+        docs.shrink_to_fit();
         Built { patients, docs }
     }
 
@@ -116,7 +134,7 @@ impl FacilityIndex {
         };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let same = match (cache.get(&f), roster()) {
-            (Some(b), Some(now)) => b.patients == now,
+            (Some(b), Some(now)) => b.patients.iter().eq(now.iter()),
             _ => false,
         };
         if !same {
@@ -126,7 +144,7 @@ impl FacilityIndex {
 
     /// What the document is when it belongs to the facility; `None` when it does not.
     pub fn scope(&self, facility: &str, doc: &DocumentId) -> Option<DocScope> {
-        self.built(facility).docs.get(doc).cloned()
+        self.built(facility).scope(facility, doc)
     }
 
     /// `Some(patient)` when the document belongs to the facility (`Some(None)`: the facility
