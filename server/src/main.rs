@@ -8,6 +8,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use rounds_server::cli;
 
+/// jemalloc instead of glibc's malloc: a reconnect storm allocates and frees documents on many
+/// blocking threads, and glibc's per-thread arenas kept a third more memory resident for it
+/// (BENCHMARKS.md, "Sync at scale").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

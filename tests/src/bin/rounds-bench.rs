@@ -237,7 +237,20 @@ fn server_log() -> Stdio {
 
 fn start_rounds(store: &Path) -> Server {
     let port = free_port();
-    let child = Command::new(rounds_tests::rounds_bin().expect("rounds"))
+    // ROUNDS_BENCH_SERVER_WRAP="heaptrack -o /tmp/ht" runs the server under a profiler.
+    let bin = rounds_tests::rounds_bin().expect("rounds");
+    let wrap: Vec<String> = std::env::var("ROUNDS_BENCH_SERVER_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let child = command
         .args([
             "serve",
             "--insecure-http",
