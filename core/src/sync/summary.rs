@@ -125,7 +125,6 @@ pub enum Resolved {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::wire::{Message, WireError};
 
     fn hash(b: u8) -> ChangeHash {
         ChangeHash([b; 32])
@@ -145,52 +144,5 @@ mod tests {
             entries(&e).collect::<Vec<_>>(),
             vec![(prefix(&doc), fingerprint(b"saltsalt", &doc, &[hash(1)]))]
         );
-    }
-
-    #[test]
-    fn summary_messages_round_trip() {
-        let doc = DocumentId::from_bytes([9; 16]);
-        let msgs = [
-            Message::Summary {
-                sender_id: "d".into(),
-                target_id: "s".into(),
-                salt: vec![7; 16],
-                entries: entry(&[7; 16], &doc, &[hash(3)]).to_vec(),
-            },
-            Message::SummaryReply {
-                sender_id: "s".into(),
-                target_id: "d".into(),
-                differ: doc.as_bytes().to_vec(),
-                unknown: vec![1; 8],
-            },
-        ];
-        for m in msgs {
-            assert_eq!(Message::decode(&m.encode()).unwrap(), m);
-        }
-    }
-
-    #[test]
-    fn malformed_summaries_are_refused_naming_the_field() {
-        let field = |m: Message| match Message::decode(&m.encode()) {
-            Err(WireError::Field { field, .. }) => field,
-            other => panic!("accepted: {other:?}"),
-        };
-        let summary = |salt: Vec<u8>, entries: Vec<u8>| Message::Summary {
-            sender_id: "d".into(),
-            target_id: "s".into(),
-            salt,
-            entries,
-        };
-        assert_eq!(field(summary(vec![1; 4], vec![0; 16])), "salt");
-        assert_eq!(field(summary(vec![1; 33], vec![0; 16])), "salt");
-        assert_eq!(field(summary(vec![1; 8], vec![0; 17])), "entries");
-        let reply = |differ: Vec<u8>, unknown: Vec<u8>| Message::SummaryReply {
-            sender_id: "s".into(),
-            target_id: "d".into(),
-            differ,
-            unknown,
-        };
-        assert_eq!(field(reply(vec![0; 15], vec![])), "differ");
-        assert_eq!(field(reply(vec![], vec![0; 9])), "unknown");
     }
 }

@@ -33,6 +33,8 @@ struct Args {
     writes: usize,
     close_patients: usize,
     skip_reference: bool,
+    /// Also run the storm with the JS automerge-repo client as the tablets.
+    js_tablets: bool,
     /// Run only the load test: the storm of one facility with and without an attack.
     attack: bool,
     attack_seconds: u64,
@@ -65,6 +67,7 @@ fn args() -> Args {
         writes: num("--writes", 500),
         close_patients: num("--close-patients", 10_000),
         skip_reference: raw.iter().any(|a| a == "--skip-reference"),
+        js_tablets: raw.iter().any(|a| a == "--js-tablets"),
         attack: raw.iter().any(|a| a == "--attack"),
         attack_seconds: num("--attack-seconds", 30) as u64,
         bad_sign_ins_per_second: num("--bad-sign-ins-per-second", 200) as u64,
@@ -450,6 +453,111 @@ async fn storm(
     }
 }
 
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct JsStormResult {
+    server: String,
+    facilities: usize,
+    tablets: usize,
+    entries: usize,
+    /// From the JS tablets' first connection until every one sees every entry of its facility.
+    converge_seconds: f64,
+    /// Until every JS tablet had opened its facility's month documents.
+    open_seconds: f64,
+    server_cpu_seconds: f64,
+    server_cpu_ms_per_entry: f64,
+    peak_rss_mib: f64,
+}
+
+/// The storm with the real automerge-repo 2.5.6 client as the tablets (`bench/js-tablets.mjs`):
+/// a seed tablet of each facility makes the current month's documents (one entry per resident,
+/// untimed), then every JS tablet opens them all, adds its entries, and waits for the others'.
+async fn js_storm(
+    name: &str,
+    server: &Server,
+    templates: &[Template],
+    a: &Args,
+    work: &Path,
+) -> JsStormResult {
+    let month: Month = "2026-12".parse().expect("month");
+    let mut facilities = Vec::new();
+    for (f, t) in templates.iter().enumerate() {
+        let mut seed = tablet(&t.dir, &work.join(format!("{name}-js-seed-{f}")));
+        let facility = seed.facility_id().expect("facility").to_string();
+        let patients = seed.patient_ids();
+        let at = Utc
+            .with_ymd_and_hms(2026, 12, 8, 14, 0, 0)
+            .single()
+            .expect("time");
+        for p in &patients {
+            seed.log_interaction(
+                NewInteraction {
+                    patient: p.clone(),
+                    staff: "rn-lee".into(),
+                    program: Program::Ccm,
+                    started_at: at,
+                    ended_at: at + chrono::Duration::minutes(3),
+                    interactive: true,
+                    activity: None,
+                    note: None,
+                },
+                at,
+            )
+            .expect("seed entry");
+        }
+        let mut opts = SyncOptions::new(t.token.clone(), server.trust.clone());
+        opts.idle_timeout = Duration::from_secs(120);
+        sync(&mut seed, &server.url, &opts, &mut |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("seeding {name} for the JS tablets failed: {e}"));
+        let docs: Vec<String> = patients
+            .iter()
+            .map(|p| DocumentId::patient_month(&facility, p, month).url())
+            .collect();
+        facilities.push(serde_json::json!({
+            "token": t.token, "patients": patients, "docs": docs,
+        }));
+    }
+    let spec = work.join(format!("{name}-js-{}.json", templates.len()));
+    std::fs::write(
+        &spec,
+        serde_json::json!({
+            "url": server.url, "tablets": a.tablets, "entries": a.entries, "facilities": facilities,
+            "timeout_seconds": std::env::var("ROUNDS_BENCH_JS_TIMEOUT")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1200),
+        })
+        .to_string(),
+    )
+    .expect("write spec");
+    let cpu0 = server.cpu_seconds();
+    let out = Command::new("node")
+        .arg(rounds_tests::repo_root().join("bench/js-tablets.mjs"))
+        .arg(&spec)
+        .output()
+        .expect("run node");
+    let cpu = server.cpu_seconds() - cpu0;
+    assert!(
+        out.status.success(),
+        "JS tablets against {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("js-tablets output");
+    let entries = templates.len() * a.tablets * a.entries;
+    JsStormResult {
+        server: name.to_string(),
+        facilities: templates.len(),
+        tablets: templates.len() * a.tablets,
+        entries,
+        converge_seconds: v["seconds"].as_f64().unwrap_or(0.0),
+        open_seconds: v["open_seconds"].as_f64().unwrap_or(0.0),
+        server_cpu_seconds: cpu,
+        server_cpu_ms_per_entry: cpu * 1e3 / entries.max(1) as f64,
+        peak_rss_mib: server.peak_rss_kib() as f64 / 1024.0,
+    }
+}
+
 /// A facility's template replica (the server's copy of its documents) and its tablet token.
 struct Template {
     dir: PathBuf,
@@ -660,6 +768,7 @@ fn main() {
     }
     let mut report = serde_json::Map::new();
     let mut storms = Vec::new();
+    let mut js_storms = Vec::new();
     for &f in &a.facilities {
         // The facilities imported into a Rounds store, one enrolled tablet token each; one
         // template replica per facility synced from that server, copied per tablet.
@@ -685,10 +794,36 @@ fn main() {
             eprintln!("{s:?}");
             storms.push(s);
         }
+        if a.js_tablets {
+            let j = rt.block_on(js_storm(
+                "rounds",
+                &start_rounds(&store),
+                &templates,
+                &a,
+                work.path(),
+            ));
+            eprintln!("{j:?}");
+            js_storms.push(j);
+            if !a.skip_reference {
+                let j = rt.block_on(js_storm(
+                    "reference",
+                    &start_reference(&work.path().join(format!("ref-js-store-{f}"))),
+                    &templates,
+                    &a,
+                    work.path(),
+                ));
+                eprintln!("{j:?}");
+                js_storms.push(j);
+            }
+        }
     }
     report.insert(
         "storm".into(),
         serde_json::to_value(&storms).unwrap_or_default(),
+    );
+    report.insert(
+        "storm_js_tablets".into(),
+        serde_json::to_value(&js_storms).unwrap_or_default(),
     );
     report.insert("gate".into(), gate_cost(&a, work.path()));
 
@@ -866,6 +1001,27 @@ fn main() {
             s.pull_differ_per_tablet,
             s.converged
         );
+    }
+    if !js_storms.is_empty() {
+        println!();
+        println!(
+            "| JS tablets: server | facilities | tablets | entries | converge s | open s | server CPU s | CPU ms/entry | peak RSS MiB |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for j in &js_storms {
+            println!(
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                j.server,
+                j.facilities,
+                j.tablets,
+                j.entries,
+                j.converge_seconds,
+                j.open_seconds,
+                j.server_cpu_seconds,
+                j.server_cpu_ms_per_entry,
+                j.peak_rss_mib
+            );
+        }
     }
     // ROUNDS_BENCH_KEEP=1 keeps the work directory (stores, exports) for a closer look.
     if std::env::var_os("ROUNDS_BENCH_KEEP").is_some() {
