@@ -1811,14 +1811,16 @@ impl Replica {
                 .document(facility)
                 .and_then(|doc| d::container(doc, d::MONTHS).map(|m| (doc, m)))
             {
-                let roster = self.window.map(|_| self.patient_ids());
+                let roster: Option<BTreeSet<String>> = self
+                    .window
+                    .map(|_| self.patient_ids().into_iter().collect());
                 for key in doc.keys(&months) {
                     if let Some((p, m)) = key.split_once('/')
                         && let Ok(month) = m.parse::<Month>()
                     {
                         // With a window, only the open months of residents on the roster.
                         let wanted = match (&self.window, &roster) {
-                            (Some(w), Some(r)) => w.holds(month) && r.iter().any(|x| x == p),
+                            (Some(w), Some(r)) => w.holds(month) && r.contains(p),
                             _ => true,
                         };
                         if wanted {

@@ -10,6 +10,10 @@
 //! (durable `log_interaction` p50/p99, cold open of a 200-patient replica), month close (closing
 //! and exporting N patient-months, Rounds only). Prints a JSON report and a Markdown table.
 //!
+//! `--history 1,24` adds the new-tablet scenario (Rounds only): a facility with that many months
+//! of history (one call per resident per month, the last December 2026); a fresh tablet syncs
+//! with the sync window of 2026-12-09 and without one: documents held, first sync, idle reconnect.
+//!
 //! `--attack [--attack-seconds 30] [--bad-sign-ins-per-second 200] [--slowloris 500]
 //! [--tablets 10]` runs only the load test (`attack.rs`): one facility's tablets converge on a TLS
 //! server, unloaded, then again on a fresh store while bad console sign-ins and slowloris
@@ -35,6 +39,8 @@ struct Args {
     skip_reference: bool,
     /// Also run the storm with the JS automerge-repo client as the tablets.
     js_tablets: bool,
+    /// History lengths (months) for the new-tablet scenario; empty: not run.
+    history: Vec<u32>,
     /// Run only the load test: the storm of one facility with and without an attack.
     attack: bool,
     attack_seconds: u64,
@@ -68,6 +74,14 @@ fn args() -> Args {
         close_patients: num("--close-patients", 10_000),
         skip_reference: raw.iter().any(|a| a == "--skip-reference"),
         js_tablets: raw.iter().any(|a| a == "--js-tablets"),
+        history: get("--history")
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|x| x.parse().ok())
+                    .filter(|m: &u32| (1..=120).contains(m))
+                    .collect()
+            })
+            .unwrap_or_default(),
         attack: raw.iter().any(|a| a == "--attack"),
         attack_seconds: num("--attack-seconds", 30) as u64,
         bad_sign_ins_per_second: num("--bad-sign-ins-per-second", 200) as u64,
@@ -698,6 +712,147 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 mod attack;
 
 /// A facility of `residents` residents with three 9-minute CCM interactions each in November.
+/// A new tablet on a facility with `months` months of history (one 5-minute call per resident
+/// per month, the last month December 2026): its first sync and an idle reconnect, with the
+/// sync window of 2026-12-09 and, for contrast, without one (Rounds only).
+#[derive(Debug, serde::Serialize)]
+struct HistoryResult {
+    months: u32,
+    documents_on_server: usize,
+    window: bool,
+    documents_held: usize,
+    first_sync_seconds: f64,
+    first_sync_bytes: u64,
+    first_sync_per_document_frames: u64,
+    idle_seconds: f64,
+    idle_bytes: u64,
+    idle_per_document_frames: u64,
+}
+
+fn history_data(residents: usize, months: u32) -> DataFile {
+    let mut data = facility("hist", residents);
+    let mut month: Month = "2026-12".parse().expect("month");
+    for _ in 1..months {
+        month = month.previous();
+    }
+    for _ in 0..months {
+        let at = chrono::DateTime::parse_from_rfc3339(&format!(
+            "{}T10:00:00-05:00",
+            month.first_day().format("%Y-%m-%d")
+        ))
+        .expect("time");
+        for p in &data.patients.clone() {
+            data.interactions.push(Interaction {
+                id: uuid::Uuid::now_v7(),
+                patient: p.id.clone(),
+                staff: "rn-lee".into(),
+                program: Program::Ccm,
+                started_at: at,
+                ended_at: at + chrono::Duration::minutes(5),
+                interactive: true,
+                activity: None,
+                note: None,
+                amends: None,
+            });
+        }
+        month = month.next();
+    }
+    data
+}
+
+fn history_cost(
+    rt: &tokio::runtime::Runtime,
+    a: &Args,
+    months: u32,
+    work: &Path,
+) -> Vec<HistoryResult> {
+    let bin = rounds_tests::rounds_bin().expect("rounds");
+    let store = work.join(format!("history-store-{months}"));
+    let file = work.join(format!("history-{months}.json"));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&history_data(a.residents, months)).expect("json"),
+    )
+    .expect("write");
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .expect("run rounds");
+        assert!(
+            out.status.success(),
+            "rounds {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    run(&["import", file.to_str().expect("path")]);
+    let added: serde_json::Value = serde_json::from_str(&run(&[
+        "device",
+        "add",
+        "--facility",
+        "hist",
+        "--name",
+        "bench-history",
+    ]))
+    .expect("device json");
+    let token = added["token"].as_str().expect("token").to_string();
+    let server = start_rounds(&store);
+    // A server started on a store with past months open closes those past their grace window
+    // in the background (23 months here): wait until it is idle, so the tablet's first sync is
+    // timed alone.
+    let mut cpu = server.cpu_seconds();
+    for _ in 0..600 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = server.cpu_seconds();
+        if now - cpu < 0.02 {
+            break;
+        }
+        cpu = now;
+    }
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 9).expect("date");
+    let mut out = Vec::new();
+    for window in [true, false] {
+        let dir = work.join(format!("history-tablet-{months}-{window}"));
+        let mut r = Replica::open(&dir).expect("tablet");
+        r.join_facility("hist").expect("join");
+        if window {
+            r.set_sync_window(Some(SyncWindow::new(today)));
+        }
+        let mut opts = SyncOptions::new(token.clone(), server.trust.clone());
+        opts.idle_timeout = Duration::from_secs(120);
+        let once = |r: &mut Replica| {
+            let t = Instant::now();
+            let report = rt
+                .block_on(sync(r, &server.url, &opts, &mut |_, _| {}))
+                .unwrap_or_else(|e| panic!("history sync failed: {e}"));
+            let fixed = if report.summary.summarized > 0 { 4 } else { 2 };
+            (
+                t.elapsed().as_secs_f64(),
+                report.bytes_sent + report.bytes_received,
+                (report.frames_sent + report.frames_received).saturating_sub(fixed),
+            )
+        };
+        let (first_s, first_b, first_f) = once(&mut r);
+        let (idle_s, idle_b, idle_f) = once(&mut r);
+        out.push(HistoryResult {
+            months,
+            documents_on_server: 1 + a.residents * (1 + months as usize),
+            window,
+            documents_held: r.document_ids().len(),
+            first_sync_seconds: first_s,
+            first_sync_bytes: first_b,
+            first_sync_per_document_frames: first_f,
+            idle_seconds: idle_s,
+            idle_bytes: idle_b,
+            idle_per_document_frames: idle_f,
+        });
+    }
+    out
+}
+
 fn month_of_care(id: &str, residents: usize) -> DataFile {
     let mut data = facility(id, residents);
     for (k, p) in data.patients.clone().iter().enumerate() {
@@ -826,6 +981,17 @@ fn main() {
         serde_json::to_value(&js_storms).unwrap_or_default(),
     );
     report.insert("gate".into(), gate_cost(&a, work.path()));
+    let mut history = Vec::new();
+    for &m in &a.history {
+        for h in history_cost(&rt, &a, m, work.path()) {
+            eprintln!("{h:?}");
+            history.push(h);
+        }
+    }
+    report.insert(
+        "new_tablet_after_history".into(),
+        serde_json::to_value(&history).unwrap_or_default(),
+    );
 
     // Device write latency and cold open.
     let template = work.path().join("write-template");
@@ -1020,6 +1186,28 @@ fn main() {
                 j.server_cpu_seconds,
                 j.server_cpu_ms_per_entry,
                 j.peak_rss_mib
+            );
+        }
+    }
+    if !history.is_empty() {
+        println!();
+        println!(
+            "| history months | documents on server | sync window | documents held | first sync s | first sync KB | first sync per-doc frames | idle s | idle bytes | idle per-doc frames |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for h in &history {
+            println!(
+                "| {} | {} | {} | {} | {:.2} | {:.0} | {} | {:.3} | {} | {} |",
+                h.months,
+                h.documents_on_server,
+                if h.window { "yes" } else { "no" },
+                h.documents_held,
+                h.first_sync_seconds,
+                h.first_sync_bytes as f64 / 1e3,
+                h.first_sync_per_document_frames,
+                h.idle_seconds,
+                h.idle_bytes,
+                h.idle_per_document_frames
             );
         }
     }
