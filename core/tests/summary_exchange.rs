@@ -30,13 +30,13 @@ fn an_idle_reconnect_is_one_summary_and_no_per_document_message() {
     assert_eq!(server.hub.loaded_documents(), 0);
     disconnect(&mut server, 1, &mut tab, s);
 
-    // Reconnect with nothing changed: one summary of 16 bytes a document, nothing else.
+    // Reconnect with nothing changed: one summary of 14 bytes a document, nothing else.
     let (s, idle) = connect(&mut server, 2, &mut tab);
     assert_eq!(idle.summary.summarized, docs);
     assert_eq!((idle.summary.differ, idle.summary.unknown), (0, 0));
     assert_eq!(idle.per_document_frames, 0, "{idle:?}");
     assert!(
-        idle.summary.bytes <= 16 * docs + 128,
+        idle.summary.bytes <= 14 * docs + 128,
         "{} bytes for {docs} documents",
         idle.summary.bytes
     );
@@ -275,7 +275,7 @@ fn a_prefix_shared_by_two_stored_documents_is_answered_as_unknown() {
     };
     assert!(differ.is_empty());
     let unknown: Vec<Prefix> = summary::prefixes(&unknown).collect();
-    assert_eq!(unknown, vec![[5; 8], [8; 8]]);
+    assert_eq!(unknown, vec![[5; summary::PREFIX], [8; summary::PREFIX]]);
 }
 
 #[test]
@@ -303,7 +303,7 @@ fn an_oversized_summary_is_refused_with_an_error() {
         sender_id: "t".into(),
         target_id: "server".into(),
         salt: vec![0; 8],
-        entries: vec![0; 16 * 3],
+        entries: vec![0; rounds_core::sync::summary::ENTRY * 3],
     };
     let out = server.hub.receive(1, &msg.encode(), &mut server.store);
     assert!(

@@ -1,11 +1,11 @@
 //! The batched summary exchange (`rounds/summary/1`): a reconnecting device states in one message
 //! which documents it holds unchanged, and the server names the few that changed, so an idle
-//! reconnect costs one round trip and 16 bytes per document instead of one automerge-repo round
+//! reconnect costs one round trip and 14 bytes per document instead of one automerge-repo round
 //! trip (~480 bytes) per document.
 //!
 //! **Entries.** A device summarizes only documents whose heads equal the heads it last shared
 //! with this server (its own unsent changes always go through per-document sync). Each entry is
-//! 16 bytes: the first [`PREFIX`] bytes of the document id, then the [`FINGERPRINT`]-byte
+//! 14 bytes: the first [`PREFIX`] bytes of the document id, then the [`FINGERPRINT`]-byte
 //! [`fingerprint`] of the document's heads under the connection's salt.
 //!
 //! **The fingerprint** is the first 8 bytes of SHA-256(`rounds-summary/1` ‖ salt ‖ document id ‖
@@ -19,7 +19,10 @@
 //! - it can only ever hide a change *from the device*: the device's own changes never go
 //!   through the summary (a document with unconfirmed local changes is synced in full).
 //!
-//! **Prefixes.** An 8-byte prefix names a document within the server's store; when it matches no
+//! **Prefixes.** A 6-byte prefix (48 bits: document ids are SHA-256-derived, and their first six
+//! bytes hold no UUID version or variant bits) names a document within the server's store; a
+//! store of a million documents holds some pair sharing a prefix with probability ≈ 0.2 %, and
+//! such a pair only costs those two documents a per-document sync. When a prefix matches no
 //! stored document the device may see, or more than one, the server lists it as unknown and the
 //! device syncs those documents one by one (a device also never summarizes two documents that
 //! share a prefix). Either way, nothing is skipped on a guess.
@@ -36,7 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::ids::DocumentId;
 
 /// Bytes of a document-id prefix in an entry.
-pub const PREFIX: usize = 8;
+pub const PREFIX: usize = 6;
 /// Bytes of a fingerprint in an entry.
 pub const FINGERPRINT: usize = 8;
 /// Bytes of one entry.

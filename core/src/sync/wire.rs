@@ -100,13 +100,13 @@ pub enum Message {
         sender_id: String,
     },
     /// `rounds-summary` (Rounds peers only): the documents a device holds unchanged since its
-    /// last confirmed sync, as 16-byte entries (see [`super::summary`]).
+    /// last confirmed sync, as 14-byte entries (see [`super::summary`]).
     Summary {
         sender_id: String,
         target_id: String,
         /// The device's random per-connection key for the fingerprints (8 to 32 bytes).
         salt: Vec<u8>,
-        /// Concatenated entries: 8-byte document-id prefix, 8-byte fingerprint of the heads.
+        /// Concatenated entries: 6-byte document-id prefix, 8-byte fingerprint of the heads.
         entries: Vec<u8>,
     },
     /// `rounds-summary-reply`: which summarized documents to sync document by document.
@@ -115,7 +115,7 @@ pub enum Message {
         target_id: String,
         /// Concatenated 16-byte ids of the documents whose heads differ.
         differ: Vec<u8>,
-        /// Concatenated 8-byte prefixes the server could not resolve to exactly one document.
+        /// Concatenated 6-byte prefixes the server could not resolve to exactly one document.
         unknown: Vec<u8>,
     },
 }
@@ -684,14 +684,14 @@ mod tests {
                 sender_id: "d".into(),
                 target_id: "s".into(),
                 salt: vec![7; 16],
-                entries: super::super::summary::entry(&[7; 16], &doc, &[ChangeHash([3; 32])])
+                entries: crate::sync::summary::entry(&[7; 16], &doc, &[ChangeHash([3; 32])])
                     .to_vec(),
             },
             Message::SummaryReply {
                 sender_id: "s".into(),
                 target_id: "d".into(),
                 differ: doc.as_bytes().to_vec(),
-                unknown: vec![1; 8],
+                unknown: vec![1; crate::sync::summary::PREFIX],
             },
         ];
         for m in msgs {
@@ -711,8 +711,14 @@ mod tests {
             salt,
             entries,
         };
-        assert_eq!(field(summary(vec![1; 4], vec![0; 16])), "salt");
-        assert_eq!(field(summary(vec![1; 33], vec![0; 16])), "salt");
+        assert_eq!(
+            field(summary(vec![1; 4], vec![0; crate::sync::summary::ENTRY])),
+            "salt"
+        );
+        assert_eq!(
+            field(summary(vec![1; 33], vec![0; crate::sync::summary::ENTRY])),
+            "salt"
+        );
         assert_eq!(field(summary(vec![1; 8], vec![0; 17])), "entries");
         let reply = |differ: Vec<u8>, unknown: Vec<u8>| Message::SummaryReply {
             sender_id: "s".into(),
