@@ -151,7 +151,39 @@ pub struct HubConfig {
     /// not every document a connection touched. Off, a document stays while any connection
     /// that synced it is open.
     pub demote_in_sync: bool,
+    /// How many documents no exchange uses may stay in memory, across every hub sharing this
+    /// configuration (one per facility), so that a document asked for again soon is not
+    /// reloaded from the store: the least recently used leaves first. 0: a document leaves as
+    /// soon as nobody uses it.
+    pub idle_cache: IdleCache,
 }
+
+/// The budget of idle documents kept in memory (see [`HubConfig::idle_cache`]): a limit and the
+/// count shared by the hubs cloned from one configuration.
+#[derive(Debug, Clone)]
+pub struct IdleCache {
+    pub limit: usize,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl IdleCache {
+    /// A budget of `limit` idle documents, to share by cloning.
+    pub fn new(limit: usize) -> IdleCache {
+        IdleCache {
+            limit,
+            count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
+    }
+
+    /// Idle documents in memory now, across the hubs sharing the budget.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Idle documents kept by default: a few facilities' working sets (a facility of 200 residents
+/// has ~400 documents), tens of MiB.
+pub const DEFAULT_IDLE_DOCUMENTS: usize = 2_000;
 
 impl Default for HubConfig {
     fn default() -> HubConfig {
@@ -161,6 +193,7 @@ impl Default for HubConfig {
             gate: GateLimits::default(),
             reserved_actors: Vec::new(),
             demote_in_sync: true,
+            idle_cache: IdleCache::new(DEFAULT_IDLE_DOCUMENTS),
         }
     }
 }
@@ -210,6 +243,20 @@ pub struct Hub {
     watchers: HashMap<DocumentId, BTreeSet<ConnId>>,
     /// Changes refused per document: a later change that depends on one is refused too.
     refused: HashMap<DocumentId, std::collections::HashSet<automerge::ChangeHash>>,
+    /// Documents whose last exchange ended, by when (a tick): the eviction order. An entry may
+    /// be stale (the document is in use again); eviction skips it then.
+    idle: std::collections::BTreeMap<u64, DocumentId>,
+    idle_since: HashMap<DocumentId, u64>,
+    tick: u64,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.config
+            .idle_cache
+            .count
+            .fetch_sub(self.idle.len(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Hub {
@@ -245,6 +292,9 @@ impl Hub {
             waiting: HashMap::new(),
             watchers: HashMap::new(),
             refused: HashMap::new(),
+            idle: std::collections::BTreeMap::new(),
+            idle_since: HashMap::new(),
+            tick: 0,
         }
     }
 
@@ -690,6 +740,13 @@ impl Hub {
             if c.owed.remove(&doc_id) {
                 state.have_responded = false;
             }
+            // Never a whole document in a v2 message either: Automerge would save (and
+            // deflate) the document for every peer that starts from nothing, the bulk of the
+            // server's work when fresh automerge-repo tablets open a facility; as changes the
+            // same content costs a fraction (`sends_changes_not_whole_documents`).
+            if let Some(caps) = state.their_capabilities.as_mut() {
+                caps.retain(|c| *c != sync::Capability::MessageV2);
+            }
             let generated = d.doc.generate_sync_message(state);
             tracing::trace!(conn, doc = %doc_id, sent = generated.is_some(), "pump");
             let quiet = generated.as_ref().is_none_or(|m| m.changes.is_empty());
@@ -728,10 +785,11 @@ impl Hub {
                 ));
             }
         }
-        // Nobody is in an exchange about it and it is durable: it leaves memory (it reloads
-        // from the store when it is next needed).
+        // Nobody is in an exchange about it and it is durable: it may leave memory (it reloads
+        // from the store when it is next needed), the least recently used idle document first.
         if d.peers.is_empty() && self.config.demote_in_sync {
-            self.docs.remove(&doc_id);
+            self.park(doc_id);
+            self.trim_idle();
         }
         out
     }
@@ -1068,11 +1126,63 @@ impl Hub {
         }
     }
 
-    /// Drop documents nobody syncs and whose changes are durable (they reload from the store).
+    /// Documents nobody syncs and whose changes are durable join the idle cache (they reload
+    /// from the store once evicted).
     fn evict_idle(&mut self) {
         let flushed = self.flushed;
-        self.docs
-            .retain(|_, d| !d.peers.is_empty() || d.last_seq > flushed);
+        let idle: Vec<DocumentId> = self
+            .docs
+            .iter()
+            .filter(|(id, d)| {
+                d.peers.is_empty() && d.last_seq <= flushed && !self.idle_since.contains_key(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.park(id);
+        }
+        self.trim_idle();
+    }
+
+    /// The document's exchange ended now: it becomes the most recently used idle document.
+    fn park(&mut self, doc: DocumentId) {
+        self.tick += 1;
+        match self.idle_since.insert(doc, self.tick) {
+            Some(old) => {
+                self.idle.remove(&old);
+            }
+            None => {
+                self.config
+                    .idle_cache
+                    .count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.idle.insert(self.tick, doc);
+    }
+
+    /// Evict this hub's least recently used idle documents while the shared budget is over.
+    fn trim_idle(&mut self) {
+        let flushed = self.flushed;
+        while self.config.idle_cache.count() > self.config.idle_cache.limit {
+            let Some((_, doc)) = self.idle.pop_first() else {
+                break;
+            };
+            self.idle_since.remove(&doc);
+            self.config
+                .idle_cache
+                .count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // In use again (a peer, or a change not yet durable): it stays, and is parked
+            // again when it is idle.
+            if self
+                .docs
+                .get(&doc)
+                .is_some_and(|d| d.peers.is_empty() && d.last_seq <= flushed)
+            {
+                self.docs.remove(&doc);
+            }
+        }
     }
 
     /// Connections currently open.

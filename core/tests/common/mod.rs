@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use rounds_core::sync::device::{DeviceSession, SummaryStats};
-use rounds_core::sync::hub::{Action, AllowAll, Hub, HubConfig, Loader};
+use rounds_core::sync::hub::{Action, AllowAll, Hub, HubConfig, IdleCache, Loader};
 use rounds_core::sync::summary::{self, Prefix, Resolved};
 use rounds_core::sync::wire::Message;
 use rounds_core::{DocumentId, Replica, parse_data_file};
@@ -54,7 +54,12 @@ impl Server {
                 "server".into(),
                 "server-storage".into(),
                 0,
-                HubConfig::default(),
+                // No idle cache: a document in memory is one an exchange uses (the cache's
+                // own behaviour is tested in hub_memory.rs).
+                HubConfig {
+                    idle_cache: IdleCache::new(0),
+                    ..HubConfig::default()
+                },
             ),
             store: MemStore::default(),
         }

@@ -263,6 +263,11 @@ pub struct ServeArgs {
     /// Documents one connection may sync.
     #[arg(long, default_value_t = 50_000)]
     pub max_documents_per_connection: usize,
+    /// Documents no connection uses that stay in memory, across all facilities, so one asked
+    /// for again soon is not reloaded from the store (least recently used leave first; 0: a
+    /// document leaves memory as soon as no exchange uses it). Peak memory follows it.
+    #[arg(long, default_value_t = rounds_core::sync::hub::DEFAULT_IDLE_DOCUMENTS)]
+    pub idle_documents: usize,
     /// Bytes queued for one connection and not yet read by its peer before the connection
     /// is cut (a peer that reads too slowly is disconnected, not buffered without end).
     #[arg(long, default_value_t = 32 << 20)]

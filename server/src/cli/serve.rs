@@ -27,6 +27,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
         limits: crate::server::Limits {
             connections_per_device: args.max_connections_per_device,
             documents_per_connection: args.max_documents_per_connection,
+            idle_documents: args.idle_documents,
             outbound_bytes: args.max_outbound_bytes,
             sign_ins_per_minute: args.sign_ins_per_minute,
             network: *args.network,

@@ -64,6 +64,9 @@ pub struct ServeOptions {
 pub struct Limits {
     pub connections_per_device: usize,
     pub documents_per_connection: usize,
+    /// Documents no connection uses kept in memory, across facilities (the least recently used
+    /// leave first; 0: at once).
+    pub idle_documents: usize,
     /// Sustained frames per second per device, and the burst allowed above it.
     pub frames_per_second: f64,
     pub frame_burst: f64,
@@ -84,6 +87,7 @@ impl Default for Limits {
         Limits {
             connections_per_device: 4,
             documents_per_connection: 50_000,
+            idle_documents: rounds_core::sync::hub::DEFAULT_IDLE_DOCUMENTS,
             frames_per_second: 500.0,
             frame_burst: 20_000.0,
             enrolments_per_minute: 10.0,
@@ -211,6 +215,7 @@ impl Shared {
             store.written_seq(),
             HubConfig {
                 max_docs_per_conn: limits.documents_per_connection,
+                idle_cache: rounds_core::sync::hub::IdleCache::new(limits.idle_documents),
                 reserved_actors: vec![automerge::ActorId::from(rounds_core::policy::server_actor(
                     store.storage_id(),
                 ))],
