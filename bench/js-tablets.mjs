@@ -27,6 +27,18 @@ setTimeout(
   limit * 1000,
 )
 
+// Documents are opened a batch at a time, as an app opens what it shows: 100 tablets asking for
+// 200 documents each at once keep one node process busy long enough that automerge-repo's 60 s
+// request timeout declares some of them unavailable.
+const batch = spec.open_batch ?? 20
+async function openAll(repo, docs) {
+  const out = []
+  for (let i = 0; i < docs.length; i += batch) {
+    out.push(...(await Promise.all(docs.slice(i, i + batch).map(d => repo.find(d)))))
+  }
+  return out
+}
+
 const count = handles =>
   handles.reduce((n, h) => n + Object.keys(h.doc()?.interactions ?? {}).length, 0)
 
@@ -38,7 +50,7 @@ async function tablet(facility, k) {
   const sep = spec.url.includes("?") ? "&" : "?"
   const url = facility.token ? `${spec.url}${sep}token=${facility.token}` : spec.url
   const repo = new Repo({ network: [new WebSocketClientAdapter(url, 1000)] })
-  const handles = await Promise.all(facility.docs.map(d => repo.find(d)))
+  const handles = await openAll(repo, facility.docs)
   opened += 1
   if (opened === spec.facilities.length * spec.tablets) openDone = performance.now()
   const before = facility.before
@@ -77,7 +89,7 @@ const counts = await (async () => {
     const sep = spec.url.includes("?") ? "&" : "?"
     const url = f.token ? `${spec.url}${sep}token=${f.token}` : spec.url
     const repo = new Repo({ network: [new WebSocketClientAdapter(url, 1000)] })
-    const handles = await Promise.all(f.docs.map(d => repo.find(d)))
+    const handles = await openAll(repo, f.docs)
     f.before = count(handles)
     repo.shutdown?.()
   }

@@ -740,11 +740,14 @@ impl Hub {
             if c.owed.remove(&doc_id) {
                 state.have_responded = false;
             }
-            // Never a whole document in a v2 message either: Automerge would save (and
-            // deflate) the document for every peer that starts from nothing, the bulk of the
-            // server's work when fresh automerge-repo tablets open a facility; as changes the
-            // same content costs a fraction (`sends_changes_not_whole_documents`).
-            if let Some(caps) = state.their_capabilities.as_mut() {
+            // A peer that starts from nothing gets changes, not a whole document in a v2
+            // message: Automerge would save (and deflate) the document for every such peer,
+            // the bulk of the server's work when fresh automerge-repo tablets open a facility
+            // (`sends_changes_not_whole_documents`). A peer that holds the document and lacks
+            // much of it still gets the compact whole document (fewer bytes than the changes).
+            if state.their_heads.as_ref().is_some_and(|h| h.is_empty())
+                && let Some(caps) = state.their_capabilities.as_mut()
+            {
                 caps.retain(|c| *c != sync::Capability::MessageV2);
             }
             let generated = d.doc.generate_sync_message(state);
@@ -839,6 +842,11 @@ impl Hub {
     /// A loaded document's heads (None when it is not in memory).
     pub fn heads(&self, doc_id: DocumentId) -> Option<Vec<ChangeHash>> {
         self.docs.get(&doc_id).map(|d| d.doc.get_heads())
+    }
+
+    /// Read a loaded document in place (no save, no load): `None` when it is not in memory.
+    pub fn with_loaded<R>(&self, doc_id: DocumentId, f: impl FnOnce(&Automerge) -> R) -> Option<R> {
+        self.docs.get(&doc_id).map(|d| f(&d.doc))
     }
 
     /// A loaded document's root string field (`type`, `facility`, `patient`, `month`).

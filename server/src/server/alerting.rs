@@ -151,6 +151,33 @@ impl Shared {
         self.document_bytes(shard, id).ok().flatten()
     }
 
+    /// What the alert pass needs of a changed document: a patient-month's facility, patient,
+    /// month, whether it holds readings since `since`, and its alerts (None: not a
+    /// patient-month document, or not the one its id says).
+    #[allow(clippy::type_complexity)]
+    fn survey(
+        doc: &automerge::Automerge,
+        id: DocumentId,
+        since: chrono::DateTime<Utc>,
+    ) -> Option<(String, String, Month, bool, Vec<AlertView>)> {
+        let get = |k: &str| rounds_core::document::root_str(doc, k);
+        if get("type")?.as_str() != "patient-month" {
+            return None;
+        }
+        let (facility, patient) = (get("facility")?, get("patient")?);
+        let month: Month = get("month")?.parse().ok()?;
+        if DocumentId::patient_month(&facility, &patient, month) != id {
+            return None;
+        }
+        let e = rounds_core::replica::read_month(doc);
+        let recent = e
+            .readings
+            .iter()
+            .any(|r| r.measured_at.with_timezone(&Utc) >= since);
+        let views = rounds_core::alerts::fold(&e.alerts, &e.alert_events);
+        Some((facility, patient, month, recent, views))
+    }
+
     /// Raise missing alerts on changed patient-month documents and refresh the index. The work
     /// runs on blocking threads: a sync storm must not starve the connections.
     pub(crate) async fn evaluate_months(self: &Arc<Self>, docs: Vec<DocumentId>) {
@@ -162,30 +189,19 @@ impl Shared {
             // Cheap survey first: is it a patient-month, and has it readings recent enough to
             // alert on? Most synced documents only need their alerts indexed.
             let survey = tokio::task::spawn_blocking(move || {
-                // Most flushed documents are still loaded: their type costs nothing to read.
+                // Most flushed documents are still loaded: read in place, without saving and
+                // loading a copy.
                 let shard = shared.shard_of_doc(&id);
-                let loaded_kind = shard.lock().hub.root_str(id, "type");
-                if loaded_kind.is_some_and(|k| k != "patient-month") {
-                    return None;
+                if let Some(found) = shard
+                    .lock()
+                    .hub
+                    .with_loaded(id, |doc| Self::survey(doc, id, since))
+                {
+                    return found;
                 }
                 let bytes = shared.current_bytes(&shard, id)?;
                 let doc = automerge::Automerge::load(&bytes).ok()?;
-                let get = |k: &str| rounds_core::document::root_str(&doc, k);
-                if get("type")?.as_str() != "patient-month" {
-                    return None;
-                }
-                let (facility, patient) = (get("facility")?, get("patient")?);
-                let month: Month = get("month")?.parse().ok()?;
-                if DocumentId::patient_month(&facility, &patient, month) != id {
-                    return None;
-                }
-                let e = rounds_core::replica::read_month(&doc);
-                let recent = e
-                    .readings
-                    .iter()
-                    .any(|r| r.measured_at.with_timezone(&Utc) >= since);
-                let views = rounds_core::alerts::fold(&e.alerts, &e.alert_events);
-                Some((facility, patient, month, recent, views))
+                Self::survey(&doc, id, since)
             })
             .await
             .ok()
