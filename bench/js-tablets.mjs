@@ -7,8 +7,9 @@
 // `docs[i]` is the current month's document of `patients[i]`, already on the server. Every tablet
 // of a facility opens all of them, adds `entries` interactions to documents of its choosing,
 // and waits until it sees every tablet's entries of its facility. Prints one JSON line:
-// {"seconds": …, "open_seconds": …, "entries": …} — the time from the first connection until
-// every tablet has converged, and the time until every tablet had opened its documents.
+// {"seconds": …, "open_seconds": …, "entries": …, "received": {type: count}} — the time from the
+// first connection until every tablet has converged, the time until every tablet had opened its
+// documents, and the messages the tablets received from the server by type.
 import { readFileSync } from "node:fs"
 import { randomUUID } from "node:crypto"
 import { ImmutableString } from "@automerge/automerge"
@@ -42,6 +43,8 @@ async function openAll(repo, docs) {
 const count = handles =>
   handles.reduce((n, h) => n + Object.keys(h.doc()?.interactions ?? {}).length, 0)
 
+// Messages the tablets received from the server, by type.
+const received = {}
 const start = performance.now()
 let opened = 0
 let openDone = 0
@@ -50,6 +53,9 @@ async function tablet(facility, k) {
   const sep = spec.url.includes("?") ? "&" : "?"
   const url = facility.token ? `${spec.url}${sep}token=${facility.token}` : spec.url
   const repo = new Repo({ network: [new WebSocketClientAdapter(url, 1000)] })
+  repo.networkSubsystem.on("message", m => {
+    received[m.type] = (received[m.type] ?? 0) + 1
+  })
   const handles = await openAll(repo, facility.docs)
   opened += 1
   if (opened === spec.facilities.length * spec.tablets) openDone = performance.now()
@@ -108,6 +114,7 @@ console.log(
     open_seconds: (openDone - t0) / 1000,
     entries: spec.facilities.length * spec.tablets * spec.entries,
     setup_seconds: (t0 - start) / 1000,
+    received,
   }),
 )
 for (const r of repos) r.shutdown?.()

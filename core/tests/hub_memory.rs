@@ -1,6 +1,6 @@
 //! What the hub keeps in memory and what it sends a peer that starts from nothing: documents
-//! no exchange uses stay in a bounded, shared idle cache (least recently used leave first), and a
-//! fresh peer gets changes, never a whole saved document.
+//! no exchange uses stay in a bounded, shared idle cache (least recently used leave first), and
+//! peers that start from nothing share one saved copy of the whole document.
 
 mod common;
 
@@ -89,23 +89,28 @@ fn fetch(
 }
 
 #[test]
-fn sends_changes_not_whole_documents() {
+fn fresh_peers_share_one_saved_document() {
     let mut store = MemStore::default();
     let id = DocumentId::from_bytes([3; 16]);
-    let server_doc = stored_doc(&mut store, id, 5);
+    let mut server_doc = stored_doc(&mut store, id, 5);
     let mut hub = Hub::new("server".into(), "st".into(), 0, HubConfig::default());
-    join(&mut hub, CONN, &mut store);
-    // automerge 0.12's first message advertises v2, which invites a whole saved document.
-    let (mut peer, got) = fetch(&mut hub, CONN, id, &mut store);
-    assert_eq!(peer.get_heads(), server_doc.clone().get_heads());
-    let with_changes: Vec<&sync::Message> = got.iter().filter(|m| !m.changes.is_empty()).collect();
-    assert_eq!(with_changes.len(), 1, "{got:?}");
-    assert_eq!(
-        with_changes[0].version,
-        sync::MessageVersion::V1,
-        "changes, not a saved document"
-    );
-    assert_eq!(with_changes[0].changes.len(), 5, "one chunk per change");
+    join(&mut hub, 1, &mut store);
+    join(&mut hub, 2, &mut store);
+    // automerge 0.12's first message advertises v2: a peer with nothing gets the whole
+    // document, one chunk in a v2 message, the same bytes for every such peer.
+    let mut whole = Vec::new();
+    for conn in [1, 2] {
+        let (mut peer, got) = fetch(&mut hub, conn, id, &mut store);
+        assert_eq!(peer.get_heads(), server_doc.get_heads());
+        let with_changes: Vec<&sync::Message> =
+            got.iter().filter(|m| !m.changes.is_empty()).collect();
+        assert_eq!(with_changes.len(), 1, "{got:?}");
+        assert_eq!(with_changes[0].version, sync::MessageVersion::V2);
+        assert_eq!(with_changes[0].changes.len(), 1, "the saved document");
+        whole.push(with_changes[0].changes.iter().next().unwrap().to_vec());
+    }
+    assert_eq!(whole[0], whole[1]);
+    assert_eq!(whole[0], server_doc.save());
 }
 
 #[test]

@@ -200,6 +200,8 @@ impl Default for HubConfig {
 
 struct HubDoc {
     doc: Automerge,
+    /// The document saved whole at these heads, for peers that start from nothing.
+    saved: Option<(Vec<ChangeHash>, Vec<u8>)>,
     /// Sequence number of the last persisted change.
     last_seq: u64,
     chunks: usize,
@@ -740,17 +742,39 @@ impl Hub {
             if c.owed.remove(&doc_id) {
                 state.have_responded = false;
             }
-            // A peer that starts from nothing gets changes, not a whole document in a v2
-            // message: Automerge would save (and deflate) the document for every such peer,
-            // the bulk of the server's work when fresh automerge-repo tablets open a facility
-            // (`sends_changes_not_whole_documents`). A peer that holds the document and lacks
-            // much of it still gets the compact whole document (fewer bytes than the changes).
-            if state.their_heads.as_ref().is_some_and(|h| h.is_empty())
-                && let Some(caps) = state.their_capabilities.as_mut()
-            {
-                caps.retain(|c| *c != sync::Capability::MessageV2);
+            // A peer that starts from nothing (and reads v2 messages) gets the whole document,
+            // as Automerge would send it — but saved once per version of the document and
+            // shared by every such peer: Automerge saves (and deflates) it anew for each peer,
+            // which was the bulk of the server's work when fresh automerge-repo tablets open a
+            // facility (`fresh_peers_share_one_saved_document`). Automerge
+            // builds the message (and its state) as for a v1 peer, then the changes are
+            // swapped for the saved document.
+            let fresh = state.their_heads.as_ref().is_some_and(|h| h.is_empty())
+                && state
+                    .their_capabilities
+                    .as_ref()
+                    .is_some_and(|c| c.contains(&sync::Capability::MessageV2));
+            let caps = state.their_capabilities.clone();
+            if fresh && let Some(c) = state.their_capabilities.as_mut() {
+                c.retain(|c| *c != sync::Capability::MessageV2);
             }
-            let generated = d.doc.generate_sync_message(state);
+            let mut generated = d.doc.generate_sync_message(state);
+            if fresh {
+                state.their_capabilities = caps;
+                if let Some(m) = generated.as_mut().filter(|m| !m.changes.is_empty()) {
+                    let heads = d.doc.get_heads();
+                    let saved = match &d.saved {
+                        Some((h, bytes)) if *h == heads => bytes.clone(),
+                        _ => {
+                            let bytes = d.doc.save();
+                            d.saved = Some((heads, bytes.clone()));
+                            bytes
+                        }
+                    };
+                    m.changes = sync::ChunkList::from(saved);
+                    m.version = sync::MessageVersion::V2;
+                }
+            }
             tracing::trace!(conn, doc = %doc_id, sent = generated.is_some(), "pump");
             let quiet = generated.as_ref().is_none_or(|m| m.changes.is_empty());
             if quiet && self.config.demote_in_sync {
@@ -1126,8 +1150,18 @@ impl Hub {
                 continue;
             };
             c.states.entry(doc).or_insert_with(|| {
+                // The peer held these heads (its summary showed them): send it what changed
+                // since at once, instead of first asking for its heads and bloom filter — a
+                // round trip per change and watcher. Were its heads to have moved meanwhile,
+                // its answer restarts the ordinary exchange.
                 let mut state = sync::State::new();
-                state.shared_heads = heads;
+                state.shared_heads = heads.clone();
+                state.their_heads = Some(heads.clone());
+                state.their_have = Some(vec![sync::Have {
+                    last_sync: heads,
+                    bloom: sync::BloomFilter::default(),
+                }]);
+                state.their_need = Some(Vec::new());
                 state
             });
             d.peers.insert(conn);
@@ -1310,6 +1344,7 @@ fn unavailable_action(
 fn new_doc(doc: Automerge, chunks: usize) -> HubDoc {
     HubDoc {
         doc,
+        saved: None,
         last_seq: 0,
         chunks,
         peers: BTreeSet::new(),

@@ -471,6 +471,8 @@ async fn storm(
 struct JsStormResult {
     /// Why the JS tablets did not converge (their process's error), if they did not.
     error: Option<String>,
+    /// Messages the JS tablets received from the server, by type.
+    received: serde_json::Value,
     server: String,
     facilities: usize,
     tablets: usize,
@@ -582,6 +584,7 @@ async fn js_storm(
     };
     JsStormResult {
         error: None,
+        received: v["received"].clone(),
         server: name.to_string(),
         facilities: templates.len(),
         tablets: templates.len() * a.tablets,
