@@ -150,7 +150,8 @@ async fn reconnect_with_nothing_new_is_one_small_exchange_per_document() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_through_a_running_server_then_graceful_shutdown_and_restart() {
     let store = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(store.path()).unwrap();
+    // No idle cache: a document leaves memory as soon as no exchange uses it.
+    let mut server = ServerProcess::start_with(store.path(), &["--idle-documents", "0"]).unwrap();
     let hex: String = server
         .fingerprint
         .iter()
@@ -198,7 +199,7 @@ async fn import_through_a_running_server_then_graceful_shutdown_and_restart() {
     want.canonicalize();
     assert_eq!(fresh.export().unwrap().0, want);
 
-    // Idle documents leave memory once their connections are gone.
+    // Idle documents leave memory once their exchanges are over.
     let mut metrics = String::new();
     for _ in 0..50 {
         metrics = rounds_tests::https_get(&server, "/metrics")

@@ -868,6 +868,26 @@ impl Hub {
         self.docs.get(&doc_id).map(|d| d.doc.get_heads())
     }
 
+    /// Drop an idle copy of a document (another writer changed it in the store): it reloads
+    /// when next needed. A copy in an exchange, or holding changes not yet durable, stays.
+    pub fn forget(&mut self, doc_id: DocumentId) {
+        let flushed = self.flushed;
+        if self
+            .docs
+            .get(&doc_id)
+            .is_some_and(|d| d.peers.is_empty() && d.last_seq <= flushed)
+        {
+            self.docs.remove(&doc_id);
+            if let Some(tick) = self.idle_since.remove(&doc_id) {
+                self.idle.remove(&tick);
+                self.config
+                    .idle_cache
+                    .count
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Read a loaded document in place (no save, no load): `None` when it is not in memory.
     pub fn with_loaded<R>(&self, doc_id: DocumentId, f: impl FnOnce(&Automerge) -> R) -> Option<R> {
         self.docs.get(&doc_id).map(|d| f(&d.doc))

@@ -229,6 +229,23 @@ impl Shared {
         wrote
     }
 
+    /// What the development shard wrote, the other shards forget: a copy they keep idle would
+    /// be stale (they reload it from the store when next needed). Facility shards write only
+    /// their own documents, which the development shard never keeps idle.
+    fn forget_elsewhere(&self, shard: &Shard, docs: &[DocumentId]) {
+        if !shard.is_dev() || docs.is_empty() {
+            return;
+        }
+        for other in self.shards.all() {
+            if !other.is_dev() {
+                let mut core = other.lock();
+                for d in docs {
+                    core.hub.forget(*d);
+                }
+            }
+        }
+    }
+
     /// A flush covering `seq` completed: the hub sends what it held back. Returns whether that
     /// persisted anything, and the documents persisted since the last release (for alerting and
     /// late-data re-evaluation).
@@ -247,6 +264,7 @@ impl Shared {
             Ok(_) => {
                 // Releasing only sends (the hub's pump never persists), so no further flush.
                 let (_, persisted) = self.release(&mut shard.lock(), own);
+                self.forget_elsewhere(shard, &persisted);
                 self.alerts_changed(&persisted);
                 self.late_data(persisted).await;
             }
@@ -334,6 +352,7 @@ impl Shared {
         let seq = core.hub.seq();
         drop(core);
         if !released.is_empty() {
+            self.forget_elsewhere(shard, &released);
             self.alerts_changed(&released);
             let shared = self.clone();
             tokio::spawn(async move { shared.late_data(released).await });

@@ -88,9 +88,16 @@ pub struct Shard {
     receiver: Mutex<Option<mpsc::Receiver<ShardMsg>>>,
     /// This inbox's byte budget (KiB permits).
     budget: Arc<Semaphore>,
+    /// The development shard: its documents may also be loaded in a facility's shard.
+    dev: bool,
 }
 
 impl Shard {
+    /// Whether this is the development shard ([`DEV_SHARD`]).
+    pub fn is_dev(&self) -> bool {
+        self.dev
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, ShardCore> {
         // A panic while holding the lock would be a bug; keep serving with the state as it is.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
@@ -147,16 +154,25 @@ impl Shards {
         map.entry(key.to_string())
             .or_insert_with(|| {
                 let (inbox, receiver) = mpsc::channel(INBOX);
+                // The development shard keeps no idle documents: a document it syncs may
+                // belong to a facility's shard too, and a copy kept here would miss what that
+                // shard writes (what this one writes, the others forget: `Shared::forget_elsewhere`).
+                let dev = key == DEV_SHARD;
+                let mut config = self.config.clone();
+                if dev {
+                    config.idle_cache = rounds_core::sync::hub::IdleCache::new(0);
+                }
                 Arc::new(Shard {
                     inbox,
                     receiver: Mutex::new(Some(receiver)),
                     budget: Arc::new(Semaphore::new(INBOX_KIB as usize)),
+                    dev,
                     core: Mutex::new(ShardCore {
                         hub: Hub::with_sequence(
                             self.peer_id.clone(),
                             self.storage_id.clone(),
                             self.sequence.clone(),
-                            self.config.clone(),
+                            config,
                         ),
                         persisted: Vec::new(),
                     }),
