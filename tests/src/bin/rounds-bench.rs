@@ -603,24 +603,18 @@ struct Template {
     token: String,
 }
 
+/// `rounds ARGS… --store STORE`, panicking with its stderr on failure; returns stdout.
+fn rounds_on(store: &Path, args: &[&str]) -> String {
+    let store = store.to_str().expect("store path");
+    let mut all = args.to_vec();
+    all.extend(["--store", store]);
+    rounds_tests::rounds_cli(&all)
+}
+
 /// Import `count` facilities into `store`, enrol a tablet token for each, and sync one template
 /// replica per facility from a Rounds server on that store (untimed setup).
 async fn templates(count: usize, a: &Args, store: &Path, work: &Path) -> Vec<Template> {
-    let bin = rounds_tests::rounds_bin().expect("rounds");
-    let run = |args: &[&str]| {
-        let out = Command::new(&bin)
-            .args(args)
-            .arg("--store")
-            .arg(store)
-            .output()
-            .expect("run rounds");
-        assert!(
-            out.status.success(),
-            "rounds {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let run = |args: &[&str]| rounds_on(store, args);
     let mut tokens = Vec::new();
     for i in 0..count {
         let id = format!("fac{i}");
@@ -791,7 +785,6 @@ fn history_cost(
     months: u32,
     work: &Path,
 ) -> Vec<HistoryResult> {
-    let bin = rounds_tests::rounds_bin().expect("rounds");
     let store = work.join(format!("history-store-{months}"));
     let file = work.join(format!("history-{months}.json"));
     std::fs::write(
@@ -799,20 +792,7 @@ fn history_cost(
         serde_json::to_vec(&history_data(a.residents, months)).expect("json"),
     )
     .expect("write");
-    let run = |args: &[&str]| {
-        let out = Command::new(&bin)
-            .args(args)
-            .arg("--store")
-            .arg(&store)
-            .output()
-            .expect("run rounds");
-        assert!(
-            out.status.success(),
-            "rounds {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let run = |args: &[&str]| rounds_on(&store, args);
     run(&["import", file.to_str().expect("path")]);
     let added: serde_json::Value = serde_json::from_str(&run(&[
         "device",
