@@ -154,7 +154,8 @@ pub struct HubConfig {
     /// How many documents no exchange uses may stay in memory, across every hub sharing this
     /// configuration (one per facility), so that a document asked for again soon is not
     /// reloaded from the store: the least recently used leaves first. 0: a document leaves as
-    /// soon as nobody uses it.
+    /// soon as nobody uses it. A hub evicts only its own documents (when it parks one and the
+    /// shared count is over), so the bound holds while a facility gone quiet keeps its share.
     pub idle_cache: IdleCache,
 }
 
