@@ -120,6 +120,7 @@ fn a_watched_document_that_changes_during_the_connection_is_synced_then() {
     let mut to_b = vec![join];
     let mut to_a: Vec<Vec<u8>> = Vec::new();
     let mut sent_a = Sent::default();
+    let mut first_to_a = None;
     for _ in 0..50 {
         if to_b.is_empty() && to_a.is_empty() {
             break;
@@ -137,6 +138,11 @@ fn a_watched_document_that_changes_during_the_connection_is_synced_then() {
             if c == 4 {
                 to_b.extend(sb.receive(&mut b, &f).unwrap());
             } else if c == 3 {
+                if first_to_a.is_none()
+                    && let Ok(Message::Sync { data, .. }) = Message::decode(&f)
+                {
+                    first_to_a = Some(automerge::sync::Message::decode(&data).unwrap());
+                }
                 let replies = sa.receive(&mut a, &f).unwrap();
                 for r in &replies {
                     if let Ok(Message::Sync { document_id, .. }) = Message::decode(r) {
@@ -149,6 +155,12 @@ fn a_watched_document_that_changes_during_the_connection_is_synced_then() {
     }
     let doc = DocumentId::patient(&facility, &patients[1]);
     assert_eq!(sent_a.per_document, BTreeSet::from([doc]));
+    // The server's first message to the watcher already carries the change (no round trip
+    // for its heads and bloom filter first).
+    assert!(
+        first_to_a.is_some_and(|m| !m.changes.is_empty()),
+        "the watcher's first message is the change"
+    );
     assert_eq!(a.heads(doc).map(sorted), Some(server.heads(doc)));
     assert!(stale(&mut server, &a).is_empty());
     disconnect(&mut server, 3, &mut a, sa);

@@ -872,19 +872,11 @@ impl Hub {
     /// Drop an idle copy of a document (another writer changed it in the store): it reloads
     /// when next needed. A copy in an exchange, or holding changes not yet durable, stays.
     pub fn forget(&mut self, doc_id: DocumentId) {
-        let flushed = self.flushed;
-        if self
-            .docs
-            .get(&doc_id)
-            .is_some_and(|d| d.peers.is_empty() && d.last_seq <= flushed)
-        {
+        if self.may_leave(doc_id) {
             self.docs.remove(&doc_id);
             if let Some(tick) = self.idle_since.remove(&doc_id) {
                 self.idle.remove(&tick);
-                self.config
-                    .idle_cache
-                    .count
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.unpark_count();
             }
         }
     }
@@ -1192,14 +1184,11 @@ impl Hub {
     /// Documents nobody syncs and whose changes are durable join the idle cache (they reload
     /// from the store once evicted).
     fn evict_idle(&mut self) {
-        let flushed = self.flushed;
         let idle: Vec<DocumentId> = self
             .docs
-            .iter()
-            .filter(|(id, d)| {
-                d.peers.is_empty() && d.last_seq <= flushed && !self.idle_since.contains_key(id)
-            })
-            .map(|(id, _)| *id)
+            .keys()
+            .copied()
+            .filter(|id| self.may_leave(*id) && !self.idle_since.contains_key(id))
             .collect();
         for id in idle {
             self.park(id);
@@ -1224,25 +1213,32 @@ impl Hub {
         self.idle.insert(self.tick, doc);
     }
 
+    /// Whether a loaded document may leave memory: no exchange uses it and it is durable.
+    fn may_leave(&self, doc: DocumentId) -> bool {
+        self.docs
+            .get(&doc)
+            .is_some_and(|d| d.peers.is_empty() && d.last_seq <= self.flushed)
+    }
+
+    /// One idle document fewer in the shared budget.
+    fn unpark_count(&self) {
+        self.config
+            .idle_cache
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Evict this hub's least recently used idle documents while the shared budget is over.
     fn trim_idle(&mut self) {
-        let flushed = self.flushed;
         while self.config.idle_cache.count() > self.config.idle_cache.limit {
             let Some((_, doc)) = self.idle.pop_first() else {
                 break;
             };
             self.idle_since.remove(&doc);
-            self.config
-                .idle_cache
-                .count
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.unpark_count();
             // In use again (a peer, or a change not yet durable): it stays, and is parked
             // again when it is idle.
-            if self
-                .docs
-                .get(&doc)
-                .is_some_and(|d| d.peers.is_empty() && d.last_seq <= flushed)
-            {
+            if self.may_leave(doc) {
                 self.docs.remove(&doc);
             }
         }

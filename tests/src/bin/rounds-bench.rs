@@ -761,18 +761,7 @@ fn history_data(residents: usize, months: u32) -> DataFile {
         ))
         .expect("time");
         for p in &data.patients.clone() {
-            data.interactions.push(Interaction {
-                id: uuid::Uuid::now_v7(),
-                patient: p.id.clone(),
-                staff: "rn-lee".into(),
-                program: Program::Ccm,
-                started_at: at,
-                ended_at: at + chrono::Duration::minutes(5),
-                interactive: true,
-                activity: None,
-                note: None,
-                amends: None,
-            });
+            data.interactions.push(ccm_call(&p.id, at, 5));
         }
         month = month.next();
     }
@@ -858,6 +847,22 @@ fn history_cost(
     out
 }
 
+/// A data file's interactive CCM call by rn-lee of `minutes` from `at`.
+fn ccm_call(patient: &str, at: chrono::DateTime<chrono::FixedOffset>, minutes: i64) -> Interaction {
+    Interaction {
+        id: uuid::Uuid::now_v7(),
+        patient: patient.to_string(),
+        staff: "rn-lee".into(),
+        program: Program::Ccm,
+        started_at: at,
+        ended_at: at + chrono::Duration::minutes(minutes),
+        interactive: true,
+        activity: None,
+        note: None,
+        amends: None,
+    }
+}
+
 fn month_of_care(id: &str, residents: usize) -> DataFile {
     let mut data = facility(id, residents);
     for (k, p) in data.patients.clone().iter().enumerate() {
@@ -865,18 +870,7 @@ fn month_of_care(id: &str, residents: usize) -> DataFile {
             let at = chrono::DateTime::parse_from_rfc3339("2026-11-05T10:00:00-05:00")
                 .expect("time")
                 + chrono::Duration::days((k + j * 7) as i64 % 25);
-            data.interactions.push(Interaction {
-                id: uuid::Uuid::now_v7(),
-                patient: p.id.clone(),
-                staff: "rn-lee".into(),
-                program: Program::Ccm,
-                started_at: at,
-                ended_at: at + chrono::Duration::minutes(9),
-                interactive: true,
-                activity: None,
-                note: None,
-                amends: None,
-            });
+            data.interactions.push(ccm_call(&p.id, at, 9));
         }
     }
     data
