@@ -76,6 +76,7 @@ fn data(patients: usize) -> DataFile {
             birth_date: None,
             mrn: None,
             billing_practitioner: "dr".into(),
+            practitioners_of_record: Vec::new(),
             conditions: vec![
                 Condition {
                     icd10: "I10".into(),

@@ -54,6 +54,7 @@ pub fn from_value(root: &Value) -> Result<DataFile, Problems> {
             None
         }
     };
+    let practices = parse_list(obj.get("practices"), "practices", "practice", &mut problems);
     let practitioners = parse_list(
         obj.get("practitioners"),
         "practitioners",
@@ -80,6 +81,7 @@ pub fn from_value(root: &Value) -> Result<DataFile, Problems> {
         Some(facility) if problems.is_empty() => Ok(DataFile {
             format,
             facility,
+            practices,
             practitioners,
             staff,
             patients,

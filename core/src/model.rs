@@ -39,6 +39,59 @@ pub enum StaffRole {
     NonClinical,
 }
 
+/// A practice: the billing entity (group NPI, TIN) whose EHR receives its patients' months. Which
+/// practice a patient-month belongs to follows from the practitioner of record (a practitioner
+/// belongs to at most one practice). A data file without a `practices` section is one practice:
+/// [`DataFile::implicit_practice`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Practice {
+    pub id: String,
+    pub name: String,
+    /// The group's type-2 NPI (billing provider), when it bills as a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_npi: Option<String>,
+    /// The practice's taxpayer identification number (9 digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tin: Option<String>,
+    /// Ids of its billing practitioners.
+    #[serde(default)]
+    pub practitioners: Vec<String>,
+    /// How its EHR names things: identifier systems and HL7 application names.
+    #[serde(default)]
+    pub ehr: PracticeEhr,
+    /// Where notices for the practice go (e-mail addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<String>,
+    /// The practice confirms, for a month in which a patient's billing practitioner changed,
+    /// that the other practitioner has not billed it (billing rule 18): without it such a month
+    /// is held with an exception.
+    #[serde(default)]
+    pub confirms_transition_months: bool,
+    /// The Medicare payment locality for estimated payments (`<MAC>-<locality>`, e.g.
+    /// `12502-99`); the rule set's national amounts when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+}
+
+/// A practice's EHR identifiers (each optional: the push configuration's value when absent).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PracticeEhr {
+    /// Short practice code in business identifiers (`<code>-<MRN>-<YYYY-MM>-…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The EHR's MRN identifier system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mrn_system: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_application: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_facility: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiving_application: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiving_facility: Option<String>,
+}
+
 /// A staff member whose time may (or may not) count for the practice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Staff {
@@ -177,6 +230,36 @@ pub enum BedsideEvent {
     Death { on: NaiveDate },
 }
 
+/// A billing practitioner of record for a period: for one program, or for every program when
+/// `program` is absent (a program's own period wins over an all-programs one). Inclusive local
+/// dates; open-ended without `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PractitionerOfRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<Program>,
+    pub practitioner: String,
+    pub from: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<NaiveDate>,
+}
+
+impl PractitionerOfRecord {
+    pub fn contains(&self, date: NaiveDate) -> bool {
+        self.from <= date && self.to.is_none_or(|t| date <= t)
+    }
+}
+
+/// When a practitioner's tenure for a program began after someone else's (billing rule 18).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenure {
+    /// The practitioner of record.
+    pub practitioner: String,
+    /// The first day of their tenure, when another practitioner was of record the day before.
+    pub since: Option<NaiveDate>,
+    /// That other practitioner.
+    pub predecessor: Option<String>,
+}
+
 /// A resident of the facility.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Patient {
@@ -186,7 +269,11 @@ pub struct Patient {
     pub birth_date: Option<NaiveDate>,
     #[serde(default)]
     pub mrn: Option<String>,
+    /// The practitioner of record for every program and date no period below covers.
     pub billing_practitioner: String,
+    /// Practitioners of record by program and period (billing rule 18).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub practitioners_of_record: Vec<PractitionerOfRecord>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default)]
@@ -207,6 +294,96 @@ pub struct Patient {
     pub stays: Vec<Stay>,
     #[serde(default)]
     pub died_on: Option<NaiveDate>,
+}
+
+impl Patient {
+    /// The billing practitioner of record for `program` on `date`.
+    pub fn practitioner_on(&self, program: Program, date: NaiveDate) -> &str {
+        let covering = |specific: bool| {
+            self.practitioners_of_record
+                .iter()
+                .filter(|r| r.program.is_some() == specific)
+                .filter(|r| r.program.is_none_or(|p| p == program))
+                .find(|r| r.contains(date))
+        };
+        covering(true)
+            .or_else(|| covering(false))
+            .map_or(self.billing_practitioner.as_str(), |r| {
+                r.practitioner.as_str()
+            })
+    }
+
+    /// The practitioner of record for `program` on `date` and since when, if someone else was
+    /// of record before.
+    pub fn tenure(&self, program: Program, date: NaiveDate) -> Tenure {
+        let current = self.practitioner_on(program, date);
+        let mut boundaries: Vec<NaiveDate> = self
+            .practitioners_of_record
+            .iter()
+            .flat_map(|r| [Some(r.from), r.to.and_then(|t| t.succ_opt())])
+            .flatten()
+            .filter(|d| *d <= date)
+            .collect();
+        boundaries.sort_unstable();
+        boundaries.dedup();
+        let mut since = None;
+        let mut predecessor = None;
+        for b in boundaries.into_iter().rev() {
+            let Some(before) = b.pred_opt() else { continue };
+            let other = self.practitioner_on(program, before);
+            if other != current {
+                since = Some(b);
+                predecessor = Some(other.to_string());
+                break;
+            }
+        }
+        Tenure {
+            practitioner: current.to_string(),
+            since,
+            predecessor,
+        }
+    }
+
+    /// Every practitioner of record for `program` on some day from `from` to `to` (inclusive).
+    pub fn practitioners_between(
+        &self,
+        program: Program,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Vec<String> {
+        let mut days: Vec<NaiveDate> = vec![from];
+        for r in &self.practitioners_of_record {
+            for d in [Some(r.from), r.to.and_then(|t| t.succ_opt())]
+                .into_iter()
+                .flatten()
+            {
+                if from < d && d <= to {
+                    days.push(d);
+                }
+            }
+        }
+        let mut out: Vec<String> = days
+            .into_iter()
+            .map(|d| self.practitioner_on(program, d).to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every practitioner ever of record for the patient.
+    pub fn all_practitioners(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = std::iter::once(self.billing_practitioner.as_str())
+            .chain(
+                self.practitioners_of_record
+                    .iter()
+                    .map(|r| r.practitioner.as_str()),
+            )
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 /// A time entry: care-management time by one person for one patient in one program.
@@ -321,6 +498,10 @@ pub struct Correction {
 pub struct DataFile {
     pub format: String,
     pub facility: Facility,
+    /// The practices billing this facility's residents; absent in a one-practice file
+    /// ([`DataFile::implicit_practice`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub practices: Vec<Practice>,
     #[serde(default)]
     pub practitioners: Vec<Practitioner>,
     #[serde(default)]
@@ -343,6 +524,7 @@ impl DataFile {
         DataFile {
             format: DATA_FORMAT.to_string(),
             facility,
+            practices: Vec::new(),
             practitioners: Vec::new(),
             staff: Vec::new(),
             patients: Vec::new(),
@@ -351,6 +533,49 @@ impl DataFile {
             timers: Vec::new(),
             corrections: Vec::new(),
         }
+    }
+
+    /// The practice of a file without a `practices` section: the facility's own, under the
+    /// facility's id and name, with every practitioner of the file.
+    pub fn implicit_practice(&self) -> Practice {
+        Practice {
+            id: self.facility.id.clone(),
+            name: self.facility.name.clone(),
+            group_npi: None,
+            tin: None,
+            practitioners: self.practitioners.iter().map(|p| p.id.clone()).collect(),
+            ehr: PracticeEhr::default(),
+            contacts: Vec::new(),
+            confirms_transition_months: false,
+            locality: None,
+        }
+    }
+
+    /// The practice a practitioner belongs to: one of `practices`, or the implicit practice
+    /// when the file has none.
+    pub fn practice_of(&self, practitioner: &str) -> Option<&Practice> {
+        self.practices
+            .iter()
+            .find(|p| p.practitioners.iter().any(|x| x == practitioner))
+    }
+
+    /// The id of the practice a practitioner belongs to (the facility's id for a file without
+    /// practices, or for a practitioner in none).
+    pub fn practice_id_of(&self, practitioner: &str) -> String {
+        self.practice_of(practitioner)
+            .map_or_else(|| self.facility.id.clone(), |p| p.id.clone())
+    }
+
+    /// The practices the patient has ever had a practitioner of record in.
+    pub fn practices_of_patient(&self, patient: &Patient) -> Vec<String> {
+        let mut out: Vec<String> = patient
+            .all_practitioners()
+            .into_iter()
+            .map(|x| self.practice_id_of(x))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The ids of entries that no longer count: voided, or amended by a later entry.
@@ -373,6 +598,7 @@ impl DataFile {
                 let part = DataFile {
                     format: self.format.clone(),
                     facility: self.facility.clone(),
+                    practices: self.practices.clone(),
                     practitioners: self.practitioners.clone(),
                     staff: self.staff.clone(),
                     patients: vec![p.clone()],
@@ -414,6 +640,7 @@ impl DataFile {
     /// Sort every list into its canonical order and fill derived keys, so that two files holding
     /// the same data compare equal (the replica exports in this order).
     pub fn canonicalize(&mut self) {
+        self.practices.sort_by(|a, b| a.id.cmp(&b.id));
         self.practitioners.sort_by(|a, b| a.id.cmp(&b.id));
         self.staff.sort_by(|a, b| a.id.cmp(&b.id));
         self.patients.sort_by(|a, b| a.id.cmp(&b.id));

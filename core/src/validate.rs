@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Duration;
+use chrono::{Duration, NaiveDate};
 
 use crate::model::{
     DATA_FORMAT, DataFile, Interaction, Patient, Reading, ReadingKind, ReadingSource,
@@ -259,6 +259,133 @@ fn check_patient(
     {
         out.push(Problem::new(&entry, "died_on", "is before birth_date"));
     }
+    for (i, r) in p.practitioners_of_record.iter().enumerate() {
+        if !practitioners.contains(r.practitioner.as_str()) {
+            out.push(Problem::new(
+                &entry,
+                format!("practitioners_of_record[{i}].practitioner"),
+                format!("unknown practitioner {:?}", r.practitioner),
+            ));
+        }
+        if let Some(to) = r.to
+            && to < r.from
+        {
+            out.push(Problem::new(
+                &entry,
+                format!("practitioners_of_record[{i}].to"),
+                "is before from",
+            ));
+        }
+        for (j, o) in p.practitioners_of_record.iter().enumerate().take(i) {
+            let overlap = r.from <= o.to.unwrap_or(NaiveDate::MAX)
+                && o.from <= r.to.unwrap_or(NaiveDate::MAX);
+            if o.program == r.program && overlap {
+                out.push(Problem::new(
+                    &entry,
+                    format!("practitioners_of_record[{i}]"),
+                    format!(
+                        "overlaps practitioners_of_record[{j}] for {}: one practitioner of record per program and day",
+                        r.program.map_or("every program", |p| p.as_str())
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Practices: valid group NPI and TIN, known practitioners each in at most one practice, and
+/// every practitioner of record in a practice when the file has practices.
+fn check_practices(d: &DataFile, practitioners: &BTreeSet<&str>, out: &mut Vec<Problem>) {
+    dup_check(
+        d.practices
+            .iter()
+            .map(|p| (p.id.clone(), format!("practice {}", p.id))),
+        out,
+        &mut BTreeMap::new(),
+    );
+    let mut member_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for p in &d.practices {
+        let entry = format!("practice {}", p.id);
+        if p.name.trim().is_empty() {
+            out.push(Problem::new(&entry, "name", "is empty"));
+        }
+        if let Some(npi) = &p.group_npi
+            && !is_npi(npi)
+        {
+            out.push(Problem::new(
+                &entry,
+                "group_npi",
+                format!("{npi:?} is not a valid 10-digit NPI"),
+            ));
+        }
+        if let Some(tin) = &p.tin
+            && !(tin.len() == 9 && tin.bytes().all(|c| c.is_ascii_digit()))
+        {
+            out.push(Problem::new(
+                &entry,
+                "tin",
+                "is not a 9-digit taxpayer identification number",
+            ));
+        }
+        for (i, x) in p.practitioners.iter().enumerate() {
+            if !practitioners.contains(x.as_str()) {
+                out.push(Problem::new(
+                    &entry,
+                    format!("practitioners[{i}]"),
+                    format!("unknown practitioner {x:?}"),
+                ));
+            } else if let Some(other) = member_of.insert(x.as_str(), p.id.as_str())
+                && other != p.id
+            {
+                out.push(Problem::new(
+                    &entry,
+                    format!("practitioners[{i}]"),
+                    format!("practitioner {x:?} is already in practice {other:?}: a practitioner belongs to one practice"),
+                ));
+            }
+        }
+        for (i, c) in p.contacts.iter().enumerate() {
+            let ok = c.split_once('@').is_some_and(|(a, b)| {
+                !a.is_empty() && b.contains('.') && !c.chars().any(char::is_whitespace)
+            });
+            if !ok {
+                out.push(Problem::new(
+                    &entry,
+                    format!("contacts[{i}]"),
+                    "is not an e-mail address",
+                ));
+            }
+        }
+    }
+    if d.practices.is_empty() {
+        return;
+    }
+    for p in &d.patients {
+        let entry = format!("patient {}", p.id);
+        if practitioners.contains(p.billing_practitioner.as_str())
+            && !member_of.contains_key(p.billing_practitioner.as_str())
+        {
+            out.push(Problem::new(
+                &entry,
+                "billing_practitioner",
+                format!(
+                    "practitioner {:?} belongs to no practice",
+                    p.billing_practitioner
+                ),
+            ));
+        }
+        for (i, r) in p.practitioners_of_record.iter().enumerate() {
+            if practitioners.contains(r.practitioner.as_str())
+                && !member_of.contains_key(r.practitioner.as_str())
+            {
+                out.push(Problem::new(
+                    &entry,
+                    format!("practitioners_of_record[{i}].practitioner"),
+                    format!("practitioner {:?} belongs to no practice", r.practitioner),
+                ));
+            }
+        }
+    }
 }
 
 fn dup_check(
@@ -298,6 +425,12 @@ pub fn validate(d: &DataFile) -> Vec<Problem> {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| (format!("practitioners[{i}]"), "id", &p.id)),
+        )
+        .chain(
+            d.practices
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("practices[{i}]"), "id", &p.id)),
         )
         .chain(
             d.staff
@@ -422,6 +555,7 @@ pub fn validate(d: &DataFile) -> Vec<Problem> {
     for p in &d.patients {
         check_patient(p, &people, &practitioners, &mut out);
     }
+    check_practices(d, &practitioners, &mut out);
     let ref_check = |entry: &str, patient: &str, staff: Option<&str>, out: &mut Vec<Problem>| {
         if !patients.contains(patient) {
             out.push(Problem::new(

@@ -48,6 +48,7 @@ fn base() -> DataFile {
         birth_date: Some(date("1940-01-01")),
         mrn: Some("1".into()),
         billing_practitioner: "dr".into(),
+        practitioners_of_record: Vec::new(),
         conditions: vec![
             Condition {
                 icd10: "I10".into(),

@@ -16,6 +16,10 @@ pub struct Line {
     pub diagnoses: Vec<String>,
     pub place_of_service: String,
     pub rendering_npi: String,
+    /// The practice billing the line (the rendering practitioner's); absent in a file without
+    /// practices, whose one practice is the facility's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub practice: Option<String>,
     /// The entries (interactions or readings) this line rests on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<Uuid>,
@@ -113,6 +117,41 @@ pub struct Encounter {
     pub exceptions: Vec<Exception>,
     /// Every entry id behind the lines, sorted.
     pub evidence: Vec<Uuid>,
+    /// The practices with a practitioner of record in the month, sorted (absent in a file
+    /// without practices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub practices: Vec<String>,
+}
+
+impl Encounter {
+    /// The practice of a line: its own, or `default` (the facility's implicit practice).
+    pub fn line_practice<'a>(line: &'a Line, default: &'a str) -> &'a str {
+        line.practice.as_deref().unwrap_or(default)
+    }
+
+    /// Whether the month concerns `practice` (`default` standing for a file without practices).
+    pub fn concerns(&self, practice: &str, default: &str) -> bool {
+        if self.practices.is_empty() {
+            practice == default
+        } else {
+            self.practices.iter().any(|p| p == practice)
+        }
+    }
+
+    /// The encounter as one practice sees it: only its lines (and their evidence); the
+    /// exceptions stay (they explain the month to whoever bills it).
+    pub fn for_practice(&self, practice: &str, default: &str) -> Encounter {
+        let mut e = self.clone();
+        e.lines
+            .retain(|l| Encounter::line_practice(l, default) == practice);
+        let evidence: std::collections::BTreeSet<Uuid> = e
+            .lines
+            .iter()
+            .flat_map(|l| l.evidence.iter().copied())
+            .collect();
+        e.evidence = evidence.into_iter().collect();
+        e
+    }
 }
 
 /// The output of `rounds bill`: every patient's encounter for one month.

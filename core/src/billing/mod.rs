@@ -19,6 +19,7 @@ pub use rules::{Revocation, RuleSet};
 
 use crate::model::{
     CcmLane, Consent, DataFile, Interaction, Patient, Program, Reading, ReadingSource, StayKind,
+    Tenure,
 };
 use crate::month::Month;
 use time::{Segment, count_once_per_person, human_duration, split_by_local_day, whole_minutes};
@@ -88,6 +89,18 @@ impl<'a> Input<'a> {
 
     fn is_practitioner(&self, id: &str) -> bool {
         self.data.practitioners.iter().any(|p| p.id == id)
+    }
+
+    /// The practice of a practitioner, when the file names practices.
+    fn practice_of(&self, id: &str) -> Option<String> {
+        self.data.practice_of(id).map(|p| p.id.clone())
+    }
+
+    /// Whether the practitioner's practice confirms transition months (rule 18).
+    fn confirms_transition(&self, id: &str) -> bool {
+        self.data
+            .practice_of(id)
+            .is_some_and(|p| p.confirms_transition_months)
     }
 
     fn npi_of(&self, id: &str) -> String {
@@ -172,6 +185,7 @@ pub(crate) fn month_time(
     month: Month,
     until: NaiveDate,
     rules: &RuleSet,
+    ten: &Tenures,
 ) -> MonthTime {
     let mut t = MonthTime::default();
     let mut qualifying: Vec<Segment> = Vec::new();
@@ -205,6 +219,14 @@ pub(crate) fn month_time(
                 {
                     return Some(format!("after the date of death {d}"));
                 }
+                if let Some(t) = ten.of.get(&s.program)
+                    && let (Some(since), Some(before)) = (t.since, &t.predecessor)
+                    && s.date < since
+                {
+                    return Some(format!(
+                        "before the change of billing practitioner on {since} (furnished under {before})"
+                    ));
+                }
                 if s.program == Program::Rpm
                     && rules.rpm_revocation == Revocation::OnDate
                     && let Some(r) = rpm_revoked
@@ -230,7 +252,7 @@ pub(crate) fn month_time(
         if s.interactive {
             t.interactive.insert(s.program, true);
         }
-        if s.person == p.billing_practitioner {
+        if s.person == ten.practitioner(p, s.program) {
             *t.practitioner_seconds.entry(s.program).or_default() += secs;
             t.practitioner_evidence
                 .entry(s.program)
@@ -273,6 +295,7 @@ struct LineMaker<'a> {
     dos: NaiveDate,
     pos: &'a str,
     npi: String,
+    practice: Option<String>,
 }
 
 impl LineMaker<'_> {
@@ -290,6 +313,7 @@ impl LineMaker<'_> {
             diagnoses: diagnoses.to_vec(),
             place_of_service: self.pos.to_string(),
             rendering_npi: self.npi.clone(),
+            practice: self.practice.clone(),
             evidence: evidence.iter().copied().collect(),
         }
     }
@@ -680,11 +704,31 @@ fn bill_rpm(
             end: pd.last,
             days,
         });
+        // Rule 18: the practitioner of record on the period's last day; one per period.
+        let tenure = p.tenure(Program::Rpm, pd.last);
         let dlm = LineMaker {
             dos: pd.last,
             pos: lm.pos,
-            npi: lm.npi.clone(),
+            npi: input.npi_of(&tenure.practitioner),
+            practice: input.practice_of(&tenure.practitioner),
         };
+        if let (Some(since), Some(before)) = (tenure.since, &tenure.predecessor)
+            && since > pd.start
+        {
+            let confirmed = input.confirms_transition(&tenure.practitioner);
+            r.exceptions.push(transition_exception(
+                Program::Rpm,
+                &format!("the RPM device period {} to {}", pd.start, pd.last),
+                since,
+                before,
+                &tenure.practitioner,
+                input,
+                confirmed,
+            ));
+            if !confirmed {
+                continue;
+            }
+        }
         if days >= rules.rpm_min_days_99454 {
             r.lines.push(dlm.line("99454", 1, &dx, &pd.evidence));
         } else if days >= rules.rpm_min_days_99445 {
@@ -703,7 +747,8 @@ fn bill_rpm(
             let setup = LineMaker {
                 dos: rpm.device_setup_on,
                 pos: lm.pos,
-                npi: lm.npi.clone(),
+                npi: dlm.npi.clone(),
+                practice: dlm.practice.clone(),
             };
             r.lines.push(setup.line("99453", 1, &dx, &pd.evidence));
         }
@@ -754,6 +799,99 @@ pub fn bill_patient_in(
     Ok(bill_patient(&Input::new(data)?, p, month, rules))
 }
 
+/// Who is of record for each program in a month (rule 18): the practitioner on the month's
+/// date of service, and since when when they followed someone else.
+pub(crate) struct Tenures {
+    pub of: BTreeMap<Program, Tenure>,
+}
+
+impl Tenures {
+    pub fn new(p: &Patient, on: NaiveDate) -> Tenures {
+        let of = if p.practitioners_of_record.is_empty() {
+            BTreeMap::new()
+        } else {
+            Program::ALL
+                .into_iter()
+                .map(|prog| (prog, p.tenure(prog, on)))
+                .collect()
+        };
+        Tenures { of }
+    }
+
+    /// The practitioner of record for `program`.
+    pub fn practitioner<'a>(&'a self, p: &'a Patient, program: Program) -> &'a str {
+        self.of
+            .get(&program)
+            .map_or(p.billing_practitioner.as_str(), |t| t.practitioner.as_str())
+    }
+
+    /// The patient as the program's practitioner of record sees it: when that practitioner
+    /// followed another, only consents given since their tenure began (rule 18: a new consent).
+    fn patient<'a>(&self, p: &'a Patient, program: Program) -> std::borrow::Cow<'a, Patient> {
+        match self.of.get(&program).and_then(|t| t.since) {
+            Some(since) => {
+                let mut q = p.clone();
+                q.consents
+                    .retain(|c| c.program != program || c.given_on >= since);
+                std::borrow::Cow::Owned(q)
+            }
+            None => std::borrow::Cow::Borrowed(p),
+        }
+    }
+
+    /// The change of practitioner inside the month, if any: (since, predecessor, practitioner).
+    fn transition(&self, program: Program, month: Month) -> Option<(NaiveDate, &str, &str)> {
+        let t = self.of.get(&program)?;
+        match (t.since, &t.predecessor) {
+            (Some(since), Some(before)) if since > month.first_day() && month.contains(since) => {
+                Some((since, before.as_str(), t.practitioner.as_str()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Rule 18's exception for a month (or RPM period) whose billing practitioner changed.
+fn transition_exception(
+    program: Program,
+    what: &str,
+    since: NaiveDate,
+    before: &str,
+    now: &str,
+    input: &Input<'_>,
+    confirmed: bool,
+) -> Exception {
+    let practice = input
+        .practice_of(now)
+        .unwrap_or_else(|| input.data.facility.id.clone());
+    let name = program.as_str().to_uppercase();
+    if confirmed {
+        Exception::new(
+            program,
+            ExceptionKind::Warning,
+            format!(
+                "billing practitioner changed on {since} ({before} → {now}): {what} is billed by {now}; practice {practice} confirms {before} has not billed {name} for it"
+            ),
+        )
+    } else {
+        Exception::new(
+            program,
+            ExceptionKind::Conflict,
+            format!(
+                "billing practitioner changed on {since} ({before} → {now}): only one practitioner may be paid for {what}; not billed until practice {practice} confirms {before} has not billed {name} for it (practice setting confirms_transition_months)"
+            ),
+        )
+    }
+}
+
+/// Codes billed per calendar month (rule 18's transition hold applies to them).
+fn is_month_code(program: Program, code: &str) -> bool {
+    match program {
+        Program::Rpm => matches!(code, "99457" | "99458" | "99470"),
+        _ => true,
+    }
+}
+
 fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -> Encounter {
     let last = month.last_day();
     let mut enc = Encounter {
@@ -763,7 +901,19 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         rpm_periods: Vec::new(),
         exceptions: Vec::new(),
         evidence: Vec::new(),
+        practices: Vec::new(),
     };
+    let dos = p.died_on.map_or(last, |d| d.min(last));
+    if !input.data.practices.is_empty() && month.first_day() <= dos {
+        let mut practices: Vec<String> = Program::ALL
+            .into_iter()
+            .flat_map(|prog| p.practitioners_between(prog, month.first_day(), dos))
+            .map(|x| input.data.practice_id_of(&x))
+            .collect();
+        practices.sort();
+        practices.dedup();
+        enc.practices = practices;
+    }
     if let Some(d) = p.died_on
         && d < month.first_day()
     {
@@ -774,7 +924,8 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         ));
         return enc;
     }
-    let t = month_time(input, p, month, last, rules);
+    let ten = Tenures::new(p, dos);
+    let t = month_time(input, p, month, last, rules, &ten);
     enc.minutes = Minutes {
         ccm: whole_minutes(t.seconds.get(&Program::Ccm).copied().unwrap_or(0)),
         ccm_practitioner: whole_minutes(
@@ -786,14 +937,30 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         pcm: whole_minutes(t.seconds.get(&Program::Pcm).copied().unwrap_or(0)),
         rpm: whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0)),
     };
-    // Rules 14–15.
-    let lm = LineMaker {
-        dos: p.died_on.map_or(last, |d| d.min(last)),
-        pos: &input.data.facility.place_of_service,
-        npi: input.npi_of(&p.billing_practitioner),
+    // Rules 14–15, and 18: each program's lines carry its practitioner of record.
+    let lm = |program: Program| {
+        let who = ten.practitioner(p, program);
+        LineMaker {
+            dos,
+            pos: &input.data.facility.place_of_service,
+            npi: input.npi_of(who),
+            practice: input.practice_of(who),
+        }
     };
-    let mut ccm = bill_ccm(p, month, &t, rules, &lm);
-    let mut pcm = bill_pcm(p, month, &t, rules, &lm);
+    let mut ccm = bill_ccm(
+        &ten.patient(p, Program::Ccm),
+        month,
+        &t,
+        rules,
+        &lm(Program::Ccm),
+    );
+    let mut pcm = bill_pcm(
+        &ten.patient(p, Program::Pcm),
+        month,
+        &t,
+        rules,
+        &lm(Program::Pcm),
+    );
     if !ccm.lines.is_empty() && !pcm.lines.is_empty() {
         ccm.lines.clear();
         pcm.lines.clear();
@@ -802,13 +969,71 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
             ExceptionKind::Conflict,
             format!(
                 "CCM and PCM by the same billing practitioner ({}) in one month: neither is billed until one is chosen",
-                p.billing_practitioner
+                ten.practitioner(p, Program::Ccm)
             ),
         ));
     }
-    let (rpm, periods) = bill_rpm(input, p, month, &t, rules, &lm);
+    let (rpm, periods) = bill_rpm(
+        input,
+        &ten.patient(p, Program::Rpm),
+        month,
+        &t,
+        rules,
+        &lm(Program::Rpm),
+    );
     enc.rpm_periods = periods;
-    for part in [ccm, pcm, rpm] {
+    for (program, mut part) in [
+        (Program::Ccm, ccm),
+        (Program::Pcm, pcm),
+        (Program::Rpm, rpm),
+    ] {
+        // Rule 18: a new practitioner needs a new consent; a month whose practitioner changed
+        // is billed only when the new practice confirms the other has not billed it.
+        if let Some(t) = ten.of.get(&program)
+            && let (Some(since), Some(before)) = (t.since, &t.predecessor)
+            && !p
+                .consents
+                .iter()
+                .any(|c| c.program == program && c.given_on >= since)
+        {
+            let name = program.as_str().to_uppercase();
+            let explicit = format!(
+                "no {name} consent given to the new billing practitioner {} (of record since {since}, after {before}): a change of practitioner needs a new consent",
+                t.practitioner
+            );
+            let mut replaced = false;
+            for e in part.exceptions.iter_mut() {
+                if e.kind == ExceptionKind::Requirement && e.reason.contains("consent") {
+                    e.reason = explicit.clone();
+                    replaced = true;
+                }
+            }
+            if !replaced && !part.lines.is_empty() {
+                part.exceptions.push(Exception::new(
+                    program,
+                    ExceptionKind::Requirement,
+                    explicit,
+                ));
+                part.lines.retain(|l| !is_month_code(program, &l.code));
+            }
+        }
+        if let Some((since, before, now)) = ten.transition(program, month)
+            && part.lines.iter().any(|l| is_month_code(program, &l.code))
+        {
+            let confirmed = input.confirms_transition(now);
+            part.exceptions.push(transition_exception(
+                program,
+                &format!("{} {month}", program.as_str().to_uppercase()),
+                since,
+                before,
+                now,
+                input,
+                confirmed,
+            ));
+            if !confirmed {
+                part.lines.retain(|l| !is_month_code(program, &l.code));
+            }
+        }
         enc.lines.extend(part.lines);
         enc.exceptions.extend(part.exceptions);
     }

@@ -82,7 +82,8 @@ pub fn worklist(
             continue;
         }
         let enc = bill_patient(&input, p, month, rules);
-        let t = month_time(&input, p, month, as_of, rules);
+        let ten = super::Tenures::new(p, as_of);
+        let t = month_time(&input, p, month, as_of, rules, &ten);
         let blocked = |program: ExceptionProgram| -> Vec<String> {
             enc.exceptions
                 .iter()
