@@ -293,6 +293,65 @@ fn check_patient(
     }
 }
 
+/// One practice on its own (the data file's entry, or the admin API's body): a safe id, a name,
+/// a valid group NPI and TIN when given, e-mail contacts.
+pub fn check_practice(p: &crate::model::Practice) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let entry = format!("practice {}", p.id);
+    if let Err(e) = crate::ids::check_id("id", &p.id) {
+        out.push(Problem::new(
+            "practice",
+            "id",
+            format!("{:?} is not a valid id ({})", e.shown, e.reason),
+        ));
+        return out;
+    }
+    if p.name.trim().is_empty() {
+        out.push(Problem::new(&entry, "name", "is empty"));
+    }
+    if let Some(npi) = &p.group_npi
+        && !is_npi(npi)
+    {
+        out.push(Problem::new(
+            &entry,
+            "group_npi",
+            format!("{npi:?} is not a valid 10-digit NPI"),
+        ));
+    }
+    if let Some(tin) = &p.tin
+        && !(tin.len() == 9 && tin.bytes().all(|c| c.is_ascii_digit()))
+    {
+        out.push(Problem::new(
+            &entry,
+            "tin",
+            "is not a 9-digit taxpayer identification number",
+        ));
+    }
+    for (i, x) in p.practitioners.iter().enumerate() {
+        if let Err(e) = crate::ids::check_id("practitioner", x) {
+            out.push(Problem::new(
+                &entry,
+                format!("practitioners[{i}]"),
+                format!("{:?} is not a valid id ({})", e.shown, e.reason),
+            ));
+        }
+    }
+    for (i, c) in p.contacts.iter().enumerate() {
+        let ok = c.len() <= 254
+            && c.split_once('@').is_some_and(|(a, b)| {
+                !a.is_empty() && b.contains('.') && !c.chars().any(char::is_whitespace)
+            });
+        if !ok {
+            out.push(Problem::new(
+                &entry,
+                format!("contacts[{i}]"),
+                "is not an e-mail address",
+            ));
+        }
+    }
+    out
+}
+
 /// Practices: valid group NPI and TIN, known practitioners each in at most one practice, and
 /// every practitioner of record in a practice when the file has practices.
 fn check_practices(d: &DataFile, practitioners: &BTreeSet<&str>, out: &mut Vec<Problem>) {
@@ -306,27 +365,7 @@ fn check_practices(d: &DataFile, practitioners: &BTreeSet<&str>, out: &mut Vec<P
     let mut member_of: BTreeMap<&str, &str> = BTreeMap::new();
     for p in &d.practices {
         let entry = format!("practice {}", p.id);
-        if p.name.trim().is_empty() {
-            out.push(Problem::new(&entry, "name", "is empty"));
-        }
-        if let Some(npi) = &p.group_npi
-            && !is_npi(npi)
-        {
-            out.push(Problem::new(
-                &entry,
-                "group_npi",
-                format!("{npi:?} is not a valid 10-digit NPI"),
-            ));
-        }
-        if let Some(tin) = &p.tin
-            && !(tin.len() == 9 && tin.bytes().all(|c| c.is_ascii_digit()))
-        {
-            out.push(Problem::new(
-                &entry,
-                "tin",
-                "is not a 9-digit taxpayer identification number",
-            ));
-        }
+        out.extend(check_practice(p));
         for (i, x) in p.practitioners.iter().enumerate() {
             if !practitioners.contains(x.as_str()) {
                 out.push(Problem::new(
@@ -341,18 +380,6 @@ fn check_practices(d: &DataFile, practitioners: &BTreeSet<&str>, out: &mut Vec<P
                     &entry,
                     format!("practitioners[{i}]"),
                     format!("practitioner {x:?} is already in practice {other:?}: a practitioner belongs to one practice"),
-                ));
-            }
-        }
-        for (i, c) in p.contacts.iter().enumerate() {
-            let ok = c.split_once('@').is_some_and(|(a, b)| {
-                !a.is_empty() && b.contains('.') && !c.chars().any(char::is_whitespace)
-            });
-            if !ok {
-                out.push(Problem::new(
-                    &entry,
-                    format!("contacts[{i}]"),
-                    "is not an e-mail address",
                 ));
             }
         }

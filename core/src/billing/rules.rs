@@ -77,6 +77,58 @@ pub struct RuleSet {
     pub rpm_revocation: Revocation,
     /// Reading days inside Part A / inpatient stays do not count (an uncertain reading of the regulations: a setting).
     pub rpm_exclude_stay_days: bool,
+
+    /// Estimated payments per code, for the company's view (never for billing itself).
+    pub fees: FeeSchedule,
+}
+
+/// Estimated Medicare payment per code, in cents: national non-facility amounts, and per
+/// payment locality (a practice's `locality`) amounts that replace them code by code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeeSchedule {
+    pub national: std::collections::BTreeMap<String, u32>,
+    pub localities: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>,
+}
+
+impl FeeSchedule {
+    /// The estimated amount of one unit of `code` (cents) in a locality (national without one).
+    pub fn amount(&self, code: &str, locality: Option<&str>) -> Option<u32> {
+        locality
+            .and_then(|l| self.localities.get(l))
+            .and_then(|m| m.get(code))
+            .or_else(|| self.national.get(code))
+            .copied()
+    }
+}
+
+impl Default for FeeSchedule {
+    /// Approximate CY2026 national non-facility amounts (`docs/billing-rules.md`, "Estimated
+    /// payments": unconfirmed; load the CMS fee schedule before relying on them). Codes without
+    /// a known amount are absent and shown as unknown.
+    fn default() -> FeeSchedule {
+        let national = [
+            ("99490", 6613),
+            ("99439", 4750),
+            ("99491", 8600),
+            ("99487", 14000),
+            ("99489", 7200),
+            ("99427", 4500),
+            ("99453", 2171),
+            ("99454", 4743),
+            ("99445", 4743),
+            ("99457", 5177),
+            ("99458", 4142),
+            ("99470", 2600),
+        ]
+        .into_iter()
+        .map(|(c, a)| (c.to_string(), a))
+        .collect();
+        FeeSchedule {
+            national,
+            localities: Default::default(),
+        }
+    }
 }
 
 /// The name of the built-in rule set.
@@ -112,6 +164,7 @@ impl Default for RuleSet {
             rpm_mgmt_requires_interactive: true,
             rpm_revocation: Revocation::OnDate,
             rpm_exclude_stay_days: true,
+            fees: FeeSchedule::default(),
         }
     }
 }

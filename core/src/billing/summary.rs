@@ -82,11 +82,58 @@ pub fn write_csv<W: std::io::Write>(
     run: &BillingRun,
     out: W,
 ) -> Result<(), csv::Error> {
+    write_csv_many(&[(data, run)], None, out)
+}
+
+type Total = (u32, u32, BTreeMap<String, u32>);
+
+/// Write the summary of several facilities' runs as one CSV: each facility's rows and totals,
+/// then, with `practice`, a `TOTAL practice <name>` row summing the facilities.
+pub fn write_csv_many<W: std::io::Write>(
+    runs: &[(&DataFile, &BillingRun)],
+    practice: Option<&str>,
+    out: W,
+) -> Result<(), csv::Error> {
     let mut w = csv::Writer::from_writer(out);
     w.write_record(COLUMNS)?;
+    let mut practice_total: Total = Default::default();
+    let mut last_month = String::new();
+    for (data, run) in runs {
+        let facility_total = write_facility(&mut w, data, run)?;
+        practice_total.0 += facility_total.0;
+        practice_total.1 += facility_total.1;
+        for (c, u) in facility_total.2 {
+            *practice_total.2.entry(c).or_default() += u;
+        }
+        last_month = run.month.to_string();
+    }
+    if let Some(name) = practice {
+        let mut row = vec![String::new(); COLUMNS.len()];
+        row[0] = last_month;
+        row[4] = format!("TOTAL practice {name}");
+        row[8] = format!("{} patient-programs", practice_total.0);
+        row[14] = practice_total.1.to_string();
+        row[21] = join_codes(
+            &practice_total
+                .2
+                .iter()
+                .map(|(c, u)| (c.clone(), *u))
+                .collect::<Vec<_>>(),
+        );
+        w.write_record(&row)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn write_facility<W: std::io::Write>(
+    w: &mut csv::Writer<W>,
+    data: &DataFile,
+    run: &BillingRun,
+) -> Result<Total, csv::Error> {
     let month = run.month.to_string();
-    let mut totals: BTreeMap<String, (u32, u32, BTreeMap<String, u32>)> = BTreeMap::new();
-    let mut facility_total: (u32, u32, BTreeMap<String, u32>) = Default::default();
+    let mut totals: BTreeMap<String, Total> = BTreeMap::new();
+    let mut facility_total: Total = Default::default();
     // Indexed once: a facility's summary is one pass, not one scan of every entry per patient.
     let patients: std::collections::HashMap<&str, &Patient> =
         data.patients.iter().map(|p| (p.id.as_str(), p)).collect();
@@ -99,12 +146,6 @@ pub fn write_csv<W: std::io::Write>(
         let Some(p) = patients.get(enc.patient.as_str()).copied() else {
             continue;
         };
-        let provider = data
-            .practitioners
-            .iter()
-            .find(|x| x.id == p.billing_practitioner);
-        let provider_name = provider.map(|x| x.name.clone()).unwrap_or_default();
-        let npi = provider.map(|x| x.npi.clone()).unwrap_or_default();
         let mut programs = programs_of(p, enc);
         if programs.is_empty() {
             programs.push(Program::Ccm);
@@ -116,6 +157,18 @@ pub fn write_csv<W: std::io::Write>(
             .filter(|i| enc.evidence.contains(&i.id))
             .collect();
         for prog in programs {
+            // The provider: the one on the program's lines, else its practitioner of record.
+            let provider = enc
+                .lines
+                .iter()
+                .find(|l| program_of_code(&l.code) == Some(prog))
+                .and_then(|l| data.practitioners.iter().find(|x| x.npi == l.rendering_npi))
+                .or_else(|| {
+                    let id = p.practitioner_on(prog, run.month.last_day());
+                    data.practitioners.iter().find(|x| x.id == id)
+                });
+            let provider_name = provider.map(|x| x.name.clone()).unwrap_or_default();
+            let npi = provider.map(|x| x.npi.clone()).unwrap_or_default();
             let consent = p
                 .consents
                 .iter()
@@ -244,6 +297,147 @@ pub fn write_csv<W: std::io::Write>(
     }
     let (rows, minutes, codes) = &facility_total;
     w.write_record(total_row("TOTAL facility".into(), *rows, *minutes, codes))?;
+    Ok(facility_total)
+}
+
+/// One practice's month at one facility, as the company's view shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PracticeFacilityMonth {
+    pub practice: String,
+    pub facility: String,
+    /// Patients with a practitioner of record of the practice in the month.
+    pub patients_served: u32,
+    /// Of those, patients with at least one of the practice's lines.
+    pub patients_billed: u32,
+    /// Units per code.
+    pub units: BTreeMap<String, u32>,
+    /// Estimated payment per code in cents (units × the fee schedule's amount); codes without
+    /// an amount are absent.
+    pub estimated_cents: BTreeMap<String, u64>,
+}
+
+impl PracticeFacilityMonth {
+    /// The practice's share of a facility's encounters. `default_practice` is the practice of
+    /// lines without one (the facility's own, in a file without practices).
+    pub fn of(
+        practice: &str,
+        facility: &str,
+        default_practice: &str,
+        encounters: &[Encounter],
+        fees: &super::rules::FeeSchedule,
+        locality: Option<&str>,
+    ) -> PracticeFacilityMonth {
+        let mut out = PracticeFacilityMonth {
+            practice: practice.to_string(),
+            facility: facility.to_string(),
+            ..Default::default()
+        };
+        for enc in encounters {
+            if !enc.concerns(practice, default_practice) {
+                continue;
+            }
+            out.patients_served += 1;
+            let mine: Vec<_> = enc
+                .lines
+                .iter()
+                .filter(|l| Encounter::line_practice(l, default_practice) == practice)
+                .collect();
+            if !mine.is_empty() {
+                out.patients_billed += 1;
+            }
+            for l in mine {
+                *out.units.entry(l.code.clone()).or_default() += l.units;
+                if let Some(a) = fees.amount(&l.code, locality) {
+                    *out.estimated_cents.entry(l.code.clone()).or_default() +=
+                        u64::from(a) * u64::from(l.units);
+                }
+            }
+        }
+        out
+    }
+
+    /// Add another facility's figures (for the practice's total).
+    pub fn add(&mut self, other: &PracticeFacilityMonth) {
+        self.patients_served += other.patients_served;
+        self.patients_billed += other.patients_billed;
+        for (c, u) in &other.units {
+            *self.units.entry(c.clone()).or_default() += u;
+        }
+        for (c, a) in &other.estimated_cents {
+            *self.estimated_cents.entry(c.clone()).or_default() += a;
+        }
+    }
+
+    pub fn total_cents(&self) -> u64 {
+        self.estimated_cents.values().sum()
+    }
+}
+
+/// Dollars and cents.
+pub fn dollars(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// The company's view as CSV: per practice and facility, one row per code (units and estimated
+/// payment), then the practice's total over its facilities.
+pub fn write_company_csv<W: std::io::Write>(
+    month: crate::month::Month,
+    rows: &[PracticeFacilityMonth],
+    out: W,
+) -> Result<(), csv::Error> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "month",
+        "practice",
+        "facility",
+        "patients_served",
+        "patients_billed",
+        "code",
+        "units",
+        "estimated_payment",
+    ])?;
+    let month = month.to_string();
+    let mut totals: BTreeMap<&str, PracticeFacilityMonth> = BTreeMap::new();
+    let write = |w: &mut csv::Writer<W>, r: &PracticeFacilityMonth, facility: &str| {
+        let mut lines: Vec<(String, String, String)> = r
+            .units
+            .iter()
+            .map(|(c, u)| {
+                let amount = r
+                    .estimated_cents
+                    .get(c)
+                    .map_or_else(String::new, |a| dollars(*a));
+                (c.clone(), u.to_string(), amount)
+            })
+            .collect();
+        lines.push(("ALL".into(), String::new(), dollars(r.total_cents())));
+        for (code, units, amount) in lines {
+            w.write_record([
+                month.as_str(),
+                r.practice.as_str(),
+                facility,
+                &r.patients_served.to_string(),
+                &r.patients_billed.to_string(),
+                &code,
+                &units,
+                &amount,
+            ])?;
+        }
+        Ok::<(), csv::Error>(())
+    };
+    for r in rows {
+        write(&mut w, r, &r.facility)?;
+        totals
+            .entry(r.practice.as_str())
+            .or_insert_with(|| PracticeFacilityMonth {
+                practice: r.practice.clone(),
+                ..Default::default()
+            })
+            .add(r);
+    }
+    for t in totals.values() {
+        write(&mut w, t, "TOTAL")?;
+    }
     w.flush()?;
     Ok(())
 }

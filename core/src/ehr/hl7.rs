@@ -69,7 +69,7 @@ fn common(pm: &PatientMonth<'_>) -> Common {
     let name = pm.patient.name.trim();
     let (given, family) = name.rsplit_once(' ').unwrap_or(("", name));
     let npi = pm.practitioner_npi();
-    let prac_name = pm.person_name(&pm.patient.billing_practitioner);
+    let prac_name = pm.person_name(pm.practitioner_id());
     let prac_core = prac_name
         .split(',')
         .next()

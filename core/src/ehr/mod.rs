@@ -31,6 +31,26 @@ pub struct ExportConfig {
     pub encounter_class: String,
 }
 
+impl ExportConfig {
+    /// These settings with a practice's own EHR identifiers where it names them.
+    pub fn for_practice(&self, p: &crate::model::Practice) -> ExportConfig {
+        let mut c = self.clone();
+        let e = &p.ehr;
+        let set = |field: &mut String, v: &Option<String>| {
+            if let Some(v) = v {
+                field.clone_from(v);
+            }
+        };
+        set(&mut c.practice, &e.code);
+        set(&mut c.mrn_system, &e.mrn_system);
+        set(&mut c.sending_application, &e.sending_application);
+        set(&mut c.sending_facility, &e.sending_facility);
+        set(&mut c.receiving_application, &e.receiving_application);
+        set(&mut c.receiving_facility, &e.receiving_facility);
+        c
+    }
+}
+
 impl Default for ExportConfig {
     fn default() -> ExportConfig {
         ExportConfig {
@@ -87,11 +107,29 @@ impl PatientMonth<'_> {
         self.tz.from_utc_datetime(&t.naive_utc()).fixed_offset()
     }
 
+    /// The practitioner the package is for: the one whose NPI the lines carry (the practitioner
+    /// of record of the practice receiving it), else the patient's billing practitioner.
+    pub fn practitioner_id(&self) -> &str {
+        self.encounter
+            .lines
+            .first()
+            .and_then(|l| {
+                self.data
+                    .practitioners
+                    .iter()
+                    .find(|p| p.npi == l.rendering_npi)
+            })
+            .map_or(self.patient.billing_practitioner.as_str(), |p| {
+                p.id.as_str()
+            })
+    }
+
     pub fn practitioner_npi(&self) -> String {
+        let id = self.practitioner_id();
         self.data
             .practitioners
             .iter()
-            .find(|p| p.id == self.patient.billing_practitioner)
+            .find(|p| p.id == id)
             .map(|p| p.npi.clone())
             .unwrap_or_default()
     }

@@ -24,7 +24,7 @@ pub fn note_lines(pm: &PatientMonth<'_>) -> Vec<String> {
         format!("Facility: {}", pm.data.facility.name),
         format!(
             "Billing practitioner: {} (NPI {})",
-            pm.person_name(&p.billing_practitioner),
+            pm.person_name(pm.practitioner_id()),
             pm.practitioner_npi()
         ),
         format!(

@@ -117,10 +117,23 @@ impl From<crate::services::alerting::vendor::IngestError> for ApiError {
     }
 }
 
+impl From<crate::sync::store::practices::PracticeError> for ApiError {
+    fn from(e: crate::sync::store::practices::PracticeError) -> ApiError {
+        use crate::sync::store::practices::PracticeError as P;
+        let status = match &e {
+            P::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            P::Conflict { .. } => StatusCode::CONFLICT,
+            P::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 impl From<crate::server::ImportError> for ApiError {
     fn from(e: crate::server::ImportError) -> ApiError {
         match e {
             crate::server::ImportError::Invalid(p) => ApiError::invalid(p.to_string()),
+            crate::server::ImportError::Practice(e) => e.into(),
             crate::server::ImportError::Internal(d) => ApiError::internal(d),
         }
     }

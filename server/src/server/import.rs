@@ -17,6 +17,9 @@ pub enum ImportError {
     /// The file is not a valid `rounds-data/1` file: one line per problem, naming entry and field.
     #[error("{0}")]
     Invalid(rounds_core::Problems),
+    /// The file's practices conflict with the server's (a practitioner in two practices).
+    #[error(transparent)]
+    Practice(#[from] crate::sync::store::practices::PracticeError),
     #[error("{0}")]
     Internal(String),
 }
@@ -48,6 +51,15 @@ impl Shared {
         .await
         .map_err(|e| ImportError::Internal(format!("the import task failed: {e}")))??;
         let facility = data.facility.id.clone();
+        // The practices first: a conflict with the server's stops the import before any
+        // document is written.
+        if !data.practices.is_empty() {
+            let store = self.store.clone();
+            let practices = data.practices.clone();
+            tokio::task::spawn_blocking(move || store.practices.put(&practices))
+                .await
+                .map_err(|e| ImportError::Internal(format!("the import task failed: {e}")))??;
+        }
         self.register_facility(&facility);
         let documents = docs.len();
         self.merge(&facility, docs)

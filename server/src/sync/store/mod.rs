@@ -5,10 +5,11 @@
 //! storage id), `heads` (key = document id; value = the sequence number of the newest chunk it
 //! describes ‖ the document's heads, 32 bytes each: what the summary exchange compares without
 //! loading the document — an entry older than the newest chunk is recomputed from the chunks),
-//! `meta` (`storage-id`, `seq`). A snapshot replaces the chunks with smaller sequence
+//! `meta` (`storage-id`, `seq`), `practices` (`practices::PracticeRegistry`). A snapshot replaces the chunks with smaller sequence
 //! numbers in one atomic batch, so a crash during compaction leaves either the old chunks or the
 //! snapshot, never neither.
 
+pub mod practices;
 pub mod read_model;
 
 use std::path::Path;
@@ -54,6 +55,8 @@ pub struct SledStore {
     latest: std::sync::Mutex<std::collections::HashMap<DocumentId, u64>>,
     /// Each patient and patient-month document read into the model, kept by sequence number.
     pub read_model: crate::sync::store::read_model::ReadModel,
+    /// The practices billed for (`practices::PracticeRegistry`).
+    pub practices: practices::PracticeRegistry,
 }
 
 fn chunk_key(doc: &DocumentId, seq: u64) -> [u8; 24] {
@@ -111,7 +114,9 @@ impl SledStore {
         }
         let read_model =
             crate::sync::store::read_model::ReadModel::open(&db).map_err(err("open read_model"))?;
+        let practices = practices::PracticeRegistry::open(&db).map_err(err("open practices"))?;
         Ok(SledStore {
+            practices,
             db,
             chunks,
             sync_states,

@@ -50,7 +50,9 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<Arc<FacilityDa
         .unwrap_or_else(|p| p.into_inner())
         .get(facility)
         .cloned();
+    let practices_generation = store.practices.generation();
     if let Some(c) = cached
+        && c.practices_generation == practices_generation
         && store.latest_seqs(&c.docs_ids) == c.docs_seqs
     {
         model.hits.fetch_add(1, Ordering::Relaxed);
@@ -112,11 +114,13 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<Arc<FacilityDa
             DocRead::Month(e) => months.push(e.clone()),
         }
     }
-    let (data, problems, alerts) =
+    let (mut data, problems, alerts) =
         view::assemble_read(&fdoc, patients, months).map_err(|p| ReadError::Unreadable {
             facility: facility.to_string(),
             problems: rounds_core::Problems(p).to_string(),
         })?;
+    // The practices of this facility's practitioners (none: the facility is one practice).
+    data.practices = store.practices.of_practitioners(&data.practitioners);
     for p in problems {
         tracing::warn!(facility, problem = %p, "entry skipped at month close");
     }
@@ -137,6 +141,7 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<Arc<FacilityDa
         .insert(
             facility.to_string(),
             Arc::new(Assembled {
+                practices_generation,
                 docs_ids,
                 docs_seqs,
                 data: data.clone(),
@@ -195,6 +200,8 @@ pub enum ReadError {
 
 /// A facility assembled from its documents, with every document's sequence number then.
 struct Assembled {
+    /// The practice registry's generation it was assembled with.
+    practices_generation: u64,
     docs_ids: Vec<DocumentId>,
     docs_seqs: Vec<Option<u64>>,
     data: Arc<FacilityData>,
