@@ -10,6 +10,7 @@ pub(super) fn user(command: UserCommand, store: PathBuf, server: String) -> Resu
             username,
             role,
             facilities,
+            practices,
         } => {
             let mut password = String::new();
             std::io::stdin()
@@ -19,6 +20,7 @@ pub(super) fn user(command: UserCommand, store: PathBuf, server: String) -> Resu
                 username,
                 role,
                 facilities,
+                practices,
                 password: password.trim_end_matches(['\r', '\n']).to_string(),
             }
         }
@@ -166,15 +168,21 @@ pub(super) fn export(
     facility: String,
     month: String,
     format: crate::services::export::Format,
+    practice: Option<String>,
     out: PathBuf,
     store: PathBuf,
     server: String,
 ) -> Result<(), CliError> {
     let month = parse_month(&month)?;
     let target = crate::cli::admin_client::AdminTarget { store, server };
-    if let Some(written) =
-        crate::cli::admin_client::export_local(&target, &facility, month, format, &out)
-    {
+    if let Some(written) = crate::cli::admin_client::export_local(
+        &target,
+        &facility,
+        month,
+        format,
+        practice.as_deref(),
+        &out,
+    ) {
         println!("wrote {} files to {}", written?, out.display());
         return Ok(());
     }
@@ -184,6 +192,7 @@ pub(super) fn export(
             facility,
             month,
             format,
+            practice,
         },
     )?;
     let files: Vec<crate::services::export::ExportFile> =

@@ -55,6 +55,7 @@ pub enum Op {
         username: String,
         role: crate::services::accounts::Role,
         facilities: Vec<String>,
+        practices: Vec<String>,
         password: String,
     },
     Users,
@@ -76,6 +77,7 @@ pub enum Op {
         facility: String,
         month: rounds_core::Month,
         format: crate::services::export::Format,
+        practice: Option<String>,
     },
 }
 
@@ -112,6 +114,7 @@ pub fn export_local(
     facility: &str,
     month: rounds_core::Month,
     format: crate::services::export::Format,
+    practice: Option<&str>,
     out: &Path,
 ) -> Option<Result<usize, CliError>> {
     let store = crate::sync::store::SledStore::open(&target.store).ok()?;
@@ -131,6 +134,7 @@ pub fn export_local(
             month,
             format,
             &rounds_core::ehr::ExportConfig::default(),
+            practice,
         )
         .map_err(invalid)?;
         crate::services::export::write(out, &files)
@@ -180,19 +184,20 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
             username,
             role,
             facilities,
+            practices,
             password,
         } => {
             let accounts =
                 crate::services::accounts::Accounts::open(store.db()).map_err(invalid)?;
             let u = accounts
-                .add_user(&username, &password, role, &facilities)
+                .add_user(&username, &password, role, &facilities, &practices)
                 .map_err(invalid)?;
             let mut rec = crate::services::security::AuditRecord::new("user-added");
             rec.device = Some(format!("user:{}", u.username));
             rec.detail = Some(format!("{} ({})", u.username, u.role.as_str()));
             s.record(rec);
             json(
-                serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities}),
+                serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "practices": u.practices}),
             )
         }
         Op::Users => {
@@ -201,7 +206,7 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
             let users: Vec<serde_json::Value> = accounts
                 .users()
                 .into_iter()
-                .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "created_at": u.created_at}))
+                .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "practices": u.practices, "created_at": u.created_at}))
                 .collect();
             json(serde_json::Value::Array(users))
         }
@@ -256,6 +261,7 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
             facility,
             month,
             format,
+            practice,
         } => {
             let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
             let files = crate::services::export::export(
@@ -265,6 +271,7 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
                 month,
                 format,
                 &rounds_core::ehr::ExportConfig::default(),
+                practice.as_deref(),
             )
             .map_err(invalid)?;
             let mut rec = crate::services::security::AuditRecord::new("export");
@@ -328,12 +335,13 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             username,
             role,
             facilities,
+            practices,
             password,
         } => client
             .post(format!("{base}/api/v1/users"))
             .header("content-type", "application/json")
             .body(
-                serde_json::json!({"username": username, "role": role, "facilities": facilities, "password": password})
+                serde_json::json!({"username": username, "role": role, "facilities": facilities, "practices": practices, "password": password})
                     .to_string(),
             ),
         Op::Users => client.get(format!("{base}/api/v1/users")),
@@ -360,13 +368,17 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             facility,
             month,
             format,
+            practice,
         } => {
             let f = serde_json::to_value(format)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
+            let practice = practice
+                .map(|p| format!("&practice={}", urlencode(&p)))
+                .unwrap_or_default();
             client.get(format!(
-                "{base}/api/v1/export?facility={}&month={month}&format={f}",
+                "{base}/api/v1/export?facility={}&month={month}&format={f}{practice}",
                 urlencode(&facility)
             ))
         }

@@ -188,6 +188,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
             month,
             format,
             &rounds_core::ehr::ExportConfig::default(),
+            None,
         )
         .map_err(err)?;
         crate::services::export::write(&opts.out, &files).map_err(err)?;

@@ -182,6 +182,9 @@ pub enum Command {
         month: String,
         #[arg(long, value_enum)]
         format: crate::services::export::Format,
+        /// Only this practice's patients and lines, with its EHR identifiers.
+        #[arg(long)]
+        practice: Option<String>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "./rounds-data")]
@@ -316,9 +319,13 @@ pub enum PushCommand {
         facility: String,
         #[arg(long)]
         month: String,
-        /// push.toml: [fhir] base_url/token/fingerprint, [hl7] address, [export] identifiers.
+        /// push.toml: [fhir] base_url/token/fingerprint, [hl7] address, [export] identifiers;
+        /// [practices.<id>] the same per practice.
         #[arg(long)]
         config: PathBuf,
+        /// Only this practice's packages (default: every practice's, each to its own EHR).
+        #[arg(long)]
+        practice: Option<String>,
         /// Seconds to keep retrying before returning.
         #[arg(long, default_value_t = 60)]
         wait: u64,
@@ -329,6 +336,8 @@ pub enum PushCommand {
         facility: Option<String>,
         #[arg(long)]
         month: Option<String>,
+        #[arg(long)]
+        practice: Option<String>,
     },
 }
 
@@ -340,9 +349,13 @@ pub enum UserCommand {
         username: String,
         #[arg(long, value_enum)]
         role: crate::services::accounts::Role,
-        /// A facility the user works for (repeat for several).
-        #[arg(long = "facility", required = true)]
+        /// A facility the user works for (repeat for several): facility staff.
+        #[arg(long = "facility")]
         facilities: Vec<String>,
+        /// A practice the user works for (repeat for several): a practice's billing or clinical
+        /// staff, who see its patients in every facility.
+        #[arg(long = "practice")]
+        practices: Vec<String>,
     },
     /// Every account (no passwords).
     List,

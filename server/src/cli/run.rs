@@ -67,10 +67,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             facility,
             month,
             format,
+            practice,
             out,
             store,
             server,
-        } => admin::export(facility, month, format, out, store, server),
+        } => admin::export(facility, month, format, practice, out, store, server),
         Command::Demo {
             store,
             out,

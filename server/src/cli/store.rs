@@ -46,6 +46,7 @@ pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError>
             facility,
             month,
             config,
+            practice,
             wait,
         } => {
             let month = parse_month(&month)?;
@@ -53,12 +54,21 @@ pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError>
                 crate::services::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
             let ledger = crate::services::ledger::Ledger::open(st.db())
                 .map_err(|e| CliError::Invalid(e.to_string()))?;
-            let added = outbox
-                .enqueue(&st, &ledger, &config, &facility, month)
+            let queued = outbox
+                .enqueue(&st, &ledger, &config, &facility, month, practice.as_deref())
                 .map_err(|e| CliError::Invalid(e.to_string()))?;
+            for p in &queued.without_target {
+                eprintln!(
+                    "practice {p}: no push target in {} ([practices.{p}]): its packages were not queued",
+                    "push.toml"
+                );
+            }
             let (ack, failed, pending) =
                 runtime()?.block_on(outbox.drain(&config, std::time::Duration::from_secs(wait)));
-            println!("queued {added} new; acknowledged {ack}, failed {failed}, pending {pending}");
+            println!(
+                "queued {} new; acknowledged {ack}, failed {failed}, pending {pending}",
+                queued.added
+            );
             for i in outbox
                 .all()
                 .iter()
@@ -72,11 +82,20 @@ pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError>
             }
             Ok(())
         }
-        PushCommand::Status { facility, month } => {
+        PushCommand::Status {
+            facility,
+            month,
+            practice,
+        } => {
             let items: Vec<_> = outbox
                 .all()
                 .into_iter()
                 .filter(|i| facility.as_ref().is_none_or(|f| &i.facility == f))
+                .filter(|i| {
+                    practice
+                        .as_ref()
+                        .is_none_or(|p| i.practice.as_ref().unwrap_or(&i.facility) == p)
+                })
                 .filter(|i| month.as_ref().is_none_or(|m| &i.month.to_string() == m))
                 .map(|mut i| {
                     i.payload = format!("{} bytes", i.payload.len());

@@ -174,6 +174,7 @@ pub struct ExportParams {
     facility: String,
     month: String,
     format: crate::services::export::Format,
+    practice: Option<String>,
 }
 
 pub async fn export(
@@ -183,6 +184,7 @@ pub async fn export(
 ) -> Api<Vec<crate::services::export::ExportFile>> {
     let month = month_of(&p.month)?;
     let (s, facility, format) = (shared.clone(), p.facility.clone(), p.format);
+    let practice = p.practice.clone();
     let files = blocking(move || {
         Ok(crate::services::export::export(
             &s.store,
@@ -191,6 +193,7 @@ pub async fn export(
             month,
             format,
             &rounds_core::ehr::ExportConfig::default(),
+            practice.as_deref(),
         )?)
     })
     .await?;

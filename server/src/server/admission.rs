@@ -78,11 +78,15 @@ impl Shared {
         password: String,
         role: Role,
         facilities: Vec<String>,
+        practices: Vec<String>,
     ) -> Result<User, AccountError> {
         let s = self.clone();
         let u = self
             .hashers
-            .run(move || s.accounts.add_user(&username, &password, role, &facilities))
+            .run(move || {
+                s.accounts
+                    .add_user(&username, &password, role, &facilities, &practices)
+            })
             .await
             .ok_or_else(|| AccountError::Store("the password could not be hashed".into()))??;
         let mut a = AuditRecord::new("user-added");

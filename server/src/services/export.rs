@@ -40,7 +40,8 @@ mod b64 {
     }
 }
 
-/// Build the package for a closed month.
+/// Build the package for a closed month: the whole facility's, or with `practice` only that
+/// practice's patients and lines, with its EHR identifiers.
 pub fn export(
     store: &SledStore,
     ledger: &Ledger,
@@ -48,9 +49,21 @@ pub fn export(
     month: Month,
     format: Format,
     config: &ExportConfig,
+    practice: Option<&str>,
 ) -> Result<Vec<ExportFile>, LedgerError> {
     let closed = closed_month(store, ledger, facility, month)?;
-    let (fd, versions) = (&closed.data, &closed.versions);
+    let (versions, config) = match practice {
+        None => (closed.versions.clone(), config.clone()),
+        Some(p) => {
+            let Some(known) = closed.practice(p) else {
+                return Err(LedgerError::Store(format!(
+                    "practice {p:?} is not a practice of facility {facility}"
+                )));
+            };
+            (closed.versions_for(p), config.for_practice(&known))
+        }
+    };
+    let (fd, versions, config) = (&closed.data, &versions, &config);
     let now = Utc::now();
     let mut files = Vec::new();
     if format == Format::Csv {
@@ -66,13 +79,16 @@ pub fn export(
         summary::write_csv(&fd.data, &run, &mut buf)
             .map_err(|e| LedgerError::Store(e.to_string()))?;
         files.push(ExportFile {
-            name: format!("summary-{facility}-{month}.csv"),
+            name: match practice {
+                Some(p) => format!("summary-{p}-{facility}-{month}.csv"),
+                None => format!("summary-{facility}-{month}.csv"),
+            },
             bytes: buf,
         });
         return Ok(files);
     }
     // One patient's files at a time on every core (the packages are independent).
-    let pms = closed.patient_months(month, now, config);
+    let pms = closed.patient_months(versions, month, now, config);
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);

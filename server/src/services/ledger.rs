@@ -274,6 +274,24 @@ impl Ledger {
     }
 }
 
+/// Versions as one practice sees them: those whose month concerns it, with only its lines
+/// (`default`: the facility's own practice, for lines without one).
+pub fn for_practice(
+    versions: &[EncounterVersion],
+    practice: &str,
+    default: &str,
+) -> Vec<EncounterVersion> {
+    versions
+        .iter()
+        .filter(|v| v.encounter.concerns(practice, default))
+        .map(|v| {
+            let mut v = v.clone();
+            v.encounter = v.encounter.for_practice(practice, default);
+            v
+        })
+        .collect()
+}
+
 /// A closed month ready for packaging: the facility's data, its zone and the latest versions.
 pub struct ClosedMonth {
     pub data: std::sync::Arc<FacilityData>,
@@ -286,14 +304,62 @@ pub struct ClosedMonth {
 }
 
 impl ClosedMonth {
-    /// Each latest version with its patient, ready for the package builders.
+    /// The practice of lines without one: the facility's own (a file without practices).
+    pub fn default_practice(&self) -> &str {
+        &self.data.data.facility.id
+    }
+
+    /// The practices this month concerns (a practitioner of record in it), sorted.
+    pub fn practices(&self) -> Vec<String> {
+        let default = self.default_practice();
+        let mut out: Vec<String> = self
+            .versions
+            .iter()
+            .flat_map(|v| {
+                if v.encounter.practices.is_empty() {
+                    vec![default.to_string()]
+                } else {
+                    v.encounter.practices.clone()
+                }
+            })
+            .chain(self.versions.iter().flat_map(|v| {
+                v.encounter
+                    .lines
+                    .iter()
+                    .map(|l| Encounter::line_practice(l, default).to_string())
+            }))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A practice by id: the registered one, or the facility's implicit practice.
+    pub fn practice(&self, id: &str) -> Option<rounds_core::Practice> {
+        self.data
+            .data
+            .practices
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .or_else(|| (id == self.default_practice()).then(|| self.data.data.implicit_practice()))
+    }
+
+    /// The latest versions as one practice sees them: the months that concern it, with only
+    /// its lines.
+    pub fn versions_for(&self, practice: &str) -> Vec<EncounterVersion> {
+        for_practice(&self.versions, practice, self.default_practice())
+    }
+
+    /// Each version with its patient, ready for the package builders.
     pub fn patient_months<'a>(
         &'a self,
+        versions: &'a [EncounterVersion],
         month: Month,
         now: DateTime<Utc>,
         config: &'a rounds_core::ehr::ExportConfig,
     ) -> Vec<rounds_core::ehr::PatientMonth<'a>> {
-        self.versions
+        versions
             .iter()
             .filter_map(|v| {
                 let part = self.parts.get(&v.patient)?;

@@ -10,5 +10,6 @@ pub mod import;
 pub mod ledger;
 pub mod notify;
 pub mod pdf;
+pub mod practice_summary;
 pub mod push;
 pub mod security;

@@ -17,7 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::services::ledger::{Ledger, LedgerError, closed_month};
 use crate::sync::store::SledStore;
 
-/// `push.toml`: where a practice's EHR listens.
+/// `push.toml`: where each practice's EHR listens. The top-level `[fhir]`, `[hl7]` and
+/// `[export]` are the targets of a facility's own practice (a data file without practices);
+/// `[practices.<id>]` holds each practice's own. A practice's packages go only to its own
+/// targets: a practice without a section gets nothing, and the push says so.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
@@ -27,6 +30,55 @@ pub struct PushConfig {
     pub export: ExportConfig,
     /// Attempts before an item is marked failed (default 8).
     pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub practices: std::collections::BTreeMap<String, PracticeTargets>,
+}
+
+/// One practice's EHR targets (`[practices.<id>]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PracticeTargets {
+    pub fhir: Option<FhirTarget>,
+    pub hl7: Option<Hl7Target>,
+    /// Its export settings (the top-level `[export]` when absent); the practice's own EHR
+    /// identifiers (`Practice::ehr`) apply on top.
+    pub export: Option<ExportConfig>,
+}
+
+/// Where one practice's packages go.
+pub struct Route<'a> {
+    pub fhir: Option<&'a FhirTarget>,
+    pub hl7: Option<&'a Hl7Target>,
+    pub export: &'a ExportConfig,
+}
+
+/// What queueing a month did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Messages added (already-queued keys are not counted).
+    pub added: usize,
+    /// Practices with lines this month but no target in `push.toml`: nothing queued for them.
+    pub without_target: Vec<String>,
+}
+
+impl PushConfig {
+    /// The targets of `practice` (None: an outbox item from before practices, or a facility's
+    /// own practice, whose id is the facility's).
+    pub fn route(&self, practice: Option<&str>, facility: &str) -> Option<Route<'_>> {
+        let practice = practice.unwrap_or(facility);
+        if let Some(t) = self.practices.get(practice) {
+            return Some(Route {
+                fhir: t.fhir.as_ref(),
+                hl7: t.hl7.as_ref(),
+                export: t.export.as_ref().unwrap_or(&self.export),
+            });
+        }
+        (practice == facility).then_some(Route {
+            fhir: self.fhir.as_ref(),
+            hl7: self.hl7.as_ref(),
+            export: &self.export,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +127,9 @@ pub enum Status {
 pub struct OutboxItem {
     pub key: String,
     pub facility: String,
+    /// The practice whose EHR receives it (absent: the facility's own practice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub practice: Option<String>,
     pub month: Month,
     pub patient: String,
     pub version: u32,
@@ -101,8 +156,9 @@ impl Outbox {
         })
     }
 
-    /// Queue the package of a closed month (latest versions) for the configured targets.
-    /// Returns the number of items added (already-queued keys are skipped).
+    /// Queue the package of a closed month (latest versions): each practice's patients and
+    /// lines for that practice's targets only (`only`: one practice). Already-queued keys are
+    /// skipped.
     pub fn enqueue(
         &self,
         store: &SledStore,
@@ -110,23 +166,68 @@ impl Outbox {
         config: &PushConfig,
         facility: &str,
         month: Month,
-    ) -> Result<usize, LedgerError> {
+        only: Option<&str>,
+    ) -> Result<Enqueued, LedgerError> {
         let closed = closed_month(store, ledger, facility, month)?;
         let now = Utc::now();
+        let mut out = Enqueued::default();
+        for practice in closed.practices() {
+            if only.is_some_and(|o| o != practice) {
+                continue;
+            }
+            let versions = closed.versions_for(&practice);
+            if versions.iter().all(|v| v.encounter.lines.is_empty()) {
+                continue;
+            }
+            let Some(route) = config.route(Some(&practice), facility) else {
+                tracing::warn!(facility, practice, %month, "no push target for this practice: nothing queued");
+                out.without_target.push(practice);
+                continue;
+            };
+            let export = match closed.practice(&practice) {
+                Some(p) => route.export.for_practice(&p),
+                None => route.export.clone(),
+            };
+            let explicit = practice != closed.default_practice();
+            out.added += self.enqueue_practice(
+                &closed,
+                &versions,
+                &route,
+                &export,
+                (facility, month, now),
+                explicit.then_some(practice.as_str()),
+            )?;
+        }
+        store
+            .flush()
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// One practice's packages of a closed month.
+    fn enqueue_practice(
+        &self,
+        closed: &crate::services::ledger::ClosedMonth,
+        versions: &[crate::services::ledger::EncounterVersion],
+        route: &Route<'_>,
+        export: &ExportConfig,
+        (facility, month, now): (&str, Month, DateTime<Utc>),
+        practice: Option<&str>,
+    ) -> Result<usize, LedgerError> {
         let mut added = 0;
-        for pm in closed.patient_months(month, now, &config.export) {
+        for pm in closed.patient_months(versions, month, now, export) {
             if pm.encounter.lines.is_empty() {
                 continue;
             }
             let mut payloads: Vec<(Target, String, String)> = Vec::new();
-            if config.fhir.is_some() {
+            if route.fhir.is_some() {
                 payloads.push((
                     Target::Fhir,
                     "FHIR".into(),
                     serde_json::to_string(&fhir::bundle(&pm)).unwrap_or_default(),
                 ));
             }
-            if config.hl7.is_some() {
+            if route.hl7.is_some() {
                 if let Some(m) = hl7::dft_p03(&pm, 0) {
                     payloads.push((Target::Hl7, "DFT".into(), m));
                 }
@@ -136,10 +237,16 @@ impl Outbox {
                 }
             }
             for (target, kind, payload) in payloads {
-                let key = format!("{}-v{}-{kind}", pm.key(), pm.version);
+                // A practice's own items carry its id: two practices' packages of one
+                // patient-month never share a key.
+                let key = match practice {
+                    Some(p) => format!("{p}/{}-v{}-{kind}", pm.key(), pm.version),
+                    None => format!("{}-v{}-{kind}", pm.key(), pm.version),
+                };
                 let item = OutboxItem {
                     key: key.clone(),
                     facility: facility.to_string(),
+                    practice: practice.map(str::to_string),
                     month,
                     patient: pm.patient.id.clone(),
                     version: pm.version,
@@ -164,9 +271,6 @@ impl Outbox {
                 }
             }
         }
-        store
-            .flush()
-            .map_err(|e| LedgerError::Store(e.to_string()))?;
         Ok(added)
     }
 
@@ -212,14 +316,20 @@ impl Outbox {
             .filter(|i| i.status == Status::Pending && i.next_attempt_at <= now)
         {
             item.attempts += 1;
-            let outcome = match item.target {
-                Target::Fhir => match &config.fhir {
+            let route = config.route(item.practice.as_deref(), &item.facility);
+            let section = match &item.practice {
+                Some(p) => format!("[practices.{p}]"),
+                None => "the top level".to_string(),
+            };
+            let outcome = match (item.target, route) {
+                (_, None) => Outcome::Failed(format!("no push target for its practice: {section} is missing")),
+                (Target::Fhir, Some(r)) => match r.fhir {
                     Some(t) => send_fhir(t, &item.payload).await,
-                    None => Outcome::Failed("no [fhir] target configured".into()),
+                    None => Outcome::Failed(format!("no [fhir] target configured in {section}")),
                 },
-                Target::Hl7 => match &config.hl7 {
+                (Target::Hl7, Some(r)) => match r.hl7 {
                     Some(t) => send_hl7(t, &item).await,
-                    None => Outcome::Failed("no [hl7] target configured".into()),
+                    None => Outcome::Failed(format!("no [hl7] target configured in {section}")),
                 },
             };
             match outcome {

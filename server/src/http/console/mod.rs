@@ -141,6 +141,11 @@ pub fn page_with(status: StatusCode, ctx: Option<&Ctx>, title: &str, body: Marku
                             a href="/console/close" { "Month close" }
                             a href="/console/push" { "Push status" }
                         }
+                        @if c.user.is_company() {
+                            a href="/console/company" { "Practices" }
+                        } @else if let Some(p) = c.user.practices.first() {
+                            a href=(format!("/console/summary?practice={}", crate::http::urlencode(p))) { "Practice summary" }
+                        }
                         @if c.user.role.is_admin() {
                             a href="/console/devices" { "Devices" }
                             a href="/console/audit" { "Audit" }
@@ -201,7 +206,25 @@ pub fn forbidden(shared: &Shared, ctx: &Ctx, facility: &str, patient: Option<&st
     error_page(
         Some(ctx),
         StatusCode::FORBIDDEN,
-        "You do not have access to this facility.",
+        if patient.is_some() {
+            "You do not have access to this patient."
+        } else {
+            "You do not have access to this facility."
+        },
+    )
+}
+
+/// 403 for a practice the user does not work for; audited.
+pub fn forbidden_practice(shared: &Shared, ctx: &Ctx, practice: &str) -> Response {
+    let mut a = AuditRecord::new("console-denied");
+    a.device = Some(format!("user:{}", ctx.user.username));
+    a.detail = Some(format!("practice {practice}"));
+    shared.security.record(a);
+    tracing::warn!(user = %ctx.user.username, practice, "console access denied");
+    error_page(
+        Some(ctx),
+        StatusCode::FORBIDDEN,
+        "You do not have access to this practice.",
     )
 }
 
@@ -392,6 +415,10 @@ pub fn routes() -> Router<Arc<Shared>> {
         )
         .route("/console/push-month", post(pages::push_month))
         .route("/console/download", get(pages::download))
+        .route("/console/summary", get(pages::practice_summary))
+        .route("/console/summary.csv", get(pages::practice_summary_csv))
+        .route("/console/company", get(pages::company))
+        .route("/console/company.csv", get(pages::company_csv))
         .route(
             "/console/push",
             get(pages::push_status).post(pages::push_retry),
@@ -408,7 +435,10 @@ pub fn routes() -> Router<Arc<Shared>> {
 pub struct NewUser {
     username: String,
     role: accounts::Role,
+    #[serde(default)]
     facilities: Vec<String>,
+    #[serde(default)]
+    practices: Vec<String>,
     password: String,
 }
 
@@ -419,10 +449,10 @@ pub async fn api_add_user(
     axum::Json(b): axum::Json<NewUser>,
 ) -> Result<axum::Json<serde_json::Value>, crate::http::api_error::ApiError> {
     let u = shared
-        .add_console_user(b.username, b.password, b.role, b.facilities)
+        .add_console_user(b.username, b.password, b.role, b.facilities, b.practices)
         .await?;
     Ok(axum::Json(
-        serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities}),
+        serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "practices": u.practices}),
     ))
 }
 
@@ -436,7 +466,7 @@ pub async fn api_users(
             .accounts
             .users()
             .into_iter()
-            .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "created_at": u.created_at}))
+            .map(|u| serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "practices": u.practices, "created_at": u.created_at}))
             .collect(),
     )
 }

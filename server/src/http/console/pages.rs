@@ -25,6 +25,16 @@ fn q<'a>(query: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
     query.get(k).map(String::as_str).filter(|v| !v.is_empty())
 }
 
+/// The facilities a user picks from: their own (facility staff), every facility (the company,
+/// a practice's staff — whose pages then show only their practices' patients).
+fn facilities_of(shared: &Shared, c: &Ctx) -> Vec<String> {
+    if c.user.is_company() || c.user.is_practice_staff() {
+        shared.facility_ids()
+    } else {
+        c.user.facilities.clone()
+    }
+}
+
 /// The facility asked for (or the user's first), checked against the user's facilities.
 fn facility_of(
     shared: &Shared,
@@ -33,7 +43,7 @@ fn facility_of(
 ) -> Result<String, Response> {
     let f = q(query, "facility")
         .map(str::to_string)
-        .or_else(|| c.user.facilities.first().cloned())
+        .or_else(|| facilities_of(shared, c).first().cloned())
         .unwrap_or_default();
     if c.user.sees(&f) {
         Ok(f)
@@ -69,12 +79,53 @@ async fn load(
     }
 }
 
-fn facility_picker(c: &Ctx, current: &str, action: &str, extra: Markup) -> Markup {
+/// The patients of a facility the user may see: None for all (the company, facility staff),
+/// else those with a practitioner of record in one of the user's practices.
+fn visible_patients(
+    c: &Ctx,
+    fd: &FacilityData,
+) -> Option<std::collections::HashSet<String>> {
+    c.user.practice_scope().map(|_| {
+        fd.data
+            .patients
+            .iter()
+            .filter(|p| {
+                c.user
+                    .sees_patient(&fd.data.facility.id, &fd.data.practices_of_patient(p))
+            })
+            .map(|p| p.id.clone())
+            .collect()
+    })
+}
+
+/// The practice a practice's staff member works in on this request: the `practice` asked for
+/// (403 and audited when not theirs) or their first. None for the company and facility staff.
+fn practice_of(
+    shared: &Shared,
+    c: &Ctx,
+    asked: Option<&str>,
+) -> Result<Option<String>, Response> {
+    match (c.user.practice_scope(), asked) {
+        (None, None) => Ok(None),
+        (None, Some(p)) => Ok(Some(p.to_string())),
+        (Some(mine), None) => Ok(mine.first().cloned()),
+        (Some(_), Some(p)) if c.user.sees_practice(p) => Ok(Some(p.to_string())),
+        (Some(_), Some(p)) => Err(super::forbidden_practice(shared, c, p)),
+    }
+}
+
+fn facility_picker(
+    shared: &Shared,
+    c: &Ctx,
+    current: &str,
+    action: &str,
+    extra: Markup,
+) -> Markup {
     html! {
         form.filters method="get" action=(action) {
             label { "Facility "
                 select name="facility" {
-                    @for f in &c.user.facilities {
+                    @for f in &facilities_of(shared, c) {
                         option value=(f) selected[f == current] { (f) }
                     }
                 }
@@ -139,6 +190,9 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
         Ok(i) => i,
         Err(e) => return error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
+    if let Some(visible) = visible_patients(&c, &fd) {
+        items.retain(|i| visible.contains(&i.patient));
+    }
     let computed = started.elapsed();
     // Names by id, once: a lookup per row over 10,000 residents was quadratic.
     let names: std::collections::HashMap<&str, &str> = fd
@@ -191,7 +245,7 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
     let body = html! {
         h1 { "Worklist — " (fd.data.facility.name) ", " (month.first_day().format("%B %Y")) }
         p.muted { "As of " (as_of) " (" (tz.name()) "). Minutes and reading days count entries synced to the server." }
-        (facility_picker(&c, &facility, "/console/", html! {
+        (facility_picker(&shared, &c, &facility, "/console/", html! {
             label { "As of " input type="date" name="as_of" value=(as_of); }
             label { "Program "
                 select name="program" {
@@ -289,6 +343,12 @@ pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
             &format!("No patient {pid:?} in {facility}."),
         );
     };
+    if !c
+        .user
+        .sees_patient(&facility, &fd.data.practices_of_patient(p))
+    {
+        return forbidden(&shared, &c, &facility, Some(&pid));
+    }
     let month = match q(&query, "month").map(str::parse::<Month>) {
         Some(Ok(m)) => m,
         Some(Err(_)) => return error_page(Some(&c), StatusCode::BAD_REQUEST, "month: use YYYY-MM"),
@@ -493,6 +553,8 @@ pub(super) fn billing_only(shared: &Shared, c: &Ctx) -> Option<Response> {
 
 mod admin;
 mod billing;
+mod practices;
 
 pub use admin::{audit_page, devices, devices_post};
 pub use billing::{close_month, close_page, download, push_month, push_retry, push_status};
+pub use practices::{company, company_csv, practice_summary, practice_summary_csv};

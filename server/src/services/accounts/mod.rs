@@ -20,6 +20,8 @@ pub enum Role {
     Billing,
     /// Worklist and patients.
     Nurse,
+    /// The care-management company: every practice and facility, billing and the company's view.
+    Company,
 }
 
 impl Role {
@@ -28,11 +30,12 @@ impl Role {
             Role::Admin => "admin",
             Role::Billing => "billing",
             Role::Nurse => "nurse",
+            Role::Company => "company",
         }
     }
 
     pub fn can_bill(self) -> bool {
-        matches!(self, Role::Admin | Role::Billing)
+        matches!(self, Role::Admin | Role::Billing | Role::Company)
     }
 
     pub fn is_admin(self) -> bool {
@@ -45,6 +48,9 @@ pub struct User {
     pub username: String,
     pub role: Role,
     pub facilities: Vec<String>,
+    /// A practice's staff: the practices whose patients they see, in any facility.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub practices: Vec<String>,
     pub created_at: DateTime<Utc>,
     password_hash: String,
     #[serde(default)]
@@ -53,9 +59,58 @@ pub struct User {
     locked_until: Option<DateTime<Utc>>,
 }
 
+/// Who sees what — the one place the console's scoping is decided. Three kinds of users:
+/// the company (`Role::Company`: every practice and facility), a practice's staff (`practices`
+/// given: billing or nurse, their practices' patients in any facility) and facility staff (their
+/// facilities' residents, whatever the practice).
 impl User {
+    pub fn is_company(&self) -> bool {
+        self.role == Role::Company
+    }
+
+    /// A practice's billing or clinical staff.
+    pub fn is_practice_staff(&self) -> bool {
+        !self.is_company() && !self.practices.is_empty()
+    }
+
+    /// May open a facility's pages (a practice's staff see only their patients on them).
     pub fn sees(&self, facility: &str) -> bool {
-        self.facilities.iter().any(|f| f == facility)
+        self.is_company()
+            || self.is_practice_staff()
+            || self.facilities.iter().any(|f| f == facility)
+    }
+
+    /// May see a patient of `facility` whose practitioners of record belong to `practices`.
+    pub fn sees_patient(&self, facility: &str, practices: &[String]) -> bool {
+        if self.is_company() {
+            true
+        } else if self.is_practice_staff() {
+            practices.iter().any(|p| self.practices.contains(p))
+        } else {
+            self.facilities.iter().any(|f| f == facility)
+        }
+    }
+
+    /// May see a practice's summary and packages.
+    pub fn sees_practice(&self, practice: &str) -> bool {
+        self.is_company() || self.practices.iter().any(|p| p == practice)
+    }
+
+    /// May see a package (an outbox item) of `facility` for `practice` (None: the facility's
+    /// own practice).
+    pub fn sees_package(&self, facility: &str, practice: Option<&str>) -> bool {
+        if self.is_company() {
+            true
+        } else if self.is_practice_staff() {
+            self.sees_practice(practice.unwrap_or(facility))
+        } else {
+            self.facilities.iter().any(|f| f == facility)
+        }
+    }
+
+    /// The practices whose lines the user's downloads and pushes are limited to (None: all).
+    pub fn practice_scope(&self) -> Option<&[String]> {
+        self.is_practice_staff().then_some(self.practices.as_slice())
     }
 }
 
@@ -148,6 +203,7 @@ impl Accounts {
         password: &str,
         role: Role,
         facilities: &[String],
+        practices: &[String],
     ) -> Result<User, AccountError> {
         let ok = !username.is_empty()
             && username.len() <= 64
@@ -165,13 +221,23 @@ impl Accounts {
                 "password: use at least 12 characters".into(),
             ));
         }
-        if facilities.is_empty() {
+        if role != Role::Company && facilities.is_empty() && practices.is_empty() {
             return Err(AccountError::Invalid(
-                "facility: give at least one facility id".into(),
+                "facility: give at least one facility id (facility staff) or practice id (a practice's staff)".into(),
             ));
+        }
+        if !practices.is_empty() && !matches!(role, Role::Billing | Role::Nurse) {
+            return Err(AccountError::Invalid(format!(
+                "practice: a practice's staff are billing or nurse users, not {}",
+                role.as_str()
+            )));
         }
         for f in facilities {
             rounds_core::ids::check_id("facility", f)
+                .map_err(|e| AccountError::Invalid(e.to_string()))?;
+        }
+        for p in practices {
+            rounds_core::ids::check_id("practice", p)
                 .map_err(|e| AccountError::Invalid(e.to_string()))?;
         }
         if self.users.contains_key(username.as_bytes())? {
@@ -186,6 +252,7 @@ impl Accounts {
             username: username.to_string(),
             role,
             facilities: facilities.to_vec(),
+            practices: practices.to_vec(),
             created_at: Utc::now(),
             password_hash: hash,
             failed_attempts: 0,

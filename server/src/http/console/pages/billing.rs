@@ -21,9 +21,22 @@ pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
         Some(Err(_)) => return error_page(Some(&c), StatusCode::BAD_REQUEST, "month: use YYYY-MM"),
         None => Month::of(Utc::now().with_timezone(&tz).date_naive()).previous(),
     };
+    let practice = match practice_of(&shared, &c, q(&query, "practice")) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let scoped = |v: Vec<crate::services::ledger::EncounterVersion>| match &practice {
+        Some(p) => crate::services::ledger::for_practice(&v, p, &facility),
+        None => v,
+    };
     let closed = shared.ledger.is_closed(&facility, month);
-    let latest = shared.ledger.latest(&facility, month);
-    let all = shared.ledger.versions(&facility, month);
+    let latest = scoped(shared.ledger.latest(&facility, month));
+    let all = scoped(shared.ledger.versions(&facility, month));
+    let practice_q = practice
+        .as_ref()
+        .map(|p| format!("&practice={}", urlencode(p)))
+        .unwrap_or_default();
+    let may_close = !c.user.is_practice_staff();
     let changed: Vec<_> = all.iter().filter(|v| v.version > 1).collect();
     let name_of = |id: &str| {
         fd.data
@@ -35,17 +48,19 @@ pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
     };
     let can_push = shared.push_config().is_some();
     let notice = q(&query, "notice");
-    let dl =
-        |fmt: &str| format!("/console/download?facility={facility}&month={month}&format={fmt}");
+    let dl = |fmt: &str| {
+        format!("/console/download?facility={facility}&month={month}&format={fmt}{practice_q}")
+    };
     let body = html! {
         h1 { "Month close — " (fd.data.facility.name) ", " (month.first_day().format("%B %Y")) }
         @if let Some(n) = notice { div.notice { (n) } }
-        (facility_picker(&c, &facility, "/console/close", html! {
+        @if let Some(p) = &practice { p { "Practice " strong #practice { (p) } ": its patients and lines only." } }
+        (facility_picker(&shared, &c, &facility, "/console/close", html! {
             label { "Month " input type="month" name="month" value=(month.to_string()); }
         }))
         table #facilities {
             thead { tr { th { "Facility" } th { (month.first_day().format("%B %Y")) } th.num { "Encounters" } th.num { "Amended / voided" } } }
-            tbody { @for f in &c.user.facilities {
+            tbody { @for f in &facilities_of(&shared, &c) {
                 @let versions = shared.ledger.versions(f, month);
                 tr {
                     td { a href=(format!("/console/close?facility={f}&month={month}")) { (f) } }
@@ -61,11 +76,13 @@ pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
             } @else {
                 p { span.badge.warning { "open" } " Not closed yet. Closing stores version 1 of every encounter; later data makes amendments or voids." }
             }
-            form.inline method="post" action="/console/close" {
-                (csrf_field(&c))
-                input type="hidden" name="facility" value=(facility);
-                input type="hidden" name="month" value=(month.to_string());
-                button #close-month type="submit" { @if closed { "Re-evaluate month" } @else { "Close month" } }
+            @if may_close {
+                form.inline method="post" action="/console/close" {
+                    (csrf_field(&c))
+                    input type="hidden" name="facility" value=(facility);
+                    input type="hidden" name="month" value=(month.to_string());
+                    button #close-month type="submit" { @if closed { "Re-evaluate month" } @else { "Close month" } }
+                }
             }
             " "
             @if closed && can_push {
@@ -73,6 +90,7 @@ pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
                     (csrf_field(&c))
                     input type="hidden" name="facility" value=(facility);
                     input type="hidden" name="month" value=(month.to_string());
+                    @if let Some(p) = &practice { input type="hidden" name="practice" value=(p); }
                     button type="submit" { "Approve and push to the EHR" }
                 }
             } @else if closed {
@@ -95,7 +113,7 @@ pub async fn close_page(State(shared): State<Arc<Shared>>, c: Ctx, Query(query):
                         td.num { (v.version) " " span.badge { (format!("{:?}", v.kind).to_lowercase()) } }
                         td { (v.encounter.lines.iter().map(|l| format!("{}×{}", l.code, l.units)).collect::<Vec<_>>().join(", ")) }
                         td { @for e in &v.encounter.exceptions { div { (e.reason) } } }
-                        td { a href=(format!("/console/download?facility={facility}&month={month}&format=pdf&patient={}", v.patient)) { "PDF" } }
+                        td { a href=(format!("/console/download?facility={facility}&month={month}&format=pdf&patient={}{practice_q}", v.patient)) { "PDF" } }
                     } } }
                 }
             }
@@ -138,7 +156,9 @@ pub async fn close_month(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !c.user.sees(&facility) {
+    // A facility's month is closed for every practice at once: by the company or the
+    // facility's billing staff, not by one practice's.
+    if !c.user.sees(&facility) || c.user.is_practice_staff() {
         return forbidden(&shared, &c, &facility, None);
     }
     let s = shared.clone();
@@ -191,6 +211,10 @@ pub async fn push_month(
     if !c.user.sees(&facility) {
         return forbidden(&shared, &c, &facility, None);
     }
+    let practice = match practice_of(&shared, &c, form.get("practice").map(String::as_str)) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let Some(config) = shared.push_config() else {
         return error_page(
             Some(&c),
@@ -203,12 +227,21 @@ pub async fn push_month(
     let result = tokio::task::spawn_blocking(move || {
         let outbox = crate::services::push::Outbox::open(s.store.db())?;
         outbox
-            .enqueue(&s.store, &s.ledger, &config, &f, month)
+            .enqueue(&s.store, &s.ledger, &config, &f, month, practice.as_deref())
             .map_err(|e| e.to_string())
     })
     .await;
     match result {
-        Ok(Ok(n)) => {
+        Ok(Ok(queued)) => {
+            let n = queued.added;
+            let missing = if queued.without_target.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " Not queued (no EHR target configured): practice {}.",
+                    queued.without_target.join(", ")
+                )
+            };
             audit(
                 &shared,
                 &c,
@@ -219,7 +252,7 @@ pub async fn push_month(
             );
             Redirect::to(&format!(
                 "/console/push?notice={}",
-                urlencode(&format!("{n} messages queued for {facility} {month}."))
+                urlencode(&format!("{n} messages queued for {facility} {month}.{missing}"))
             ))
             .into_response()
         }
@@ -264,6 +297,25 @@ pub async fn download(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
             "patient: a PDF note is per patient",
         );
     }
+    let practice = match practice_of(&shared, &c, q(&query, "practice")) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Some(pid) = &patient
+        && c.user.is_practice_staff()
+    {
+        let (fd, _) = match load(&shared, &c, &facility).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let seen = fd.data.patients.iter().find(|p| &p.id == pid).is_some_and(|p| {
+            c.user
+                .sees_patient(&facility, &fd.data.practices_of_patient(p))
+        });
+        if !seen {
+            return forbidden(&shared, &c, &facility, Some(pid));
+        }
+    }
     let s = shared.clone();
     let f = facility.clone();
     let files = tokio::task::spawn_blocking(move || {
@@ -274,6 +326,7 @@ pub async fn download(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
             month,
             format,
             &rounds_core::ehr::ExportConfig::default(),
+            practice.as_deref(),
         )
     })
     .await;
@@ -369,7 +422,7 @@ pub async fn push_status(State(shared): State<Arc<Shared>>, c: Ctx, Query(query)
             .map(|o| o.all())
             .unwrap_or_default()
             .into_iter()
-            .filter(|i| c.user.sees(&i.facility))
+            .filter(|i| c.user.sees_package(&i.facility, i.practice.as_deref()))
             .collect();
     let body = html! {
         h1 { "Push status" }
@@ -379,7 +432,7 @@ pub async fn push_status(State(shared): State<Arc<Shared>>, c: Ctx, Query(query)
             table #push {
                 thead { tr { th { "Facility / month" } th { "Patient" } th { "Target" } th { "Status" } th.num { "Attempts" } th { "EHR answer / error" } th { "" } } }
                 tbody { @for i in &items { tr {
-                    td { (i.facility) " " (i.month) }
+                    td { (i.facility) " " (i.month) @if let Some(p) = &i.practice { " · " (p) } }
                     td { (i.patient) " v" (i.version) }
                     td { (format!("{:?}", i.target).to_uppercase()) }
                     td { @match i.status {
@@ -417,7 +470,7 @@ pub async fn push_retry(
         Err(e) => return error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     match outbox.all().into_iter().find(|i| i.key == key) {
-        Some(i) if c.user.sees(&i.facility) => {
+        Some(i) if c.user.sees_package(&i.facility, i.practice.as_deref()) => {
             if let Err(e) = outbox.retry(&key) {
                 return error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, &e);
             }
