@@ -29,6 +29,34 @@ pub(super) fn user(command: UserCommand, store: PathBuf, server: String) -> Resu
     admin(store, server, op)
 }
 
+pub(super) fn practice(
+    command: PracticeCommand,
+    store: PathBuf,
+    server: String,
+) -> Result<(), CliError> {
+    let op = match command {
+        PracticeCommand::List => crate::cli::admin_client::Op::Practices,
+        PracticeCommand::Set { file } => {
+            let body = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+            // Checked here first, so a bad file names its problems before anything is sent.
+            crate::sync::store::practices::parse_practices(&body)
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            crate::cli::admin_client::Op::PracticeSet { body }
+        }
+        PracticeCommand::Summary {
+            month,
+            practice,
+            csv,
+        } => crate::cli::admin_client::Op::Summary {
+            month: parse_month(&month)?,
+            practice,
+            csv,
+        },
+    };
+    admin(store, server, op)
+}
+
 pub(super) fn integration(
     command: IntegrationCommand,
     store: PathBuf,

@@ -59,6 +59,18 @@ pub enum Op {
         password: String,
     },
     Users,
+    /// Every practice.
+    Practices,
+    /// Create or replace practices (JSON: one object or a list).
+    PracticeSet {
+        body: String,
+    },
+    /// Per practice and facility of a closed month.
+    Summary {
+        month: rounds_core::Month,
+        practice: Option<String>,
+        csv: bool,
+    },
     /// Set a facility's alert protocol from TOML text.
     Protocol {
         facility: String,
@@ -199,6 +211,63 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
             json(
                 serde_json::json!({"username": u.username, "role": u.role, "facilities": u.facilities, "practices": u.practices}),
             )
+        }
+        Op::Practices => serde_json::to_string_pretty(&store.practices.all()).unwrap_or_default(),
+        Op::PracticeSet { body } => {
+            let practices = crate::sync::store::practices::parse_practices(&body)
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            store
+                .practices
+                .put(&practices)
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let mut rec = crate::services::security::AuditRecord::new("practice-set");
+            rec.detail = Some(format!(
+                "practice {}",
+                practices
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            s.record(rec);
+            serde_json::to_string_pretty(&practices).unwrap_or_default()
+        }
+        Op::Summary {
+            month,
+            practice,
+            csv,
+        } => {
+            let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
+            let rules = rounds_core::billing::RuleSet::default();
+            match (practice, csv) {
+                (Some(p), true) => String::from_utf8_lossy(
+                    &crate::services::practice_summary::practice_csv(store, &ledger, &p, month)
+                        .map_err(invalid)?,
+                )
+                .to_string(),
+                (None, true) => {
+                    let rows = crate::services::practice_summary::rows(
+                        store, &ledger, &rules, month, None,
+                    )
+                    .map_err(invalid)?;
+                    String::from_utf8_lossy(
+                        &crate::services::practice_summary::company_csv(&rows, month)
+                            .map_err(invalid)?,
+                    )
+                    .to_string()
+                }
+                (p, false) => serde_json::to_string_pretty(
+                    &crate::services::practice_summary::rows(
+                        store,
+                        &ledger,
+                        &rules,
+                        month,
+                        p.as_deref(),
+                    )
+                    .map_err(invalid)?,
+                )
+                .unwrap_or_default(),
+            }
         }
         Op::Users => {
             let accounts =
@@ -345,6 +414,43 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
                     .to_string(),
             ),
         Op::Users => client.get(format!("{base}/api/v1/users")),
+        Op::Practices => client.get(format!("{base}/api/v1/practices")),
+        Op::PracticeSet { body } => {
+            // One PUT per practice: the API takes one at a time.
+            let practices = crate::sync::store::practices::parse_practices(&body)
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
+            let mut out = Vec::new();
+            for p in practices {
+                let resp = client
+                    .put(format!("{base}/api/v1/practices/{}", urlencode(&p.id)))
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_string(&p).unwrap_or_default())
+                    .bearer_auth(token.trim())
+                    .send()
+                    .await
+                    .map_err(|e| CliError::Invalid(format!("{base}: {e}")))?;
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                if !status.is_success() {
+                    return Err(CliError::Invalid(format!("practice {}: {status}: {text}", p.id)));
+                }
+                out.push(serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default());
+            }
+            return Ok(serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        Op::Summary {
+            month,
+            practice,
+            csv,
+        } => {
+            let practice = practice
+                .map(|p| format!("&practice={}", urlencode(&p)))
+                .unwrap_or_default();
+            let format = if csv { "csv" } else { "json" };
+            client.get(format!(
+                "{base}/api/v1/summary?month={month}&format={format}{practice}"
+            ))
+        }
         Op::Protocol { facility, toml } => client
             .post(format!("{base}/api/v1/protocol"))
             .header("content-type", "application/json")

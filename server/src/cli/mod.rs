@@ -94,6 +94,16 @@ pub enum Command {
     },
     /// Run the sync server (WebSocket at /sync over TLS; /healthz, /metrics).
     Serve(Box<ServeArgs>),
+    /// Practices: the billing entities (group NPI, TIN, practitioners, EHR identifiers) and
+    /// their monthly summaries over all facilities.
+    Practice {
+        #[command(subcommand)]
+        command: PracticeCommand,
+        #[arg(long, default_value = "./rounds-data", global = true)]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
+    },
     /// Web console accounts (the console is at https://HOST:PORT/console/).
     User {
         #[command(subcommand)]
@@ -338,6 +348,25 @@ pub enum PushCommand {
         month: Option<String>,
         #[arg(long)]
         practice: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PracticeCommand {
+    /// Every practice (JSON).
+    List,
+    /// Create or replace practices from a JSON file (one practice object or a list), each
+    /// checked; a practitioner already in another practice is refused and nothing changes.
+    Set { file: PathBuf },
+    /// A closed month per practice and facility: patients served, units per code, estimated
+    /// payment (JSON; `--csv` for CSV: the company's view, or with `--practice` its summary).
+    Summary {
+        #[arg(long)]
+        month: String,
+        #[arg(long)]
+        practice: Option<String>,
+        #[arg(long)]
+        csv: bool,
     },
 }
 

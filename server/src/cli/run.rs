@@ -22,6 +22,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             store,
             server,
         } => admin::user(command, store, server),
+        Command::Practice {
+            command,
+            store,
+            server,
+        } => admin::practice(command, store, server),
         Command::Integration {
             command,
             store,

@@ -237,3 +237,105 @@ pub async fn quarantine_show(
         .ok_or_else(|| ApiError::not_found("no quarantine entry with this id"))?;
     Ok(Json(e).into_response())
 }
+
+/// `GET /api/v1/practices`: every practice the server bills for.
+pub async fn practices(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+) -> Api<Vec<rounds_core::Practice>> {
+    let s = shared.clone();
+    Ok(Json(blocking(move || Ok(s.store.practices.all())).await?))
+}
+
+/// `PUT /api/v1/practices/{id}`: create or replace one practice (JSON body).
+pub async fn put_practice(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: String,
+) -> Api<rounds_core::Practice> {
+    let mut practices = crate::sync::store::practices::parse_practices(&body)?;
+    let practice = match (practices.pop(), practices.is_empty()) {
+        (Some(p), true) if p.id == id => p,
+        (Some(p), true) => {
+            return Err(ApiError::invalid(format!(
+                "practice {}: field `id`: does not match the path ({id:?})",
+                p.id
+            )));
+        }
+        _ => return Err(ApiError::invalid("expected one practice object")),
+    };
+    let (s, p) = (shared.clone(), practice.clone());
+    blocking(move || Ok(s.store.practices.put(std::slice::from_ref(&p))?)).await?;
+    let mut rec = AuditRecord::new("practice-set");
+    rec.detail = Some(format!("practice {id}"));
+    shared.security.record(rec);
+    Ok(Json(practice))
+}
+
+#[derive(Deserialize)]
+pub struct SummaryParams {
+    month: String,
+    practice: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /api/v1/summary?month=M[&practice=P][&format=csv]`: per practice and facility (the
+/// company's view), or one practice's; `format=csv` with a practice is its summary CSV.
+pub async fn summary(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Query(p): Query<SummaryParams>,
+) -> Result<Response, ApiError> {
+    let month = month_of(&p.month)?;
+    let csv = match p.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "format: {other:?} is not json or csv"
+            )));
+        }
+    };
+    let s = shared.clone();
+    let practice = p.practice.clone();
+    let out = blocking(move || {
+        let store = &s.store;
+        Ok(match (&practice, csv) {
+            (Some(pr), true) => String::from_utf8_lossy(
+                &crate::services::practice_summary::practice_csv(store, &s.ledger, pr, month)?,
+            )
+            .to_string(),
+            (None, true) => {
+                let rows = crate::services::practice_summary::rows(
+                    store, &s.ledger, &s.rules, month, None,
+                )?;
+                String::from_utf8_lossy(&crate::services::practice_summary::company_csv(
+                    &rows, month,
+                )?)
+                .to_string()
+            }
+            (_, false) => serde_json::to_string(&crate::services::practice_summary::rows(
+                store,
+                &s.ledger,
+                &s.rules,
+                month,
+                practice.as_deref(),
+            )?)
+            .unwrap_or_default(),
+        })
+    })
+    .await?;
+    let mut rec = AuditRecord::new("summary");
+    rec.detail = Some(format!(
+        "{month} {}",
+        p.practice.as_deref().unwrap_or("all practices")
+    ));
+    shared.security.record(rec);
+    let mime = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    Ok(([("content-type", mime)], out).into_response())
+}

@@ -130,6 +130,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/close", post(crate::http::admin::close_month))
         .route("/api/v1/encounters", get(crate::http::admin::encounters))
         .route("/api/v1/export", get(crate::http::admin::export))
+        .route("/api/v1/practices", get(crate::http::admin::practices))
+        .route(
+            "/api/v1/practices/{id}",
+            axum::routing::put(crate::http::admin::put_practice),
+        )
+        .route("/api/v1/summary", get(crate::http::admin::summary))
         // Every body-reading extractor stops at this (413); the import's own limit overrides it.
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)

@@ -322,7 +322,9 @@ impl Outbox {
                 None => "the top level".to_string(),
             };
             let outcome = match (item.target, route) {
-                (_, None) => Outcome::Failed(format!("no push target for its practice: {section} is missing")),
+                (_, None) => Outcome::Failed(format!(
+                    "no push target for its practice: {section} is missing"
+                )),
                 (Target::Fhir, Some(r)) => match r.fhir {
                     Some(t) => send_fhir(t, &item.payload).await,
                     None => Outcome::Failed(format!("no [fhir] target configured in {section}")),

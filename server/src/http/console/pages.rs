@@ -81,10 +81,7 @@ async fn load(
 
 /// The patients of a facility the user may see: None for all (the company, facility staff),
 /// else those with a practitioner of record in one of the user's practices.
-fn visible_patients(
-    c: &Ctx,
-    fd: &FacilityData,
-) -> Option<std::collections::HashSet<String>> {
+fn visible_patients(c: &Ctx, fd: &FacilityData) -> Option<std::collections::HashSet<String>> {
     c.user.practice_scope().map(|_| {
         fd.data
             .patients
@@ -100,11 +97,7 @@ fn visible_patients(
 
 /// The practice a practice's staff member works in on this request: the `practice` asked for
 /// (403 and audited when not theirs) or their first. None for the company and facility staff.
-fn practice_of(
-    shared: &Shared,
-    c: &Ctx,
-    asked: Option<&str>,
-) -> Result<Option<String>, Response> {
+fn practice_of(shared: &Shared, c: &Ctx, asked: Option<&str>) -> Result<Option<String>, Response> {
     match (c.user.practice_scope(), asked) {
         (None, None) => Ok(None),
         (None, Some(p)) => Ok(Some(p.to_string())),
@@ -114,13 +107,7 @@ fn practice_of(
     }
 }
 
-fn facility_picker(
-    shared: &Shared,
-    c: &Ctx,
-    current: &str,
-    action: &str,
-    extra: Markup,
-) -> Markup {
+fn facility_picker(shared: &Shared, c: &Ctx, current: &str, action: &str, extra: Markup) -> Markup {
     html! {
         form.filters method="get" action=(action) {
             label { "Facility "

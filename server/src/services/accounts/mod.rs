@@ -110,7 +110,8 @@ impl User {
 
     /// The practices whose lines the user's downloads and pushes are limited to (None: all).
     pub fn practice_scope(&self) -> Option<&[String]> {
-        self.is_practice_staff().then_some(self.practices.as_slice())
+        self.is_practice_staff()
+            .then_some(self.practices.as_slice())
     }
 }
 

@@ -31,6 +31,37 @@ pub enum PracticeError {
     },
 }
 
+/// Practices from JSON: one practice object or a list of them, each checked on its own (a problem
+/// names the entry and the field).
+pub fn parse_practices(text: &str) -> Result<Vec<Practice>, PracticeError> {
+    let one =
+        |msg: String| PracticeError::Invalid(Problems(vec![Problem::new("practice", "", msg)]));
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| one(format!("not valid JSON: {e}")))?;
+    let items = match v {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(_) => vec![v],
+        _ => return Err(one("expected a practice object or a list of them".into())),
+    };
+    let mut problems = Vec::new();
+    let practices: Vec<Practice> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            rounds_core::datafile::parse_entry(
+                item,
+                || rounds_core::datafile::entry_name(item, "practices", "practice", i),
+                &mut problems,
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(practices)
+    } else {
+        Err(PracticeError::Invalid(Problems(problems)))
+    }
+}
+
 pub struct PracticeRegistry {
     tree: sled::Tree,
     /// Bumped by every write: what the read model checks its facilities against.

@@ -252,7 +252,9 @@ pub async fn push_month(
             );
             Redirect::to(&format!(
                 "/console/push?notice={}",
-                urlencode(&format!("{n} messages queued for {facility} {month}.{missing}"))
+                urlencode(&format!(
+                    "{n} messages queued for {facility} {month}.{missing}"
+                ))
             ))
             .into_response()
         }
@@ -308,10 +310,15 @@ pub async fn download(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
             Ok(x) => x,
             Err(r) => return r,
         };
-        let seen = fd.data.patients.iter().find(|p| &p.id == pid).is_some_and(|p| {
-            c.user
-                .sees_patient(&facility, &fd.data.practices_of_patient(p))
-        });
+        let seen = fd
+            .data
+            .patients
+            .iter()
+            .find(|p| &p.id == pid)
+            .is_some_and(|p| {
+                c.user
+                    .sees_patient(&facility, &fd.data.practices_of_patient(p))
+            });
         if !seen {
             return forbidden(&shared, &c, &facility, Some(pid));
         }

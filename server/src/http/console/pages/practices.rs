@@ -190,7 +190,13 @@ pub async fn practice_summary_csv(
         Ok(Err(e)) => {
             return error_page(Some(&c), StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
         }
-        Err(_) => return error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, "summary failed"),
+        Err(_) => {
+            return error_page(
+                Some(&c),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "summary failed",
+            );
+        }
     };
     audit(
         &shared,
@@ -270,10 +276,6 @@ pub async fn company_csv(State(shared): State<Arc<Shared>>, c: Ctx, Query(query)
             );
             csv_response(format!("company-{month}.csv"), bytes)
         }
-        Err(e) => error_page(
-            Some(&c),
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &e.to_string(),
-        ),
+        Err(e) => error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
