@@ -41,6 +41,21 @@ fn demo_runs_end_to_end_and_matches_rounds_bill() {
         }
     }
     assert!(summary.contains_key("99490"), "{stdout}");
+    // Two practices, each with its own summary.
+    for practice in ["smith-primary-care", "garcia-geriatrics"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{practice}: "))
+                    && l.contains("patients served")),
+            "{stdout}"
+        );
+        assert!(
+            out.join(format!("summary-{practice}-sunnyvale-2026-11.csv"))
+                .exists(),
+            "{practice}'s summary CSV"
+        );
+    }
     let bill = std::process::Command::new(rounds_bin().unwrap())
         .args(["bill", "--month", "2026-11", "--data"])
         .arg(out.join("data.json"))

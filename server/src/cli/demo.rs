@@ -16,6 +16,41 @@ use crate::server::{Limits, ServeOptions};
 /// The example facility, built into the binary.
 const EXAMPLE: &str = include_str!("../../../examples/sunnyvale.json");
 
+/// The demo's two practices: one per billing practitioner of the example facility, each with
+/// its own group NPI and TIN (and so its own EHR).
+fn demo_practices() -> Vec<rounds_core::Practice> {
+    let practice = |id: &str, name: &str, npi: &str, tin: &str, who: &str| rounds_core::Practice {
+        id: id.into(),
+        name: name.into(),
+        group_npi: Some(npi.into()),
+        tin: Some(tin.into()),
+        practitioners: vec![who.into()],
+        ehr: rounds_core::PracticeEhr {
+            code: Some(id.to_uppercase()),
+            ..Default::default()
+        },
+        contacts: Vec::new(),
+        confirms_transition_months: false,
+        locality: None,
+    };
+    vec![
+        practice(
+            "smith-primary-care",
+            "Smith Primary Care",
+            "1112223338",
+            "123456789",
+            "dr-smith",
+        ),
+        practice(
+            "garcia-geriatrics",
+            "Garcia Geriatrics",
+            "1444555662",
+            "987654321",
+            "np-garcia",
+        ),
+    ]
+}
+
 /// Demo settings.
 pub struct DemoOptions {
     pub store: PathBuf,
@@ -70,12 +105,20 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
     roster.interactions.clear();
     roster.readings.clear();
     let docs = crate::services::import::documents_of(&roster, chrono::Utc::now()).map_err(err)?;
+    let practices = demo_practices();
+    shared.store.practices.put(&practices).map_err(err)?;
     shared.register_facility(&roster.facility.id);
     shared.merge(&roster.facility.id, docs).await.map_err(err)?;
     println!(
-        "imported {} ({} residents)",
+        "imported {} ({} residents of {} practices: {})",
         roster.facility.name,
-        roster.patients.len()
+        roster.patients.len(),
+        practices.len(),
+        practices
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // 2. Tablets: each enrolled, each logs its share of the month offline, then syncs.
@@ -194,6 +237,21 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
         crate::services::export::write(&opts.out, &files).map_err(err)?;
         written += files.len();
     }
+    // Each practice's own summary (its patients and lines only).
+    for p in &practices {
+        let files = crate::services::export::export(
+            &shared.store,
+            &shared.ledger,
+            &roster.facility.id,
+            month,
+            crate::services::export::Format::Csv,
+            &rounds_core::ehr::ExportConfig::default(),
+            Some(&p.id),
+        )
+        .map_err(err)?;
+        crate::services::export::write(&opts.out, &files).map_err(err)?;
+        written += files.len();
+    }
     let fd =
         crate::services::ledger::facility_data(&shared.store, &roster.facility.id).map_err(err)?;
     let data: DataFile = fd.data.clone();
@@ -237,8 +295,30 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
             println!("    {}: {}", v.patient, e.reason);
         }
     }
+    let s = shared.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        crate::services::practice_summary::rows(&s.store, &s.ledger, &s.rules, month, None)
+    })
+    .await
+    .map_err(err)?
+    .map_err(err)?;
+    println!("  practices (each billed into its own EHR):");
+    for r in &rows {
+        println!(
+            "    {}: {} patients served, {} billed; {}; estimated ${}",
+            r.practice,
+            r.patients_served,
+            r.patients_billed,
+            r.units
+                .iter()
+                .map(|(c, u)| format!("{c}x{u}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            rounds_core::billing::summary::dollars(r.total_cents())
+        );
+    }
     println!(
-        "  package: {written} files in {} (fhir/, hl7/, pdf/, summary CSV, data.json)",
+        "  package: {written} files in {} (fhir/, hl7/, pdf/, summary CSVs, data.json)",
         opts.out.display()
     );
     println!(
