@@ -439,12 +439,22 @@ pub fn add_console_user(
     facilities: &[&str],
     password: &str,
 ) -> anyhow::Result<()> {
+    let scope: Vec<&str> = facilities.iter().flat_map(|f| ["--facility", f]).collect();
+    add_console_user_scoped(store, username, role, &scope, password)
+}
+
+/// `rounds user add` with its scope as arguments (`--facility F`, `--practice P`).
+pub fn add_console_user_scoped(
+    store: &Path,
+    username: &str,
+    role: &str,
+    scope: &[&str],
+    password: &str,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let mut cmd = std::process::Command::new(rounds_bin()?);
     cmd.args(["user", "add", "--username", username, "--role", role]);
-    for f in facilities {
-        cmd.args(["--facility", f]);
-    }
+    cmd.args(scope);
     let mut child = cmd
         .arg("--store")
         .arg(store)
@@ -535,16 +545,21 @@ async fn pipe(
 
 /// Run `rounds ARGS…`, panicking with its stderr on failure; returns stdout.
 pub fn rounds_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(rounds_bin().expect("rounds binary"))
-        .args(args)
-        .output()
-        .expect("run rounds");
+    let out = rounds_cli_output(args);
     assert!(
         out.status.success(),
         "rounds {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Run the `rounds` binary and return its whole output, whatever its status.
+pub fn rounds_cli_output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(rounds_bin().expect("rounds binary"))
+        .args(args)
+        .output()
+        .expect("run rounds")
 }
 
 /// A process's peak resident memory (VmHWM) in KiB; 0 when unknown.

@@ -73,7 +73,7 @@ impl PushConfig {
                 export: t.export.as_ref().unwrap_or(&self.export),
             });
         }
-        (practice == facility).then_some(Route {
+        (practice == facility && (self.fhir.is_some() || self.hl7.is_some())).then_some(Route {
             fhir: self.fhir.as_ref(),
             hl7: self.hl7.as_ref(),
             export: &self.export,
@@ -179,7 +179,10 @@ impl Outbox {
             if versions.iter().all(|v| v.encounter.lines.is_empty()) {
                 continue;
             }
-            let Some(route) = config.route(Some(&practice), facility) else {
+            let Some(route) = config
+                .route(Some(&practice), facility)
+                .filter(|r| r.fhir.is_some() || r.hl7.is_some())
+            else {
                 tracing::warn!(facility, practice, %month, "no push target for this practice: nothing queued");
                 out.without_target.push(practice);
                 continue;
