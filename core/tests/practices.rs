@@ -245,7 +245,13 @@ fn a_file_of_today_is_one_practice_and_bills_exactly_as_before() {
 /// Every hostile variant is rejected naming the entry and the field, and nothing is returned.
 #[test]
 fn bad_practices_are_rejected_naming_the_entry_and_the_field() {
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str, &str, &str)> = vec![
+    type Case = (
+        Box<dyn Fn(&mut Value)>,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             Box::new(|v| v["practices"][0]["practitioners"] = json!(["dr-zz"])),
             "practice north",

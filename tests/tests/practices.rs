@@ -591,3 +591,105 @@ async fn each_practice_gets_its_own_patients_and_nobody_elses() {
     assert!(denied(&|r| r["patient"] == "o-south"), "{records:#?}");
     assert!(denied(&|r| r["detail"] == "practice south"), "{records:#?}");
 }
+
+/// Practices from outside — the admin API's body, a file for `rounds practice set` — are hostile
+/// until checked: a bad one is refused naming the entry and the field, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_practices_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    // The CLI on a stopped server's store.
+    let file = dir.path().join("practices.json");
+    std::fs::write(
+        &file,
+        json!([north(), { "id": "x", "name": "X", "tin": "12" }]).to_string(),
+    )
+    .unwrap();
+    let out =
+        rounds_tests::rounds_cli_output(&["practice", "set", file.to_str().unwrap(), "--store", s]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("practice x: field `tin`"), "{err}");
+    std::fs::write(&file, json!([north()]).to_string()).unwrap();
+    rounds(&["practice", "set", file.to_str().unwrap(), "--store", s]);
+
+    let server = ServerProcess::start(&store).unwrap();
+    let token = server.admin_token().unwrap();
+    let put = |id: &str, body: Value| {
+        let head = format!(
+            "PUT /api/v1/practices/{id} HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"
+        );
+        let body = body.to_string();
+        let server = &server;
+        async move {
+            https_exchange(server, &head, body.as_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "south",
+            json!({ "id": "south", "name": "S", "group_npi": "1234567890" }),
+            422,
+            "practice south: field `group_npi`",
+        ),
+        (
+            "south",
+            json!({ "id": "other", "name": "S" }),
+            422,
+            "does not match the path",
+        ),
+        (
+            "south",
+            json!({ "id": "south", "name": "S", "practitioners": ["dr-a"] }),
+            409,
+            "already in practice",
+        ),
+        (
+            "south",
+            json!({ "id": "south", "name": "S", "practitioners": "dr-b" }),
+            422,
+            "practice south: field `practitioners`",
+        ),
+        ("south", json!([1, 2]), 422, "practices[0]"),
+        (
+            "south",
+            json!({ "id": "south", "name": "S", "contacts": ["nobody"] }),
+            422,
+            "contacts[0]",
+        ),
+    ];
+    for (id, body, status, text) in cases {
+        let (got, _, answer) = put(id, body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer.contains(text), "{body}: {answer}");
+    }
+    let (got, _, _) = https_exchange(
+        &server,
+        "PUT /api/v1/practices/south HTTP/1.1\r\nContent-Type: application/json",
+        b"{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, 401, "the admin credential is required");
+    // Nothing changed: north alone, as it was.
+    let (_, _, list) = https_exchange(
+        &server,
+        &format!("GET /api/v1/practices HTTP/1.1\r\nAuthorization: Bearer {token}"),
+        b"",
+    )
+    .await
+    .unwrap();
+    let list: Vec<Value> = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["practitioners"], json!(["dr-a"]));
+    // A good one is saved.
+    let (got, _, answer) = put(
+        "south",
+        json!({ "id": "south", "name": "South", "tin": "987654321", "practitioners": ["dr-b"] }),
+    )
+    .await;
+    assert_eq!(got, 200, "{answer}");
+}

@@ -59,8 +59,7 @@ pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError>
                 .map_err(|e| CliError::Invalid(e.to_string()))?;
             for p in &queued.without_target {
                 eprintln!(
-                    "practice {p}: no push target in {} ([practices.{p}]): its packages were not queued",
-                    "push.toml"
+                    "practice {p}: no push target in push.toml ([practices.{p}]): its packages were not queued"
                 );
             }
             let (ack, failed, pending) =

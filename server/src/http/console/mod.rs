@@ -420,6 +420,10 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/console/company", get(pages::company))
         .route("/console/company.csv", get(pages::company_csv))
         .route(
+            "/console/practices",
+            get(pages::practices_page).post(pages::practices_post),
+        )
+        .route(
             "/console/push",
             get(pages::push_status).post(pages::push_retry),
         )

@@ -544,4 +544,6 @@ mod practices;
 
 pub use admin::{audit_page, devices, devices_post};
 pub use billing::{close_month, close_page, download, push_month, push_retry, push_status};
-pub use practices::{company, company_csv, practice_summary, practice_summary_csv};
+pub use practices::{
+    company, company_csv, practice_summary, practice_summary_csv, practices_page, practices_post,
+};

@@ -363,6 +363,7 @@ mod tests {
             "correct horse battery",
             Role::Admin,
             &["sunnyvale".into()],
+            &[],
         )
         .unwrap();
         let before = a.password_hashes();
@@ -391,12 +392,57 @@ mod tests {
     }
 
     #[test]
+    fn scopes_decide_who_sees_which_patient_practice_and_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let a = Accounts::open(&db).unwrap();
+        let pw = "correct horse battery";
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let facility = a
+            .add_user("fac", pw, Role::Billing, &s(&["oak"]), &[])
+            .unwrap();
+        let practice = a
+            .add_user("prac", pw, Role::Billing, &[], &s(&["north"]))
+            .unwrap();
+        let company = a.add_user("co", pw, Role::Company, &[], &[]).unwrap();
+        let (north, south) = (s(&["north"]), s(&["south"]));
+        // Facility staff: their facility's residents, any practice; no practice's summary.
+        assert!(facility.sees_patient("oak", &south));
+        assert!(!facility.sees_patient("elm", &north));
+        assert!(!facility.sees_practice("north"));
+        assert!(facility.sees_package("oak", Some("south")));
+        // A practice's staff: its patients in any facility, only its packages.
+        assert!(practice.sees_patient("elm", &north));
+        assert!(!practice.sees_patient("oak", &south));
+        assert!(practice.sees_practice("north") && !practice.sees_practice("south"));
+        assert!(practice.sees_package("elm", Some("north")));
+        assert!(!practice.sees_package("oak", Some("south")));
+        assert!(
+            !practice.sees_package("oak", None),
+            "oak's own practice is not north"
+        );
+        // The company: everything.
+        assert!(company.sees_patient("elm", &south) && company.sees_practice("south"));
+        // Invalid scopes are refused.
+        for (role, f, p) in [
+            (Role::Nurse, vec![], vec![]),
+            (Role::Admin, vec![], s(&["north"])),
+            (Role::Billing, vec![], s(&["../x"])),
+        ] {
+            assert!(matches!(
+                a.add_user("bad", pw, role, &f, &p),
+                Err(AccountError::Invalid(_))
+            ));
+        }
+    }
+
+    #[test]
     fn passwords_are_hashed_and_five_failures_lock_the_account() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let a = Accounts::open(&db).unwrap();
         let pw = "correct horse battery";
-        a.add_user("nina", pw, Role::Nurse, &["sunnyvale".into()])
+        a.add_user("nina", pw, Role::Nurse, &["sunnyvale".into()], &[])
             .unwrap();
         let raw = String::from_utf8_lossy(
             &db.open_tree("console_users")
@@ -408,7 +454,7 @@ mod tests {
         .to_string();
         assert!(!raw.contains(pw) && raw.contains("$argon2"), "{raw}");
         assert!(matches!(
-            a.add_user("x", "short", Role::Nurse, &["f".into()]),
+            a.add_user("x", "short", Role::Nurse, &["f".into()], &[]),
             Err(AccountError::Invalid(_))
         ));
         let now = Utc::now();

@@ -243,6 +243,7 @@ pub async fn company(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
         @if rows.is_empty() { div.empty { "No facility has closed this month yet." } } @else {
             (table(&rows, true))
             p {
+                a href="/console/practices" { "Manage practices" } " · "
                 a #company-csv href=(format!("/console/company.csv?month={month}")) { "Download (CSV)" }
                 @for p in &practices { " · " a href=(format!("/console/summary?practice={}&month={month}", urlencode(p))) { "summary of " (p) } }
             }
@@ -277,5 +278,122 @@ pub async fn company_csv(State(shared): State<Arc<Shared>>, c: Ctx, Query(query)
             csv_response(format!("company-{month}.csv"), bytes)
         }
         Err(e) => error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `GET /console/practices`: the registered practices, and a form to add or replace one.
+pub async fn practices_page(
+    State(shared): State<Arc<Shared>>,
+    c: Ctx,
+    Query(query): Q,
+) -> Response {
+    if let Some(r) = company_only(&shared, &c) {
+        return r;
+    }
+    let s = shared.clone();
+    let list = tokio::task::spawn_blocking(move || s.store.practices.all())
+        .await
+        .unwrap_or_default();
+    let body = html! {
+        h1 { "Practices" }
+        @if let Some(n) = q(&query, "notice") { div.notice { (n) } }
+        @if list.is_empty() { div.empty { "No practices yet: each facility is billed as its own practice. Import a data file with a practices section, or add one below." } } @else {
+            table #practices {
+                thead { tr { th { "Id" } th { "Name" } th { "Group NPI" } th { "TIN" } th { "Practitioners" } th { "Transition months" } th { "Locality" } th { "Contacts" } } }
+                tbody { @for p in &list { tr {
+                    td { a href=(format!("/console/summary?practice={}", urlencode(&p.id))) { (p.id) } }
+                    td { (p.name) }
+                    td { (p.group_npi.clone().unwrap_or_default()) }
+                    td { (p.tin.clone().unwrap_or_default()) }
+                    td { (p.practitioners.join(", ")) }
+                    td { @if p.confirms_transition_months { "confirmed by the practice" } @else { "held" } }
+                    td { (p.locality.clone().unwrap_or_default()) }
+                    td { (p.contacts.join(", ")) }
+                } } }
+            }
+        }
+        h2 { "Add or replace a practice" }
+        form.card method="post" action="/console/practices" {
+            (csrf_field(&c))
+            div.grid {
+                label { "Id " input name="id" required; }
+                label { "Name " input name="name" required; }
+                label { "Group NPI " input name="group_npi"; }
+                label { "TIN " input name="tin"; }
+                label { "Practitioner ids (comma-separated) " input name="practitioners"; }
+                label { "Contacts (comma-separated e-mail) " input name="contacts"; }
+                label { "Payment locality " input name="locality"; }
+                label { input type="checkbox" name="confirms_transition_months" value="1"; " The practice confirms transition months" }
+            }
+            button type="submit" { "Save practice" }
+        }
+    };
+    page(Some(&c), "Practices", body)
+}
+
+/// `POST /console/practices`: save one practice from the form (checked like the data file's).
+pub async fn practices_post(
+    State(shared): State<Arc<Shared>>,
+    c: Ctx,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = post_guard(&shared, &c, &form, company_only) {
+        return r;
+    }
+    let field = |k: &str| {
+        form.get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let list = |k: &str| -> Vec<String> {
+        field(k)
+            .map(|v| {
+                v.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let id = field("id").unwrap_or_default();
+    // The existing practice's EHR identifiers are kept: the form does not show them.
+    let ehr = shared
+        .store
+        .practices
+        .get(&id)
+        .map(|p| p.ehr)
+        .unwrap_or_default();
+    let practice = rounds_core::Practice {
+        id: id.clone(),
+        name: field("name").unwrap_or_default(),
+        group_npi: field("group_npi"),
+        tin: field("tin"),
+        practitioners: list("practitioners"),
+        ehr,
+        contacts: list("contacts"),
+        confirms_transition_months: field("confirms_transition_months").is_some(),
+        locality: field("locality"),
+    };
+    let s = shared.clone();
+    let p = practice.clone();
+    let saved = tokio::task::spawn_blocking(move || s.store.practices.put(&[p])).await;
+    match saved {
+        Ok(Ok(())) => {
+            audit(
+                &shared,
+                &c,
+                "console-practice-set",
+                None,
+                None,
+                Some(format!("practice {id}")),
+            );
+            Redirect::to(&format!(
+                "/console/practices?notice={}",
+                urlencode(&format!("Practice {id} saved."))
+            ))
+            .into_response()
+        }
+        Ok(Err(e)) => error_page(Some(&c), StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        Err(_) => error_page(Some(&c), StatusCode::INTERNAL_SERVER_ERROR, "saving failed"),
     }
 }
