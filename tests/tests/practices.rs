@@ -535,6 +535,11 @@ async fn each_practice_gets_its_own_patients_and_nobody_elses() {
     for p in ["north", "south", "sunnyvale"] {
         assert!(body.contains(p), "{p}");
     }
+    let (status, body) = get(&server, &company_cookie, "/console/practices").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("North Primary Care") && body.contains("South Internal Medicine"));
+    let (status, _) = get(&server, &north_cookie, "/console/practices").await;
+    assert_eq!(status, 403, "practices are managed by the company");
     let (status, csv) = get(
         &server,
         &company_cookie,
