@@ -293,6 +293,21 @@ async fn ingestion_is_idempotent_and_an_unacknowledged_alert_escalates_once() {
     let clock = dir.path().join("clock");
     std::fs::write(&clock, t0.to_rfc3339()).unwrap();
     let store = dir.path().join("store");
+    // p-007's practitioner's practice has a notification contact: the e-mail goes to it too.
+    let practice = dir.path().join("practice.json");
+    std::fs::write(
+        &practice,
+        r#"{ "id": "smith-pc", "name": "Smith Primary Care", "practitioners": ["dr-smith"],
+             "contacts": ["billing@smith.test"] }"#,
+    )
+    .unwrap();
+    rounds_tests::rounds_cli(&[
+        "practice",
+        "set",
+        practice.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
     let server = ServerProcess::start_with(
         &store,
         &[
@@ -465,6 +480,15 @@ async fn ingestion_is_idempotent_and_an_unacknowledged_alert_escalates_once() {
         .unwrap_or_default()
         .to_string();
     assert!(subject.contains("urgent"), "{subject}");
+    let to = eml
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        to.contains("oncall@practice.test") && to.contains("billing@smith.test"),
+        "{to}"
+    );
     let names: Vec<String> = sunnyvale()
         .unwrap()
         .patients

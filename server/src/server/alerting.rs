@@ -133,6 +133,7 @@ impl Shared {
                         &config,
                         &format!("{}/raised", v.alert.id),
                         &notice("alert.urgent_raised", facility, v, None, Vec::new()),
+                        &self.practice_contacts(facility, patient),
                     );
                 }
             } else {
@@ -140,6 +141,29 @@ impl Shared {
             }
         }
         let _ = self.alerting.open.flush();
+    }
+
+    /// The notification contacts of the practices of a patient's practitioners of record (the
+    /// practice registry's), for the e-mail notices about the patient's alerts.
+    pub(crate) fn practice_contacts(&self, facility: &str, patient: &str) -> Vec<String> {
+        let Some(doc) = self.store.load_doc(&DocumentId::patient(facility, patient)) else {
+            return Vec::new();
+        };
+        let Ok(p) = rounds_core::view::read_patient(&doc, patient) else {
+            return Vec::new();
+        };
+        let who = p.all_practitioners();
+        let mut out: Vec<String> = self
+            .store
+            .practices
+            .all()
+            .into_iter()
+            .filter(|pr| pr.practitioners.iter().any(|x| who.contains(&x.as_str())))
+            .flat_map(|pr| pr.contacts)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// A document's bytes as the hub holds them now (loaded from the store if it let it go).
@@ -311,6 +335,7 @@ impl Shared {
                                     Some(&event),
                                     staged.replica.alert_protocol().on_call,
                                 ),
+                                &self.practice_contacts(&o.facility, &o.patient),
                             );
                         }
                     }

@@ -161,6 +161,10 @@ pub struct Delivery {
     pub last_error: Option<String>,
     #[serde(default)]
     pub delivered_at: Option<DateTime<Utc>>,
+    /// E-mail recipients besides `[email] to`: the notification contacts of the patient's
+    /// practices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_to: Vec<String>,
 }
 
 /// The durable outbox (sled): pending deliveries, and delivered ones kept as a ledger.
@@ -177,9 +181,15 @@ impl Outbox {
         })
     }
 
-    /// Queue a notice on every configured channel; a delivery id already queued or delivered is
-    /// not queued again.
-    pub fn enqueue(&self, config: &NotifyConfig, key: &str, notice: &AlertNotice) {
+    /// Queue a notice on every configured channel (the e-mail also to `also_to`, the patient's
+    /// practices' contacts); a delivery id already queued or delivered is not queued again.
+    pub fn enqueue(
+        &self,
+        config: &NotifyConfig,
+        key: &str,
+        notice: &AlertNotice,
+        also_to: &[String],
+    ) {
         let channels = [
             (Channel::Webhook, config.webhook.is_some()),
             (Channel::Email, config.email.is_some()),
@@ -205,6 +215,11 @@ impl Outbox {
                 next_at: Utc::now(),
                 last_error: None,
                 delivered_at: None,
+                also_to: if channel == Channel::Email {
+                    also_to.to_vec()
+                } else {
+                    Vec::new()
+                },
             };
             let Ok(bytes) = serde_json::to_vec(&d) else {
                 continue;
@@ -385,6 +400,13 @@ async fn send_email(m: EmailConfig, d: Delivery) -> Result<(), String> {
             .header(lettre::message::header::ContentType::TEXT_PLAIN);
         for to in &m.to {
             b = b.to(to.parse().map_err(|e| format!("email to: {e}"))?);
+        }
+        // A practice's contact that does not parse never costs the on-call their notice.
+        for extra in d.also_to.iter().filter(|a| !m.to.contains(a)) {
+            match extra.parse() {
+                Ok(a) => b = b.to(a),
+                Err(_) => tracing::warn!(delivery = %d.id, "a practice contact is not an e-mail address; skipped"),
+            }
         }
         let msg = b
             .body(email_body(&d.notice))
