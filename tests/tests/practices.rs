@@ -281,6 +281,30 @@ async fn each_practice_gets_its_own_patients_and_nobody_elses() {
         "no practice keys for a one-practice file"
     );
 
+    // The encounter ledger per (practice, facility, month): north's months at oak, its lines.
+    let north_oak: Vec<Value> = serde_json::from_str(&rounds(&[
+        "encounters",
+        "--facility",
+        "oak",
+        "--month",
+        MONTH,
+        "--practice",
+        "north",
+        "--store",
+        s,
+    ]))
+    .unwrap();
+    let patients: BTreeSet<&str> = north_oak
+        .iter()
+        .map(|v| v["patient"].as_str().unwrap())
+        .collect();
+    assert_eq!(patients, BTreeSet::from(["o-north", "o-move"]));
+    for v in &north_oak {
+        for l in v["encounter"]["lines"].as_array().unwrap() {
+            assert_eq!(l["practice"], "north", "{v}");
+        }
+    }
+
     // Push: each practice to its own EHR, FHIR and HL7.
     let (north_ehr, north_fhir, north_hl7) = ehr().await;
     let (south_ehr, south_fhir, south_hl7) = ehr().await;

@@ -176,6 +176,7 @@ pub(super) fn encounters(
     facility: String,
     month: String,
     changed: bool,
+    practice: Option<String>,
     store: PathBuf,
     server: String,
 ) -> Result<(), CliError> {
@@ -186,6 +187,7 @@ pub(super) fn encounters(
             facility,
             month,
             changed,
+            practice,
         },
     )?;
     println!("{}", out.trim_end());

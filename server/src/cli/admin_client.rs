@@ -43,6 +43,7 @@ pub enum Op {
         facility: String,
         month: rounds_core::Month,
         changed: bool,
+        practice: Option<String>,
     },
     /// A vendor integration allowed to post device readings; returns its API key once.
     Integration {
@@ -321,10 +322,15 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
             facility,
             month,
             changed,
+            practice,
         } => {
             let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
-            serde_json::to_string_pretty(&ledger.select_versions(&facility, month, changed))
-                .unwrap_or_default()
+            let versions = ledger.select_versions(&facility, month, changed);
+            let versions = match &practice {
+                Some(p) => crate::services::ledger::for_practice(&versions, p, &facility),
+                None => versions,
+            };
+            serde_json::to_string_pretty(&versions).unwrap_or_default()
         }
         Op::Export {
             facility,
@@ -466,9 +472,13 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             facility,
             month,
             changed,
+            practice,
         } => client.get(format!(
-            "{base}/api/v1/encounters?facility={}&month={month}&changed={changed}",
-            urlencode(&facility)
+            "{base}/api/v1/encounters?facility={}&month={month}&changed={changed}{}",
+            urlencode(&facility),
+            practice
+                .map(|p| format!("&practice={}", urlencode(&p)))
+                .unwrap_or_default()
         )),
         Op::Export {
             facility,

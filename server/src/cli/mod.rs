@@ -179,6 +179,9 @@ pub enum Command {
         month: String,
         #[arg(long)]
         changed: bool,
+        /// Only the months concerning this practice, with only its lines.
+        #[arg(long)]
+        practice: Option<String>,
         #[arg(long, default_value = "./rounds-data")]
         store: PathBuf,
         #[arg(long, default_value = "https://127.0.0.1:8443")]

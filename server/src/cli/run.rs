@@ -65,9 +65,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             facility,
             month,
             changed,
+            practice,
             store,
             server,
-        } => admin::encounters(facility, month, changed, store, server),
+        } => admin::encounters(facility, month, changed, practice, store, server),
         Command::Export {
             facility,
             month,

@@ -154,6 +154,8 @@ pub struct EncounterParams {
     facility: String,
     month: String,
     changed: Option<bool>,
+    /// Only the months concerning this practice, with only its lines.
+    practice: Option<String>,
 }
 
 pub async fn encounters(
@@ -162,11 +164,13 @@ pub async fn encounters(
     Query(p): Query<EncounterParams>,
 ) -> Api<Vec<crate::services::ledger::EncounterVersion>> {
     let month = month_of(&p.month)?;
-    Ok(Json(shared.ledger.select_versions(
-        &p.facility,
-        month,
-        p.changed.unwrap_or(false),
-    )))
+    let versions = shared
+        .ledger
+        .select_versions(&p.facility, month, p.changed.unwrap_or(false));
+    Ok(Json(match &p.practice {
+        Some(practice) => crate::services::ledger::for_practice(&versions, practice, &p.facility),
+        None => versions,
+    }))
 }
 
 #[derive(Deserialize)]
