@@ -904,10 +904,12 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         practices: Vec::new(),
     };
     let dos = p.died_on.map_or(last, |d| d.min(last));
-    if !input.data.practices.is_empty() && month.first_day() <= dos {
+    if !input.data.practices.is_empty() {
+        // Died before the month: the practices of record on the date of death.
+        let from = month.first_day().min(dos);
         let mut practices: Vec<String> = Program::ALL
             .into_iter()
-            .flat_map(|prog| p.practitioners_between(prog, month.first_day(), dos))
+            .flat_map(|prog| p.practitioners_between(prog, from, dos))
             .map(|x| input.data.practice_id_of(&x))
             .collect();
         practices.sort();

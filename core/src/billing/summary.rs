@@ -305,7 +305,8 @@ fn write_facility<W: std::io::Write>(
 pub struct PracticeFacilityMonth {
     pub practice: String,
     pub facility: String,
-    /// Patients with a practitioner of record of the practice in the month.
+    /// Patients of the practice (a practitioner of record of it in the month) with care in the
+    /// month: care-management minutes, an RPM device period, or a line of the practice.
     pub patients_served: u32,
     /// Of those, patients with at least one of the practice's lines.
     pub patients_billed: u32,
@@ -336,12 +337,16 @@ impl PracticeFacilityMonth {
             if !enc.concerns(practice, default_practice) {
                 continue;
             }
-            out.patients_served += 1;
             let mine: Vec<_> = enc
                 .lines
                 .iter()
                 .filter(|l| Encounter::line_practice(l, default_practice) == practice)
                 .collect();
+            let m = &enc.minutes;
+            let cared = m.ccm + m.pcm + m.rpm > 0 || !enc.rpm_periods.is_empty();
+            if cared || !mine.is_empty() {
+                out.patients_served += 1;
+            }
             if !mine.is_empty() {
                 out.patients_billed += 1;
             }
