@@ -518,3 +518,43 @@ async fn send_hl7(t: &Hl7Target, item: &OutboxItem) -> Outcome {
         other => Outcome::Retry(format!("unknown acknowledgement code {other:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Result<PushConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn a_practice_is_routed_to_its_own_targets_only() {
+        let c = config(
+            "[fhir]\nbase_url = \"https://own.example/fhir\"\n\
+             [practices.north.fhir]\nbase_url = \"https://north.example/fhir\"\n\
+             [practices.south.hl7]\naddress = \"10.0.0.9:2575\"\n",
+        )
+        .unwrap();
+        let north = c.route(Some("north"), "oak").unwrap();
+        assert_eq!(north.fhir.unwrap().base_url, "https://north.example/fhir");
+        assert!(north.hl7.is_none());
+        let south = c.route(Some("south"), "oak").unwrap();
+        assert!(south.fhir.is_none(), "never the top-level target");
+        // A practice without a section gets nothing; the facility's own practice the top level.
+        assert!(c.route(Some("west"), "oak").is_none());
+        let own = c.route(None, "oak").unwrap();
+        assert_eq!(own.fhir.unwrap().base_url, "https://own.example/fhir");
+        assert!(c.route(Some("oak"), "oak").is_some());
+        // Without top-level targets a facility's own practice has none either.
+        let bare = config("[practices.north.hl7]\naddress = \"10.0.0.9:2575\"\n").unwrap();
+        assert!(bare.route(None, "oak").is_none());
+    }
+
+    #[test]
+    fn a_typo_in_a_practice_section_is_an_error_naming_it() {
+        let e = config("[practices.north.fhir]\nbase_ulr = \"https://x\"\n").unwrap_err();
+        assert!(e.to_string().contains("base_ulr"), "{e}");
+        let e = config("[practices.north]\nfihr = 1\n").unwrap_err();
+        assert!(e.to_string().contains("fihr"), "{e}");
+    }
+}
