@@ -349,6 +349,23 @@ async fn each_practice_gets_its_own_patients_and_nobody_elses() {
     let south_mrns = set(&["MRN-o-south", "MRN-o-move"]);
     assert_eq!(north_ehr.mrns(), (north_mrns.clone(), north_mrns));
     assert_eq!(south_ehr.mrns(), (south_mrns.clone(), south_mrns));
+    // The billing provider is each practice's group NPI.
+    assert!(
+        north_ehr
+            .fhir
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|b| b.contains("\"serviceProvider\"") && b.contains("1987654328"))
+    );
+    assert!(
+        south_ehr
+            .fhir
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|b| b.contains("\"serviceProvider\"") && b.contains("1112223338"))
+    );
     // One bundle per patient with lines, nothing else (nothing of sunnyvale's).
     assert_eq!(north_ehr.fhir.lock().unwrap().len(), 3);
     assert_eq!(south_ehr.fhir.lock().unwrap().len(), 2);

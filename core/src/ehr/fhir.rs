@@ -76,6 +76,11 @@ pub fn bundle(pm: &PatientMonth<'_>) -> Value {
     let practitioner_ref = json!({ "reference": format!("Practitioner?identifier={NPI}|{npi}") });
     let pprf = json!({ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PPRF" }] });
     let (start, end) = pm.period();
+    let service_provider = pm.practice().and_then(|p| {
+        p.group_npi
+            .as_ref()
+            .map(|npi| json!({ "identifier": { "system": NPI, "value": npi }, "display": p.name }))
+    });
     let mut e = Entries {
         list: Vec::new(),
         next: 0,
@@ -159,22 +164,23 @@ pub fn bundle(pm: &PatientMonth<'_>) -> Value {
             Program::Rpm => pm.encounter.minutes.rpm,
         };
         let enc_key = format!("{key}-{}", program.as_str().to_uppercase());
-        let encounter = e.add(
-            "Encounter",
-            &sid("monthly-encounter"),
-            &enc_key,
-            json!({
-                "status": "finished",
-                "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": cfg.encounter_class },
-                "type": [{ "coding": [{ "system": CPT, "code": main }], "text": code_text(&main) }],
-                "serviceType": { "text": program_text(program) },
-                "subject": patient_ref,
-                "participant": [{ "type": [pprf], "individual": practitioner_ref }],
-                "period": { "start": start.to_rfc3339(), "end": end.to_rfc3339() },
-                "length": { "value": minutes, "unit": "min", "system": UCUM, "code": "min" },
-                "diagnosis": condition_urns.iter().enumerate().map(|(i, u)| json!({ "condition": { "reference": u }, "rank": i + 1 })).collect::<Vec<_>>(),
-            }),
-        );
+        let mut resource = json!({
+            "status": "finished",
+            "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": cfg.encounter_class },
+            "type": [{ "coding": [{ "system": CPT, "code": main }], "text": code_text(&main) }],
+            "serviceType": { "text": program_text(program) },
+            "subject": patient_ref,
+            "participant": [{ "type": [pprf], "individual": practitioner_ref }],
+            "period": { "start": start.to_rfc3339(), "end": end.to_rfc3339() },
+            "length": { "value": minutes, "unit": "min", "system": UCUM, "code": "min" },
+            "diagnosis": condition_urns.iter().enumerate().map(|(i, u)| json!({ "condition": { "reference": u }, "rank": i + 1 })).collect::<Vec<_>>(),
+        });
+        // The billing provider: the practice's group NPI, as a logical reference (nothing to
+        // resolve on the EHR's side).
+        if let Some(org) = &service_provider {
+            resource["serviceProvider"] = org.clone();
+        }
+        let encounter = e.add("Encounter", &sid("monthly-encounter"), &enc_key, resource);
         let note = e.add(
             "DocumentReference",
             &sid("document"),

@@ -124,6 +124,11 @@ impl PatientMonth<'_> {
             })
     }
 
+    /// The practice the package is for (the practitioner's), when the data names practices.
+    pub fn practice(&self) -> Option<&crate::model::Practice> {
+        self.data.practice_of(self.practitioner_id())
+    }
+
     pub fn practitioner_npi(&self) -> String {
         let id = self.practitioner_id();
         self.data
