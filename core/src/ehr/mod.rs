@@ -1,6 +1,7 @@
 //! The monthly package for the practice's EHR: the note, FHIR R4 transaction bundles, HL7 v2.5.1
 //! messages (`docs/ehr-integration.md`). Pure functions of the data and the encounter.
 
+pub mod delivery;
 pub mod fhir;
 pub mod hl7;
 pub mod note;
