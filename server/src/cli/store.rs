@@ -57,6 +57,11 @@ pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError>
             let queued = outbox
                 .enqueue(&st, &ledger, &config, &facility, month, practice.as_deref())
                 .map_err(|e| CliError::Invalid(e.to_string()))?;
+            for p in &queued.charges_by_csv {
+                eprintln!(
+                    "practice {p}: its FHIR profile takes no ChargeItem and it has no [hl7] target: send its charges with the charge CSV (rounds export --format csv)"
+                );
+            }
             for p in &queued.without_target {
                 eprintln!(
                     "practice {p}: no push target in push.toml ([practices.{p}]): its packages were not queued"

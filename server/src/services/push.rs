@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rounds_core::Month;
+use rounds_core::ehr::delivery::{BundleMode, Delivery, PRESETS, RESOURCE_TYPES, bundles_for};
 use rounds_core::ehr::{ExportConfig, fhir, hl7};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,6 +60,9 @@ pub struct Enqueued {
     pub added: usize,
     /// Practices with lines this month but no target in `push.toml`: nothing queued for them.
     pub without_target: Vec<String>,
+    /// Practices whose FHIR profile takes no ChargeItem and that have no HL7 target: their
+    /// charges go by the charge CSV (`rounds export --format csv`).
+    pub charges_by_csv: Vec<String>,
 }
 
 impl PushConfig {
@@ -90,6 +94,44 @@ pub struct FhirTarget {
     /// Trust this certificate fingerprint (SHA-256 hex) instead of the system roots.
     pub fingerprint: Option<String>,
     pub timeout_seconds: Option<u64>,
+    /// A named delivery profile (`ehr::delivery::PRESETS`; `transaction` by default).
+    pub profile: Option<String>,
+    /// Overrides of the profile: `transaction` or `batch`.
+    pub mode: Option<BundleMode>,
+    /// Overrides of the profile: entries per bundle.
+    pub max_entries: Option<usize>,
+    /// Overrides of the profile: the resource types the EHR accepts.
+    pub resources: Option<Vec<String>>,
+}
+
+impl FhirTarget {
+    /// The delivery profile: the preset with this target's overrides, checked.
+    pub fn delivery(&self) -> Result<Delivery, String> {
+        let name = self.profile.as_deref().unwrap_or("transaction");
+        let mut d = Delivery::preset(name).ok_or_else(|| {
+            let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            format!("profile: {name:?} is not a profile ({})", known.join(", "))
+        })?;
+        if let Some(m) = self.mode {
+            d.mode = m;
+        }
+        if let Some(n) = self.max_entries {
+            if n == 0 {
+                return Err("max_entries: use at least 1".into());
+            }
+            d.max_entries = Some(n);
+        }
+        if let Some(r) = &self.resources {
+            if let Some(bad) = r.iter().find(|x| !RESOURCE_TYPES.contains(&x.as_str())) {
+                return Err(format!(
+                    "resources: {bad:?} is not a resource type of the package ({})",
+                    RESOURCE_TYPES.join(", ")
+                ));
+            }
+            d.resources = r.clone();
+        }
+        Ok(d)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,7 +145,22 @@ pub struct Hl7Target {
 impl PushConfig {
     pub fn load(path: &Path) -> Result<PushConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        PushConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parse and check `push.toml` (every FHIR target's delivery profile).
+    pub fn parse(text: &str) -> Result<PushConfig, String> {
+        let c: PushConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(f) = &c.fhir {
+            f.delivery().map_err(|e| format!("[fhir] {e}"))?;
+        }
+        for (id, p) in &c.practices {
+            if let Some(f) = &p.fhir {
+                f.delivery()
+                    .map_err(|e| format!("[practices.{id}.fhir] {e}"))?;
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -142,6 +199,29 @@ pub struct OutboxItem {
     /// What the EHR answered on success (HTTP status and body excerpt, or the ACK).
     pub acknowledgement: Option<String>,
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// FHIR: what the EHR answered for each resource of the bundle, at the last attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// One resource of a FHIR bundle as the EHR answered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// `<Type> <business identifier>`.
+    pub resource: String,
+    /// The entry's HTTP status (`201`, `200`, `400`…).
+    pub status: String,
+    /// The EHR's error text for a refused entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A FHIR item's place in its package: (the key of the part before it, if any).
+fn previous_part(key: &str) -> Option<String> {
+    let (head, tail) = key.rsplit_once("-FHIR-")?;
+    let (i, n) = tail.split_once("of")?;
+    let i: u32 = i.parse().ok()?;
+    (i > 1).then(|| format!("{head}-FHIR-{:02}of{n}", i - 1))
 }
 
 /// The outbox tree.
@@ -191,6 +271,10 @@ impl Outbox {
                 Some(p) => route.export.for_practice(&p),
                 None => route.export.clone(),
             };
+            let delivery = route.fhir.map(|f| f.delivery().unwrap_or_default());
+            if delivery.as_ref().is_some_and(|d| !d.accepts("ChargeItem")) && route.hl7.is_none() {
+                out.charges_by_csv.push(practice.clone());
+            }
             let explicit = practice != closed.default_practice();
             out.added += self.enqueue_practice(
                 &closed,
@@ -223,12 +307,23 @@ impl Outbox {
                 continue;
             }
             let mut payloads: Vec<(Target, String, String)> = Vec::new();
-            if route.fhir.is_some() {
-                payloads.push((
-                    Target::Fhir,
-                    "FHIR".into(),
-                    serde_json::to_string(&fhir::bundle(&pm)).unwrap_or_default(),
-                ));
+            if let Some(f) = route.fhir {
+                // One item per bundle of the target's profile, sent in order (a part waits for
+                // the one before it).
+                let parts = bundles_for(&fhir::bundle(&pm), &f.delivery().unwrap_or_default());
+                let n = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    let kind = if n == 1 {
+                        "FHIR".to_string()
+                    } else {
+                        format!("FHIR-{:02}of{n:02}", i + 1)
+                    };
+                    payloads.push((
+                        Target::Fhir,
+                        kind,
+                        serde_json::to_string(&part).unwrap_or_default(),
+                    ));
+                }
             }
             if route.hl7.is_some() {
                 if let Some(m) = hl7::dft_p03(&pm, 0) {
@@ -261,6 +356,7 @@ impl Outbox {
                     last_error: None,
                     acknowledgement: None,
                     acknowledged_at: None,
+                    resources: Vec::new(),
                 };
                 let bytes =
                     serde_json::to_vec(&item).map_err(|e| LedgerError::Store(e.to_string()))?;
@@ -318,6 +414,19 @@ impl Outbox {
             .into_iter()
             .filter(|i| i.status == Status::Pending && i.next_attempt_at <= now)
         {
+            // A bundle of a split package waits for the one before it (what it refers to).
+            if let Some(prev) = previous_part(&item.key) {
+                let done = self
+                    .items
+                    .get(prev.as_bytes())
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_slice::<OutboxItem>(&v).ok())
+                    .is_some_and(|p| p.status == Status::Acknowledged);
+                if !done {
+                    continue;
+                }
+            }
             item.attempts += 1;
             let route = config.route(item.practice.as_deref(), &item.facility);
             let section = match &item.practice {
@@ -329,7 +438,13 @@ impl Outbox {
                     "no push target for its practice: {section} is missing"
                 )),
                 (Target::Fhir, Some(r)) => match r.fhir {
-                    Some(t) => send_fhir(t, &item.payload).await,
+                    Some(t) => {
+                        let (outcome, resources) = send_fhir(t, &item.payload).await;
+                        if !resources.is_empty() {
+                            item.resources = resources;
+                        }
+                        outcome
+                    }
                     None => Outcome::Failed(format!("no [fhir] target configured in {section}")),
                 },
                 (Target::Hl7, Some(r)) => match r.hl7 {
@@ -394,7 +509,122 @@ enum Outcome {
     Retry(String),
 }
 
-async fn send_fhir(t: &FhirTarget, bundle: &str) -> Outcome {
+/// The resources of a bundle, by index: `<Type> <business identifier>`.
+fn bundle_resources(bundle: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(bundle).unwrap_or_default();
+    v["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {}",
+                        e["resource"]["resourceType"].as_str().unwrap_or("?"),
+                        e["resource"]["identifier"][0]["value"]
+                            .as_str()
+                            .unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The text of an OperationOutcome's issues.
+fn outcome_text(o: &serde_json::Value) -> String {
+    o["issue"]
+        .as_array()
+        .map(|issues| {
+            issues
+                .iter()
+                .map(|i| {
+                    let text = i["details"]["text"]
+                        .as_str()
+                        .or_else(|| i["diagnostics"].as_str())
+                        .unwrap_or("");
+                    match i["expression"][0].as_str() {
+                        Some(at) => format!("{text} ({at})"),
+                        None => text.to_string(),
+                    }
+                })
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+/// Read a transaction or batch response entry by entry: acknowledged when every entry is 2xx,
+/// retried when one is 429 or 5xx (each entry is a conditional create: sending again creates
+/// nothing twice), failed when one is refused.
+fn read_bundle_response(
+    sent: &str,
+    status: u16,
+    body: &str,
+) -> Option<(Outcome, Vec<ResourceStatus>)> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    if v["resourceType"] != "Bundle" {
+        return None;
+    }
+    let entries = v["entry"].as_array()?;
+    let names = bundle_resources(sent);
+    let mut out = Vec::new();
+    let (mut refused, mut retry) = (Vec::new(), false);
+    for (i, e) in entries.iter().enumerate() {
+        let st = e["response"]["status"].as_str().unwrap_or("").trim();
+        let code: u16 = st
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let name = names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("entry {i}"));
+        let error = (!(200..300).contains(&code)).then(|| {
+            let t = outcome_text(&e["response"]["outcome"]);
+            if t.is_empty() { st.to_string() } else { t }
+        });
+        if code == 429 || code >= 500 || code == 0 {
+            retry = true;
+        } else if !(200..300).contains(&code) {
+            refused.push(format!("{name}: {}", error.clone().unwrap_or_default()));
+        }
+        out.push(ResourceStatus {
+            resource: name,
+            status: if st.is_empty() {
+                "?".into()
+            } else {
+                st.to_string()
+            },
+            error,
+        });
+    }
+    let outcome = if !refused.is_empty() {
+        Outcome::Failed(format!(
+            "HTTP {status}: {} of {} resources refused: {}",
+            refused.len(),
+            entries.len(),
+            refused.join(" | ")
+        ))
+    } else if retry || entries.len() != names.len() {
+        Outcome::Retry(format!(
+            "HTTP {status}: {} of {} entries answered, some to be retried",
+            entries.len(),
+            names.len()
+        ))
+    } else {
+        Outcome::Acknowledged(format!(
+            "HTTP {status}: {} resources accepted",
+            entries.len()
+        ))
+    };
+    Some((outcome, out))
+}
+
+async fn send_fhir(t: &FhirTarget, bundle: &str) -> (Outcome, Vec<ResourceStatus>) {
+    let none = |o: Outcome| (o, Vec::new());
     let trust = match t.fingerprint.as_deref() {
         Some(hex) => {
             let bytes: Vec<u8> = (0..hex.len() / 2)
@@ -402,7 +632,11 @@ async fn send_fhir(t: &FhirTarget, bundle: &str) -> Outcome {
                 .collect();
             match <[u8; 32]>::try_from(bytes) {
                 Ok(b) => rounds_core::sync::net::Trust::Fingerprint(b),
-                Err(_) => return Outcome::Failed("fingerprint: expected 64 hex digits".into()),
+                Err(_) => {
+                    return none(Outcome::Failed(
+                        "fingerprint: expected 64 hex digits".into(),
+                    ));
+                }
             }
         }
         None => rounds_core::sync::net::Trust::SystemRoots,
@@ -412,12 +646,12 @@ async fn send_fhir(t: &FhirTarget, bundle: &str) -> Outcome {
     if t.base_url.starts_with("https:") {
         match rounds_core::sync::net::client_config(&trust) {
             Ok(tls) => builder = builder.tls_backend_preconfigured(tls),
-            Err(e) => return Outcome::Failed(e.to_string()),
+            Err(e) => return none(Outcome::Failed(e.to_string())),
         }
     }
     let client = match builder.build() {
         Ok(c) => c,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return none(Outcome::Failed(e.to_string())),
     };
     let mut req = client
         .post(&t.base_url)
@@ -427,18 +661,27 @@ async fn send_fhir(t: &FhirTarget, bundle: &str) -> Outcome {
         req = req.bearer_auth(token);
     }
     match req.send().await {
-        Err(e) => Outcome::Retry(format!("FHIR server: {e}")),
+        Err(e) => none(Outcome::Retry(format!("FHIR server: {e}"))),
         Ok(resp) => {
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap_or_default();
             let excerpt: String = body.chars().take(300).collect();
             match status {
-                200 | 201 => Outcome::Acknowledged(format!("HTTP {status}: {excerpt}")),
-                412 => Outcome::Failed(format!(
+                200 | 201 => read_bundle_response(bundle, status, &body).unwrap_or_else(|| {
+                    none(Outcome::Acknowledged(format!("HTTP {status}: {excerpt}")))
+                }),
+                412 => none(Outcome::Failed(format!(
                     "HTTP 412: a business identifier matches several resources on the EHR: {excerpt}"
-                )),
-                408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}: {excerpt}")),
-                _ => Outcome::Failed(format!("HTTP {status}: {excerpt}")),
+                ))),
+                408 | 429 | 500..=599 => none(Outcome::Retry(format!("HTTP {status}: {excerpt}"))),
+                _ => {
+                    let text = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .map(|v| outcome_text(&v))
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or(excerpt);
+                    none(Outcome::Failed(format!("HTTP {status}: {text}")))
+                }
             }
         }
     }
