@@ -327,8 +327,10 @@ mod tests {
 
     #[test]
     fn a_small_limit_splits_in_order_and_refers_back_by_business_identifier() {
-        let mut d = Delivery::default();
-        d.max_entries = Some(2);
+        let d = Delivery {
+            max_entries: Some(2),
+            ..Default::default()
+        };
         let out = bundles_for(&package(), &d);
         assert_eq!(out.len(), 3);
         // Encounter (2) refers to Condition (1) in its own bundle: unchanged.
