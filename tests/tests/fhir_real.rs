@@ -230,7 +230,8 @@ fn every_profile_lands_every_patient_and_a_repush_creates_nothing() {
     assert!(everything.iter().any(|(t, _)| t == "Observation"));
     let no_charge_types: Vec<&str> = all.iter().copied().filter(|t| *t != "ChargeItem").collect();
     let without_charges = expected(&closed, &dir.path().join("nc"), &no_charge_types);
-    let cases: [(&str, &[&str], &BTreeSet<(String, String)>); 4] = [
+    type Case<'a> = (&'a str, &'a [&'a str], &'a BTreeSet<(String, String)>);
+    let cases: [Case; 4] = [
         // An EHR that takes a whole package in one transaction.
         (
             "profile = \"transaction\"",
