@@ -145,6 +145,7 @@ async fn fhir_push_is_idempotent_across_repeats_and_a_killed_pusher() {
         "--store",
         s,
     ]);
+    // `rounds` asserts the exit status: zero, every item acknowledged.
     assert!(
         out.contains("queued 0 new") && out.contains("failed 0, pending 0"),
         "{out}"
@@ -258,7 +259,8 @@ async fn mllp_push_records_aa_ae_and_retries_a_timeout() {
         format!("max_attempts = 4\n[hl7]\naddress = \"127.0.0.1:{port}\"\ntimeout_seconds = 1\n"),
     )
     .unwrap();
-    let out = rounds(&[
+    // One message failed for good: `push send` says so in one line and exits non-zero.
+    let run = rounds_tests::rounds_cli_output(&[
         "push",
         "send",
         "--facility",
@@ -272,7 +274,15 @@ async fn mllp_push_records_aa_ae_and_retries_a_timeout() {
         "--wait",
         "30",
     ]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(!run.status.success(), "{out}");
     assert!(out.contains("failed 1, pending 0"), "{out}");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("incomplete: 1 failed, 0 pending")),
+        "{err}"
+    );
     let items: Vec<Value> =
         serde_json::from_str(&rounds(&["push", "status", "--store", s])).unwrap();
     let failed: Vec<&Value> = items.iter().filter(|i| i["status"] == "failed").collect();
@@ -309,4 +319,64 @@ async fn mllp_push_records_aa_ae_and_retries_a_timeout() {
     );
     assert!(counts.values().all(|n| *n <= 2));
     assert_eq!(received.len(), items.len() + 1);
+}
+
+/// While a server runs on the store, `rounds push status` answers through its admin API, and
+/// `/metrics` shows the outbox by status after the server's push round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_status_through_a_running_server_and_the_outbox_in_metrics() {
+    let (_fhir, port) = fhir_server().await;
+    let store = closed_store();
+    let s = store.path().to_str().unwrap();
+    let config = store.path().join("push.toml");
+    std::fs::write(
+        &config,
+        format!("[fhir]\nbase_url = \"http://127.0.0.1:{port}/fhir\"\n"),
+    )
+    .unwrap();
+    rounds(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        s,
+    ]);
+    let server = rounds_tests::ServerProcess::start_with(
+        store.path(),
+        &["--push", config.to_str().unwrap()],
+    )
+    .unwrap();
+    let status: Vec<Value> = serde_json::from_str(&rounds(&[
+        "push",
+        "status",
+        "--month",
+        "2026-11",
+        "--store",
+        s,
+        "--server",
+        &format!("https://127.0.0.1:{}", server.port),
+    ]))
+    .unwrap();
+    assert_eq!(status.len(), 14);
+    assert!(
+        status
+            .iter()
+            .all(|i| i["payload"].as_str().unwrap().ends_with(" bytes"))
+    );
+    let mut seen = 0.0;
+    for _ in 0..100 {
+        seen = rounds_tests::metric(&server, "rounds_push_outbox_acknowledged")
+            .await
+            .unwrap();
+        if seen == 14.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen, 14.0);
 }

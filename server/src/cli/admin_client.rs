@@ -60,6 +60,12 @@ pub enum Op {
         password: String,
     },
     Users,
+    /// The push outbox (payloads as their size).
+    PushStatus {
+        facility: Option<String>,
+        month: Option<String>,
+        practice: Option<String>,
+    },
     /// Every practice.
     Practices,
     /// Create or replace practices (JSON: one object or a list).
@@ -214,6 +220,19 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
             )
         }
         Op::Practices => serde_json::to_string_pretty(&store.practices.all()).unwrap_or_default(),
+        Op::PushStatus {
+            facility,
+            month,
+            practice,
+        } => {
+            let outbox = crate::services::push::Outbox::open(store.db()).map_err(invalid)?;
+            serde_json::to_string_pretty(&outbox.status(
+                facility.as_deref(),
+                month.as_deref(),
+                practice.as_deref(),
+            ))
+            .unwrap_or_default()
+        }
         Op::PracticeSet { body } => {
             let practices = crate::sync::store::practices::parse_practices(&body)
                 .map_err(|e| CliError::Invalid(e.to_string()))?;
@@ -421,6 +440,19 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             ),
         Op::Users => client.get(format!("{base}/api/v1/users")),
         Op::Practices => client.get(format!("{base}/api/v1/practices")),
+        Op::PushStatus {
+            facility,
+            month,
+            practice,
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [("facility", facility), ("month", month), ("practice", practice)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", urlencode(&v)));
+                }
+            }
+            client.get(format!("{base}/api/v1/push?{}", q.join("&")))
+        }
         Op::PracticeSet { body } => {
             // One PUT per practice: the API takes one at a time.
             let practices = crate::sync::store::practices::parse_practices(&body)

@@ -212,6 +212,9 @@ pub enum Command {
         command: PushCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
         store: PathBuf,
+        /// For `status` while a server runs on the store: its base URL.
+        #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
+        server: String,
     },
     /// The audit log: who read, wrote or was denied what, and when.
     Audit {

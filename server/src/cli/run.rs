@@ -86,7 +86,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             exit,
         } => serve::demo(store, out, listen, tablets, exit),
         Command::ReadModel { action, store } => store::read_model(action, store),
-        Command::Push { command, store } => store::push(command, store),
+        Command::Push {
+            command,
+            store,
+            server,
+        } => store::push(command, store, server),
         Command::Rules => data::rules(),
         Command::Serve(args) => serve::serve(*args),
         Command::Import {

@@ -37,10 +37,7 @@ pub(super) fn read_model(action: ReadModelAction, store: PathBuf) -> Result<(), 
     }
 }
 
-pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError> {
-    let st = crate::sync::store::SledStore::open(&store)
-        .map_err(|e| CliError::Invalid(format!("{e} (stop the server to push from this store)")))?;
-    let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
+pub(super) fn push(command: PushCommand, store: PathBuf, server: String) -> Result<(), CliError> {
     match command {
         PushCommand::Send {
             facility,
@@ -48,71 +45,93 @@ pub(super) fn push(command: PushCommand, store: PathBuf) -> Result<(), CliError>
             config,
             practice,
             wait,
-        } => {
-            let month = parse_month(&month)?;
-            let config =
-                crate::services::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
-            let ledger = crate::services::ledger::Ledger::open(st.db())
-                .map_err(|e| CliError::Invalid(e.to_string()))?;
-            let queued = outbox
-                .enqueue(&st, &ledger, &config, &facility, month, practice.as_deref())
-                .map_err(|e| CliError::Invalid(e.to_string()))?;
-            for p in &queued.charges_by_csv {
-                eprintln!(
-                    "practice {p}: its FHIR profile takes no ChargeItem and it has no [hl7] target: send its charges with the charge CSV (rounds export --format csv)"
-                );
-            }
-            for p in &queued.without_target {
-                eprintln!(
-                    "practice {p}: no push target in push.toml ([practices.{p}]): its packages were not queued"
-                );
-            }
-            let (ack, failed, pending) =
-                runtime()?.block_on(outbox.drain(&config, std::time::Duration::from_secs(wait)));
-            println!(
-                "queued {} new; acknowledged {ack}, failed {failed}, pending {pending}",
-                queued.added
-            );
-            for i in outbox
-                .all()
-                .iter()
-                .filter(|i| i.status == crate::services::push::Status::Failed)
-            {
-                println!(
-                    "  failed {}: {}",
-                    i.key,
-                    i.last_error.clone().unwrap_or_default()
-                );
-            }
-            Ok(())
-        }
+        } => push_send(store, facility, month, config, practice, wait),
         PushCommand::Status {
             facility,
             month,
             practice,
         } => {
-            let items: Vec<_> = outbox
-                .all()
-                .into_iter()
-                .filter(|i| facility.as_ref().is_none_or(|f| &i.facility == f))
-                .filter(|i| {
-                    practice
-                        .as_ref()
-                        .is_none_or(|p| i.practice.as_ref().unwrap_or(&i.facility) == p)
-                })
-                .filter(|i| month.as_ref().is_none_or(|m| &i.month.to_string() == m))
-                .map(|mut i| {
-                    i.payload = format!("{} bytes", i.payload.len());
-                    i
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&items).unwrap_or_default()
-            );
+            // On the store, or through the running server's admin API.
+            let out = crate::cli::admin_client::run(
+                &crate::cli::admin_client::AdminTarget { store, server },
+                crate::cli::admin_client::Op::PushStatus {
+                    facility,
+                    month,
+                    practice,
+                },
+            )?;
+            println!("{}", out.trim_end());
             Ok(())
         }
     }
+}
+
+/// Queue a closed month and send it; exits non-zero unless every item of that month (and
+/// practice) is acknowledged when `--wait` runs out.
+fn push_send(
+    store: PathBuf,
+    facility: String,
+    month: String,
+    config: PathBuf,
+    practice: Option<String>,
+    wait: u64,
+) -> Result<(), CliError> {
+    let st = crate::sync::store::SledStore::open(&store)
+        .map_err(|e| CliError::Invalid(format!("{e} (stop the server to push from this store)")))?;
+    let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
+    let month = parse_month(&month)?;
+    let config = crate::services::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
+    let ledger = crate::services::ledger::Ledger::open(st.db())
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let queued = outbox
+        .enqueue(&st, &ledger, &config, &facility, month, practice.as_deref())
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    for p in &queued.charges_by_csv {
+        eprintln!(
+            "practice {p}: its FHIR profile takes no ChargeItem and it has no [hl7] target: send its charges with the charge CSV (rounds export --format csv)"
+        );
+    }
+    for p in &queued.without_target {
+        eprintln!(
+            "practice {p}: no push target in push.toml ([practices.{p}]): its packages were not queued"
+        );
+    }
+    runtime()?.block_on(outbox.drain(&config, std::time::Duration::from_secs(wait)));
+    // This month's items (of this practice): what the exit status is about.
+    let mine: Vec<crate::services::push::OutboxItem> = outbox
+        .all()
+        .into_iter()
+        .filter(|i| i.facility == facility && i.month == month)
+        .filter(|i| {
+            practice
+                .as_ref()
+                .is_none_or(|p| i.practice.as_ref().unwrap_or(&i.facility) == p)
+        })
+        .collect();
+    use crate::services::push::Status;
+    let count = |s: Status| mine.iter().filter(|i| i.status == s).count();
+    let (ack, failed, pending) = (
+        count(Status::Acknowledged),
+        count(Status::Failed),
+        count(Status::Pending),
+    );
+    for i in mine.iter().filter(|i| i.status == Status::Failed) {
+        println!(
+            "  failed {}: {}",
+            i.key,
+            i.last_error.clone().unwrap_or_default()
+        );
+    }
+    println!(
+        "{facility} {month}: queued {} new; acknowledged {ack}, failed {failed}, pending {pending}",
+        queued.added
+    );
+    if failed + pending > 0 {
+        return Err(CliError::Invalid(format!(
+            "push of {facility} {month} incomplete: {failed} failed, {pending} pending (rounds push status; failed items need a person, pending ones are retried by the next push)"
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn import(

@@ -343,3 +343,31 @@ pub async fn summary(
     };
     Ok(([("content-type", mime)], out).into_response())
 }
+
+#[derive(Deserialize)]
+pub struct PushParams {
+    facility: Option<String>,
+    month: Option<String>,
+    practice: Option<String>,
+}
+
+/// `GET /api/v1/push[?facility=F][&month=M][&practice=P]`: the push outbox, payloads as sizes.
+pub async fn push_status(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Query(p): Query<PushParams>,
+) -> Api<Vec<crate::services::push::OutboxItem>> {
+    let s = shared.clone();
+    Ok(Json(
+        blocking(move || {
+            let outbox =
+                crate::services::push::Outbox::open(s.store.db()).map_err(ApiError::internal)?;
+            Ok(outbox.status(
+                p.facility.as_deref(),
+                p.month.as_deref(),
+                p.practice.as_deref(),
+            ))
+        })
+        .await?,
+    ))
+}

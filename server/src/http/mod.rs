@@ -136,6 +136,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             axum::routing::put(crate::http::admin::put_practice),
         )
         .route("/api/v1/summary", get(crate::http::admin::summary))
+        .route("/api/v1/push", get(crate::http::admin::push_status))
         // Every body-reading extractor stops at this (413); the import's own limit overrides it.
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared)

@@ -362,7 +362,25 @@ impl Shared {
                 };
                 match crate::services::push::Outbox::open(self.store.db()) {
                     Ok(outbox) => {
-                        let (ok, failed, pending) = outbox.process(&config).await;
+                        let m = self.metrics.clone();
+                        let observe = move |s: crate::services::push::Status| {
+                            use crate::services::push::Status as S;
+                            let c = match s {
+                                S::Acknowledged => &m.push_acknowledged,
+                                S::Failed => &m.push_failed,
+                                S::Pending => &m.push_retried,
+                            };
+                            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        };
+                        let (ok, failed, pending) =
+                            outbox.process_observed(&config, &observe).await;
+                        for (gauge, v) in [
+                            (&self.metrics.push_outbox_acknowledged, ok),
+                            (&self.metrics.push_outbox_failed, failed),
+                            (&self.metrics.push_outbox_pending, pending),
+                        ] {
+                            gauge.store(v as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if ok + failed > 0 {
                             tracing::info!(ok, failed, pending, "push round");
                         }

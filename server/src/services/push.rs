@@ -373,6 +373,26 @@ impl Outbox {
         Ok(added)
     }
 
+    /// The outbox as people read it: items of a facility, month and practice (each optional),
+    /// with each payload replaced by its size.
+    pub fn status(
+        &self,
+        facility: Option<&str>,
+        month: Option<&str>,
+        practice: Option<&str>,
+    ) -> Vec<OutboxItem> {
+        self.all()
+            .into_iter()
+            .filter(|i| facility.is_none_or(|f| i.facility == f))
+            .filter(|i| month.is_none_or(|m| i.month.to_string() == m))
+            .filter(|i| practice.is_none_or(|p| i.practice.as_deref().unwrap_or(&i.facility) == p))
+            .map(|mut i| {
+                i.payload = format!("{} bytes", i.payload.len());
+                i
+            })
+            .collect()
+    }
+
     pub fn all(&self) -> Vec<OutboxItem> {
         self.items
             .iter()
@@ -407,6 +427,16 @@ impl Outbox {
 
     /// Send every due pending item once. Returns (acknowledged, failed, still pending).
     pub async fn process(&self, config: &PushConfig) -> (usize, usize, usize) {
+        self.process_observed(config, &|_| {}).await
+    }
+
+    /// [`Outbox::process`], telling `observe` each send's outcome (`Status::Acknowledged`,
+    /// `Status::Failed`, or `Status::Pending` for one to be retried).
+    pub async fn process_observed(
+        &self,
+        config: &PushConfig,
+        observe: &(dyn Fn(Status) + Sync),
+    ) -> (usize, usize, usize) {
         let max = config.max_attempts.unwrap_or(8);
         let now = Utc::now();
         for mut item in self
@@ -452,6 +482,11 @@ impl Outbox {
                     None => Outcome::Failed(format!("no [hl7] target configured in {section}")),
                 },
             };
+            observe(match &outcome {
+                Outcome::Acknowledged(_) => Status::Acknowledged,
+                Outcome::Failed(_) => Status::Failed,
+                Outcome::Retry(_) => Status::Pending,
+            });
             match outcome {
                 Outcome::Acknowledged(ack) => {
                     item.status = Status::Acknowledged;

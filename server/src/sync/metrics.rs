@@ -26,6 +26,13 @@ pub struct Metrics {
     pub sign_ins_refused: AtomicU64,
     /// Sync upgrades refused because they carried a token in the URL with --no-query-tokens.
     pub query_tokens_refused: AtomicU64,
+    /// Push sends by outcome (counters) and the outbox by status after the last round (gauges).
+    pub push_acknowledged: AtomicU64,
+    pub push_failed: AtomicU64,
+    pub push_retried: AtomicU64,
+    pub push_outbox_pending: AtomicU64,
+    pub push_outbox_failed: AtomicU64,
+    pub push_outbox_acknowledged: AtomicU64,
     flushes: AtomicU64,
     flush_micros_sum: AtomicU64,
     flush_micros_max: AtomicU64,
@@ -142,6 +149,37 @@ impl Metrics {
             "counter",
             g(&self.query_tokens_refused),
         );
+        for (name, help, v) in [
+            (
+                "rounds_push_acknowledged_total",
+                "Push sends the EHR acknowledged.",
+                &self.push_acknowledged,
+            ),
+            (
+                "rounds_push_failed_total",
+                "Push sends that failed for good (needing a person).",
+                &self.push_failed,
+            ),
+            (
+                "rounds_push_retried_total",
+                "Push sends that will be retried.",
+                &self.push_retried,
+            ),
+        ] {
+            counter(name, help, "counter", g(v));
+        }
+        for (status, v) in [
+            ("pending", &self.push_outbox_pending),
+            ("failed", &self.push_outbox_failed),
+            ("acknowledged", &self.push_outbox_acknowledged),
+        ] {
+            counter(
+                &format!("rounds_push_outbox_{status}"),
+                &format!("Push outbox items {status} after the last push round."),
+                "gauge",
+                g(v),
+            );
+        }
         for (name, help, kind, v) in extra {
             counter(name, help, kind, *v);
         }
