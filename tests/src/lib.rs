@@ -554,6 +554,21 @@ pub fn rounds_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Copy a directory tree (a stopped server's store: a "restored backup" in the tests).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Run the `rounds` binary and return its whole output, whatever its status.
 pub fn rounds_cli_output(args: &[&str]) -> std::process::Output {
     std::process::Command::new(rounds_bin().expect("rounds binary"))

@@ -150,15 +150,7 @@ fn expected(store: &Path, dir: &Path, types: &[&str]) -> BTreeSet<(String, Strin
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
+    rounds_tests::copy_dir(from, to).unwrap();
 }
 
 /// November closed in a fresh store.

@@ -2,6 +2,7 @@
 //! MLLP listener that answers AA, AE, then times out.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -379,4 +380,221 @@ async fn push_status_through_a_running_server_and_the_outbox_in_metrics() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(seen, 14.0);
+}
+
+/// A CA, a listener certificate for `localhost` and a client certificate, all signed by it.
+struct Pki {
+    ca: rcgen::Certificate,
+    leaf: (rustls::pki_types::CertificateDer<'static>, Vec<u8>),
+    client_pem: (String, String),
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Interface engine CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["rounds-pusher".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    Pki {
+        ca,
+        leaf: (leaf.der().clone(), leaf_key.serialize_der()),
+        client_pem: (client.pem(), client_key.serialize_pem()),
+    }
+}
+
+/// An MLLP-over-TLS listener that asks for a client certificate signed by the CA and answers AA;
+/// it records (MSH-10, the message without MSH) of every message.
+async fn tls_listener(pki: &Pki) -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![pki.leaf.0.clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(pki.leaf.1.clone().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let rec = received.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, rec) = (acceptor.clone(), rec.clone());
+            tokio::spawn(async move {
+                let Ok(mut sock) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                while !buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(m) => buf.extend_from_slice(&chunk[..m]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf)
+                    .trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r')
+                    .to_string();
+                let (control, body) = parse(&text);
+                rec.lock().unwrap().push((control.clone(), body));
+                let ack = format!(
+                    "\u{b}MSH|^~\\&|EHR|PRACTICE|ROUNDS|ROUNDS|20261201000000||ACK|A1|P|2.5.1\rMSA|AA|{control}\u{1c}\r"
+                );
+                let _ = sock.write_all(ack.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_over_tls_with_a_client_certificate_and_a_new_control_id_per_transmission() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = pki();
+    let (port, received) = tls_listener(&pki).await;
+    let store = closed_store();
+    let s = store.path().to_str().unwrap();
+    // Copies of the store from before any push: "restored from a backup".
+    let copy = || {
+        let d = tempfile::tempdir().unwrap();
+        rounds_tests::copy_dir(store.path(), d.path()).unwrap();
+        d
+    };
+    let (no_client, wrong_name, restored) = (copy(), copy(), copy());
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("client.pem"),
+        dir.path().join("client-key.pem"),
+    );
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    std::fs::write(&cert, &pki.client_pem.0).unwrap();
+    std::fs::write(&key, &pki.client_pem.1).unwrap();
+    let send = |store: &Path, config: &str| {
+        let path = dir.path().join("push.toml");
+        std::fs::write(&path, config).unwrap();
+        rounds_tests::rounds_cli_output(&[
+            "push",
+            "send",
+            "--facility",
+            "sunnyvale",
+            "--month",
+            "2026-11",
+            "--config",
+            path.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--wait",
+            "3",
+        ])
+    };
+    let tls = format!(
+        "max_attempts = 2\n[hl7]\naddress = \"127.0.0.1:{port}\"\ntimeout_seconds = 5\ntls = true\n\
+         server_name = \"localhost\"\nca_file = \"{}\"\n",
+        ca.display()
+    );
+    let with_client = format!(
+        "{tls}client_cert = \"{}\"\nclient_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    // Without the client certificate the listener refuses the handshake: nothing lands, and
+    // `push send` says so with a non-zero exit.
+    let refused = send(no_client.path(), &tls);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("CertificateRequired"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    // A listener whose certificate does not carry the expected name is not trusted.
+    let wrong = send(
+        wrong_name.path(),
+        &with_client.replace(
+            "server_name = \"localhost\"",
+            "server_name = \"ehr.example\"",
+        ),
+    );
+    assert!(!wrong.status.success());
+    assert!(received.lock().unwrap().is_empty());
+    // With both, every message lands.
+    let out = send(store.path(), &with_client);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Vec<(String, String)> = received.lock().unwrap().clone();
+    assert!(first.len() > 20, "{}", first.len());
+    let _ = s;
+    // The store restored from before the push sends every message again: new control ids, the
+    // same messages otherwise (business keys unchanged).
+    let out = send(restored.path(), &with_client);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let all: Vec<(String, String)> = received.lock().unwrap().clone();
+    let second = &all[first.len()..];
+    assert_eq!(second.len(), first.len());
+    let controls: std::collections::BTreeSet<&String> = all.iter().map(|(c, _)| c).collect();
+    assert_eq!(controls.len(), all.len(), "an MSH-10 was used twice");
+    assert!(all.iter().all(|(c, _)| c.len() <= 20));
+    // The business keys: PV1-19 (visit), FT1-2 (charge), TXA-12 (document), ORC-3 (result).
+    let keys = |v: &[(String, String)]| {
+        let mut all: Vec<Vec<String>> = v
+            .iter()
+            .map(|(_, body)| {
+                body.split('\r')
+                    .filter_map(|seg| {
+                        let f: Vec<&str> = seg.split('|').collect();
+                        let at = match f[0] {
+                            "PV1" => 19,
+                            "FT1" => 2,
+                            "TXA" => 12,
+                            "ORC" => 3,
+                            _ => return None,
+                        };
+                        f.get(at).map(|x| format!("{}-{at}={x}", f[0]))
+                    })
+                    .collect()
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(keys(&first), keys(second));
+    assert!(
+        keys(&first)
+            .iter()
+            .flatten()
+            .any(|k| k.starts_with("FT1-2="))
+    );
 }

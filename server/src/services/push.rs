@@ -6,6 +6,7 @@
 //! enqueueing the same package twice adds nothing. Once acknowledged, an item is never sent again.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -140,6 +141,103 @@ pub struct Hl7Target {
     /// host:port of the MLLP listener.
     pub address: String,
     pub timeout_seconds: Option<u64>,
+    /// MLLP over TLS (the listener's certificate is verified).
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the listener's certificate must carry (the address's host by default).
+    pub server_name: Option<String>,
+    /// PEM file of the CA certificates that sign the listener's certificate (the system's
+    /// roots by default).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (hex) instead.
+    pub fingerprint: Option<String>,
+    /// A client certificate and its key (PEM) for listeners that ask for one.
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl Hl7Target {
+    /// The TLS client settings (None without `tls`), checked: files readable, a key with a
+    /// certificate.
+    pub fn tls_config(&self) -> Result<Option<rustls::ClientConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        if !self.tls {
+            if self.ca_file.is_some() || self.client_cert.is_some() || self.fingerprint.is_some() {
+                return Err("ca_file, fingerprint and client_cert need tls = true".into());
+            }
+            return Ok(None);
+        }
+        let client = match (&self.client_cert, &self.client_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
+                    .map_err(|e| format!("client_cert {}: {e}", c.display()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("client_cert {}: {e}", c.display()))?;
+                let key = PrivateKeyDer::from_pem_file(k)
+                    .map_err(|e| format!("client_key {}: {e}", k.display()))?;
+                Some((certs, key))
+            }
+            _ => return Err("client_cert and client_key go together".into()),
+        };
+        if let Some(hex) = &self.fingerprint {
+            if client.is_some() {
+                return Err("fingerprint: pinning takes no client certificate; use ca_file".into());
+            }
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            let pin = <[u8; 32]>::try_from(bytes)
+                .map_err(|_| "fingerprint: expected 64 hex digits".to_string())?;
+            return rounds_core::sync::net::client_config(
+                &rounds_core::sync::net::Trust::Fingerprint(pin),
+            )
+            .map(Some)
+            .map_err(|e| e.to_string());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?
+                {
+                    let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+        Ok(Some(match client {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client_cert: {e}"))?,
+            None => builder.with_no_client_auth(),
+        }))
+    }
+
+    /// The name the listener's certificate is checked against.
+    fn server_name(&self) -> String {
+        self.server_name.clone().unwrap_or_else(|| {
+            self.address
+                .rsplit_once(':')
+                .map_or(self.address.as_str(), |(h, _)| h)
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_string()
+        })
+    }
 }
 
 impl PushConfig {
@@ -154,10 +252,17 @@ impl PushConfig {
         if let Some(f) = &c.fhir {
             f.delivery().map_err(|e| format!("[fhir] {e}"))?;
         }
+        if let Some(h) = &c.hl7 {
+            h.tls_config().map_err(|e| format!("[hl7] {e}"))?;
+        }
         for (id, p) in &c.practices {
             if let Some(f) = &p.fhir {
                 f.delivery()
                     .map_err(|e| format!("[practices.{id}.fhir] {e}"))?;
+            }
+            if let Some(h) = &p.hl7 {
+                h.tls_config()
+                    .map_err(|e| format!("[practices.{id}.hl7] {e}"))?;
             }
         }
         Ok(c)
@@ -735,32 +840,60 @@ fn with_control_id(message: &str, control: &str) -> String {
     segs.join("\r")
 }
 
+/// One MLLP exchange on an open stream: the framed message out, the framed answer back.
+async fn mllp_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    message: &str,
+) -> std::io::Result<Vec<u8>> {
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(message.as_bytes());
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    stream.write_all(&frame).await?;
+    stream.flush().await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(2).any(|w| w == [0x1c, 0x0d]) || buf.len() > 1 << 20 {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
+/// A control id (MSH-10) unique to this transmission: 19 random hex digits after `R` (20
+/// characters, HL7 v2.5.1's limit). Never derived from the item, so a resend after a restart or
+/// from a restored store never repeats one; the business keys in FT1, TXA, ORC and PV1-19 stay.
+fn control_id() -> String {
+    format!("R{}", &uuid::Uuid::new_v4().simple().to_string()[..19])
+}
+
 async fn send_hl7(t: &Hl7Target, item: &OutboxItem) -> Outcome {
     let timeout = Duration::from_secs(t.timeout_seconds.unwrap_or(10));
-    let control = {
-        let u = rounds_core::ids::name_uuid(&format!("{}#{}", item.key, item.attempts));
-        format!("R{}", &u.simple().to_string()[..19])
-    };
+    let control = control_id();
     let message = with_control_id(&item.payload, &control);
+    let tls = match t.tls_config() {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(format!("[hl7] {e}")),
+    };
+    let name = t.server_name();
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(&t.address).await?;
-        let mut frame = vec![0x0b];
-        frame.extend_from_slice(message.as_bytes());
-        frame.extend_from_slice(&[0x1c, 0x0d]);
-        stream.write_all(&frame).await?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
-                break;
+        let tcp = tokio::net::TcpStream::connect(&t.address).await?;
+        match tls {
+            None => mllp_exchange(tcp, &message).await,
+            Some(config) => {
+                let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| std::io::Error::other(format!("server_name {name:?}: {e}")))?;
+                let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(server_name, tcp)
+                    .await?;
+                mllp_exchange(stream, &message).await
             }
         }
-        Ok::<Vec<u8>, std::io::Error>(buf)
     };
     let reply = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Outcome::Retry(format!("no ACK within {timeout:?}")),
