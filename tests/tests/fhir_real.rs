@@ -317,3 +317,36 @@ fn a_whole_package_in_one_transaction_is_refused_by_medplum_with_its_reason() {
         "{out}"
     );
 }
+
+#[test]
+fn a_bundle_refused_mid_package_resumes_after_a_retry_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = closed_store(dir.path());
+    let everything = expected(
+        &closed,
+        dir.path(),
+        &rounds_core::ehr::delivery::RESOURCE_TYPES,
+    );
+    // POST 1 is the seed; the EHR refuses the 3rd bundle of the push (HTTP 400).
+    let fhir = fhir_server(&["--refuse-request", "4"]);
+    seed(fhir.port);
+    let (ok, out) = push(&closed, fhir.port, "profile = \"strict-transaction\"");
+    assert!(!ok, "a refused bundle makes push send fail: {out}");
+    assert!(out.contains("Refused on purpose for the test"), "{out}");
+    // The parts after the refused one waited: nothing refers to what is not there.
+    assert_eq!(stats(fhir.port)["invalid"], json!([]));
+    let s = closed.to_str().unwrap();
+    rounds_tests::rounds_cli(&[
+        "push",
+        "retry",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        MONTH,
+        "--store",
+        s,
+    ]);
+    let (ok, out) = push(&closed, fhir.port, "profile = \"strict-transaction\"");
+    assert!(ok && out.contains("failed 0, pending 0"), "{out}");
+    assert_complete(fhir.port, &everything, "after a refusal and a retry");
+}

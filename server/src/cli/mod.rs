@@ -346,6 +346,17 @@ pub enum PushCommand {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Put failed items back in the queue (after their cause is fixed); the next `push send`
+    /// or the server's pusher sends them. By key, or every failed item of a month.
+    Retry {
+        /// Outbox keys (as `push status` shows them).
+        keys: Vec<String>,
+        /// Every failed item of this facility and month (with `--month`).
+        #[arg(long)]
+        facility: Option<String>,
+        #[arg(long, requires = "facility")]
+        month: Option<String>,
+    },
     /// Pending, acknowledged and failed items of the outbox.
     Status {
         #[arg(long)]

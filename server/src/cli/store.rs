@@ -46,6 +46,11 @@ pub(super) fn push(command: PushCommand, store: PathBuf, server: String) -> Resu
             practice,
             wait,
         } => push_send(store, facility, month, config, practice, wait),
+        PushCommand::Retry {
+            keys,
+            facility,
+            month,
+        } => push_retry(store, keys, facility, month),
         PushCommand::Status {
             facility,
             month,
@@ -64,6 +69,42 @@ pub(super) fn push(command: PushCommand, store: PathBuf, server: String) -> Resu
             Ok(())
         }
     }
+}
+
+/// Requeue failed items (by key, or every failed one of a facility's month).
+fn push_retry(
+    store: PathBuf,
+    keys: Vec<String>,
+    facility: Option<String>,
+    month: Option<String>,
+) -> Result<(), CliError> {
+    let st = crate::sync::store::SledStore::open(&store).map_err(|e| {
+        CliError::Invalid(format!(
+            "{e} (stop the server, or retry on the console's Push status page)"
+        ))
+    })?;
+    let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
+    let mut keys = keys;
+    if let Some(f) = &facility {
+        keys.extend(
+            outbox
+                .status(Some(f), month.as_deref(), None)
+                .into_iter()
+                .filter(|i| i.status == crate::services::push::Status::Failed)
+                .map(|i| i.key),
+        );
+    }
+    if keys.is_empty() {
+        return Err(CliError::Invalid(
+            "nothing to retry: give outbox keys, or --facility F --month M for every failed item"
+                .into(),
+        ));
+    }
+    for k in &keys {
+        outbox.retry(k).map_err(CliError::Invalid)?;
+    }
+    println!("{} item(s) queued again", keys.len());
+    Ok(())
 }
 
 /// Queue a closed month and send it; exits non-zero unless every item of that month (and

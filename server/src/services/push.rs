@@ -321,6 +321,18 @@ pub struct ResourceStatus {
     pub error: Option<String>,
 }
 
+/// Whether an earlier part of the same split package failed (this one then waits for a person).
+fn behind_a_failure(key: &str, failed: &std::collections::BTreeSet<&str>) -> bool {
+    let mut k = key.to_string();
+    while let Some(prev) = previous_part(&k) {
+        if failed.contains(prev.as_str()) {
+            return true;
+        }
+        k = prev;
+    }
+    false
+}
+
 /// A FHIR item's place in its package: (the key of the part before it, if any).
 fn previous_part(key: &str) -> Option<String> {
     let (head, tail) = key.rsplit_once("-FHIR-")?;
@@ -630,12 +642,26 @@ impl Outbox {
         )
     }
 
-    /// Process until nothing is pending (waiting for backoffs), at most `limit`.
+    /// Process until nothing can be sent any more (waiting for backoffs), at most `limit`. A
+    /// part of a split package behind a failed part cannot: it waits for a person.
     pub async fn drain(&self, config: &PushConfig, limit: Duration) -> (usize, usize, usize) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let counts = self.process(config).await;
             if counts.2 == 0 || tokio::time::Instant::now() >= deadline {
+                return counts;
+            }
+            let all = self.all();
+            let failed: std::collections::BTreeSet<&str> = all
+                .iter()
+                .filter(|i| i.status == Status::Failed)
+                .map(|i| i.key.as_str())
+                .collect();
+            let sendable = all
+                .iter()
+                .filter(|i| i.status == Status::Pending)
+                .any(|i| !behind_a_failure(&i.key, &failed));
+            if !sendable {
                 return counts;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
