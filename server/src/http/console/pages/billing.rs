@@ -448,7 +448,13 @@ pub async fn push_status(State(shared): State<Arc<Shared>>, c: Ctx, Query(query)
                         crate::services::push::Status::Pending => { span.badge.warning { "pending" } }
                     } }
                     td.num { (i.attempts) }
-                    td { (i.acknowledgement.clone().or(i.last_error.clone()).unwrap_or_default()) }
+                    td {
+                        (i.acknowledgement.clone().or(i.last_error.clone()).unwrap_or_default())
+                        @let refused: Vec<_> = i.resources.iter().filter(|r| r.error.is_some()).collect();
+                        @if !refused.is_empty() {
+                            ul.refused { @for r in refused { li { (r.resource) " — " (r.status) ": " (r.error.clone().unwrap_or_default()) } } }
+                        }
+                    }
                     td { @if i.status == crate::services::push::Status::Failed {
                         form.inline method="post" action="/console/push" {
                             (csrf_field(&c))
