@@ -63,7 +63,7 @@ pub struct Practice {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contacts: Vec<String>,
     /// The practice confirms, for a month in which a patient's billing practitioner changed,
-    /// that the other practitioner has not billed it (billing rule 19): without it such a month
+    /// that the other practitioner has not billed it (billing rule P1): without it such a month
     /// is held with an exception.
     #[serde(default)]
     pub confirms_transition_months: bool,
@@ -249,7 +249,7 @@ impl PractitionerOfRecord {
     }
 }
 
-/// When a practitioner's tenure for a program began after someone else's (billing rule 19).
+/// When a practitioner's tenure for a program began after someone else's (billing rule P1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenure {
     /// The practitioner of record.
@@ -271,7 +271,7 @@ pub struct Patient {
     pub mrn: Option<String>,
     /// The practitioner of record for every program and date no period below covers.
     pub billing_practitioner: String,
-    /// Practitioners of record by program and period (billing rule 19).
+    /// Practitioners of record by program and period (billing rule P1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub practitioners_of_record: Vec<PractitionerOfRecord>,
     #[serde(default)]

@@ -1,6 +1,6 @@
 //! Practices as tenants in the data file and the engine: the `practices` section checked entry by
 //! entry, an old file as one practice, and a patient moving from one practice to another on the
-//! 15th (billing rule 19: a new consent, one payer per month and per RPM period, held until the
+//! 15th (billing rule P1: a new consent, one payer per month and per RPM period, held until the
 //! new practice confirms, and 99453 once per episode).
 
 use rounds_core::billing::{Encounter, ExceptionKind, ExceptionProgram, RuleSet, bill};

@@ -581,6 +581,37 @@ async fn each_practice_gets_its_own_patients_and_nobody_elses() {
     assert!(body.contains("North Primary Care") && body.contains("South Internal Medicine"));
     let (status, _) = get(&server, &north_cookie, "/console/practices").await;
     assert_eq!(status, 403, "practices are managed by the company");
+    // The company's form: checked like the data file's entries, CSRF required.
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let post = |form: String| {
+        let head = format!(
+            "POST /console/practices HTTP/1.1\r\nCookie: {company_cookie}\r\nContent-Type: application/x-www-form-urlencoded"
+        );
+        let server = &server;
+        async move {
+            https_exchange(server, &head, form.as_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    let (status, _, page) = post(format!("csrf={csrf}&id=west&name=West&tin=12")).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("practice west: field `tin`"), "{page}");
+    let (status, _, _) = post("id=west&name=West".to_string()).await;
+    assert_eq!(status, 403, "no CSRF token");
+    let (status, _, page) = post(format!("csrf={csrf}&id=west&name=West&practitioners=dr-a")).await;
+    assert_eq!(status, 422, "dr-a is north's: {page}");
+    let (_, body) = get(&server, &company_cookie, "/console/practices").await;
+    assert!(!body.contains(">west<"), "nothing saved");
+    let (status, _, _) = post(format!("csrf={csrf}&id=west&name=West&tin=123456789")).await;
+    assert_eq!(status, 303);
+    let (_, body) = get(&server, &company_cookie, "/console/practices").await;
+    assert!(body.contains(">west<"));
     let (status, csv) = get(
         &server,
         &company_cookie,

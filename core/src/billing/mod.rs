@@ -96,7 +96,7 @@ impl<'a> Input<'a> {
         self.data.practice_of(id).map(|p| p.id.clone())
     }
 
-    /// Whether the practitioner's practice confirms transition months (rule 19).
+    /// Whether the practitioner's practice confirms transition months (rule P1).
     fn confirms_transition(&self, id: &str) -> bool {
         self.data
             .practice_of(id)
@@ -704,7 +704,7 @@ fn bill_rpm(
             end: pd.last,
             days,
         });
-        // Rule 19: the practitioner of record on the period's last day; one per period.
+        // Rule P1: the practitioner of record on the period's last day; one per period.
         let tenure = p.tenure(Program::Rpm, pd.last);
         let dlm = LineMaker {
             dos: pd.last,
@@ -799,7 +799,7 @@ pub fn bill_patient_in(
     Ok(bill_patient(&Input::new(data)?, p, month, rules))
 }
 
-/// Who is of record for each program in a month (rule 19): the practitioner on the month's
+/// Who is of record for each program in a month (rule P1): the practitioner on the month's
 /// date of service, and since when when they followed someone else.
 pub(crate) struct Tenures {
     pub of: BTreeMap<Program, Tenure>,
@@ -826,7 +826,7 @@ impl Tenures {
     }
 
     /// The patient as the program's practitioner of record sees it: when that practitioner
-    /// followed another, only consents given since their tenure began (rule 19: a new consent).
+    /// followed another, only consents given since their tenure began (rule P1: a new consent).
     fn patient<'a>(&self, p: &'a Patient, program: Program) -> std::borrow::Cow<'a, Patient> {
         match self.of.get(&program).and_then(|t| t.since) {
             Some(since) => {
@@ -851,7 +851,7 @@ impl Tenures {
     }
 }
 
-/// Rule 19's exception for a month (or RPM period) whose billing practitioner changed.
+/// Rule P1's exception for a month (or RPM period) whose billing practitioner changed.
 fn transition_exception(
     program: Program,
     what: &str,
@@ -884,7 +884,7 @@ fn transition_exception(
     }
 }
 
-/// Codes billed per calendar month (rule 19's transition hold applies to them).
+/// Codes billed per calendar month (rule P1's transition hold applies to them).
 fn is_month_code(program: Program, code: &str) -> bool {
     match program {
         Program::Rpm => matches!(code, "99457" | "99458" | "99470"),
@@ -989,7 +989,7 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         (Program::Pcm, pcm),
         (Program::Rpm, rpm),
     ] {
-        // Rule 19: a new practitioner needs a new consent; a month whose practitioner changed
+        // Rule P1: a new practitioner needs a new consent; a month whose practitioner changed
         // is billed only when the new practice confirms the other has not billed it.
         if let Some(t) = ten.of.get(&program)
             && let (Some(since), Some(before)) = (t.since, &t.predecessor)

@@ -959,6 +959,7 @@ async fn send_hl7(t: &Hl7Target, item: &OutboxItem) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn config(text: &str) -> Result<PushConfig, toml::de::Error> {
         toml::from_str(text)
@@ -985,6 +986,102 @@ mod tests {
         // Without top-level targets a facility's own practice has none either.
         let bare = config("[practices.north.hl7]\naddress = \"10.0.0.9:2575\"\n").unwrap();
         assert!(bare.route(None, "oak").is_none());
+    }
+
+    #[test]
+    fn profiles_and_tls_settings_are_checked_when_push_toml_is_loaded() {
+        let bad = [
+            (
+                "[fhir]\nbase_url = \"x\"\nprofile = \"fast\"\n",
+                "[fhir] profile: \"fast\"",
+            ),
+            ("[fhir]\nbase_url = \"x\"\nmax_entries = 0\n", "max_entries"),
+            (
+                "[practices.north.fhir]\nbase_url = \"x\"\nresources = [\"Patient\"]\n",
+                "[practices.north.fhir] resources: \"Patient\"",
+            ),
+            (
+                "[hl7]\naddress = \"h:1\"\nca_file = \"/x.pem\"\n",
+                "need tls = true",
+            ),
+            (
+                "[hl7]\naddress = \"h:1\"\ntls = true\nclient_cert = \"/c.pem\"\n",
+                "client_cert and client_key go together",
+            ),
+            (
+                "[hl7]\naddress = \"h:1\"\ntls = true\nca_file = \"/nonexistent/ca.pem\"\n",
+                "ca_file /nonexistent/ca.pem",
+            ),
+            (
+                "[hl7]\naddress = \"h:1\"\ntls = true\nfingerprint = \"abc\"\n",
+                "64 hex digits",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = PushConfig::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let ok =
+            PushConfig::parse("[fhir]\nbase_url = \"x\"\nprofile = \"batch\"\nmax_entries = 10\n")
+                .unwrap();
+        let d = ok.fhir.unwrap().delivery().unwrap();
+        assert_eq!((d.mode, d.max_entries), (BundleMode::Batch, Some(10)));
+    }
+
+    #[test]
+    fn an_ehr_answer_is_read_entry_by_entry_whatever_it_holds() {
+        let sent = json!({ "entry": [
+            { "resource": { "resourceType": "Encounter", "identifier": [{ "value": "e1" }] } },
+            { "resource": { "resourceType": "ChargeItem", "identifier": [{ "value": "c1" }] } },
+        ] })
+        .to_string();
+        let answer = |entries: Value| {
+            json!({ "resourceType": "Bundle", "type": "batch-response", "entry": entries })
+                .to_string()
+        };
+        let ok = answer(
+            json!([{ "response": { "status": "201 Created" } }, { "response": { "status": "200" } }]),
+        );
+        assert!(matches!(
+            read_bundle_response(&sent, 200, &ok),
+            Some((Outcome::Acknowledged(_), _))
+        ));
+        let refused = answer(json!([
+            { "response": { "status": "201" } },
+            { "response": { "status": "400", "outcome": { "issue": [{ "details": { "text": "bad code" }, "expression": ["ChargeItem.code"] }] } } }
+        ]));
+        let Some((Outcome::Failed(e), resources)) = read_bundle_response(&sent, 200, &refused)
+        else {
+            panic!("a refused entry fails the item");
+        };
+        assert!(
+            e.contains("ChargeItem c1: bad code (ChargeItem.code)"),
+            "{e}"
+        );
+        assert_eq!(
+            resources[1].error.as_deref(),
+            Some("bad code (ChargeItem.code)")
+        );
+        let busy = answer(
+            json!([{ "response": { "status": "201" } }, { "response": { "status": "503" } }]),
+        );
+        assert!(matches!(
+            read_bundle_response(&sent, 200, &busy),
+            Some((Outcome::Retry(_), _))
+        ));
+        // Fewer entries than sent, garbage statuses, or not a bundle at all.
+        let short = answer(json!([{ "response": { "status": "201" } }]));
+        assert!(matches!(
+            read_bundle_response(&sent, 200, &short),
+            Some((Outcome::Retry(_), _))
+        ));
+        let garbage = answer(json!([{ "response": {} }, { "nonsense": true }]));
+        assert!(matches!(
+            read_bundle_response(&sent, 200, &garbage),
+            Some((Outcome::Retry(_), _))
+        ));
+        assert!(read_bundle_response(&sent, 200, "not json").is_none());
+        assert!(read_bundle_response(&sent, 200, "{\"resourceType\":\"Patient\"}").is_none());
     }
 
     #[test]
