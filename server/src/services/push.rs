@@ -69,20 +69,23 @@ pub struct Enqueued {
 impl PushConfig {
     /// The targets of `practice` (None: an outbox item from before practices, or a facility's
     /// own practice, whose id is the facility's).
+    /// None when the practice has no section, or one without any target.
     pub fn route(&self, practice: Option<&str>, facility: &str) -> Option<Route<'_>> {
         let practice = practice.unwrap_or(facility);
-        if let Some(t) = self.practices.get(practice) {
-            return Some(Route {
+        let route = match self.practices.get(practice) {
+            Some(t) => Route {
                 fhir: t.fhir.as_ref(),
                 hl7: t.hl7.as_ref(),
                 export: t.export.as_ref().unwrap_or(&self.export),
-            });
-        }
-        (practice == facility && (self.fhir.is_some() || self.hl7.is_some())).then_some(Route {
-            fhir: self.fhir.as_ref(),
-            hl7: self.hl7.as_ref(),
-            export: &self.export,
-        })
+            },
+            None if practice == facility => Route {
+                fhir: self.fhir.as_ref(),
+                hl7: self.hl7.as_ref(),
+                export: &self.export,
+            },
+            None => return None,
+        };
+        (route.fhir.is_some() || route.hl7.is_some()).then_some(route)
     }
 }
 
@@ -376,10 +379,7 @@ impl Outbox {
             if versions.iter().all(|v| v.encounter.lines.is_empty()) {
                 continue;
             }
-            let Some(route) = config
-                .route(Some(&practice), facility)
-                .filter(|r| r.fhir.is_some() || r.hl7.is_some())
-            else {
+            let Some(route) = config.route(Some(&practice), facility) else {
                 tracing::warn!(facility, practice, %month, "no push target for this practice: nothing queued");
                 out.without_target.push(practice);
                 continue;
