@@ -554,6 +554,25 @@ pub fn rounds_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Read one MLLP frame from a test listener's connection: the message without its framing (None
+/// when the peer closes first).
+pub async fn read_mllp<S: tokio::io::AsyncRead + Unpin>(sock: &mut S) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(m) => buf.extend_from_slice(&chunk[..m]),
+        }
+    }
+    Some(
+        String::from_utf8_lossy(&buf)
+            .trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r')
+            .to_string(),
+    )
+}
+
 /// Copy a directory tree (a stopped server's store: a "restored backup" in the tests).
 pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::routing::post;
 use rounds_tests::{ServerProcess, add_console_user_scoped, console_session, https_exchange};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const PASSWORD: &str = "correct horse battery staple";
 const MONTH: &str = "2026-11";
@@ -159,17 +159,9 @@ async fn ehr() -> (Arc<Ehr>, u16, u16) {
         while let Ok((mut sock, _)) = mllp.accept().await {
             let rec = rec.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                while !buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(m) => buf.extend_from_slice(&chunk[..m]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf)
-                    .trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r')
-                    .to_string();
+                let Some(text) = rounds_tests::read_mllp(&mut sock).await else {
+                    return;
+                };
                 let control = text
                     .split('\r')
                     .next()

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::routing::post;
 use rounds_tests::{repo_root, rounds_bin};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 fn rounds(args: &[&str]) -> String {
     rounds_tests::rounds_cli(args)
@@ -218,17 +218,9 @@ async fn mllp_push_records_aa_ae_and_retries_a_timeout() {
             let rec = rec.clone();
             let k = n;
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                while !buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(m) => buf.extend_from_slice(&chunk[..m]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf)
-                    .trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r')
-                    .to_string();
+                let Some(text) = rounds_tests::read_mllp(&mut sock).await else {
+                    return;
+                };
                 let (control, body) = parse(&text);
                 rec.lock().unwrap().push(body);
                 let ack = |code: &str, extra: &str| {
@@ -448,17 +440,9 @@ async fn tls_listener(pki: &Pki) -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
                 let Ok(mut sock) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                while !buf.windows(2).any(|w| w == [0x1c, 0x0d]) {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(m) => buf.extend_from_slice(&chunk[..m]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf)
-                    .trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r')
-                    .to_string();
+                let Some(text) = rounds_tests::read_mllp(&mut sock).await else {
+                    return;
+                };
                 let (control, body) = parse(&text);
                 rec.lock().unwrap().push((control.clone(), body));
                 let ack = format!(

@@ -38,6 +38,34 @@ fn practice_checked(
     }
 }
 
+/// A billing page of one practice: the role, the practice (checked) and the month.
+fn practice_month(
+    shared: &Shared,
+    c: &Ctx,
+    query: &HashMap<String, String>,
+) -> Result<(String, Month), Response> {
+    if let Some(r) = billing_only(shared, c) {
+        return Err(r);
+    }
+    Ok((
+        practice_checked(shared, c, query)?,
+        month_or_last(c, query)?,
+    ))
+}
+
+/// The company's view: the role, the month and every practice's rows.
+async fn company_rows(
+    shared: &Arc<Shared>,
+    c: &Ctx,
+    query: &HashMap<String, String>,
+) -> Result<(Month, Vec<PracticeFacilityMonth>), Response> {
+    if let Some(r) = company_only(shared, c) {
+        return Err(r);
+    }
+    let month = month_or_last(c, query)?;
+    Ok((month, rows(shared, c, month, None).await?))
+}
+
 async fn rows(
     shared: &Arc<Shared>,
     c: &Ctx,
@@ -124,15 +152,8 @@ pub async fn practice_summary(
     c: Ctx,
     Query(query): Q,
 ) -> Response {
-    if let Some(r) = billing_only(&shared, &c) {
-        return r;
-    }
-    let practice = match practice_checked(&shared, &c, &query) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let month = match month_or_last(&c, &query) {
-        Ok(m) => m,
+    let (practice, month) = match practice_month(&shared, &c, &query) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let rows = match rows(&shared, &c, month, Some(practice.clone())).await {
@@ -168,15 +189,8 @@ pub async fn practice_summary_csv(
     c: Ctx,
     Query(query): Q,
 ) -> Response {
-    if let Some(r) = billing_only(&shared, &c) {
-        return r;
-    }
-    let practice = match practice_checked(&shared, &c, &query) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let month = match month_or_last(&c, &query) {
-        Ok(m) => m,
+    let (practice, month) = match practice_month(&shared, &c, &query) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let s = shared.clone();
@@ -221,15 +235,8 @@ fn company_only(shared: &Shared, c: &Ctx) -> Option<Response> {
 
 /// `GET /console/company?month=M`: every practice and facility.
 pub async fn company(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
-    if let Some(r) = company_only(&shared, &c) {
-        return r;
-    }
-    let month = match month_or_last(&c, &query) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let rows = match rows(&shared, &c, month, None).await {
-        Ok(r) => r,
+    let (month, rows) = match company_rows(&shared, &c, &query).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let practices: std::collections::BTreeSet<&str> =
@@ -254,15 +261,8 @@ pub async fn company(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
 
 /// `GET /console/company.csv?month=M`.
 pub async fn company_csv(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q) -> Response {
-    if let Some(r) = company_only(&shared, &c) {
-        return r;
-    }
-    let month = match month_or_last(&c, &query) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let rows = match rows(&shared, &c, month, None).await {
-        Ok(r) => r,
+    let (month, rows) = match company_rows(&shared, &c, &query).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     match crate::services::practice_summary::company_csv(&rows, month) {
