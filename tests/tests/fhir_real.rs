@@ -253,6 +253,12 @@ fn every_profile_lands_every_patient_and_a_repush_creates_nothing() {
             "{profile}: {out}"
         );
         assert_complete(fhir.port, expect, profile);
+        // Without ChargeItem and without an HL7 target, the push says where the charges go.
+        assert_eq!(
+            out.contains("send its charges with the charge CSV"),
+            profile.contains("no-charges"),
+            "{profile}: {out}"
+        );
         // Again from the same store: nothing is sent twice.
         let posts = stats(fhir.port)["posts"].clone();
         let (ok, out) = push(&store, fhir.port, profile);
