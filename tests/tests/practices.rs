@@ -568,6 +568,14 @@ async fn each_practice_gets_its_own_patients_and_nobody_elses() {
     for p in ["north", "south", "sunnyvale"] {
         assert!(body.contains(p), "{p}");
     }
+    // A practice id from the address bar is checked before it goes anywhere (a file name).
+    let (status, _) = get(
+        &server,
+        &company_cookie,
+        "/console/summary.csv?practice=%22a%22%3B%20x&month=2026-11",
+    )
+    .await;
+    assert_eq!(status, 400);
     let (status, body) = get(&server, &company_cookie, "/console/practices").await;
     assert_eq!(status, 200);
     assert!(body.contains("North Primary Care") && body.contains("South Internal Medicine"));

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use rounds_core::Month;
-use rounds_core::billing::{BillingRun, summary};
+use rounds_core::billing::summary;
 use rounds_core::ehr::{ExportConfig, fhir, hl7, note};
 use serde::{Deserialize, Serialize};
 
@@ -67,14 +67,7 @@ pub fn export(
     let now = Utc::now();
     let mut files = Vec::new();
     if format == Format::Csv {
-        let run = BillingRun {
-            month,
-            rule_set: versions
-                .first()
-                .map(|v| v.rule_set.clone())
-                .unwrap_or_default(),
-            encounters: versions.iter().map(|v| v.encounter.clone()).collect(),
-        };
+        let run = crate::services::ledger::billing_run(month, versions);
         let mut buf = Vec::new();
         summary::write_csv(&fd.data, &run, &mut buf)
             .map_err(|e| LedgerError::Store(e.to_string()))?;

@@ -298,9 +298,26 @@ pub struct ClosedMonth {
     pub tz: chrono_tz::Tz,
     pub versions: Vec<EncounterVersion>,
     /// The data split by patient, and each patient's alerts: one package reads its patient's
-    /// part only (a package per patient over the whole file was quadratic).
-    parts: BTreeMap<String, DataFile>,
-    alerts: BTreeMap<String, Vec<rounds_core::alerts::AlertView>>,
+    /// part only (a package per patient over the whole file was quadratic). Made on first use:
+    /// summaries and the company's view never need them.
+    split: std::sync::OnceLock<Split>,
+}
+
+type Split = (
+    BTreeMap<String, DataFile>,
+    BTreeMap<String, Vec<rounds_core::alerts::AlertView>>,
+);
+
+/// The month's versions as one billing run (the summary's input).
+pub fn billing_run(month: Month, versions: &[EncounterVersion]) -> billing::BillingRun {
+    billing::BillingRun {
+        month,
+        rule_set: versions
+            .first()
+            .map(|v| v.rule_set.clone())
+            .unwrap_or_default(),
+        encounters: versions.iter().map(|v| v.encounter.clone()).collect(),
+    }
 }
 
 impl ClosedMonth {
@@ -359,17 +376,27 @@ impl ClosedMonth {
         now: DateTime<Utc>,
         config: &'a rounds_core::ehr::ExportConfig,
     ) -> Vec<rounds_core::ehr::PatientMonth<'a>> {
+        let (parts, alerts) = self.split.get_or_init(|| {
+            let mut alerts: BTreeMap<String, Vec<rounds_core::alerts::AlertView>> = BTreeMap::new();
+            for a in &self.data.alerts {
+                alerts
+                    .entry(a.alert.patient.clone())
+                    .or_default()
+                    .push(a.clone());
+            }
+            (self.data.data.by_patient(), alerts)
+        });
         versions
             .iter()
             .filter_map(|v| {
-                let part = self.parts.get(&v.patient)?;
+                let part = parts.get(&v.patient)?;
                 let patient = part.patients.first()?;
                 Some(rounds_core::ehr::PatientMonth {
                     data: part,
                     patient,
                     month,
                     encounter: &v.encounter,
-                    alerts: self.alerts.get(&v.patient).map_or(&[], Vec::as_slice),
+                    alerts: alerts.get(&v.patient).map_or(&[], Vec::as_slice),
                     version: v.version,
                     tz: self.tz,
                     now,
@@ -399,19 +426,10 @@ pub fn closed_month(
         .timezone
         .parse()
         .map_err(|_| LedgerError::Store(format!("facility {facility}: bad time zone")))?;
-    let parts = data.data.by_patient();
-    let mut alerts: BTreeMap<String, Vec<rounds_core::alerts::AlertView>> = BTreeMap::new();
-    for a in &data.alerts {
-        alerts
-            .entry(a.alert.patient.clone())
-            .or_default()
-            .push(a.clone());
-    }
     Ok(ClosedMonth {
         data,
         tz,
         versions: ledger.latest(facility, month),
-        parts,
-        alerts,
+        split: std::sync::OnceLock::new(),
     })
 }

@@ -4,8 +4,8 @@
 //! months only: what was billed, not what might be.
 
 use rounds_core::Month;
+use rounds_core::billing::RuleSet;
 use rounds_core::billing::summary::{self, PracticeFacilityMonth};
-use rounds_core::billing::{BillingRun, RuleSet};
 
 use crate::services::ledger::{ClosedMonth, Ledger, LedgerError, closed_month};
 use crate::sync::store::SledStore;
@@ -84,15 +84,7 @@ pub fn practice_csv(
         if let Some(p) = c.practice(practice) {
             name = p.name;
         }
-        let versions = c.versions_for(practice);
-        let run = BillingRun {
-            month,
-            rule_set: versions
-                .first()
-                .map(|v| v.rule_set.clone())
-                .unwrap_or_default(),
-            encounters: versions.into_iter().map(|v| v.encounter).collect(),
-        };
+        let run = crate::services::ledger::billing_run(month, &c.versions_for(practice));
         parts.push((&c.data.data, run));
     }
     let runs: Vec<_> = parts.iter().map(|(d, r)| (*d, r)).collect();

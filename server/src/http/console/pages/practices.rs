@@ -27,6 +27,11 @@ fn practice_checked(
     let asked = q(query, "practice")
         .map(str::to_string)
         .or_else(|| c.user.practices.first().cloned());
+    if let Some(p) = &asked
+        && let Err(e) = rounds_core::ids::check_id("practice", p)
+    {
+        return Err(error_page(Some(c), StatusCode::BAD_REQUEST, &e.to_string()));
+    }
     match asked {
         Some(p) if c.user.sees_practice(&p) => Ok(p),
         Some(p) => Err(super::super::forbidden_practice(shared, c, &p)),
