@@ -34,6 +34,7 @@ fn data(patients: usize) -> DataFile {
         place_of_service: "32".into(),
     });
     d.practitioners.push(Practitioner {
+        apcm_attested_on: None,
         id: "dr".into(),
         name: "Dr".into(),
         npi: "1234567893".into(),
@@ -71,6 +72,10 @@ fn data(patients: usize) -> DataFile {
             });
         }
         d.patients.push(Patient {
+            rtm: None,
+            external_services: Vec::new(),
+            program_choice: Default::default(),
+            qmb_periods: Vec::new(),
             id: id.clone(),
             name: format!("Resident {i}"),
             birth_date: None,
@@ -79,10 +84,12 @@ fn data(patients: usize) -> DataFile {
             practitioners_of_record: Vec::new(),
             conditions: vec![
                 Condition {
+                    behavioral: None,
                     icd10: "I10".into(),
                     chronic: true,
                 },
                 Condition {
+                    behavioral: None,
                     icd10: "E11.9".into(),
                     chronic: true,
                 },
@@ -134,6 +141,7 @@ fn data(patients: usize) -> DataFile {
                     let at = DateTime::parse_from_rfc3339("2026-10-20T07:30:00-04:00").unwrap()
                         + Duration::days(day);
                     d.readings.push(Reading {
+                        program: None,
                         id: next_id(),
                         patient: id.clone(),
                         kind: ReadingKind::BloodPressure,

@@ -329,6 +329,10 @@ fn default_unit(kind: ReadingKind) -> &'static str {
         Glucose => "mg/dL",
         Spo2 => "%",
         Temperature => "[degF]",
+        MedicationAdherence => "{dose}",
+        TherapyAdherence => "{session}",
+        TherapyResponse | PainScore => "{score}",
+        RangeOfMotion => "deg",
     }
 }
 
@@ -344,6 +348,7 @@ pub fn convert(kind: ReadingKind, value: f64, from: &str, to: &str) -> Option<f6
         (Glucose, "mmol/L") => value * 18.0,
         (Temperature, "[degF]") => value,
         (Temperature, "Cel") => value * 9.0 / 5.0 + 32.0,
+        (k, u) if k.therapeutic().is_some_and(|(unit, _, _)| unit == u) => value,
         _ => return None,
     };
     Some(match (kind, to) {
@@ -354,6 +359,7 @@ pub fn convert(kind: ReadingKind, value: f64, from: &str, to: &str) -> Option<f6
         (Glucose, "mmol/L") => base / 18.0,
         (Temperature, "[degF]") => base,
         (Temperature, "Cel") => (base - 32.0) * 5.0 / 9.0,
+        (k, u) if k.therapeutic().is_some_and(|(unit, _, _)| unit == u) => base,
         _ => return None,
     })
 }
@@ -687,6 +693,7 @@ mod tests {
 
     fn reading(kind: ReadingKind, value: f64, unit: &str, at: &str) -> Reading {
         Reading {
+            program: None,
             id: Uuid::new_v4(),
             patient: "p-001".into(),
             kind,

@@ -30,6 +30,10 @@ pub struct Practitioner {
     pub id: String,
     pub name: String,
     pub npi: String,
+    /// From this date the practitioner's practice attests that it delivers the APCM service
+    /// elements (billing rule 26b); absent: no APCM for this practitioner's patients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apcm_attested_on: Option<NaiveDate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,17 +112,38 @@ pub enum Program {
     Ccm,
     Pcm,
     Rpm,
+    /// Advanced Primary Care Management (G0556–G0558), per calendar month.
+    Apcm,
+    /// Behavioral Health Integration: 99484, or G0570 with APCM.
+    Bhi,
+    /// Remote Therapeutic Monitoring (98975–98986), device periods and monthly management.
+    Rtm,
 }
 
 impl Program {
-    pub const ALL: [Program; 3] = [Program::Ccm, Program::Pcm, Program::Rpm];
+    pub const ALL: [Program; 6] = [
+        Program::Ccm,
+        Program::Pcm,
+        Program::Rpm,
+        Program::Apcm,
+        Program::Bhi,
+        Program::Rtm,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Program::Ccm => "ccm",
             Program::Pcm => "pcm",
             Program::Rpm => "rpm",
+            Program::Apcm => "apcm",
+            Program::Bhi => "bhi",
+            Program::Rtm => "rtm",
         }
+    }
+
+    /// The name billing staff use ("CCM", "APCM", …).
+    pub fn label(self) -> String {
+        self.as_str().to_uppercase()
     }
 }
 
@@ -134,6 +159,17 @@ pub struct Condition {
     pub icd10: String,
     #[serde(default)]
     pub chronic: bool,
+    /// A behavioral-health condition (billing rule 21); absent: ICD-10-CM chapter 5 (`F…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavioral: Option<bool>,
+}
+
+impl Condition {
+    /// Rule 21: the flag when given, else whether the code is in chapter 5 (`F`).
+    pub fn is_behavioral(&self) -> bool {
+        self.behavioral
+            .unwrap_or_else(|| self.icd10.trim().to_ascii_uppercase().starts_with('F'))
+    }
 }
 
 /// Consent to a program; revocation is recorded, never deleted.
@@ -179,6 +215,82 @@ pub struct RpmEnrolment {
     #[serde(default)]
     pub devices: Vec<String>,
 }
+
+/// Which RTM program a patient's device serves: selects the device-supply code (rule 40).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RtmKind {
+    Respiratory,
+    Musculoskeletal,
+    Cbt,
+}
+
+impl RtmKind {
+    /// The device code for 2–15 days (short) and for 16 or more days (long).
+    pub fn device_codes(self) -> (&'static str, &'static str) {
+        match self {
+            RtmKind::Respiratory => ("98984", "98976"),
+            RtmKind::Musculoskeletal => ("98985", "98977"),
+            RtmKind::Cbt => ("98986", "98978"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RtmKind::Respiratory => "respiratory",
+            RtmKind::Musculoskeletal => "musculoskeletal",
+            RtmKind::Cbt => "cbt",
+        }
+    }
+}
+
+/// RTM enrolment: set-up date, program kind and the patient's devices or apps. `device_setup_on`
+/// and `kind` are optional in the shape so that a missing one is reported by validation with
+/// its field name (billing rule 57) rather than as a parse error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RtmEnrolment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_setup_on: Option<NaiveDate>,
+    pub kind: RtmKind,
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+/// A period of Qualified Medicare Beneficiary status; inclusive local dates, open-ended without
+/// `to` (billing rule 22).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QmbPeriod {
+    pub from: NaiveDate,
+    #[serde(default)]
+    pub to: Option<NaiveDate>,
+}
+
+impl QmbPeriod {
+    pub fn contains(&self, date: NaiveDate) -> bool {
+        self.from <= date && self.to.is_none_or(|t| date <= t)
+    }
+}
+
+/// A claim billed outside Rounds (a TCM, a CoCM month, another practitioner's APCM…): never a
+/// line, but the concurrency rules remove what may not be billed with it (rule 43).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalService {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// CPT/HCPCS code.
+    pub code: String,
+    /// Local date of service as billed.
+    pub date_of_service: NaiveDate,
+    /// A practitioner id of the file, or `other`.
+    pub practitioner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npi: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `ExternalService::practitioner` for anyone who is not a practitioner of the file.
+pub const OTHER_PRACTITIONER: &str = "other";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -294,6 +406,18 @@ pub struct Patient {
     pub stays: Vec<Stay>,
     #[serde(default)]
     pub died_on: Option<NaiveDate>,
+    /// Qualified Medicare Beneficiary periods (APCM level G0558, rule 28).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qmb_periods: Vec<QmbPeriod>,
+    /// RTM enrolment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtm: Option<RtmEnrolment>,
+    /// Claims billed outside Rounds that the concurrency rules must see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_services: Vec<ExternalService>,
+    /// Month → the program that wins a conflict (APCM × CCM/PCM, CCM × PCM, RPM × RTM).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub program_choice: BTreeMap<Month, Program>,
 }
 
 impl Patient {
@@ -417,6 +541,16 @@ pub enum ReadingKind {
     Spo2,
     Temperature,
     RespiratoryRate,
+    /// RTM: doses taken or inhaler actuations, `{dose}` 0–100.
+    MedicationAdherence,
+    /// RTM: exercise sessions or CBT modules completed, `{session}` 0–100.
+    TherapyAdherence,
+    /// RTM: a patient-reported outcome or symptom scale, `{score}` 0–1000.
+    TherapyResponse,
+    /// RTM: a numeric pain rating, `{score}` 0–10.
+    PainScore,
+    /// RTM: a joint angle from a sensor, `deg` 0–360.
+    RangeOfMotion,
 }
 
 impl ReadingKind {
@@ -429,8 +563,33 @@ impl ReadingKind {
             ReadingKind::Spo2 => "spo2",
             ReadingKind::Temperature => "temperature",
             ReadingKind::RespiratoryRate => "respiratory_rate",
+            ReadingKind::MedicationAdherence => "medication_adherence",
+            ReadingKind::TherapyAdherence => "therapy_adherence",
+            ReadingKind::TherapyResponse => "therapy_response",
+            ReadingKind::PainScore => "pain_score",
+            ReadingKind::RangeOfMotion => "range_of_motion",
         }
     }
+
+    /// A therapeutic kind (RTM only): its unit and value range (rule 56).
+    pub fn therapeutic(self) -> Option<(&'static str, f64, f64)> {
+        match self {
+            ReadingKind::MedicationAdherence => Some(("{dose}", 0.0, 100.0)),
+            ReadingKind::TherapyAdherence => Some(("{session}", 0.0, 100.0)),
+            ReadingKind::TherapyResponse => Some(("{score}", 0.0, 1000.0)),
+            ReadingKind::PainScore => Some(("{score}", 0.0, 10.0)),
+            ReadingKind::RangeOfMotion => Some(("deg", 0.0, 360.0)),
+            _ => None,
+        }
+    }
+}
+
+/// Which monitoring program a reading belongs to (absent: RPM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadingProgram {
+    Rpm,
+    Rtm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,8 +597,11 @@ impl ReadingKind {
 pub enum ReadingSource {
     /// Uploaded automatically by the device: counts as an RPM day.
     Device,
-    /// Typed in by staff: never counts as an RPM day.
+    /// Typed in by staff: never counts as an RPM or RTM day.
     Manual,
+    /// Entered by the patient into the RTM device or app: counts as an RTM day (an error on an
+    /// RPM reading).
+    PatientReported,
 }
 
 /// A vital-sign reading.
@@ -460,6 +622,16 @@ pub struct Reading {
     #[serde(default)]
     pub device: Option<String>,
     pub source: ReadingSource,
+    /// RPM (absent) or RTM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ReadingProgram>,
+}
+
+impl Reading {
+    /// The reading's program: RPM unless it says RTM.
+    pub fn program(&self) -> ReadingProgram {
+        self.program.unwrap_or(ReadingProgram::Rpm)
+    }
 }
 
 /// A timer that was started and not yet stopped (the start event of a time entry).

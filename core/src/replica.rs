@@ -123,6 +123,8 @@ pub struct NewReading {
     pub measured_at: DateTime<Utc>,
     pub device: Option<String>,
     pub source: ReadingSource,
+    /// RPM (absent) or RTM.
+    pub program: Option<crate::model::ReadingProgram>,
 }
 
 /// What a nurse sees for a patient's month on the tablet.
@@ -1071,6 +1073,7 @@ impl Replica {
             measured_at,
             device: n.device,
             source: n.source,
+            program: n.program,
         };
         let mut problems = Vec::new();
         validate::check_reading(&reading, &format!("reading {}", reading.id), &mut problems);

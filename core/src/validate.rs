@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{Duration, NaiveDate};
 
 use crate::model::{
-    DATA_FORMAT, DataFile, Interaction, Patient, Reading, ReadingKind, ReadingSource,
+    DATA_FORMAT, DataFile, Interaction, OTHER_PRACTITIONER, Patient, Reading, ReadingKind,
+    ReadingProgram, ReadingSource,
 };
 use crate::problem::Problem;
 
@@ -29,6 +30,18 @@ pub fn is_icd10(code: &str) -> bool {
         [b'.', rest @ ..] => (1..=4).contains(&rest.len()) && rest.iter().all(|&c| alnum(c)),
         _ => false,
     }
+}
+
+/// Whether `code` has the shape of a CPT or HCPCS Level II code: four digits and a digit or a
+/// letter (`99496`, `0591T`), or a letter and four digits (`G0556`).
+pub fn is_hcpcs(code: &str) -> bool {
+    let b = code.as_bytes();
+    if b.len() != 5 {
+        return false;
+    }
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    (digits(&b[..4]) && (b[4].is_ascii_digit() || b[4].is_ascii_uppercase()))
+        || (b[0].is_ascii_uppercase() && digits(&b[1..]))
 }
 
 /// Whether `npi` is a 10-digit NPI with a valid check digit (Luhn over the `80840` prefix).
@@ -74,7 +87,10 @@ fn value_range(kind: ReadingKind, unit: &str) -> Option<(f64, f64)> {
         (Spo2, "%") => (50.0, 100.0),
         (Temperature, "Cel") => (25.0, 45.0),
         (Temperature, "[degF]") => (77.0, 113.0),
-        _ => return None,
+        (k, u) => match k.therapeutic() {
+            Some((unit, lo, hi)) if unit == u => (lo, hi),
+            _ => return None,
+        },
     })
 }
 
@@ -88,11 +104,43 @@ fn units_of(kind: ReadingKind) -> &'static str {
         Glucose => "mg/dL or mmol/L",
         Spo2 => "%",
         Temperature => "Cel or [degF]",
+        MedicationAdherence => "{dose}",
+        TherapyAdherence => "{session}",
+        TherapyResponse | PainScore => "{score}",
+        RangeOfMotion => "deg",
     }
 }
 
 /// Problems with one reading's kind, unit and values.
 pub fn check_reading(r: &Reading, entry: &str, out: &mut Vec<Problem>) {
+    // Rules 54–55: the kind and the source must fit the reading's program.
+    let therapeutic = r.kind.therapeutic().is_some();
+    match r.program() {
+        ReadingProgram::Rtm if !therapeutic => out.push(Problem::new(
+            entry,
+            "kind",
+            format!(
+                "{} is not a therapeutic kind: an RTM reading is one of medication_adherence, therapy_adherence, therapy_response, pain_score, range_of_motion",
+                r.kind.as_str()
+            ),
+        )),
+        ReadingProgram::Rpm if therapeutic => out.push(Problem::new(
+            entry,
+            "kind",
+            format!(
+                "{} is a therapeutic kind: it needs \"program\": \"rtm\"",
+                r.kind.as_str()
+            ),
+        )),
+        ReadingProgram::Rpm if r.source == ReadingSource::PatientReported => {
+            out.push(Problem::new(
+                entry,
+                "source",
+                "patient_reported is for RTM readings only: an RPM reading comes from a device or is typed in by staff (manual)",
+            ))
+        }
+        _ => {}
+    }
     if r.kind == ReadingKind::BloodPressure {
         if r.unit != "mm[Hg]" {
             out.push(Problem::new(
@@ -193,6 +241,67 @@ pub fn check_interaction_times(i: &Interaction, entry: &str, out: &mut Vec<Probl
     }
 }
 
+/// Rules 57–59: the RTM enrolment, external services and QMB periods of a patient.
+fn check_breadth(p: &Patient, entry: &str, practitioners: &BTreeSet<&str>, out: &mut Vec<Problem>) {
+    if let Some(rtm) = &p.rtm
+        && rtm.device_setup_on.is_none()
+    {
+        out.push(Problem::new(
+            entry,
+            "rtm.device_setup_on",
+            "missing: RTM periods start on the device set-up date",
+        ));
+    }
+    for (i, q) in p.qmb_periods.iter().enumerate() {
+        if let Some(to) = q.to
+            && to < q.from
+        {
+            out.push(Problem::new(
+                entry,
+                format!("qmb_periods[{i}].to"),
+                format!("{to} is before from {}", q.from),
+            ));
+        }
+    }
+    for (i, x) in p.external_services.iter().enumerate() {
+        let name = match x.id.as_deref() {
+            Some(id) if !id.is_empty() => format!("{entry} external service {id}"),
+            _ => entry.to_string(),
+        };
+        let field = |f: &str| format!("external_services[{i}].{f}");
+        if !is_hcpcs(&x.code) {
+            out.push(Problem::new(
+                &name,
+                field("code"),
+                format!(
+                    "{:?} is not a CPT/HCPCS code (five characters: four digits and a digit or letter, or a letter and four digits)",
+                    x.code
+                ),
+            ));
+        }
+        if x.practitioner != OTHER_PRACTITIONER && !practitioners.contains(x.practitioner.as_str())
+        {
+            out.push(Problem::new(
+                &name,
+                field("practitioner"),
+                format!(
+                    "unknown practitioner {:?} (a practitioner id of this file, or \"other\")",
+                    x.practitioner
+                ),
+            ));
+        }
+        if let Some(npi) = &x.npi
+            && !is_npi(npi)
+        {
+            out.push(Problem::new(
+                &name,
+                field("npi"),
+                format!("{npi:?} is not a valid NPI (10 digits with a check digit)"),
+            ));
+        }
+    }
+}
+
 fn check_patient(
     p: &Patient,
     people: &BTreeSet<&str>,
@@ -245,6 +354,7 @@ fn check_patient(
             ));
         }
     }
+    check_breadth(p, &entry, practitioners, out);
     for (i, s) in p.stays.iter().enumerate() {
         if s.to < s.from {
             out.push(Problem::new(

@@ -72,6 +72,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     let reading = (0..40u32, 0..1440u32, any::<bool>(), any::<u128>()).prop_map(
         |(day, minute, manual, id)| {
             Entry::Reading(Reading {
+                program: None,
                 id: Uuid::from_u128(id),
                 patient: "p-001".into(),
                 kind: ReadingKind::HeartRate,

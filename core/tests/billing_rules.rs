@@ -25,11 +25,13 @@ fn base() -> DataFile {
         place_of_service: "32".into(),
     });
     d.practitioners.push(Practitioner {
+        apcm_attested_on: None,
         id: "dr".into(),
         name: "Dr".into(),
         npi: "1234567893".into(),
     });
     d.practitioners.push(Practitioner {
+        apcm_attested_on: None,
         id: "dr2".into(),
         name: "Dr 2".into(),
         npi: "1245319599".into(),
@@ -43,6 +45,10 @@ fn base() -> DataFile {
         });
     }
     d.patients.push(Patient {
+        rtm: None,
+        external_services: Vec::new(),
+        program_choice: Default::default(),
+        qmb_periods: Vec::new(),
         id: "p".into(),
         name: "Test Patient".into(),
         birth_date: Some(date("1940-01-01")),
@@ -51,14 +57,17 @@ fn base() -> DataFile {
         practitioners_of_record: Vec::new(),
         conditions: vec![
             Condition {
+                behavioral: None,
                 icd10: "I10".into(),
                 chronic: true,
             },
             Condition {
+                behavioral: None,
                 icd10: "J06.9".into(),
                 chronic: false,
             },
             Condition {
+                behavioral: None,
                 icd10: "E11.9".into(),
                 chronic: true,
             },
@@ -139,6 +148,7 @@ fn ccm(d: &mut DataFile, minutes: i64, who: &str) {
 fn reading(d: &mut DataFile, at: &str, source: ReadingSource) -> Uuid {
     let r = id();
     d.readings.push(Reading {
+        program: None,
         id: r,
         patient: "p".into(),
         kind: ReadingKind::BloodPressure,

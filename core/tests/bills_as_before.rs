@@ -31,7 +31,11 @@ fn same(got: &str, want: &str, what: &str) {
     for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
         assert_eq!(g, w, "{what}: line {} differs", i + 1);
     }
-    assert_eq!(got.lines().count(), want.lines().count(), "{what}: line count");
+    assert_eq!(
+        got.lines().count(),
+        want.lines().count(),
+        "{what}: line count"
+    );
     assert_eq!(got, want, "{what}: bytes");
 }
 
@@ -45,7 +49,11 @@ fn the_example_bills_as_before() {
         ("2026-11", include_str!("golden/sunnyvale-2026-11.json")),
         ("2026-12", include_str!("golden/sunnyvale-2026-12.json")),
     ] {
-        same(&json_bill(SUNNYVALE, month), want, &format!("sunnyvale {month}"));
+        same(
+            &json_bill(SUNNYVALE, month),
+            want,
+            &format!("sunnyvale {month}"),
+        );
     }
 }
 

@@ -84,6 +84,7 @@ fn every_action_of_a_tablet_passes_the_policy() {
                 measured_at: now(),
                 device: Some("cuff-07".into()),
                 source: ReadingSource::Device,
+                program: None,
             },
             now(),
         )

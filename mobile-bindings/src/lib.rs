@@ -77,6 +77,9 @@ pub enum Program {
     Ccm,
     Pcm,
     Rpm,
+    Apcm,
+    Bhi,
+    Rtm,
 }
 
 impl From<Program> for CoreProgram {
@@ -85,6 +88,9 @@ impl From<Program> for CoreProgram {
             Program::Ccm => CoreProgram::Ccm,
             Program::Pcm => CoreProgram::Pcm,
             Program::Rpm => CoreProgram::Rpm,
+            Program::Apcm => CoreProgram::Apcm,
+            Program::Bhi => CoreProgram::Bhi,
+            Program::Rtm => CoreProgram::Rtm,
         }
     }
 }
@@ -95,6 +101,9 @@ impl From<CoreProgram> for Program {
             CoreProgram::Ccm => Program::Ccm,
             CoreProgram::Pcm => Program::Pcm,
             CoreProgram::Rpm => Program::Rpm,
+            CoreProgram::Apcm => Program::Apcm,
+            CoreProgram::Bhi => Program::Bhi,
+            CoreProgram::Rtm => Program::Rtm,
         }
     }
 }
@@ -108,6 +117,12 @@ pub enum ReadingKind {
     Spo2,
     Temperature,
     RespiratoryRate,
+    /// RTM kinds (with `program: Rtm`).
+    MedicationAdherence,
+    TherapyAdherence,
+    TherapyResponse,
+    PainScore,
+    RangeOfMotion,
 }
 
 impl From<ReadingKind> for CoreKind {
@@ -120,6 +135,11 @@ impl From<ReadingKind> for CoreKind {
             ReadingKind::Spo2 => CoreKind::Spo2,
             ReadingKind::Temperature => CoreKind::Temperature,
             ReadingKind::RespiratoryRate => CoreKind::RespiratoryRate,
+            ReadingKind::MedicationAdherence => CoreKind::MedicationAdherence,
+            ReadingKind::TherapyAdherence => CoreKind::TherapyAdherence,
+            ReadingKind::TherapyResponse => CoreKind::TherapyResponse,
+            ReadingKind::PainScore => CoreKind::PainScore,
+            ReadingKind::RangeOfMotion => CoreKind::RangeOfMotion,
         }
     }
 }
@@ -170,11 +190,25 @@ pub struct ReadingInput {
     pub systolic: Option<f64>,
     pub diastolic: Option<f64>,
     pub value: Option<f64>,
-    /// UCUM: `mm[Hg]`, `/min`, `kg`, `[lb_av]`, `mg/dL`, `mmol/L`, `%`, `Cel`, `[degF]`.
+    /// UCUM: `mm[Hg]`, `/min`, `kg`, `[lb_av]`, `mg/dL`, `mmol/L`, `%`, `Cel`, `[degF]`; for RTM
+    /// kinds `{dose}`, `{session}`, `{score}`, `deg`.
     pub unit: String,
     pub device: Option<String>,
-    /// True when typed in by staff (never counts as an RPM day).
+    /// True when typed in by staff (never counts as an RPM or RTM day).
     pub manual: bool,
+    /// The monitoring program: RPM when absent; RTM for the therapeutic kinds.
+    #[uniffi(default = None)]
+    pub program: Option<ReadingProgram>,
+    /// True when the patient entered it in the RTM app (RTM only; counts as an RTM day).
+    #[uniffi(default = false)]
+    pub patient_reported: bool,
+}
+
+/// Which monitoring program a reading belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ReadingProgram {
+    Rpm,
+    Rtm,
 }
 
 /// A patient in the facility list.
@@ -342,9 +376,15 @@ fn new_reading(reading: ReadingInput) -> NewReading {
         device: reading.device,
         source: if reading.manual {
             ReadingSource::Manual
+        } else if reading.patient_reported {
+            ReadingSource::PatientReported
         } else {
             ReadingSource::Device
         },
+        program: reading.program.map(|p| match p {
+            ReadingProgram::Rpm => rounds_core::ReadingProgram::Rpm,
+            ReadingProgram::Rtm => rounds_core::ReadingProgram::Rtm,
+        }),
     }
 }
 

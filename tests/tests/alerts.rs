@@ -36,6 +36,7 @@ fn spo2(patient: &str, value: f64, at: chrono::DateTime<Utc>) -> NewReading {
         measured_at: at,
         device: Some("oximeter".into()),
         source: ReadingSource::Manual,
+        program: None,
     }
 }
 

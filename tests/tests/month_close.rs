@@ -136,6 +136,7 @@ async fn close_late_data_and_the_validated_package() {
             measured_at: start + Duration::hours(1),
             device: Some("oximeter".into()),
             source: rounds_core::ReadingSource::Manual,
+            program: None,
         },
         start + Duration::hours(1),
     )

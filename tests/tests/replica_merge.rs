@@ -71,6 +71,7 @@ fn two_offline_devices_create_the_same_patient_month_and_merge() {
                 measured_at: t(2, 9, 0),
                 device: Some("cuff-01".into()),
                 source: ReadingSource::Device,
+                program: None,
             },
             t(2, 9, 1),
         )
@@ -273,6 +274,7 @@ fn bad_actions_are_rejected_and_change_nothing() {
                 measured_at: t(5, 9, 0),
                 device: None,
                 source: ReadingSource::Manual,
+                program: None,
             },
             t(5, 9, 0),
         )

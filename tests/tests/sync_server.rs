@@ -46,6 +46,7 @@ fn log_random(r: &mut Replica, rng: &mut Lcg, n: usize) {
                     measured_at: start,
                     device: Some("cuff".into()),
                     source: ReadingSource::Device,
+                    program: None,
                 },
                 start,
             )

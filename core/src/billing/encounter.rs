@@ -36,9 +36,37 @@ pub struct Minutes {
     pub pcm: u32,
     /// RPM treatment-management minutes.
     pub rpm: u32,
+    /// APCM minutes (no threshold: reported, rule 29).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub apcm: u32,
+    /// BHI minutes (stay time included by default, rule 36).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bhi: u32,
+    /// RTM treatment-management minutes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rtm: u32,
 }
 
-/// An RPM device period evaluated this month.
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Minutes {
+    /// The minutes of one program's bucket.
+    pub fn of(&self, program: crate::model::Program) -> u32 {
+        use crate::model::Program;
+        match program {
+            Program::Ccm => self.ccm,
+            Program::Pcm => self.pcm,
+            Program::Rpm => self.rpm,
+            Program::Apcm => self.apcm,
+            Program::Bhi => self.bhi,
+            Program::Rtm => self.rtm,
+        }
+    }
+}
+
+/// An RPM (or RTM) device period evaluated this month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RpmPeriod {
     pub start: NaiveDate,
@@ -55,6 +83,9 @@ pub enum ExceptionProgram {
     Ccm,
     Pcm,
     Rpm,
+    Apcm,
+    Bhi,
+    Rtm,
     General,
 }
 
@@ -64,6 +95,9 @@ impl From<crate::model::Program> for ExceptionProgram {
             crate::model::Program::Ccm => ExceptionProgram::Ccm,
             crate::model::Program::Pcm => ExceptionProgram::Pcm,
             crate::model::Program::Rpm => ExceptionProgram::Rpm,
+            crate::model::Program::Apcm => ExceptionProgram::Apcm,
+            crate::model::Program::Bhi => ExceptionProgram::Bhi,
+            crate::model::Program::Rtm => ExceptionProgram::Rtm,
         }
     }
 }
@@ -114,6 +148,9 @@ pub struct Encounter {
     pub lines: Vec<Line>,
     pub minutes: Minutes,
     pub rpm_periods: Vec<RpmPeriod>,
+    /// RTM device periods evaluated this month (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rtm_periods: Vec<RpmPeriod>,
     pub exceptions: Vec<Exception>,
     /// Every entry id behind the lines, sorted.
     pub evidence: Vec<Uuid>,

@@ -2,7 +2,10 @@
 //! [`Encounter`] per patient. A pure function; `docs/billing-rules.md` is its contract
 //! (the numbered comments below refer to it).
 
+mod apcm;
+mod concurrency;
 pub mod encounter;
+mod rtm;
 pub mod rules;
 pub mod summary;
 pub mod time;
@@ -14,12 +17,13 @@ use chrono::{Duration, NaiveDate};
 use chrono_tz::Tz;
 use uuid::Uuid;
 
+pub use apcm::{APCM_CODES, apcm_level};
 pub use encounter::*;
 pub use rules::{Revocation, RuleSet};
 
 use crate::model::{
-    CcmLane, Consent, DataFile, Interaction, Patient, Program, Reading, ReadingSource, StayKind,
-    Tenure,
+    CcmLane, Consent, DataFile, Interaction, Patient, Program, Reading, ReadingProgram,
+    ReadingSource, StayKind, Tenure,
 };
 use crate::month::Month;
 use time::{Segment, count_once_per_person, human_duration, split_by_local_day, whole_minutes};
@@ -103,6 +107,15 @@ impl<'a> Input<'a> {
             .is_some_and(|p| p.confirms_transition_months)
     }
 
+    /// The practitioner's APCM attestation date (rule 26b).
+    fn attested_on(&self, id: &str) -> Option<NaiveDate> {
+        self.data
+            .practitioners
+            .iter()
+            .find(|p| p.id == id)
+            .and_then(|p| p.apcm_attested_on)
+    }
+
     fn npi_of(&self, id: &str) -> String {
         self.data
             .practitioners
@@ -174,6 +187,8 @@ pub(crate) struct MonthTime {
     pub interactive: BTreeMap<Program, bool>,
     /// Any time at all in the program this month (qualifying or not).
     pub any: BTreeSet<Program>,
+    /// Entries with qualifying time, of any duration (APCM activity, G0570), per program.
+    pub qualifying_entries: BTreeMap<Program, BTreeSet<Uuid>>,
     pub exceptions: Vec<Exception>,
 }
 
@@ -190,12 +205,20 @@ pub(crate) fn month_time(
     let mut t = MonthTime::default();
     let mut qualifying: Vec<Segment> = Vec::new();
     let mut not_counted: BTreeMap<(Program, String), i64> = BTreeMap::new();
-    let rpm_revoked = p
-        .consents
-        .iter()
-        .filter(|c| c.program == Program::Rpm)
-        .filter_map(|c| c.revoked_on)
-        .max();
+    let revoked = |program: Program| {
+        p.consents
+            .iter()
+            .filter(|c| c.program == program)
+            .filter_map(|c| c.revoked_on)
+            .max()
+    };
+    let (rpm_revoked, rtm_revoked) = (revoked(Program::Rpm), revoked(Program::Rtm));
+    // Rules 27 and 36: whether a program's time inside a stay still counts.
+    let stay_counts = |program: Program| match program {
+        Program::Bhi => rules.bhi_count_stay_time,
+        Program::Apcm => !rules.apcm_exclude_stay_activity,
+        _ => false,
+    };
     for i in input.interactions.get(p.id.as_str()).into_iter().flatten() {
         for s in split_by_local_day(i, input.tz) {
             if !month.contains(s.date) || s.date > until {
@@ -204,7 +227,9 @@ pub(crate) fn month_time(
             t.any.insert(s.program);
             let secs = (s.end - s.start).num_seconds();
             let reason = input.person_counts(&s.person).err().or_else(|| {
-                if let Some(stay) = p.stays.iter().find(|st| st.contains(s.date)) {
+                if let Some(stay) = p.stays.iter().find(|st| st.contains(s.date))
+                    && !stay_counts(s.program)
+                {
                     let kind = match stay.kind {
                         StayKind::PartA => "Part A",
                         StayKind::Inpatient => "inpatient",
@@ -234,11 +259,24 @@ pub(crate) fn month_time(
                 {
                     return Some(format!("on or after the RPM consent revocation {r}"));
                 }
+                if s.program == Program::Rtm
+                    && rules.rtm_revocation == Revocation::OnDate
+                    && let Some(r) = rtm_revoked
+                    && s.date >= r
+                {
+                    return Some(format!("on or after the RTM consent revocation {r}"));
+                }
                 None
             });
             match reason {
                 Some(r) => *not_counted.entry((s.program, r)).or_default() += secs,
-                None => qualifying.push(s),
+                None => {
+                    t.qualifying_entries
+                        .entry(s.program)
+                        .or_default()
+                        .insert(s.entry);
+                    qualifying.push(s)
+                }
             }
         }
     }
@@ -333,6 +371,11 @@ impl LineMaker<'_> {
         }
         v
     }
+}
+
+/// Whole qualifying minutes of a program's bucket.
+fn minutes_of(t: &MonthTime, program: Program) -> u32 {
+    whole_minutes(t.seconds.get(&program).copied().unwrap_or(0))
 }
 
 fn needs(program: Program, more: u32, code: &str, what: &str) -> Exception {
@@ -577,6 +620,51 @@ pub(crate) struct PeriodDays {
     pub evidence: BTreeSet<Uuid>,
 }
 
+/// What distinguishes RPM and RTM device periods (rules 9–10 and 39–40).
+struct Monitoring {
+    program: Program,
+    readings: ReadingProgram,
+    setup: NaiveDate,
+    period_days: u32,
+    revocation: Revocation,
+    exclude_stay_days: bool,
+}
+
+impl Monitoring {
+    fn rpm(p: &Patient, rules: &RuleSet) -> Option<Monitoring> {
+        Some(Monitoring {
+            program: Program::Rpm,
+            readings: ReadingProgram::Rpm,
+            setup: p.rpm.as_ref()?.device_setup_on,
+            period_days: rules.rpm_period_days,
+            revocation: rules.rpm_revocation,
+            exclude_stay_days: rules.rpm_exclude_stay_days,
+        })
+    }
+
+    fn rtm(p: &Patient, rules: &RuleSet) -> Option<Monitoring> {
+        Some(Monitoring {
+            program: Program::Rtm,
+            readings: ReadingProgram::Rtm,
+            setup: p.rtm.as_ref()?.device_setup_on?,
+            period_days: rules.rtm_period_days,
+            revocation: rules.rtm_revocation,
+            exclude_stay_days: rules.rtm_exclude_stay_days,
+        })
+    }
+
+    /// Whether a reading makes a day: its program's, from a device (or, for RTM, reported by the
+    /// patient), never typed in by staff.
+    fn counts(&self, r: &Reading) -> bool {
+        r.program() == self.readings
+            && match r.source {
+                ReadingSource::Device => true,
+                ReadingSource::PatientReported => self.readings == ReadingProgram::Rtm,
+                ReadingSource::Manual => false,
+            }
+    }
+}
+
 /// Rules 9–10: the RPM periods from set-up whose start is on or before `until`, with their days.
 pub(crate) fn rpm_periods(
     input: &Input<'_>,
@@ -584,30 +672,46 @@ pub(crate) fn rpm_periods(
     until: NaiveDate,
     rules: &RuleSet,
 ) -> Vec<PeriodDays> {
-    let Some(rpm) = &p.rpm else {
-        return Vec::new();
-    };
+    Monitoring::rpm(p, rules).map_or_else(Vec::new, |m| device_periods(input, p, &m, until))
+}
+
+/// Rules 39–40: the RTM periods, as [`rpm_periods`].
+pub(crate) fn rtm_periods(
+    input: &Input<'_>,
+    p: &Patient,
+    until: NaiveDate,
+    rules: &RuleSet,
+) -> Vec<PeriodDays> {
+    Monitoring::rtm(p, rules).map_or_else(Vec::new, |m| device_periods(input, p, &m, until))
+}
+
+fn device_periods(
+    input: &Input<'_>,
+    p: &Patient,
+    m: &Monitoring,
+    until: NaiveDate,
+) -> Vec<PeriodDays> {
     let revoked = p
         .consents
         .iter()
-        .filter(|c| c.program == Program::Rpm)
+        .filter(|c| c.program == m.program)
         .filter_map(|c| c.revoked_on)
         .max();
     let mut cutoff: Option<NaiveDate> = p.died_on;
     if let Some(r) = revoked
-        && rules.rpm_revocation == Revocation::OnDate
+        && m.revocation == Revocation::OnDate
         && let Some(day_before) = r.pred_opt()
     {
         cutoff = Some(cutoff.map_or(day_before, |c| c.min(day_before)));
     }
-    let len = i64::from(rules.rpm_period_days);
+    let len = i64::from(m.period_days);
     let readings = input
         .readings
         .get(p.id.as_str())
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let mut out = Vec::new();
-    let mut start = rpm.device_setup_on;
+    let mut start = m.setup;
     while start <= until {
         let end = start + Duration::days(len - 1);
         let last = cutoff.map_or(end, |c| c.min(end));
@@ -617,14 +721,14 @@ pub(crate) fn rpm_periods(
         let mut days = BTreeSet::new();
         let mut evidence = BTreeSet::new();
         for r in readings {
-            if r.source != ReadingSource::Device {
+            if !m.counts(r) {
                 continue;
             }
             let day = r.measured_at.with_timezone(&input.tz).date_naive();
             if day < start || day > last {
                 continue;
             }
-            if rules.rpm_exclude_stay_days && p.stays.iter().any(|s| s.contains(day)) {
+            if m.exclude_stay_days && p.stays.iter().any(|s| s.contains(day)) {
                 continue;
             }
             days.insert(day);
@@ -658,7 +762,7 @@ fn bill_rpm(
     let has_readings = input
         .readings
         .get(p.id.as_str())
-        .is_some_and(|v| !v.is_empty());
+        .is_some_and(|v| v.iter().any(|r| r.program() == ReadingProgram::Rpm));
     let enrolled = p.rpm.is_some()
         || p.consents.iter().any(|c| c.program == Program::Rpm)
         || t.any.contains(&Program::Rpm)
@@ -888,6 +992,7 @@ fn transition_exception(
 fn is_month_code(program: Program, code: &str) -> bool {
     match program {
         Program::Rpm => matches!(code, "99457" | "99458" | "99470"),
+        Program::Rtm => matches!(code, "98979" | "98980" | "98981"),
         _ => true,
     }
 }
@@ -899,6 +1004,7 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         lines: Vec::new(),
         minutes: Minutes::default(),
         rpm_periods: Vec::new(),
+        rtm_periods: Vec::new(),
         exceptions: Vec::new(),
         evidence: Vec::new(),
         practices: Vec::new(),
@@ -936,8 +1042,11 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
                 .copied()
                 .unwrap_or(0),
         ),
-        pcm: whole_minutes(t.seconds.get(&Program::Pcm).copied().unwrap_or(0)),
-        rpm: whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0)),
+        pcm: minutes_of(&t, Program::Pcm),
+        rpm: minutes_of(&t, Program::Rpm),
+        apcm: minutes_of(&t, Program::Apcm),
+        bhi: minutes_of(&t, Program::Bhi),
+        rtm: minutes_of(&t, Program::Rtm),
     };
     // Rules 14–15, and 19: each program's lines carry its practitioner of record.
     let lm = |program: Program| {
@@ -949,32 +1058,27 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
             practice: input.practice_of(who),
         }
     };
-    let mut ccm = bill_ccm(
-        &ten.patient(p, Program::Ccm),
-        month,
-        &t,
-        rules,
-        &lm(Program::Ccm),
+    let mut results = concurrency::Results::new();
+    results.insert(
+        Program::Ccm,
+        bill_ccm(
+            &ten.patient(p, Program::Ccm),
+            month,
+            &t,
+            rules,
+            &lm(Program::Ccm),
+        ),
     );
-    let mut pcm = bill_pcm(
-        &ten.patient(p, Program::Pcm),
-        month,
-        &t,
-        rules,
-        &lm(Program::Pcm),
+    results.insert(
+        Program::Pcm,
+        bill_pcm(
+            &ten.patient(p, Program::Pcm),
+            month,
+            &t,
+            rules,
+            &lm(Program::Pcm),
+        ),
     );
-    if !ccm.lines.is_empty() && !pcm.lines.is_empty() {
-        ccm.lines.clear();
-        pcm.lines.clear();
-        pcm.exceptions.push(Exception::new(
-            Program::Pcm,
-            ExceptionKind::Conflict,
-            format!(
-                "CCM and PCM by the same billing practitioner ({}) in one month: neither is billed until one is chosen",
-                ten.practitioner(p, Program::Ccm)
-            ),
-        ));
-    }
     let (rpm, periods) = bill_rpm(
         input,
         &ten.patient(p, Program::Rpm),
@@ -984,11 +1088,62 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         &lm(Program::Rpm),
     );
     enc.rpm_periods = periods;
-    for (program, mut part) in [
-        (Program::Ccm, ccm),
-        (Program::Pcm, pcm),
-        (Program::Rpm, rpm),
-    ] {
+    results.insert(Program::Rpm, rpm);
+    let (rtm, periods) = rtm::bill_rtm(
+        input,
+        &ten.patient(p, Program::Rtm),
+        month,
+        &t,
+        rules,
+        &lm(Program::Rtm),
+    );
+    enc.rtm_periods = periods;
+    results.insert(Program::Rtm, rtm);
+    let apcm_by = ten.practitioner(p, Program::Apcm);
+    results.insert(
+        Program::Apcm,
+        apcm::bill_apcm(
+            &ten.patient(p, Program::Apcm),
+            month,
+            &t,
+            rules,
+            &lm(Program::Apcm),
+            &ten,
+            input.attested_on(apcm_by),
+        ),
+    );
+    // Rules 43–46: external services, then the pairs; BHI follows, as it depends on whether an
+    // APCM line stands (rule 33), and is then checked against the external services too.
+    let before_bhi = [
+        Program::Ccm,
+        Program::Pcm,
+        Program::Rpm,
+        Program::Rtm,
+        Program::Apcm,
+    ];
+    concurrency::apply_external(p, month, rules, &ten, &mut results, &before_bhi);
+    concurrency::apply_pairs(p, month, rules, &ten, &mut results);
+    let apcm_lm = lm(Program::Apcm);
+    let apcm_stands = results
+        .get(&Program::Apcm)
+        .is_some_and(|r| !r.lines.is_empty());
+    results.insert(
+        Program::Bhi,
+        apcm::bill_bhi(
+            &ten.patient(p, Program::Bhi),
+            month,
+            &t,
+            rules,
+            &lm(Program::Bhi),
+            apcm_stands.then_some(&apcm_lm),
+        ),
+    );
+    concurrency::apply_external(p, month, rules, &ten, &mut results, &[Program::Bhi]);
+    concurrency::apply_warnings(p, month, rules, &ten, &mut results);
+    for program in Program::ALL {
+        let Some(mut part) = results.remove(&program) else {
+            continue;
+        };
         // Rule P1: a new practitioner needs a new consent; a month whose practitioner changed
         // is billed only when the new practice confirms the other has not billed it.
         if let Some(t) = ten.of.get(&program)
@@ -998,7 +1153,7 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
                 .iter()
                 .any(|c| c.program == program && c.given_on >= since)
         {
-            let name = program.as_str().to_uppercase();
+            let name = program.label();
             let explicit = format!(
                 "no {name} consent given to the new billing practitioner {} (of record since {since}, after {before}): a change of practitioner needs a new consent",
                 t.practitioner
@@ -1038,6 +1193,20 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
         }
         enc.lines.extend(part.lines);
         enc.exceptions.extend(part.exceptions);
+    }
+    // Rule 51: an add-on never without its base (a hold above may have removed the base).
+    if enc.lines.iter().any(|l| l.code == "G0570")
+        && !enc
+            .lines
+            .iter()
+            .any(|l| apcm::APCM_CODES.contains(&l.code.as_str()))
+    {
+        enc.lines.retain(|l| l.code != "G0570");
+        enc.exceptions.push(Exception::new(
+            Program::Bhi,
+            ExceptionKind::Requirement,
+            "G0570 not billed: the APCM line of the month is not billed",
+        ));
     }
     enc.exceptions.extend(t.exceptions);
     if enc.lines.is_empty() && enc.exceptions.is_empty() {

@@ -176,6 +176,7 @@ fn write_facility<W: std::io::Write>(
                 .max_by_key(|c| c.given_on);
             let codes = codes_of(enc, prog);
             let minutes = match prog {
+                Program::Apcm | Program::Bhi | Program::Rtm => enc.minutes.of(prog),
                 Program::Ccm => enc.minutes.ccm,
                 Program::Pcm => enc.minutes.pcm,
                 Program::Rpm => enc.minutes.rpm,

@@ -56,11 +56,25 @@ impl Entries {
     }
 }
 
+/// The text of a therapeutic (RTM) observation without a LOINC code.
+fn therapeutic_text(kind: ReadingKind) -> &'static str {
+    match kind {
+        ReadingKind::MedicationAdherence => "Medication adherence (RTM), doses",
+        ReadingKind::TherapyAdherence => "Therapy adherence (RTM), sessions",
+        ReadingKind::TherapyResponse => "Therapy response (RTM), score",
+        ReadingKind::RangeOfMotion => "Range of motion (RTM), degrees",
+        _ => kind.as_str(),
+    }
+}
+
 fn program_text(p: Program) -> &'static str {
     match p {
         Program::Ccm => "Chronic care management",
         Program::Pcm => "Principal care management",
         Program::Rpm => "Remote physiologic monitoring",
+        Program::Apcm => "Advanced primary care management",
+        Program::Bhi => "Behavioral health integration",
+        Program::Rtm => "Remote therapeutic monitoring",
     }
 }
 
@@ -158,11 +172,7 @@ pub fn bundle(pm: &PatientMonth<'_>) -> Value {
             .or(lines.first())
             .map(|l| l.code.clone())
             .unwrap_or_default();
-        let minutes = match program {
-            Program::Ccm => pm.encounter.minutes.ccm,
-            Program::Pcm => pm.encounter.minutes.pcm,
-            Program::Rpm => pm.encounter.minutes.rpm,
-        };
+        let minutes = pm.encounter.minutes.of(program);
         let enc_key = format!("{key}-{}", program.as_str().to_uppercase());
         let mut resource = json!({
             "status": "finished",
@@ -245,7 +255,7 @@ pub fn bundle(pm: &PatientMonth<'_>) -> Value {
             "status": "final",
             "subject": patient_ref,
             "effectiveDateTime": r.measured_at.to_rfc3339(),
-            "method": { "text": match r.source { ReadingSource::Device => "remote device, automatic upload", ReadingSource::Manual => "entered by staff" } },
+            "method": { "text": match r.source { ReadingSource::Device => "remote device, automatic upload", ReadingSource::Manual => "entered by staff", ReadingSource::PatientReported => "reported by the patient in the RTM device or app" } },
         });
         let vital = json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }]);
         let quantity =
@@ -269,9 +279,27 @@ pub fn bundle(pm: &PatientMonth<'_>) -> Value {
                 vec![("2339-0", "Glucose [Mass/volume] in Blood")],
                 json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory" }] }]),
             ),
+            // Therapeutic (RTM) kinds: pain has a LOINC code; the others go as text.
+            ReadingKind::PainScore => (
+                vec![(
+                    "72514-3",
+                    "Pain severity - 0-10 verbal numeric rating [Score] - Reported",
+                )],
+                json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey" }] }]),
+            ),
+            ReadingKind::MedicationAdherence
+            | ReadingKind::TherapyAdherence
+            | ReadingKind::TherapyResponse
+            | ReadingKind::RangeOfMotion => (
+                Vec::new(),
+                json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "therapy" }] }]),
+            ),
         };
         obs["category"] = category;
         obs["code"] = json!({ "coding": codes.iter().map(|(c, d)| json!({ "system": LOINC, "code": c, "display": d })).collect::<Vec<_>>() });
+        if codes.is_empty() {
+            obs["code"] = json!({ "text": therapeutic_text(r.kind) });
+        }
         if r.kind == ReadingKind::BloodPressure {
             obs["component"] = json!([
                 { "code": { "coding": [{ "system": LOINC, "code": "8480-6", "display": "Systolic blood pressure" }] }, "valueQuantity": quantity(r.systolic.unwrap_or_default(), &r.unit) },

@@ -346,6 +346,33 @@ pub fn oru_r01(pm: &PatientMonth<'_>, attempt: u32) -> Option<String> {
                 "2339-0^Glucose in Blood^LN",
                 vec![("2339-0^Glucose in Blood^LN", r.value.unwrap_or_default())],
             ),
+            ReadingKind::PainScore => (
+                "72514-3^Pain severity 0-10 verbal numeric rating^LN",
+                vec![(
+                    "72514-3^Pain severity 0-10 verbal numeric rating^LN",
+                    r.value.unwrap_or_default(),
+                )],
+            ),
+            // Therapeutic kinds without a LOINC code: local codes (coding system L).
+            ReadingKind::MedicationAdherence => (
+                "RTM-MED^Medication adherence^L",
+                vec![(
+                    "RTM-MED^Medication adherence^L",
+                    r.value.unwrap_or_default(),
+                )],
+            ),
+            ReadingKind::TherapyAdherence => (
+                "RTM-ADH^Therapy adherence^L",
+                vec![("RTM-ADH^Therapy adherence^L", r.value.unwrap_or_default())],
+            ),
+            ReadingKind::TherapyResponse => (
+                "RTM-RSP^Therapy response^L",
+                vec![("RTM-RSP^Therapy response^L", r.value.unwrap_or_default())],
+            ),
+            ReadingKind::RangeOfMotion => (
+                "RTM-ROM^Range of motion^L",
+                vec![("RTM-ROM^Range of motion^L", r.value.unwrap_or_default())],
+            ),
         };
         segs.push(seg("ORC", &[(1, "RE".into()), (3, order.clone())]));
         segs.push(seg(

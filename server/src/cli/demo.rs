@@ -186,6 +186,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
                         measured_at: r.measured_at.with_timezone(&Utc),
                         device: r.device.clone(),
                         source: r.source,
+                        program: None,
                     },
                     now,
                 )

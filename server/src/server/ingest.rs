@@ -78,6 +78,7 @@ impl Shared {
             measured_at: r.measured_at.with_timezone(&Utc),
             device: Some(r.device_id.clone()),
             source: ReadingSource::Device,
+            program: None,
         };
         let (reading, alerts, new) = staged
             .replica

@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
                         measured_at: now,
                         device: Some("cuff-07".into()),
                         source: ReadingSource::Device,
+                        program: None,
                     },
                     now,
                 )?;

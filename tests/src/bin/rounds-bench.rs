@@ -176,6 +176,7 @@ fn offline_day(r: &mut Replica, residents: usize, entries: usize, seed: u64) {
                     measured_at: at,
                     device: Some("cuff".into()),
                     source: ReadingSource::Device,
+                    program: None,
                 },
                 at,
             );

@@ -110,7 +110,7 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<Arc<FacilityDa
         heads.insert(id, entry.heads.clone());
         owner.insert(id, Some(entry.patient.clone()));
         match &entry.read {
-            DocRead::Patient(r) => patients.push(r.clone()),
+            DocRead::Patient(r) => patients.push((**r).clone()),
             DocRead::Month(e) => months.push(e.clone()),
         }
     }
@@ -153,7 +153,7 @@ pub fn facility_data(store: &SledStore, facility: &str) -> Result<Arc<FacilityDa
 /// One document, read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DocRead {
-    Patient(Result<Patient, Vec<Problem>>),
+    Patient(Box<Result<Patient, Vec<Problem>>>),
     Month(MonthEntries),
 }
 
@@ -219,7 +219,7 @@ pub struct ReadModel {
 
 fn read_doc(doc: &automerge::Automerge, patient: &str, kind: Kind) -> DocRead {
     match kind {
-        Kind::Patient => DocRead::Patient(view::read_patient(doc, patient)),
+        Kind::Patient => DocRead::Patient(Box::new(view::read_patient(doc, patient))),
         Kind::Month => DocRead::Month(rounds_core::replica::read_month(doc)),
     }
 }

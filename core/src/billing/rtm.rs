@@ -1,0 +1,156 @@
+//! Remote Therapeutic Monitoring (rules 38–42): 30-day device periods from set-up, and
+//! treatment management per calendar month.
+
+use std::collections::BTreeSet;
+
+use super::{
+    Exception, ExceptionKind, Input, LineMaker, MonthTime, ProgramResult, RpmPeriod, RuleSet,
+    chronic_diagnoses, consent_for, minutes_of, needs, rtm_periods, rules, transition_exception,
+};
+use crate::model::{Patient, Program, ReadingProgram};
+use crate::month::Month;
+
+pub(super) fn bill_rtm(
+    input: &Input<'_>,
+    p: &Patient,
+    month: Month,
+    t: &MonthTime,
+    rules: &RuleSet,
+    lm: &LineMaker<'_>,
+) -> (ProgramResult, Vec<RpmPeriod>) {
+    let mut r = ProgramResult::default();
+    let mut periods_out = Vec::new();
+    let has_readings = input
+        .readings
+        .get(p.id.as_str())
+        .is_some_and(|v| v.iter().any(|x| x.program() == ReadingProgram::Rtm));
+    let enrolled = p.rtm.is_some()
+        || p.consents.iter().any(|c| c.program == Program::Rtm)
+        || t.any.contains(&Program::Rtm)
+        || has_readings;
+    if !enrolled {
+        return (r, periods_out);
+    }
+    let Some((rtm, setup)) = p
+        .rtm
+        .as_ref()
+        .and_then(|x| x.device_setup_on.map(|d| (x, d)))
+    else {
+        r.exceptions.push(Exception::new(
+            Program::Rtm,
+            ExceptionKind::Requirement,
+            "RTM time or readings logged but no RTM device set-up on file",
+        ));
+        return (r, periods_out);
+    };
+    if consent_for(p, Program::Rtm, month, rules.rtm_revocation).is_none() {
+        r.exceptions.push(Exception::new(
+            Program::Rtm,
+            ExceptionKind::Requirement,
+            "no RTM consent in effect this month",
+        ));
+        return (r, periods_out);
+    }
+    let dx = chronic_diagnoses(p);
+    let (short, long) = rtm.kind.device_codes();
+    // Rules 39–41: device periods ending (or cut short) in this month.
+    let periods = rtm_periods(input, p, month.last_day(), rules);
+    let earns = |d: usize| d as u32 >= rules.rtm_min_days_short;
+    let first_earning = periods.iter().position(|pd| earns(pd.days.len()));
+    for (k, pd) in periods.iter().enumerate() {
+        if !month.contains(pd.last) {
+            continue;
+        }
+        let days = pd.days.len() as u32;
+        periods_out.push(RpmPeriod {
+            start: pd.start,
+            end: pd.last,
+            days,
+        });
+        // Rule P1: the practitioner of record on the period's last day; one per period.
+        let tenure = p.tenure(Program::Rtm, pd.last);
+        let dlm = LineMaker {
+            dos: pd.last,
+            pos: lm.pos,
+            npi: input.npi_of(&tenure.practitioner),
+            practice: input.practice_of(&tenure.practitioner),
+        };
+        if let (Some(since), Some(before)) = (tenure.since, &tenure.predecessor)
+            && since > pd.start
+        {
+            let confirmed = input.confirms_transition(&tenure.practitioner);
+            r.exceptions.push(transition_exception(
+                Program::Rtm,
+                &format!("the RTM device period {} to {}", pd.start, pd.last),
+                since,
+                before,
+                &tenure.practitioner,
+                input,
+                confirmed,
+            ));
+            if !confirmed {
+                continue;
+            }
+        }
+        if days >= rules.rtm_min_days_long {
+            r.lines.push(dlm.line(long, 1, &dx, &pd.evidence));
+        } else if days >= rules.rtm_min_days_short {
+            r.lines.push(dlm.line(short, 1, &dx, &pd.evidence));
+        } else {
+            r.exceptions.push(Exception::new(
+                Program::Rtm,
+                ExceptionKind::Threshold,
+                format!(
+                    "RTM period {} to {} has {days} day(s) of {} readings; {short} needs {}",
+                    pd.start,
+                    pd.last,
+                    rtm.kind.as_str(),
+                    rules.rtm_min_days_short
+                ),
+            ));
+        }
+        if first_earning == Some(k) {
+            let set_up = LineMaker {
+                dos: setup,
+                pos: lm.pos,
+                npi: dlm.npi.clone(),
+                practice: dlm.practice.clone(),
+            };
+            r.lines.push(set_up.line("98975", 1, &dx, &pd.evidence));
+        }
+    }
+    // Rule 42: treatment management per calendar month.
+    let minutes = minutes_of(t, Program::Rtm);
+    let empty = BTreeSet::new();
+    let ev = t.evidence.get(&Program::Rtm).unwrap_or(&empty);
+    let interactive = t.interactive.get(&Program::Rtm).copied().unwrap_or(false);
+    if minutes >= rules.rtm_mgmt_short_threshold
+        && rules.rtm_mgmt_requires_interactive
+        && !interactive
+    {
+        r.exceptions.push(Exception::new(
+            Program::Rtm,
+            ExceptionKind::Requirement,
+            format!("{minutes} min of RTM management not billable: no interactive communication with the patient this month"),
+        ));
+    } else if minutes >= rules.rtm_mgmt_threshold {
+        let units = rules::addon_units(
+            minutes,
+            rules.rtm_mgmt_threshold,
+            rules.rtm_mgmt_addon_block,
+            rules.rtm_mgmt_addon_cap,
+        );
+        r.lines
+            .extend(lm.with_addon("98980", "98981", units, &dx, ev));
+    } else if minutes >= rules.rtm_mgmt_short_threshold {
+        r.lines.push(lm.line("98979", 1, &dx, ev));
+    } else {
+        r.exceptions.push(needs(
+            Program::Rtm,
+            rules.rtm_mgmt_short_threshold - minutes,
+            "98979",
+            "RTM management",
+        ));
+    }
+    (r, periods_out)
+}
