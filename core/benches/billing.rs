@@ -1,6 +1,9 @@
 //! Bills 10,000 patient-months of realistic data and reports the time (release build).
 //!
-//! Run: `cargo bench -p rounds-core --bench billing` (or `-- --patients N`).
+//! Run: `cargo bench -p rounds-core --bench billing` (or `-- --patients N`, `-- --legacy` for
+//! the CCM/RPM-only mix measured before APCM, BHI and RTM). The default mix has six kinds of
+//! resident in turn: CCM + RPM, CCM, APCM + BHI (G0570), CCM + BHI (99484), CCM + RTM, and
+//! APCM + RTM with a same-practitioner TCM on every fifth such resident (the conflict rules run).
 //! Prints the median of 5 runs; no assertion — the numbers go into BENCHMARKS.md.
 
 use std::time::Instant;
@@ -25,7 +28,7 @@ impl Rng {
     }
 }
 
-fn data(patients: usize) -> DataFile {
+fn data(patients: usize, legacy: bool) -> DataFile {
     let mut rng = Rng(0x5eed_2026);
     let mut d = DataFile::new(Facility {
         id: "bench".into(),
@@ -34,7 +37,7 @@ fn data(patients: usize) -> DataFile {
         place_of_service: "32".into(),
     });
     d.practitioners.push(Practitioner {
-        apcm_attested_on: None,
+        apcm_attested_on: NaiveDate::from_ymd_opt(2026, 1, 1),
         id: "dr".into(),
         name: "Dr".into(),
         npi: "1234567893".into(),
@@ -56,24 +59,51 @@ fn data(patients: usize) -> DataFile {
     };
     for i in 0..patients {
         let id = format!("p-{i:05}");
-        let rpm = i % 3 == 0;
-        let mut consents = vec![Consent {
-            id: None,
-            program: Program::Ccm,
-            given_on: NaiveDate::from_ymd_opt(2026, 1, 10).unwrap(),
-            method: None,
-            by: None,
-            revoked_on: None,
-        }];
-        if rpm {
-            consents.push(Consent {
-                program: Program::Rpm,
-                ..consents[0].clone()
-            });
-        }
+        let kind = if legacy {
+            if i % 3 == 0 { 0 } else { 1 }
+        } else {
+            i % 6
+        };
+        let programs: &[Program] = match kind {
+            0 => &[Program::Ccm, Program::Rpm],
+            1 => &[Program::Ccm],
+            2 => &[Program::Apcm, Program::Bhi],
+            3 => &[Program::Ccm, Program::Bhi],
+            4 => &[Program::Ccm, Program::Rtm],
+            _ => &[Program::Apcm, Program::Rtm],
+        };
+        let rpm = programs.contains(&Program::Rpm);
+        let rtm = programs.contains(&Program::Rtm);
+        let consents: Vec<Consent> = programs
+            .iter()
+            .map(|&program| Consent {
+                id: None,
+                program,
+                given_on: NaiveDate::from_ymd_opt(2026, 1, 10).unwrap(),
+                method: None,
+                by: None,
+                revoked_on: None,
+            })
+            .collect();
+        let external_services = if kind == 5 && i % 30 == 5 {
+            vec![ExternalService {
+                id: None,
+                code: "99496".into(),
+                date_of_service: NaiveDate::from_ymd_opt(2026, 11, 9).unwrap(),
+                practitioner: "dr".into(),
+                npi: None,
+                note: None,
+            }]
+        } else {
+            Vec::new()
+        };
         d.patients.push(Patient {
-            rtm: None,
-            external_services: Vec::new(),
+            rtm: rtm.then(|| RtmEnrolment {
+                device_setup_on: NaiveDate::from_ymd_opt(2026, 10, 20),
+                kind: RtmKind::Respiratory,
+                devices: vec!["app".into()],
+            }),
+            external_services,
             program_choice: Default::default(),
             qmb_periods: Vec::new(),
             id: id.clone(),
@@ -92,6 +122,11 @@ fn data(patients: usize) -> DataFile {
                     behavioral: None,
                     icd10: "E11.9".into(),
                     chronic: true,
+                },
+                Condition {
+                    behavioral: None,
+                    icd10: "F32.9".into(),
+                    chronic: false,
                 },
             ],
             consents,
@@ -121,10 +156,14 @@ fn data(patients: usize) -> DataFile {
                 id: next_id(),
                 patient: id.clone(),
                 staff: staff.into(),
-                program: if rpm && rng.below(3) == 0 {
-                    Program::Rpm
+                program: if legacy {
+                    if rpm && rng.below(3) == 0 {
+                        Program::Rpm
+                    } else {
+                        Program::Ccm
+                    }
                 } else {
-                    Program::Ccm
+                    programs[rng.below(programs.len() as u64) as usize]
                 },
                 started_at: start,
                 ended_at: start + Duration::seconds(180 + rng.below(720) as i64),
@@ -156,6 +195,28 @@ fn data(patients: usize) -> DataFile {
                 }
             }
         }
+        // RTM residents: an inhaler count on most days since set-up.
+        if rtm {
+            for day in 0..41 {
+                if rng.below(10) < 6 {
+                    let at = DateTime::parse_from_rfc3339("2026-10-20T19:00:00-04:00").unwrap()
+                        + Duration::days(day);
+                    d.readings.push(Reading {
+                        program: Some(ReadingProgram::Rtm),
+                        id: next_id(),
+                        patient: id.clone(),
+                        kind: ReadingKind::MedicationAdherence,
+                        systolic: None,
+                        diastolic: None,
+                        value: Some(rng.below(4) as f64),
+                        unit: "{dose}".into(),
+                        measured_at: at,
+                        device: Some("app".into()),
+                        source: ReadingSource::Device,
+                    });
+                }
+            }
+        }
     }
     d
 }
@@ -168,24 +229,47 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let d = data(patients);
+    let legacy = args.iter().any(|a| a == "--legacy");
+    let d = data(patients, legacy);
+    assert!(
+        validate::validate(&d).is_empty(),
+        "the generated data is valid"
+    );
     let rules = RuleSet::default();
     let month: Month = "2026-11".parse().unwrap();
     let mut times = Vec::new();
     let mut lines = 0;
+    let mut by_code = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..5 {
         let t = Instant::now();
         let run = bill(&d, month, &rules).unwrap();
         times.push(t.elapsed());
         lines = run.encounters.iter().map(|e| e.lines.len()).sum::<usize>();
+        by_code.clear();
+        for l in run.encounters.iter().flat_map(|e| &e.lines) {
+            *by_code.entry(l.code.clone()).or_default() += 1;
+        }
     }
     times.sort();
     println!(
-        "billing: {patients} patient-months ({} interactions, {} readings) -> {lines} lines; median {:.1} ms (min {:.1} ms, max {:.1} ms)",
+        "billing ({}): {patients} patient-months ({} interactions, {} readings) -> {lines} lines; median {:.1} ms (min {:.1} ms, max {:.1} ms)",
+        if legacy {
+            "CCM/RPM only"
+        } else {
+            "all six programs"
+        },
         d.interactions.len(),
         d.readings.len(),
         times[2].as_secs_f64() * 1e3,
         times[0].as_secs_f64() * 1e3,
         times[4].as_secs_f64() * 1e3,
+    );
+    println!(
+        "lines by code: {}",
+        by_code
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }

@@ -212,7 +212,6 @@ pub(crate) fn month_time(
             .filter_map(|c| c.revoked_on)
             .max()
     };
-    let (rpm_revoked, rtm_revoked) = (revoked(Program::Rpm), revoked(Program::Rtm));
     // Rules 27 and 36: whether a program's time inside a stay still counts.
     let stay_counts = |program: Program| match program {
         Program::Bhi => rules.bhi_count_stay_time,
@@ -252,19 +251,23 @@ pub(crate) fn month_time(
                         "before the change of billing practitioner on {since} (furnished under {before})"
                     ));
                 }
-                if s.program == Program::Rpm
-                    && rules.rpm_revocation == Revocation::OnDate
-                    && let Some(r) = rpm_revoked
+                // Rule 20: with a revocation effective on its date, nothing from that date
+                // counts (RPM and RTM by default; APCM and BHI when the rule set says so).
+                let on_date = match s.program {
+                    Program::Rpm => rules.rpm_revocation,
+                    Program::Rtm => rules.rtm_revocation,
+                    Program::Apcm => rules.apcm_revocation,
+                    Program::Bhi => rules.bhi_revocation,
+                    Program::Ccm | Program::Pcm => Revocation::EndOfMonth,
+                } == Revocation::OnDate;
+                if on_date
+                    && let Some(r) = revoked(s.program)
                     && s.date >= r
                 {
-                    return Some(format!("on or after the RPM consent revocation {r}"));
-                }
-                if s.program == Program::Rtm
-                    && rules.rtm_revocation == Revocation::OnDate
-                    && let Some(r) = rtm_revoked
-                    && s.date >= r
-                {
-                    return Some(format!("on or after the RTM consent revocation {r}"));
+                    return Some(format!(
+                        "on or after the {} consent revocation {r}",
+                        s.program.label()
+                    ));
                 }
                 None
             });

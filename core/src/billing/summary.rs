@@ -50,6 +50,11 @@ pub fn program_of_code(code: &str) -> Option<Program> {
         "99490" | "99439" | "99487" | "99489" | "99491" | "99437" => Some(Program::Ccm),
         "99424" | "99425" | "99426" | "99427" => Some(Program::Pcm),
         "99453" | "99454" | "99445" | "99457" | "99458" | "99470" => Some(Program::Rpm),
+        "G0556" | "G0557" | "G0558" => Some(Program::Apcm),
+        // G0570 is BHI furnished as APCM's add-on; it is reported with the BHI time it rests on.
+        "99484" | "G0570" => Some(Program::Bhi),
+        "98975" | "98976" | "98977" | "98978" | "98984" | "98985" | "98986" | "98979" | "98980"
+        | "98981" => Some(Program::Rtm),
         _ => None,
     }
 }
@@ -214,6 +219,18 @@ fn write_facility<W: std::io::Write>(
                         .collect::<Vec<_>>()
                         .join(";"),
                 ),
+                (_, Program::Rtm) => match &p.rtm {
+                    Some(r) => (
+                        r.devices.join(";"),
+                        r.device_setup_on.map(|d| d.to_string()).unwrap_or_default(),
+                        enc.rtm_periods
+                            .iter()
+                            .map(|x| x.days.to_string())
+                            .collect::<Vec<_>>()
+                            .join(";"),
+                    ),
+                    None => Default::default(),
+                },
                 _ => Default::default(),
             };
             let row = vec![

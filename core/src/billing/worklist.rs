@@ -211,6 +211,69 @@ pub fn worklist(
                 blocked(ExceptionProgram::Rpm),
             ));
         }
+        // APCM has no threshold: one qualifying interaction of any length is the step left.
+        let apcm_billed = enc
+            .lines
+            .iter()
+            .any(|l| super::APCM_CODES.contains(&l.code.as_str()));
+        let active = |prog: Program| {
+            t.qualifying_entries
+                .get(&prog)
+                .is_some_and(|e| !e.is_empty())
+        };
+        if has(Program::Apcm) {
+            let m = whole_minutes(secs(Program::Apcm));
+            let code = super::apcm_level(p, month, month.last_day(), rules);
+            let step = (!active(Program::Apcm)).then(|| (code.to_string(), m + 1));
+            out.push(item(
+                &p.id,
+                Program::Apcm,
+                m,
+                step,
+                None,
+                blocked(ExceptionProgram::Apcm),
+            ));
+        }
+        if has(Program::Bhi) {
+            let m = whole_minutes(secs(Program::Bhi));
+            let step = if apcm_billed && rules.apcm_bhi == super::rules::ApcmBhi::Addon {
+                (!active(Program::Bhi)).then(|| ("G0570".to_string(), m + 1))
+            } else {
+                (m < rules.bhi_threshold).then(|| ("99484".to_string(), rules.bhi_threshold))
+            };
+            out.push(item(
+                &p.id,
+                Program::Bhi,
+                m,
+                step,
+                None,
+                blocked(ExceptionProgram::Bhi),
+            ));
+        }
+        if p.rtm.is_some() || has(Program::Rtm) {
+            let m = whole_minutes(secs(Program::Rtm));
+            let step = if m < rules.rtm_mgmt_short_threshold {
+                Some(("98979".to_string(), rules.rtm_mgmt_short_threshold))
+            } else {
+                next_step(
+                    m,
+                    ("98980", rules.rtm_mgmt_threshold),
+                    (
+                        "98981",
+                        rules.rtm_mgmt_addon_block,
+                        rules.rtm_mgmt_addon_cap,
+                    ),
+                )
+            };
+            out.push(item(
+                &p.id,
+                Program::Rtm,
+                m,
+                step,
+                None,
+                blocked(ExceptionProgram::Rtm),
+            ));
+        }
     }
     Ok(out)
 }

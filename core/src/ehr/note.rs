@@ -37,11 +37,12 @@ pub fn note_lines(pm: &PatientMonth<'_>) -> Vec<String> {
         ),
         String::new(),
         format!(
-            "Qualifying minutes: CCM {} (billing practitioner {}), PCM {}, RPM management {}",
+            "Qualifying minutes: CCM {} (billing practitioner {}), PCM {}, RPM management {}{}",
             pm.encounter.minutes.ccm,
             pm.encounter.minutes.ccm_practitioner,
             pm.encounter.minutes.pcm,
-            pm.encounter.minutes.rpm
+            pm.encounter.minutes.rpm,
+            breadth_minutes(&pm.encounter.minutes)
         ),
         "Time log:".into(),
     ];
@@ -184,6 +185,12 @@ pub fn note_lines(pm: &PatientMonth<'_>) -> Vec<String> {
             period.start, period.end, period.days
         ));
     }
+    for period in &pm.encounter.rtm_periods {
+        out.push(format!(
+            "  RTM period {} to {}: {} days with therapeutic data",
+            period.start, period.end, period.days
+        ));
+    }
     out.push(String::new());
     let plan = p.care_plan.clone().unwrap_or_default();
     out.push(format!(
@@ -229,4 +236,14 @@ pub fn note_lines(pm: &PatientMonth<'_>) -> Vec<String> {
         pm.version
     ));
     out
+}
+
+/// APCM, BHI and RTM minutes, named only when there are some (notes of months without them read
+/// as before).
+fn breadth_minutes(m: &crate::billing::Minutes) -> String {
+    [("APCM", m.apcm), ("BHI", m.bhi), ("RTM management", m.rtm)]
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(name, v)| format!(", {name} {v}"))
+        .collect()
 }
