@@ -1790,3 +1790,48 @@ bhi_count_stay_time = false
         assert!(RuleSet::from_toml(bad).is_err(), "{bad}");
     }
 }
+
+// The worklist: what each new program still needs --------------------------------------------
+
+#[test]
+fn worklist_shows_apcm_activity_bhi_minutes_rtm_steps_and_conflicts() {
+    use rounds_core::billing::worklist::worklist;
+    let mut d = apcm_patient();
+    consent(&mut d, Program::Ccm, "2026-01-10", None);
+    consent(&mut d, Program::Bhi, "2026-01-10", None);
+    enrol_rtm(&mut d, "2026-11-01", RtmKind::Respiratory);
+    ix(&mut d, 5, "10:00:00", 25 * 60, "rn", Program::Ccm);
+    ix(&mut d, 6, "10:00:00", 12 * 60, "rn", Program::Rtm);
+    let items = worklist(&d, date("2026-11-10"), &RuleSet::default()).expect("worklist");
+    let of = |p: Program| {
+        items
+            .iter()
+            .find(|i| i.program == p)
+            .unwrap_or_else(|| panic!("no {p:?} row"))
+    };
+    // No APCM activity yet: one interaction of any length earns G0557.
+    assert_eq!(of(Program::Apcm).next_code.as_deref(), Some("G0557"));
+    assert_eq!(of(Program::Apcm).minutes_to_next, Some(1));
+    // BHI without APCM line: 20 minutes for 99484.
+    assert_eq!(of(Program::Bhi).next_code.as_deref(), Some("99484"));
+    assert_eq!(of(Program::Bhi).minutes_to_next, Some(20));
+    // RTM: 12 minutes, 98980 at 20.
+    assert_eq!(of(Program::Rtm).minutes, 12);
+    assert_eq!(of(Program::Rtm).next_code.as_deref(), Some("98980"));
+    assert_eq!(of(Program::Rtm).minutes_to_next, Some(8));
+    // Once APCM has activity, its row is done, BHI is G0570 for one interaction, and CCM shows
+    // it is blocked by APCM.
+    ix(&mut d, 7, "10:00:00", 60, "rn", Program::Apcm);
+    let items = worklist(&d, date("2026-11-10"), &RuleSet::default()).expect("worklist");
+    let of = |p: Program| items.iter().find(|i| i.program == p).expect("row");
+    assert_eq!(of(Program::Apcm).next_code, None);
+    assert_eq!(of(Program::Bhi).next_code.as_deref(), Some("G0570"));
+    assert!(
+        of(Program::Ccm)
+            .blocked_by
+            .iter()
+            .any(|b| b.contains("APCM")),
+        "{:?}",
+        of(Program::Ccm).blocked_by
+    );
+}

@@ -249,3 +249,152 @@ fn broken_breadth_files_are_refused_naming_entry_and_field() {
         "apcm_attested_on",
     );
 }
+
+/// The files of `dir` (recursively) whose name ends with `suffix`, sorted.
+fn files(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn month_close_hl7_fhir_and_csv_carry_the_same_lines_as_rounds_bill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let s = store.to_string_lossy().to_string();
+    rounds_cli(&["import", "--store", &s, &example()]);
+    // Version 1 of every stored encounter equals `rounds bill` on the file: the new fields survive
+    // the documents and the read model.
+    let closed: Vec<Value> = serde_json::from_str(&rounds_cli(&[
+        "close-month",
+        "--facility",
+        "maplewood",
+        "--month",
+        "2026-11",
+        "--store",
+        &s,
+    ]))
+    .expect("close-month prints JSON");
+    let run = november();
+    let billed = run["encounters"].as_array().expect("encounters");
+    assert_eq!(closed.len(), billed.len());
+    for v in &closed {
+        let patient = v["encounter"]["patient"].as_str().expect("patient");
+        assert_eq!(
+            v["encounter"]["lines"],
+            encounter(&run, patient)["lines"],
+            "{patient}"
+        );
+        assert_eq!(
+            v["encounter"]["exceptions"],
+            encounter(&run, patient)["exceptions"],
+            "{patient}"
+        );
+    }
+    // Every billed (code, units) pair, from `rounds bill`.
+    let mut want: Vec<(String, String, u64)> = billed
+        .iter()
+        .flat_map(|e| {
+            e["lines"].as_array().expect("lines").iter().map(move |l| {
+                (
+                    e["patient"].as_str().expect("patient").to_string(),
+                    l["code"].as_str().expect("code").to_string(),
+                    l["units"].as_u64().expect("units"),
+                )
+            })
+        })
+        .collect();
+    want.sort();
+    assert!(want.iter().any(|w| w.1 == "G0570") && want.iter().any(|w| w.1 == "98981"));
+
+    let export = |format: &str| {
+        let out = dir.path().join(format);
+        rounds_cli(&[
+            "export",
+            "--facility",
+            "maplewood",
+            "--month",
+            "2026-11",
+            "--format",
+            format,
+            "--store",
+            &s,
+            "--out",
+            &out.to_string_lossy(),
+        ]);
+        out
+    };
+    // FHIR: one ChargeItem per line.
+    let mut fhir = Vec::new();
+    for f in files(&export("fhir"), ".json") {
+        let b: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).expect("read")).expect("bundle");
+        for e in b["entry"].as_array().expect("entries") {
+            let r = &e["resource"];
+            if r["resourceType"] == "ChargeItem" {
+                let patient = f
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .split("-2026")
+                    .next()
+                    .expect("patient")
+                    .to_string();
+                fhir.push((
+                    patient,
+                    r["code"]["coding"][0]["code"]
+                        .as_str()
+                        .expect("code")
+                        .to_string(),
+                    r["quantity"]["value"].as_u64().expect("quantity"),
+                ));
+            }
+        }
+    }
+    fhir.sort();
+    assert_eq!(fhir, want, "FHIR ChargeItems");
+    // HL7: one FT1 per line in the DFT^P03 messages (code in FT1-7, units in FT1-10).
+    let mut hl7 = Vec::new();
+    for f in files(&export("hl7"), "DFT_P03.hl7") {
+        let text = std::fs::read_to_string(&f).expect("read");
+        let patient = f
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .split("-2026")
+            .next()
+            .expect("patient")
+            .to_string();
+        for seg in text.split('\r').filter(|s| s.starts_with("FT1|")) {
+            let fields: Vec<&str> = seg.split('|').collect();
+            let code = fields[7].split('^').next().expect("code").to_string();
+            let units: u64 = fields[10].parse().expect("units");
+            hl7.push((patient.clone(), code, units));
+        }
+    }
+    hl7.sort();
+    assert_eq!(hl7, want, "HL7 FT1 segments");
+    // CSV summary: every code with its units.
+    let csv = files(&export("csv"), ".csv")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read"))
+        .collect::<String>();
+    for (patient, code, units) in &want {
+        assert!(
+            csv.lines()
+                .any(|l| l.contains(patient.as_str()) && l.contains(&format!("{code}x{units}"))),
+            "{patient} {code}x{units} missing from the CSV summary"
+        );
+    }
+}

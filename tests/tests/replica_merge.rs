@@ -2,7 +2,9 @@
 
 use chrono::{TimeZone, Utc};
 use rounds_core::replica::{NewInteraction, NewReading};
-use rounds_core::{DocumentId, Month, Program, ReadingKind, ReadingSource, Replica};
+use rounds_core::{
+    DocumentId, Month, Program, ReadingKind, ReadingProgram, ReadingSource, Replica,
+};
 use rounds_tests::{sunnyvale, sync_all};
 
 fn t(d: u32, h: u32, m: u32) -> chrono::DateTime<Utc> {
@@ -283,4 +285,66 @@ fn bad_actions_are_rejected_and_change_nothing() {
     assert!(err.contains("value") && err.contains("140"), "{err}");
     let after: Vec<_> = a.document_ids().iter().map(|id| a.heads(*id)).collect();
     assert_eq!(before, after);
+}
+
+#[test]
+fn rtm_readings_and_new_program_time_sync_like_rpm_and_bad_ones_are_refused() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (device(&da), device(&db));
+    let mut bhi = call("p-001", "rn-lee", 2, 14);
+    bhi.program = Program::Bhi;
+    let i = a.log_interaction(bhi, t(2, 16, 0)).unwrap();
+    let pain = |program: Option<ReadingProgram>, source: ReadingSource| NewReading {
+        patient: "p-001".into(),
+        kind: ReadingKind::PainScore,
+        systolic: None,
+        diastolic: None,
+        value: Some(6.0),
+        unit: "{score}".into(),
+        measured_at: t(2, 9, 0),
+        device: Some("knee-app".into()),
+        source,
+        program,
+    };
+    let r = a
+        .record_reading(
+            pain(Some(ReadingProgram::Rtm), ReadingSource::PatientReported),
+            t(2, 9, 1),
+        )
+        .unwrap();
+    // A therapeutic kind on an RPM reading, and an RPM kind on an RTM one, are refused on the
+    // tablet and write nothing.
+    let before = a.heads(DocumentId::patient_month("sunnyvale", "p-001", december()));
+    assert!(
+        a.record_reading(pain(None, ReadingSource::Device), t(2, 9, 2))
+            .is_err()
+    );
+    let mut hr = pain(Some(ReadingProgram::Rtm), ReadingSource::Device);
+    hr.kind = ReadingKind::HeartRate;
+    hr.unit = "/min".into();
+    hr.value = Some(70.0);
+    assert!(a.record_reading(hr, t(2, 9, 3)).is_err());
+    assert_eq!(
+        a.heads(DocumentId::patient_month("sunnyvale", "p-001", december())),
+        before
+    );
+
+    sync_all(&mut a, "a", &mut b, "b").unwrap();
+    let e = b.month_entries("p-001", december());
+    let got = e
+        .readings
+        .iter()
+        .find(|x| x.id == r.id)
+        .expect("reading synced");
+    assert_eq!(got.program, Some(ReadingProgram::Rtm));
+    assert_eq!(got.kind, ReadingKind::PainScore);
+    assert_eq!(got.source, ReadingSource::PatientReported);
+    let got = e
+        .interactions
+        .iter()
+        .find(|x| x.id == i.id)
+        .expect("interaction synced");
+    assert_eq!(got.program, Program::Bhi);
+    let summary = b.patient_month_summary("p-001", december()).unwrap();
+    assert_eq!(summary.minutes[&Program::Bhi], 14);
 }

@@ -30,7 +30,9 @@ pub struct WorklistItem {
     /// Alerts of the patient still waiting for a response (see [`attach_alerts`]).
     #[serde(default)]
     pub open_alerts: u32,
-    /// Requirements that block billing whatever the minutes (consent, conditions, …).
+    /// Requirements that block billing whatever the minutes (consent, conditions, …), and
+    /// conflicts that remove the program's lines this month (an APCM month blocks CCM, a TCM
+    /// blocks APCM, …).
     pub blocked_by: Vec<String>,
 }
 
@@ -87,7 +89,10 @@ pub fn worklist(
         let blocked = |program: ExceptionProgram| -> Vec<String> {
             enc.exceptions
                 .iter()
-                .filter(|e| e.program == program && e.kind == ExceptionKind::Requirement)
+                .filter(|e| {
+                    e.program == program
+                        && matches!(e.kind, ExceptionKind::Requirement | ExceptionKind::Conflict)
+                })
                 .map(|e| e.reason.clone())
                 .collect()
         };

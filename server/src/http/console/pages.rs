@@ -432,7 +432,14 @@ pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
         div.grid {
             div.card {
                 h2 { "This month" }
-                p { "CCM " (minutes.get(&Program::Ccm).copied().unwrap_or(0) / 60) " min · PCM " (minutes.get(&Program::Pcm).copied().unwrap_or(0) / 60) " min · RPM " (minutes.get(&Program::Rpm).copied().unwrap_or(0) / 60) " min" }
+                p { "CCM " (minutes.get(&Program::Ccm).copied().unwrap_or(0) / 60) " min · PCM " (minutes.get(&Program::Pcm).copied().unwrap_or(0) / 60) " min · RPM " (minutes.get(&Program::Rpm).copied().unwrap_or(0) / 60) " min"
+                    // APCM, BHI and RTM only when the patient has some this month.
+                    @for prog in [Program::Apcm, Program::Bhi, Program::Rtm] {
+                        @if let Some(secs) = minutes.get(&prog).filter(|s| **s > 0) {
+                            " · " (prog.label()) " " (secs / 60) " min"
+                        }
+                    }
+                }
                 p { (readings.len()) " readings" }
             }
             div.card {
