@@ -301,6 +301,40 @@ pub async fn https_request(
     Ok((status, body))
 }
 
+/// POST `body` (sent as is) to `path` with extra `headers`, as a device vendor's cloud would;
+/// returns the status line and the body.
+pub async fn https_post_raw(
+    server: &ServerProcess,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls_client(server)?);
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// A TCP connection to the server from the loopback address `source` (any 127.x.y.z works on
 /// Linux), to act as different clients.
 pub async fn tcp_from(

@@ -32,6 +32,37 @@ pub async fn ingest(
     Ok((status, Json(done.to_json())))
 }
 
+/// `POST /api/v1/vendors/<vendor>`: a device vendor's own webhook post (`tenovi`: one
+/// measurement or an array, key in `Authorization` or `X-Api-Key`; `bodytrace`: HTTP Basic auth
+/// with the key as password). Every measurement is checked before any is written; a re-sent post
+/// is stored once.
+pub async fn vendor_ingest(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    axum::extract::Path(vendor): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    use crate::services::alerting::vendors::Vendor;
+    let Some(vendor) = Vendor::from_path(&vendor) else {
+        return Err(ApiError::not_found(format!(
+            "no adapter for vendor {vendor:?} (tenovi, bodytrace; or POST /api/v1/readings)"
+        )));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let key = vendor.key(header("authorization"), header("x-api-key"));
+    let client = shared.limits.network.client_ip(peer, &headers).to_string();
+    let done = shared
+        .ingest_vendor(vendor, key.as_deref(), &client, &body)
+        .await?;
+    let status = if done.readings.iter().any(|r| r.new) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(done.to_json())))
+}
+
 #[derive(Deserialize)]
 pub struct IntegrationBody {
     facility: String,

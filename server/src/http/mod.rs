@@ -93,6 +93,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/readings", post(crate::http::alerting::ingest))
         .route(
+            "/api/v1/vendors/{vendor}",
+            post(crate::http::alerting::vendor_ingest),
+        )
+        .route(
             "/api/v1/integrations",
             get(crate::http::alerting::list_integrations)
                 .post(crate::http::alerting::add_integration),

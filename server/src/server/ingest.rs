@@ -12,6 +12,7 @@ use rounds_core::{DocumentId, Month, ReadingSource, ReplicaError};
 use super::Shared;
 use crate::services::alerting::Integration;
 use crate::services::alerting::vendor::{IngestError, Ingested, VendorReading, reading_uuid};
+use crate::services::alerting::vendors::Vendor;
 use crate::services::security::AuditRecord;
 
 impl Shared {
@@ -50,8 +51,14 @@ impl Shared {
         body: &str,
     ) -> Result<Ingested, IngestError> {
         let r = VendorReading::parse(body)?;
-        let now = self.alerting.now();
-        r.check(now)?;
+        let patient = self.prepare(integration, &r)?;
+        self.write_vendor_reading(integration, r, patient).await
+    }
+
+    /// The checks that need no write: id and time, the device's patient, and the reading's
+    /// values and unit (so a batch is refused whole before anything is written).
+    fn prepare(&self, integration: &Integration, r: &VendorReading) -> Result<String, IngestError> {
+        r.check(self.alerting.now())?;
         let entry = r.entry();
         let facility = &integration.facility;
         let patient = self.patient_of_device(facility, &r.device_id).ok_or_else(|| {
@@ -60,6 +67,39 @@ impl Shared {
                 r.device_id
             ))
         })?;
+        let reading = rounds_core::Reading {
+            id: reading_uuid(&integration.name, &r.reading_id),
+            patient: patient.clone(),
+            kind: r.kind,
+            systolic: r.values.systolic,
+            diastolic: r.values.diastolic,
+            value: r.values.value,
+            unit: r.unit.clone(),
+            measured_at: r.measured_at,
+            device: Some(r.device_id.clone()),
+            source: ReadingSource::Device,
+            program: None,
+        };
+        let mut problems = Vec::new();
+        rounds_core::validate::check_reading(&reading, "", &mut problems);
+        if let Some(p) = problems.first() {
+            return Err(IngestError::Invalid(format!(
+                "{entry}: field {}: {}",
+                p.field, p.message
+            )));
+        }
+        Ok(patient)
+    }
+
+    async fn write_vendor_reading(
+        &self,
+        integration: &Integration,
+        r: VendorReading,
+        patient: String,
+    ) -> Result<Ingested, IngestError> {
+        let entry = r.entry();
+        let now = self.alerting.now();
+        let facility = &integration.facility;
         let id = reading_uuid(&integration.name, &r.reading_id);
         let _guard = self.alerting.stage_lock.lock().await;
         // The reading's month in the facility's zone is found by the replica; stage the months
@@ -105,6 +145,75 @@ impl Shared {
         })
     }
 
+    /// Take a device vendor's own webhook post (`POST /api/v1/vendors/<vendor>`): authenticated
+    /// in the vendor's style, every measurement translated and checked before any is written.
+    pub(crate) async fn ingest_vendor(
+        &self,
+        vendor: Vendor,
+        key: Option<&str>,
+        client: &str,
+        body: &str,
+    ) -> Result<VendorIngested, IngestError> {
+        let Some(integration) = key.and_then(|k| self.alerting.integration_of(k)) else {
+            let e = IngestError::Unauthorized;
+            let mut a = AuditRecord::new("ingest-rejected");
+            a.detail = Some(format!("{} post: {e} (from {client})", vendor.as_str()));
+            self.audit_noisy(client, "no valid API key", a);
+            return Err(e);
+        };
+        let result = self.ingest_vendor_for(vendor, &integration, body).await;
+        match &result {
+            Ok(done) => {
+                for r in &done.readings {
+                    self.audit_ingested(&integration, r);
+                }
+                if !done.skipped.is_empty() {
+                    let mut a = AuditRecord::new("ingest-non-vital");
+                    a.device = Some(format!("integration:{}", integration.name));
+                    a.facility = Some(integration.facility.clone());
+                    a.detail = Some(format!(
+                        "{} post: {} non-vital metric(s) not stored as readings: {}",
+                        vendor.as_str(),
+                        done.skipped.len(),
+                        done.skipped.join(", ")
+                    ));
+                    self.security.record(a);
+                }
+            }
+            Err(e) => {
+                let mut a = AuditRecord::new("ingest-rejected");
+                a.device = Some(format!("integration:{}", integration.name));
+                a.facility = Some(integration.facility.clone());
+                a.detail = Some(format!("{} post: {e}", vendor.as_str()));
+                self.security.record(a);
+                tracing::warn!(integration = %integration.name, vendor = vendor.as_str(), error = %e, "vendor post rejected");
+            }
+        }
+        result
+    }
+
+    async fn ingest_vendor_for(
+        &self,
+        vendor: Vendor,
+        integration: &Integration,
+        body: &str,
+    ) -> Result<VendorIngested, IngestError> {
+        let t = vendor.parse(body)?;
+        let mut ready = Vec::with_capacity(t.readings.len());
+        for r in t.readings {
+            let patient = self.prepare(integration, &r)?;
+            ready.push((r, patient));
+        }
+        let mut readings = Vec::with_capacity(ready.len());
+        for (r, patient) in ready {
+            readings.push(self.write_vendor_reading(integration, r, patient).await?);
+        }
+        Ok(VendorIngested {
+            readings,
+            skipped: t.skipped,
+        })
+    }
+
     fn audit_ingested(&self, integration: &Integration, done: &Ingested) {
         let facility = &integration.facility;
         let month = Month::of(done.reading.measured_at.date_naive());
@@ -123,5 +232,24 @@ impl Shared {
             done.reading.device.as_deref().unwrap_or("")
         ));
         self.security.record(a);
+    }
+}
+
+/// What a vendor post answers: each reading stored (or found already stored), and the non-vital
+/// metrics left out.
+#[derive(Debug)]
+pub struct VendorIngested {
+    pub readings: Vec<Ingested>,
+    pub skipped: Vec<String>,
+}
+
+impl VendorIngested {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stored": self.readings.iter().filter(|r| r.new).count(),
+            "duplicates": self.readings.iter().filter(|r| !r.new).count(),
+            "skipped": self.skipped,
+            "readings": self.readings.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+        })
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::services::notify::{AlertNotice, NotifyConfig, Outbox};
 
 pub mod vendor;
+pub mod vendors;
 
 /// Where "now" comes from: the system clock, a file holding an RFC 3339 time (process tests of
 /// deadlines and escalation), or tokio's clock from a fixed start (in-process tests with a

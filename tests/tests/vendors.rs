@@ -1,0 +1,254 @@
+//! Device vendors' own webhook posts at `POST /api/v1/vendors/<vendor>`: the documented sample
+//! payloads of Tenovi (single and "post as array") and BodyTrace (scale and blood pressure) land as
+//! readings in the model's units, a replay is a no-op, a wrong credential is refused and audited,
+//! and a post with one bad measurement writes nothing. Samples and their sources:
+//! `tests/vendor-samples/`.
+
+use std::path::Path;
+
+use base64::Engine;
+use chrono::{TimeZone, Utc};
+use rounds_core::{ReadingKind, ReadingSource, Replica};
+use rounds_tests::{ServerProcess, https_post_raw, rounds_cli, sunnyvale, sync_with};
+
+fn sample(name: &str, at: chrono::DateTime<Utc>) -> String {
+    let path = rounds_tests::repo_root()
+        .join("tests/vendor-samples")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("{TS}", &at.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .replace("{MS}", &at.timestamp_millis().to_string())
+}
+
+/// A tablet holding the example facility, with BodyTrace's IMEIs enrolled as p-009's scale and
+/// p-017's cuff.
+fn tablet(dir: &Path) -> Replica {
+    let mut data = sunnyvale().unwrap();
+    for (p, device) in [("p-009", "35301109712345"), ("p-017", "35301109754321")] {
+        let patient = data.patients.iter_mut().find(|x| x.id == p).unwrap();
+        patient.rpm.as_mut().unwrap().devices.push(device.into());
+    }
+    let mut r = Replica::open(dir).unwrap();
+    r.import(&data, Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap())
+        .unwrap();
+    r
+}
+
+fn basic(password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("bodytrace:{password}"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_payloads_land_in_model_units_once_and_bad_posts_write_nothing() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 15, 15, 0, 0).unwrap();
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, t0.to_rfc3339()).unwrap();
+    let store = dir.path().join("store");
+    let server =
+        ServerProcess::start_with(&store, &["--clock-file", clock.to_str().unwrap()]).unwrap();
+    let mut t = tablet(&dir.path().join("t"));
+    sync_with(&mut t, &server).await.unwrap();
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let out = rounds_cli(&[
+        "integration",
+        "add",
+        "--facility",
+        "sunnyvale",
+        "--name",
+        "tenovi-prod",
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    let key = serde_json::from_str::<serde_json::Value>(&out).unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let at = t0 - chrono::Duration::minutes(5);
+    let before = t.export().unwrap().0.readings.len();
+
+    // Tenovi, one measurement per post, key as a bearer token.
+    let bearer = format!("Bearer {key}");
+    let single = sample("tenovi-single.json", at);
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/tenovi",
+        &single,
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("201"), "{status} {resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["stored"], 1);
+    assert_eq!(v["readings"][0]["patient"], "p-007");
+    // The same post again (Tenovi re-sends on request): a no-op.
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/tenovi",
+        &single,
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("200"), "{status} {resp}");
+    assert!(resp.contains("\"duplicates\":1"), "{resp}");
+
+    // Tenovi "post as array", key in X-Api-Key: blood pressure and pulse stored, battery skipped.
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/tenovi",
+        &sample("tenovi-array.json", at),
+        &[("X-Api-Key", &key)],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("201"), "{status} {resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["stored"], 2, "{resp}");
+    assert_eq!(v["skipped"][0], "tenovi battery_percentage");
+
+    // BodyTrace scale and cuff, HTTP Basic auth with the key as password.
+    for (file, patient) in [
+        ("bodytrace-weight.json", "p-009"),
+        ("bodytrace-bp.json", "p-017"),
+    ] {
+        let (status, resp) = https_post_raw(
+            &server,
+            "/api/v1/vendors/bodytrace",
+            &sample(file, at),
+            &[("Authorization", &basic(&key))],
+        )
+        .await
+        .unwrap();
+        assert!(status.contains("201"), "{file}: {status} {resp}");
+        assert!(resp.contains(patient), "{file}: {resp}");
+    }
+
+    // A wrong credential: 401, nothing written; BodyTrace's key as a bearer token is not its style.
+    for (path, auth) in [
+        ("/api/v1/vendors/bodytrace", basic("wrong")),
+        ("/api/v1/vendors/bodytrace", format!("Bearer {key}")),
+        ("/api/v1/vendors/tenovi", "Bearer nope".to_string()),
+    ] {
+        let (status, _) = https_post_raw(
+            &server,
+            path,
+            &sample("bodytrace-weight.json", at + chrono::Duration::minutes(1)),
+            &[("Authorization", &auth)],
+        )
+        .await
+        .unwrap();
+        assert!(status.contains("401"), "{path} {auth}: {status}");
+    }
+    // An unknown vendor: 404.
+    let (status, _) = https_post_raw(
+        &server,
+        "/api/v1/vendors/acme",
+        "{}",
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("404"), "{status}");
+
+    // A batch with one unknown device: 404 naming it, and the good measurement is not written
+    // either. One with an impossible value: 422 naming the field.
+    let later = at + chrono::Duration::minutes(2);
+    let mut batch: Vec<serde_json::Value> =
+        serde_json::from_str(&sample("tenovi-array.json", later)).unwrap();
+    batch[1]["hwi_device_id"] = "cuff-99".into();
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/tenovi",
+        &serde_json::to_string(&batch).unwrap(),
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        status.contains("404") && resp.contains("cuff-99"),
+        "{status} {resp}"
+    );
+    let mut batch: Vec<serde_json::Value> =
+        serde_json::from_str(&sample("tenovi-array.json", later)).unwrap();
+    batch[1]["value_1"] = "400".into();
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/tenovi",
+        &serde_json::to_string(&batch).unwrap(),
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        status.contains("422") && resp.contains("value"),
+        "{status} {resp}"
+    );
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/tenovi",
+        "[{\"metric\":\"pulse\"}]",
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        status.contains("400") && resp.contains("[0]"),
+        "{status} {resp}"
+    );
+
+    // What the tablet sees: six readings, in the model's units, as device readings.
+    sync_with(&mut t, &server).await.unwrap();
+    let (data, _) = t.export().unwrap();
+    assert_eq!(
+        data.readings.len(),
+        before + 6,
+        "only the accepted posts wrote"
+    );
+    let of = |device: &str, kind: ReadingKind| {
+        data.readings
+            .iter()
+            .find(|r| {
+                r.device.as_deref() == Some(device)
+                    && r.kind == kind
+                    && r.measured_at.with_timezone(&Utc) == at
+            })
+            .unwrap_or_else(|| panic!("no {kind:?} from {device}"))
+    };
+    let bp = of("cuff-07", ReadingKind::BloodPressure);
+    assert_eq!((bp.systolic, bp.diastolic), (Some(152.0), Some(91.0)));
+    assert_eq!(bp.unit, "mm[Hg]");
+    assert_eq!(bp.source, ReadingSource::Device);
+    assert_eq!(bp.patient, "p-007");
+    let pulse = of("cuff-08", ReadingKind::HeartRate);
+    assert_eq!((pulse.value, pulse.unit.as_str()), (Some(71.0), "/min"));
+    let weight = of("35301109712345", ReadingKind::Weight);
+    assert_eq!((weight.value, weight.unit.as_str()), (Some(81.65), "kg"));
+    assert_eq!(weight.patient, "p-009");
+    let cuff = of("35301109754321", ReadingKind::BloodPressure);
+    assert_eq!((cuff.systolic, cuff.diastolic), (Some(134.0), Some(82.0)));
+    assert_eq!(
+        of("35301109754321", ReadingKind::HeartRate).value,
+        Some(66.0)
+    );
+
+    // The refusals are audited; the unauthenticated ones aggregated per address.
+    let audit = rounds_cli(&[
+        "audit",
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    assert!(audit.contains("ingest-rejected"), "{audit}");
+    assert!(audit.contains("cuff-99"), "{audit}");
+    assert!(audit.contains("ingest-non-vital"), "{audit}");
+}
