@@ -205,12 +205,100 @@ async fn vendor_payloads_land_in_model_units_once_and_bad_posts_write_nothing() 
         "{status} {resp}"
     );
 
-    // What the tablet sees: six readings, in the model's units, as device readings.
+    // Any other vendor, through a mapping given with the integration.
+    let mapping = dir.path().join("acme.toml");
+    std::fs::write(
+        &mapping,
+        r#"
+measurements = "/data"
+reading_id = "/uid"
+device_id = "/meter/serial"
+measured_at = "/t"
+time_format = "unix_s"
+kind = "/type"
+value = "/v"
+systolic = "/sys"
+diastolic = "/dia"
+unit = "/u"
+
+[kinds]
+bp = "blood_pressure"
+"#,
+    )
+    .unwrap();
+    let out = rounds_cli(&[
+        "integration",
+        "add",
+        "--facility",
+        "sunnyvale",
+        "--name",
+        "acme-generic",
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    let acme = serde_json::from_str::<serde_json::Value>(&out).unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let generic = serde_json::json!({"data": [
+        {"uid": "a-1", "meter": {"serial": "cuff-09"}, "t": at.timestamp(), "type": "bp",
+         "sys": "141", "dia": 87, "u": "mmHg"},
+        {"uid": "a-2", "meter": {"serial": "cuff-09"}, "t": at.timestamp(), "type": "battery",
+         "v": 50, "u": "%"}
+    ]})
+    .to_string();
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/generic",
+        &generic,
+        &[("Authorization", &format!("Bearer {acme}"))],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("201"), "{status} {resp}");
+    assert!(resp.contains("generic battery"), "{resp}");
+    // The Tenovi integration has no mapping: its key cannot post generic payloads.
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/generic",
+        &generic,
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        status.contains("422") && resp.contains("mapping"),
+        "{status} {resp}"
+    );
+    // A mapping that is not one is refused when the integration is created.
+    std::fs::write(&mapping, "reading_id = \"uid\"\n").unwrap();
+    let out = rounds_tests::rounds_cli_output(&[
+        "integration",
+        "add",
+        "--facility",
+        "sunnyvale",
+        "--name",
+        "acme-2",
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acme.toml"));
+
+    // What the tablet sees: seven readings, in the model's units, as device readings.
     sync_with(&mut t, &server).await.unwrap();
     let (data, _) = t.export().unwrap();
     assert_eq!(
         data.readings.len(),
-        before + 6,
+        before + 7,
         "only the accepted posts wrote"
     );
     let of = |device: &str, kind: ReadingKind| {
@@ -239,6 +327,8 @@ async fn vendor_payloads_land_in_model_units_once_and_bad_posts_write_nothing() 
         of("35301109754321", ReadingKind::HeartRate).value,
         Some(66.0)
     );
+    let acme = of("cuff-09", ReadingKind::BloodPressure);
+    assert_eq!((acme.systolic, acme.unit.as_str()), (Some(141.0), "mm[Hg]"));
 
     // The refusals are audited; the unauthenticated ones aggregated per address.
     let audit = rounds_cli(&[

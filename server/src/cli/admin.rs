@@ -63,8 +63,27 @@ pub(super) fn integration(
     server: String,
 ) -> Result<(), CliError> {
     let op = match command {
-        IntegrationCommand::Add { facility, name } => {
-            crate::cli::admin_client::Op::Integration { facility, name }
+        IntegrationCommand::Add {
+            facility,
+            name,
+            mapping,
+        } => {
+            let mapping = match mapping {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?;
+                    Some(Box::new(
+                        crate::services::alerting::vendors::GenericMapping::from_toml(&text)
+                            .map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?,
+                    ))
+                }
+                None => None,
+            };
+            crate::cli::admin_client::Op::Integration {
+                facility,
+                name,
+                mapping,
+            }
         }
         IntegrationCommand::List => crate::cli::admin_client::Op::Integrations,
     };

@@ -49,6 +49,7 @@ pub enum Op {
     Integration {
         facility: String,
         name: String,
+        mapping: Option<Box<crate::services::alerting::vendors::GenericMapping>>,
     },
     Integrations,
     /// A web console account.
@@ -190,12 +191,16 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
                 .ok_or_else(|| CliError::Invalid(format!("no quarantine entry {id:?}")))?;
             serde_json::to_string_pretty(&e).unwrap_or_default()
         }
-        Op::Integration { facility, name } => {
+        Op::Integration {
+            facility,
+            name,
+            mapping,
+        } => {
             let (alerting, _) =
                 crate::services::alerting::Alerting::open(store.db(), store.storage_id())
                     .map_err(invalid)?;
             let key = alerting
-                .add_integration(&facility, &name)
+                .add_integration(&facility, &name, mapping.map(|m| *m))
                 .map_err(invalid)?;
             json(serde_json::json!({"name": name, "facility": facility, "api_key": key}))
         }
@@ -420,10 +425,17 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
         Op::QuarantineShow { id } => {
             client.get(format!("{base}/api/v1/quarantine/{}", urlencode(&id)))
         }
-        Op::Integration { facility, name } => client
+        Op::Integration {
+            facility,
+            name,
+            mapping,
+        } => client
             .post(format!("{base}/api/v1/integrations"))
             .header("content-type", "application/json")
-            .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
+            .body(
+                serde_json::json!({"facility": facility, "name": name, "mapping": mapping})
+                    .to_string(),
+            ),
         Op::Integrations => client.get(format!("{base}/api/v1/integrations")),
         Op::UserAdd {
             username,

@@ -415,6 +415,10 @@ pub enum IntegrationCommand {
         facility: String,
         #[arg(long)]
         name: String,
+        /// For a vendor without its own adapter: a TOML file saying where its posts put each
+        /// field (POST /api/v1/vendors/generic; see docs/vendors.md).
+        #[arg(long)]
+        mapping: Option<PathBuf>,
     },
     /// Every integration (names and facilities; keys are never shown again).
     List,

@@ -67,6 +67,9 @@ pub async fn vendor_ingest(
 pub struct IntegrationBody {
     facility: String,
     name: String,
+    /// For the `generic` adapter: where this vendor puts each field.
+    #[serde(default)]
+    mapping: Option<crate::services::alerting::vendors::GenericMapping>,
 }
 
 /// `POST /api/v1/integrations` (admin): create a vendor integration; answers its API key once.
@@ -75,7 +78,7 @@ pub async fn add_integration(
     State(shared): State<Arc<Shared>>,
     Json(b): Json<IntegrationBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let key = shared.add_integration(&b.facility, &b.name)?;
+    let key = shared.add_integration(&b.facility, &b.name, b.mapping)?;
     Ok(Json(
         serde_json::json!({ "name": b.name, "facility": b.facility, "api_key": key }),
     ))

@@ -21,8 +21,9 @@ impl Shared {
         &self,
         facility: &str,
         name: &str,
+        mapping: Option<crate::services::alerting::vendors::GenericMapping>,
     ) -> Result<String, AlertingError> {
-        let key = self.alerting.add_integration(facility, name)?;
+        let key = self.alerting.add_integration(facility, name, mapping)?;
         let mut a = AuditRecord::new("integration-added");
         a.facility = Some(facility.to_string());
         a.detail = Some(name.to_string());

@@ -198,7 +198,7 @@ impl Shared {
         integration: &Integration,
         body: &str,
     ) -> Result<VendorIngested, IngestError> {
-        let t = vendor.parse(body)?;
+        let t = vendor.parse(body, integration.mapping.as_ref())?;
         let mut ready = Vec::with_capacity(t.readings.len());
         for r in t.readings {
             let patient = self.prepare(integration, &r)?;

@@ -80,6 +80,9 @@ pub struct Integration {
     pub facility: String,
     pub created_at: DateTime<Utc>,
     pub(crate) key_sha256: String,
+    /// How the `generic` adapter reads this vendor's posts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<vendors::GenericMapping>,
 }
 
 /// The server's alert state.
@@ -146,7 +149,15 @@ impl Alerting {
     }
 
     /// Create an integration and its API key (shown once; stored as SHA-256).
-    pub fn add_integration(&self, facility: &str, name: &str) -> Result<String, AlertingError> {
+    pub fn add_integration(
+        &self,
+        facility: &str,
+        name: &str,
+        mapping: Option<vendors::GenericMapping>,
+    ) -> Result<String, AlertingError> {
+        if let Some(m) = &mapping {
+            m.check().map_err(AlertingError::Invalid)?;
+        }
         for (field, id) in [("name", name), ("facility", facility)] {
             rounds_core::ids::check_id(field, id)
                 .map_err(|e| AlertingError::Invalid(e.to_string()))?;
@@ -158,6 +169,7 @@ impl Alerting {
             facility: facility.to_string(),
             created_at: Utc::now(),
             key_sha256: crate::services::security::sha256_hex(&key),
+            mapping,
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| AlertingError::Store(e.to_string()))?;
         let swapped = self

@@ -23,9 +23,15 @@
 //!   `batteryVoltage`, `rssi`, `values.tare`, `values.unit`), sent with HTTP Basic auth: the
 //!   password is the integration key (any user name). The blood-pressure variant
 //!   (`values.systolic`, `values.diastolic`, `values.pulse`, mmHg and beats/min) is accepted too.
+//! - Any other vendor: the `generic` adapter, driven by the integration's [`GenericMapping`]
+//!   (JSON pointers to each field, the vendor's kind names, its units), given as a TOML file to
+//!   `rounds integration add --mapping FILE`.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use rounds_core::ReadingKind;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::vendor::{IngestError, VendorReading, VendorValues};
@@ -38,6 +44,8 @@ pub const MAX_BATCH: usize = 500;
 pub enum Vendor {
     Tenovi,
     BodyTrace,
+    /// Any vendor, through the integration's mapping.
+    Generic,
 }
 
 impl Vendor {
@@ -46,6 +54,7 @@ impl Vendor {
         match s {
             "tenovi" => Some(Vendor::Tenovi),
             "bodytrace" => Some(Vendor::BodyTrace),
+            "generic" => Some(Vendor::Generic),
             _ => None,
         }
     }
@@ -54,6 +63,7 @@ impl Vendor {
         match self {
             Vendor::Tenovi => "tenovi",
             Vendor::BodyTrace => "bodytrace",
+            Vendor::Generic => "generic",
         }
     }
 
@@ -64,7 +74,7 @@ impl Vendor {
         x_api_key: Option<&'a str>,
     ) -> Option<String> {
         match self {
-            Vendor::Tenovi => authorization
+            Vendor::Tenovi | Vendor::Generic => authorization
                 .map(|a| a.strip_prefix("Bearer ").unwrap_or(a).trim().to_string())
                 .or_else(|| x_api_key.map(|k| k.trim().to_string()))
                 .filter(|k| !k.is_empty()),
@@ -79,14 +89,38 @@ impl Vendor {
         }
     }
 
-    /// Translate a post into readings (and the names of the non-vital metrics it carried).
-    pub fn parse(self, body: &str) -> Result<Translated, IngestError> {
+    /// Translate a post into readings (and the names of the non-vital metrics it carried);
+    /// `mapping` is the integration's, which the generic adapter needs.
+    pub fn parse(
+        self,
+        body: &str,
+        mapping: Option<&GenericMapping>,
+    ) -> Result<Translated, IngestError> {
         let v: Value = serde_json::from_str(body).map_err(|e| {
             IngestError::Malformed(format!("{} post: not JSON: {e}", self.as_str()))
         })?;
-        let items: Vec<&Value> = match &v {
+        // Only the generic adapter reads a mapping.
+        let mapping = mapping.filter(|_| self == Vendor::Generic);
+        if self == Vendor::Generic && mapping.is_none() {
+            return Err(IngestError::Invalid(
+                "generic post: this integration has no mapping (rounds integration add --mapping FILE)"
+                    .into(),
+            ));
+        }
+        let list = match mapping {
+            Some(m) if !m.measurements.is_empty() => {
+                v.pointer(&m.measurements).ok_or_else(|| {
+                    IngestError::Malformed(format!(
+                        "generic post: field {}: missing",
+                        m.measurements
+                    ))
+                })?
+            }
+            _ => &v,
+        };
+        let items: Vec<&Value> = match list {
             Value::Array(a) => a.iter().collect(),
-            Value::Object(_) => vec![&v],
+            Value::Object(_) => vec![list],
             _ => {
                 return Err(IngestError::Malformed(format!(
                     "{} post: expected a measurement object or an array of them",
@@ -113,6 +147,10 @@ impl Vendor {
             let ms = match self {
                 Vendor::Tenovi => vec![tenovi(item, &at)?],
                 Vendor::BodyTrace => bodytrace(item, &at)?,
+                Vendor::Generic => match mapping {
+                    Some(m) => vec![generic(m, item, &at)?],
+                    None => Vec::new(),
+                },
             };
             for m in ms {
                 match m {
@@ -322,6 +360,229 @@ fn bodytrace(v: &Value, at: &Entry) -> Result<Vec<Measurement>, IngestError> {
     ))
 }
 
+/// How a generic vendor's measurement time is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// RFC 3339 / ISO 8601 with an offset (or UTC when it has none).
+    #[default]
+    Rfc3339,
+    /// Milliseconds since 1970, UTC.
+    UnixMs,
+    /// Seconds since 1970, UTC.
+    UnixS,
+}
+
+/// Where a vendor puts each field, as JSON pointers (`/device/serial`) into one measurement;
+/// `measurements` points at the list in the post (empty: the post is one measurement or an
+/// array of them). `kinds` names the vendor's kinds that are vital signs; any other kind is a
+/// non-vital metric (not stored). `unit` points at the unit in the payload; `units` gives it per
+/// vendor kind when the payload has none. Units are translated to the model's (mmHg, bpm, g, lb,
+/// °F, °C … to UCUM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericMapping {
+    #[serde(default)]
+    pub measurements: String,
+    pub reading_id: String,
+    pub device_id: String,
+    pub measured_at: String,
+    #[serde(default)]
+    pub time_format: TimeFormat,
+    pub kind: String,
+    pub kinds: BTreeMap<String, ReadingKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systolic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diastolic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub units: BTreeMap<String, String>,
+}
+
+impl GenericMapping {
+    /// Parse and check a mapping file (TOML).
+    pub fn from_toml(text: &str) -> Result<GenericMapping, String> {
+        let m: GenericMapping = toml::from_str(text).map_err(|e| format!("mapping: {e}"))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Every pointer is a JSON pointer; at least one kind; blood pressure needs both values.
+    pub fn check(&self) -> Result<(), String> {
+        let pointers = [
+            ("reading_id", Some(&self.reading_id)),
+            ("device_id", Some(&self.device_id)),
+            ("measured_at", Some(&self.measured_at)),
+            ("kind", Some(&self.kind)),
+            ("value", self.value.as_ref()),
+            ("systolic", self.systolic.as_ref()),
+            ("diastolic", self.diastolic.as_ref()),
+            ("unit", self.unit.as_ref()),
+        ];
+        for (field, p) in pointers {
+            if let Some(p) = p
+                && !p.starts_with('/')
+            {
+                return Err(format!(
+                    "mapping: field {field}: {p:?} is not a JSON pointer (like \"/device/id\")"
+                ));
+            }
+        }
+        if !self.measurements.is_empty() && !self.measurements.starts_with('/') {
+            return Err("mapping: field measurements: not a JSON pointer".into());
+        }
+        if self.kinds.is_empty() {
+            return Err("mapping: field kinds: name at least one vendor kind".into());
+        }
+        let bp = self
+            .kinds
+            .values()
+            .any(|k| *k == ReadingKind::BloodPressure);
+        if bp && (self.systolic.is_none() || self.diastolic.is_none()) {
+            return Err("mapping: fields systolic and diastolic: needed for blood_pressure".into());
+        }
+        if self
+            .kinds
+            .values()
+            .any(|k| *k != ReadingKind::BloodPressure)
+            && self.value.is_none()
+        {
+            return Err("mapping: field value: needed for kinds other than blood_pressure".into());
+        }
+        for (vendor_kind, kind) in &self.kinds {
+            if kind.therapeutic().is_some() {
+                return Err(format!(
+                    "mapping: field kinds.{vendor_kind}: {kind:?} is a therapeutic (RTM) kind; vendor readings are RPM"
+                ));
+            }
+            if self.unit.is_none() && !self.units.contains_key(vendor_kind) {
+                return Err(format!(
+                    "mapping: field units.{vendor_kind}: no unit pointer and no fixed unit"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value at a pointer, as text.
+fn text_at(v: &Value, pointer: &str, at: &Entry) -> Result<String, IngestError> {
+    let s = match v.pointer(pointer) {
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        None | Some(Value::Null) => return Err(at.err(pointer, "missing")),
+        Some(_) => return Err(at.err(pointer, "expected a string or a number")),
+    };
+    if s.is_empty() {
+        return Err(at.err(pointer, "empty"));
+    }
+    Ok(s)
+}
+
+fn number_at(v: &Value, pointer: &str, at: &Entry) -> Result<f64, IngestError> {
+    match v.pointer(pointer) {
+        Some(Value::Number(n)) => n.as_f64().filter(|x| x.is_finite()),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
+        None | Some(Value::Null) => return Err(at.err(pointer, "missing")),
+        Some(_) => None,
+    }
+    .ok_or_else(|| at.err(pointer, "not a number"))
+}
+
+/// A vendor's unit to the model's, with the factor to apply (grams to kilograms).
+pub fn model_unit(unit: &str) -> Option<(&'static str, f64)> {
+    Some(match unit.trim() {
+        "mmHg" | "mm Hg" | "mmhg" | "mm[Hg]" => ("mm[Hg]", 1.0),
+        "bpm" | "beats/min" | "/min" | "1/min" | "rpm" | "breaths/min" => ("/min", 1.0),
+        "g" => ("kg", 0.001),
+        "kg" => ("kg", 1.0),
+        "lb" | "lbs" | "[lb_av]" => ("[lb_av]", 1.0),
+        "mg/dL" | "mg/dl" => ("mg/dL", 1.0),
+        "mmol/L" | "mmol/l" => ("mmol/L", 1.0),
+        "%" | "percent" => ("%", 1.0),
+        "F" | "°F" | "degF" | "[degF]" => ("[degF]", 1.0),
+        "C" | "°C" | "degC" | "Cel" => ("Cel", 1.0),
+        _ => return None,
+    })
+}
+
+fn generic(m: &GenericMapping, v: &Value, at: &Entry) -> Result<Measurement, IngestError> {
+    let vendor_kind = text_at(v, &m.kind, at)?;
+    let Some(&kind) = m.kinds.get(&vendor_kind) else {
+        return Ok(Measurement::NonVital(format!("generic {vendor_kind}")));
+    };
+    let reading_id = text_at(v, &m.reading_id, at)?;
+    let device = text_at(v, &m.device_id, at)?;
+    let measured_at = match m.time_format {
+        TimeFormat::Rfc3339 => {
+            let t = text_at(v, &m.measured_at, at)?;
+            DateTime::parse_from_rfc3339(&t)
+                .or_else(|_| {
+                    chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.f")
+                        .map(|n| Utc.from_utc_datetime(&n).fixed_offset())
+                })
+                .map_err(|_| at.err(&m.measured_at, format!("{t:?} is not an ISO 8601 time")))?
+        }
+        TimeFormat::UnixMs | TimeFormat::UnixS => {
+            let n = number_at(v, &m.measured_at, at)?;
+            let ms = if m.time_format == TimeFormat::UnixS {
+                n * 1000.0
+            } else {
+                n
+            };
+            if !(0.0..=4.0e12).contains(&ms) {
+                return Err(at.err(&m.measured_at, format!("{n} is not a time")));
+            }
+            Utc.timestamp_millis_opt(ms as i64)
+                .single()
+                .ok_or_else(|| at.err(&m.measured_at, format!("{n} is not a time")))?
+                .fixed_offset()
+        }
+    };
+    let vendor_unit = match &m.unit {
+        Some(p) => text_at(v, p, at)?,
+        None => m.units.get(&vendor_kind).cloned().unwrap_or_default(),
+    };
+    let unit_field = m.unit.as_deref().unwrap_or("unit");
+    let (unit, factor) = model_unit(&vendor_unit).ok_or_else(|| {
+        at.err(
+            unit_field,
+            format!("unit {vendor_unit:?} is not one we convert"),
+        )
+    })?;
+    let values = if kind == ReadingKind::BloodPressure {
+        let (Some(sp), Some(dp)) = (&m.systolic, &m.diastolic) else {
+            return Err(at.err("systolic", "no pointer in the mapping"));
+        };
+        VendorValues {
+            systolic: Some(number_at(v, sp, at)? * factor),
+            diastolic: Some(number_at(v, dp, at)? * factor),
+            value: None,
+        }
+    } else {
+        let Some(vp) = &m.value else {
+            return Err(at.err("value", "no pointer in the mapping"));
+        };
+        VendorValues {
+            systolic: None,
+            diastolic: None,
+            value: Some(number_at(v, vp, at)? * factor),
+        }
+    };
+    Ok(Measurement::Reading(Box::new(VendorReading {
+        reading_id: format!("generic:{reading_id}"),
+        device_id: device,
+        kind,
+        values,
+        unit: unit.to_string(),
+        measured_at,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,7 +599,7 @@ mod tests {
           {"metric":"battery_percentage","hwi_device_id":"dev-1","value_1":80,
            "timestamp":"2026-11-03T13:01:00Z"}
         ]"#;
-        let t = Vendor::Tenovi.parse(body).unwrap();
+        let t = Vendor::Tenovi.parse(body, None).unwrap();
         assert_eq!(t.readings.len(), 2);
         assert_eq!(t.skipped, vec!["tenovi battery_percentage"]);
         let bp = &t.readings[0];
@@ -356,7 +617,7 @@ mod tests {
     fn bodytrace_grams_become_kilograms_and_basic_auth_carries_the_key() {
         let body = r#"{"deviceId":12345678901234,"ts":1762174800000,"batteryVoltage":5522,
                        "rssi":91,"values":{"unit":1,"weight":69800,"tare":0}}"#;
-        let t = Vendor::BodyTrace.parse(body).unwrap();
+        let t = Vendor::BodyTrace.parse(body, None).unwrap();
         assert_eq!(t.readings[0].values.value, Some(69.8));
         assert_eq!(t.readings[0].unit, "kg");
         assert_eq!(t.readings[0].device_id, "12345678901234");
@@ -414,12 +675,71 @@ mod tests {
                 "field values",
             ),
         ] {
-            match vendor.parse(body) {
+            match vendor.parse(body, None) {
                 Err(e) => assert!(e.to_string().contains(needle), "{body}: {e}"),
                 Ok(t) => panic!("{body}: accepted {t:?}"),
             }
         }
         let big = format!("[{}]", vec!["{}"; MAX_BATCH + 1].join(","));
-        assert!(Vendor::Tenovi.parse(&big).is_err());
+        assert!(Vendor::Tenovi.parse(&big, None).is_err());
+    }
+
+    const MAPPING: &str = r#"
+measurements = "/data"
+reading_id = "/uid"
+device_id = "/meter/serial"
+measured_at = "/t"
+time_format = "unix_s"
+kind = "/type"
+value = "/v"
+systolic = "/sys"
+diastolic = "/dia"
+unit = "/u"
+
+[kinds]
+bp = "blood_pressure"
+wt = "weight"
+"#;
+
+    #[test]
+    fn a_generic_mapping_translates_fields_kinds_and_units() {
+        let m = GenericMapping::from_toml(MAPPING).unwrap();
+        let body = r#"{"data":[
+            {"uid":"a1","meter":{"serial":"m-1"},"t":1762174800,"type":"bp","sys":130,"dia":80,"u":"mmHg"},
+            {"uid":"a2","meter":{"serial":"m-1"},"t":1762174800,"type":"wt","v":"81500","u":"g"},
+            {"uid":"a3","meter":{"serial":"m-1"},"t":1762174800,"type":"battery","v":90,"u":"%"}
+        ]}"#;
+        let t = Vendor::Generic.parse(body, Some(&m)).unwrap();
+        assert_eq!(t.readings.len(), 2);
+        assert_eq!(t.readings[0].unit, "mm[Hg]");
+        assert_eq!(t.readings[1].values.value, Some(81.5));
+        assert_eq!(t.readings[1].unit, "kg");
+        assert_eq!(t.skipped, vec!["generic battery"]);
+        assert!(Vendor::Generic.parse(body, None).is_err());
+        let bad = body.replace("\"mmHg\"", "\"inHg\"");
+        let e = Vendor::Generic.parse(&bad, Some(&m)).unwrap_err();
+        assert!(e.to_string().contains("[0]: field /u"), "{e}");
+    }
+
+    #[test]
+    fn bad_mappings_are_refused_naming_the_field() {
+        for (change, needle) in [
+            (MAPPING.replace("\"/uid\"", "\"uid\""), "reading_id"),
+            (
+                MAPPING
+                    .replace("bp = \"blood_pressure\"\n", "")
+                    .replace("wt = \"weight\"\n", ""),
+                "kinds",
+            ),
+            (
+                MAPPING.replace("wt = \"weight\"", "wt = \"pain_score\""),
+                "therapeutic",
+            ),
+            (MAPPING.replace("systolic = \"/sys\"\n", ""), "systolic"),
+            (format!("extra = 1\n{MAPPING}"), "extra"),
+        ] {
+            let e = GenericMapping::from_toml(&change).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 }
