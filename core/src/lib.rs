@@ -16,6 +16,7 @@ pub mod month;
 pub mod policy;
 pub mod problem;
 pub mod replica;
+pub mod roster;
 pub mod sync;
 pub mod validate;
 pub mod view;

@@ -236,8 +236,12 @@ pub enum Command {
     /// Load a data file into a server store (the server must not be running on it; use
     /// `--server` to import through a running server).
     Import {
-        /// The data file.
+        /// The data file; or, with --facility, a census CSV or a FHIR Bundle of Patient resources.
         file: PathBuf,
+        /// Add the residents of a census CSV (`.csv`) or a FHIR Patient bundle (`.json`) to this
+        /// facility, already imported (columns and fields: docs/data-file.md, "Rosters").
+        #[arg(long)]
+        facility: Option<String>,
         #[arg(long, default_value = "./rounds-data", conflicts_with = "server")]
         store: PathBuf,
         /// A running server's base URL, e.g. https://127.0.0.1:8443 (imports through its API).
@@ -590,6 +594,8 @@ async fn post_import(
     token: &str,
     trust: rounds_core::sync::net::Trust,
     body: String,
+    path: &str,
+    content_type: &str,
 ) -> Result<String, CliError> {
     let tls = rounds_core::sync::net::client_config(&trust)
         .map_err(|e| CliError::Invalid(e.to_string()))?;
@@ -597,11 +603,11 @@ async fn post_import(
         .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| CliError::Invalid(format!("HTTP client: {e}")))?;
-    let endpoint = format!("{}/api/v1/import", url.trim_end_matches('/'));
+    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
     let resp = client
         .post(&endpoint)
         .bearer_auth(token)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await

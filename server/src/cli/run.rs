@@ -95,11 +95,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve::serve(*args),
         Command::Import {
             file,
+            facility,
             store,
             server,
             token,
             fingerprint,
-        } => store::import(file, store, server, token, fingerprint),
+        } => match facility {
+            Some(f) => store::import_roster(file, f, store, server, token, fingerprint),
+            None => store::import(file, store, server, token, fingerprint),
+        },
         Command::Check { data } => data::check(data),
     }
 }

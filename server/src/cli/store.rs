@@ -195,6 +195,8 @@ pub(super) fn import(
             token.as_deref().unwrap_or_default(),
             trust,
             body,
+            "/api/v1/import",
+            "application/json",
         ))?;
         println!("{reply}");
         return Ok(());
@@ -224,6 +226,79 @@ pub(super) fn import(
         done.facility,
         done.documents,
         rounds_core::DocumentId::facility(&done.facility).url()
+    );
+    Ok(())
+}
+
+/// `rounds import --facility F FILE`: the residents of a census CSV or a FHIR Patient bundle join
+/// a facility already imported.
+pub(super) fn import_roster(
+    file: PathBuf,
+    facility: String,
+    store: PathBuf,
+    server: Option<String>,
+    token: Option<String>,
+    fingerprint: Option<String>,
+) -> Result<(), CliError> {
+    use rounds_core::roster::RosterFormat;
+    let body = read(&file)?;
+    let format = if file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        RosterFormat::CensusCsv
+    } else {
+        RosterFormat::Fhir
+    };
+    if let Some(url) = server {
+        let trust = match fingerprint.as_deref() {
+            Some(hex) => rounds_core::sync::net::Trust::Fingerprint(parse_fingerprint(hex)?),
+            None => rounds_core::sync::net::Trust::SystemRoots,
+        };
+        let path = format!("/api/v1/import/{}/{facility}", format.as_str());
+        let content_type = match format {
+            RosterFormat::CensusCsv => "text/csv",
+            RosterFormat::Fhir => "application/fhir+json",
+        };
+        let reply = runtime()?.block_on(post_import(
+            &url,
+            token.as_deref().unwrap_or_default(),
+            trust,
+            body,
+            &path,
+            content_type,
+        ))?;
+        println!("{reply}");
+        return Ok(());
+    }
+    let done = runtime()?.block_on(async {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let shared = crate::server::Shared::open(
+            &store,
+            8 << 20,
+            None,
+            crate::server::Limits::default(),
+            RuleSet::default(),
+            rx,
+        )
+        .map_err(|e| {
+            CliError::Invalid(format!(
+                "{e} (is a server running on this store? then import through it)"
+            ))
+        })?;
+        shared
+            .import_roster(&facility, format, body)
+            .await
+            .map_err(|e| CliError::Invalid(e.to_string()))
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "facility": done.facility,
+            "added": done.added,
+            "already_on_roster": done.already,
+            "documents": done.documents,
+        })
     );
     Ok(())
 }

@@ -78,6 +78,34 @@ async fn import(
     })))
 }
 
+/// `POST /api/v1/import/census/{facility}` (a census CSV) and `/api/v1/import/fhir/{facility}`
+/// (a Bundle of FHIR `Patient` resources), admin: the residents join a facility already on the
+/// server; every row checked first, residents already on the roster left as they are.
+async fn import_roster(
+    _: crate::http::api_error::Admin,
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path((format, facility)): axum::extract::Path<(String, String)>,
+    body: String,
+) -> Result<axum::Json<serde_json::Value>, crate::http::api_error::ApiError> {
+    use rounds_core::roster::RosterFormat;
+    let format = match format.as_str() {
+        "census" => RosterFormat::CensusCsv,
+        "fhir" => RosterFormat::Fhir,
+        other => {
+            return Err(crate::http::api_error::ApiError::not_found(format!(
+                "no roster format {other:?} (census, fhir)"
+            )));
+        }
+    };
+    let done = shared.import_roster(&facility, format, body).await?;
+    Ok(axum::Json(serde_json::json!({
+        "facility": done.facility,
+        "added": done.added,
+        "already_on_roster": done.already,
+        "documents": done.documents,
+    })))
+}
+
 /// The HTTP routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     use axum::extract::DefaultBodyLimit;
@@ -90,6 +118,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/api/v1/import",
             post(import).layer(DefaultBodyLimit::max(import_limit)),
+        )
+        .route(
+            "/api/v1/import/{format}/{facility}",
+            post(import_roster).layer(DefaultBodyLimit::max(import_limit)),
         )
         .route("/api/v1/readings", post(crate::http::alerting::ingest))
         .route(
