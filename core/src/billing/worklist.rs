@@ -50,6 +50,90 @@ pub struct OpenPeriod {
     /// Whether 16 days can still be reached if a reading comes every remaining day (today included
     /// when today has none yet).
     pub can_reach_99454: bool,
+    /// Reading days still needed for 99445 (0 when reached).
+    #[serde(default)]
+    pub days_to_99445: u32,
+    /// Whether 2 days can still be reached.
+    #[serde(default = "yes")]
+    pub can_reach_99445: bool,
+    /// The days the period ends with if readings keep coming at the rate so far (reading days
+    /// per elapsed day, applied to the days left).
+    #[serde(default)]
+    pub projected_days: u32,
+    /// Where the period is heading.
+    #[serde(default)]
+    pub adherence: Adherence,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where an RPM device period is heading, at the rate of readings so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Adherence {
+    /// On course for 16 days (99454).
+    #[default]
+    OnTrack,
+    /// 16 days are still possible, but not at the rate so far.
+    Behind,
+    /// 16 days can no longer be reached; 2 (99445) still can.
+    Short,
+    /// Not even 2 days can be reached: no device code this period.
+    Lost,
+}
+
+impl Adherence {
+    /// What the period needs, for a person: days needed and days left.
+    pub fn describe(self, p: &OpenPeriod) -> String {
+        match self {
+            Adherence::OnTrack => format!(
+                "on track: {} of 16 days, {} left",
+                p.reading_days, p.days_left
+            ),
+            Adherence::Behind => format!(
+                "behind: {} more days needed in {} left; at this rate {} days",
+                p.days_to_99454, p.days_left, p.projected_days
+            ),
+            Adherence::Short => format!(
+                "16 days out of reach ({} so far, {} left): 99445 at most",
+                p.reading_days, p.days_left
+            ),
+            Adherence::Lost => format!(
+                "no device code this period: {} day(s) so far, {} left",
+                p.reading_days, p.days_left
+            ),
+        }
+    }
+}
+
+/// Where a period heads: `so_far` reading days after `elapsed` days (as-of included), `left`
+/// days after today, `today_open` when today has no reading yet.
+pub fn adherence(
+    so_far: u32,
+    elapsed: u32,
+    left: u32,
+    today_open: u32,
+    long: u32,
+    short: u32,
+) -> (Adherence, u32) {
+    let possible = so_far + left + today_open;
+    let projected = if elapsed == 0 {
+        so_far
+    } else {
+        so_far + (u64::from(so_far) * u64::from(left) / u64::from(elapsed)) as u32
+    };
+    let status = if possible < short {
+        Adherence::Lost
+    } else if possible < long {
+        Adherence::Short
+    } else if so_far < long && projected < long {
+        Adherence::Behind
+    } else {
+        Adherence::OnTrack
+    };
+    (status, projected)
 }
 
 /// The next threshold in a base + add-on ladder: (code, minutes at which it is reached).
@@ -198,6 +282,16 @@ pub fn worklist(
                     let days_left = (pd.last - as_of).num_days().max(0) as u32;
                     let today_open = u32::from(!pd.days.contains(&as_of) && as_of <= pd.last);
                     let to_16 = rules.rpm_min_days_99454.saturating_sub(so_far);
+                    let to_2 = rules.rpm_min_days_99445.saturating_sub(so_far);
+                    let elapsed = ((as_of - pd.start).num_days() + 1).max(1) as u32;
+                    let (adherence, projected_days) = adherence(
+                        so_far,
+                        elapsed,
+                        days_left,
+                        today_open,
+                        rules.rpm_min_days_99454,
+                        rules.rpm_min_days_99445,
+                    );
                     OpenPeriod {
                         start: pd.start,
                         end: pd.end,
@@ -205,6 +299,10 @@ pub fn worklist(
                         days_left,
                         days_to_99454: to_16,
                         can_reach_99454: to_16 <= days_left + today_open,
+                        days_to_99445: to_2,
+                        can_reach_99445: to_2 <= days_left + today_open,
+                        projected_days,
+                        adherence,
                     }
                 });
             out.push(item(
@@ -316,6 +414,20 @@ pub fn attach_alerts(items: &mut [WorklistItem], alerts: &[crate::alerts::AlertV
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adherence_at_the_rate_so_far() {
+        // 10 days into the period with 9 reading days and 20 left: on track (projects to 27).
+        assert_eq!(adherence(9, 10, 20, 0, 16, 2), (Adherence::OnTrack, 27));
+        // 15 days in, 5 reading days, 15 left: 16 still possible (5+15+0=20) but not at 1 in 3.
+        assert_eq!(adherence(5, 15, 15, 0, 16, 2), (Adherence::Behind, 10));
+        // 25 days in, 3 reading days, 5 left: 16 out of reach.
+        assert_eq!(adherence(3, 25, 5, 0, 16, 2).0, Adherence::Short);
+        // The last day, none so far, today open: 1 possible, below 2.
+        assert_eq!(adherence(0, 30, 0, 1, 16, 2).0, Adherence::Lost);
+        // 16 reached: on track whatever the rate.
+        assert_eq!(adherence(16, 29, 1, 0, 16, 2).0, Adherence::OnTrack);
+    }
 
     #[test]
     fn ladder_steps() {

@@ -527,6 +527,12 @@ fn worklist_table(items: &[worklist::WorklistItem]) -> String {
                 )
             })
             .unwrap_or_default();
+        let mut blocked = i.blocked_by.clone();
+        if let Some(p) = &i.period
+            && p.adherence != worklist::Adherence::OnTrack
+        {
+            blocked.insert(0, p.adherence.describe(p));
+        }
         s.push_str(&format!(
             "{:<10} {:<4} {:>7} {:<6} {:>7}  {:<23} {}\n",
             i.patient,
@@ -535,7 +541,7 @@ fn worklist_table(items: &[worklist::WorklistItem]) -> String {
             next,
             needs,
             period,
-            i.blocked_by.join("; ")
+            blocked.join("; ")
         ));
     }
     s

@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use maud::{Markup, PreEscaped, html};
 use rounds_core::alerts::AlertView;
-use rounds_core::billing::worklist::{WorklistItem, attach_alerts};
+use rounds_core::billing::worklist::{Adherence, WorklistItem, attach_alerts};
 use rounds_core::{Month, Program, ReadingKind};
 
 use super::{Ctx, audit, check_csrf, error_page, forbidden, page};
@@ -229,6 +229,13 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
         )
     };
     let open_alerts: Vec<&AlertView> = fd.alerts.iter().filter(|v| v.needs_response()).collect();
+    // RPM periods heading for too few reading days, the worst first.
+    let mut at_risk: Vec<(&WorklistItem, &rounds_core::billing::worklist::OpenPeriod)> = items
+        .iter()
+        .filter_map(|i| i.period.as_ref().map(|p| (i, p)))
+        .filter(|(_, p)| p.adherence != Adherence::OnTrack)
+        .collect();
+    at_risk.sort_by_key(|(_, p)| (std::cmp::Reverse(p.adherence as u8), p.days_left));
     let body = html! {
         h1 { "Worklist — " (fd.data.facility.name) ", " (month.first_day().format("%B %Y")) }
         p.muted { "As of " (as_of) " (" (tz.name()) "). Minutes and reading days count entries synced to the server." }
@@ -236,7 +243,7 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
             label { "As of " input type="date" name="as_of" value=(as_of); }
             label { "Program "
                 select name="program" {
-                    @for p in ["all", "ccm", "pcm", "rpm"] { option value=(p) selected[p == program] { (p.to_uppercase()) } }
+                    @for p in ["all", "ccm", "pcm", "rpm", "apcm", "bhi", "rtm"] { option value=(p) selected[p == program] { (p.to_uppercase()) } }
                 }
             }
             label { "Patient " input name="q" value=(needle) placeholder="name or id"; }
@@ -253,6 +260,20 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
                             a href=(format!("/console/patient?facility={facility}&patient={}&month={}", v.alert.patient, Month::of(v.alert.raised_at.date_naive()))) { (name_of(&v.alert.patient)) }
                             " — " (v.alert.message) " — due " (local(v.alert.deadline, tz))
                             @if v.status == rounds_core::alerts::AlertStatus::Escalated { " " span.badge.urgent { "escalated" } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !at_risk.is_empty() {
+            div.card #adherence {
+                strong { (at_risk.len()) " RPM period(s) at risk of too few reading days" }
+                ul {
+                    @for (i, p) in &at_risk {
+                        li {
+                            a href=(format!("/console/patient?facility={facility}&patient={}&month={month}", i.patient)) { (name_of(&i.patient)) }
+                            " " progress value=(p.reading_days.min(16)) max="16" {}
+                            " — " (p.adherence.describe(p))
                         }
                     }
                 }
@@ -280,7 +301,16 @@ pub async fn worklist(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q
                             td.num { (i.minutes) }
                             td { (i.next_code.clone().unwrap_or_else(|| "—".into())) }
                             td.num { (i.minutes_to_next.map(|m| m.to_string()).unwrap_or_else(|| "—".into())) }
-                            td.num { @if let Some(p) = &i.period { (p.reading_days) " / " (p.days_left) } @else { "—" } }
+                            td.num { @if let Some(p) = &i.period {
+                                progress value=(p.reading_days.min(16)) max="16" title=(p.adherence.describe(p)) {}
+                                " " (p.reading_days) " / " (p.days_left)
+                                @match p.adherence {
+                                    Adherence::OnTrack => {},
+                                    Adherence::Behind => { " " span.badge.warning title=(p.adherence.describe(p)) { "behind" } },
+                                    Adherence::Short => { " " span.badge.warning title=(p.adherence.describe(p)) { "< 16 days" } },
+                                    Adherence::Lost => { " " span.badge.urgent title=(p.adherence.describe(p)) { "< 2 days" } },
+                                }
+                            } @else { "—" } }
                             td.num { @if i.open_alerts > 0 { span.badge.urgent { (i.open_alerts) } } @else { "0" } }
                             td { (i.blocked_by.join("; ")) }
                         }
