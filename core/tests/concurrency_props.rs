@@ -388,10 +388,10 @@ proptest! {
 #[test]
 fn the_generated_cases_reach_every_program_and_every_conflict() {
     use proptest::strategy::ValueTree;
-    use proptest::test_runner::{Config, TestRunner};
-    let mut runner = TestRunner::new(Config::default());
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..400 {
+    for _ in 0..1000 {
         let c = case().new_tree(&mut runner).expect("case").current();
         let run = bill(
             &file(&c, &c.entries),
