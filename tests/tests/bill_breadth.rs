@@ -364,6 +364,21 @@ fn month_close_hl7_fhir_and_csv_carry_the_same_lines_as_rounds_bill() {
     }
     fhir.sort();
     assert_eq!(fhir, want, "FHIR ChargeItems");
+    // A device-only RTM month's Encounter is typed by its device code, not the set-up.
+    let b008 = files(&dir.path().join("fhir"), ".json")
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains("b-008"))
+        .expect("b-008 bundle");
+    let b: Value =
+        serde_json::from_str(&std::fs::read_to_string(b008).expect("read")).expect("json");
+    let types: Vec<&str> = b["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Encounter")
+        .filter_map(|e| e["resource"]["type"][0]["coding"][0]["code"].as_str())
+        .collect();
+    assert_eq!(types, vec!["98977"], "Encounter type of b-008");
     // HL7: one FT1 per line in the DFT^P03 messages (code in FT1-7, units in FT1-10).
     let mut hl7 = Vec::new();
     for f in files(&export("hl7"), "DFT_P03.hl7") {
