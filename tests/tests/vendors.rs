@@ -341,4 +341,9 @@ bp = "blood_pressure"
     assert!(audit.contains("ingest-rejected"), "{audit}");
     assert!(audit.contains("cuff-99"), "{audit}");
     assert!(audit.contains("ingest-non-vital"), "{audit}");
+    // The non-vital metric is kept there with its value and device.
+    assert!(
+        audit.contains("tenovi battery_percentage=64 device cuff-08"),
+        "{audit}"
+    );
 }

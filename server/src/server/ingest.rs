@@ -172,10 +172,10 @@ impl Shared {
                     a.device = Some(format!("integration:{}", integration.name));
                     a.facility = Some(integration.facility.clone());
                     a.detail = Some(format!(
-                        "{} post: {} non-vital metric(s) not stored as readings: {}",
+                        "{} post: {} non-vital metric(s), not readings: {}",
                         vendor.as_str(),
-                        done.skipped.len(),
-                        done.skipped.join(", ")
+                        done.non_vital.len(),
+                        done.non_vital.join("; ")
                     ));
                     self.security.record(a);
                 }
@@ -211,6 +211,7 @@ impl Shared {
         Ok(VendorIngested {
             readings,
             skipped: t.skipped,
+            non_vital: t.non_vital,
         })
     }
 
@@ -241,6 +242,8 @@ impl Shared {
 pub struct VendorIngested {
     pub readings: Vec<Ingested>,
     pub skipped: Vec<String>,
+    /// The non-vital metrics with device, time and value (kept in the audit log).
+    pub non_vital: Vec<String>,
 }
 
 impl VendorIngested {

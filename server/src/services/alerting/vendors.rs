@@ -9,8 +9,8 @@
 //! unknown unit refuses the whole post, naming the measurement and the field).
 //!
 //! Non-vital metrics (battery level, signal strength, an irregular-heartbeat flag, a scale's tare)
-//! are not readings: they never make a data day. They are counted in the answer (`skipped`) and
-//! the audit record, and otherwise dropped.
+//! are not readings: they never make a data day. They are named in the answer (`skipped`) and
+//! kept, with device, time and value, in the audit log (`ingest-non-vital`).
 //!
 //! Sources of the payload shapes (the samples in `tests/tests/vendors.rs` are built from them):
 //! - Tenovi: the HWI "Measurement Webhooks" documentation (fields `metric`, `hwi_device_id`,
@@ -155,7 +155,10 @@ impl Vendor {
             for m in ms {
                 match m {
                     Measurement::Reading(r) => out.readings.push(*r),
-                    Measurement::NonVital(name) => out.skipped.push(name),
+                    Measurement::NonVital(name, detail) => {
+                        out.skipped.push(name);
+                        out.non_vital.push(detail);
+                    }
                 }
             }
         }
@@ -167,12 +170,26 @@ impl Vendor {
 #[derive(Debug, Default)]
 pub struct Translated {
     pub readings: Vec<VendorReading>,
+    /// The non-vital metrics by name (`tenovi battery_percentage`).
     pub skipped: Vec<String>,
+    /// Each with its device, time and value, for the audit log.
+    pub non_vital: Vec<String>,
 }
 
 enum Measurement {
     Reading(Box<VendorReading>),
-    NonVital(String),
+    /// A metric that is not a vital sign: its name, and what it said.
+    NonVital(String, String),
+}
+
+/// A field's value as short text for the audit log (at most 40 characters).
+fn raw(v: &Value, pointer: &str) -> String {
+    let s = match v.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    };
+    s.chars().take(40).collect()
 }
 
 /// How a measurement is named in errors: the vendor and its index in the post.
@@ -285,7 +302,15 @@ fn tenovi(v: &Value, at: &Entry) -> Result<Measurement, IngestError> {
             required(v, "value_1", at)?,
             "[degF]",
         ),
-        other => return Ok(Measurement::NonVital(format!("tenovi {other}"))),
+        other => {
+            return Ok(Measurement::NonVital(
+                format!("tenovi {other}"),
+                format!(
+                    "tenovi {other}={} device {device} at {timestamp}",
+                    raw(v, "/value_1")
+                ),
+            ));
+        }
     };
     // Coincident measurements share a timestamp; the index tells them apart.
     let index = v
@@ -326,7 +351,14 @@ fn bodytrace(v: &Value, at: &Entry) -> Result<Vec<Measurement>, IngestError> {
         .fixed_offset();
     let Some(values) = v.get("values").filter(|x| x.is_object()) else {
         // A status message (battery, signal) without measurement values.
-        return Ok(vec![Measurement::NonVital("bodytrace status".into())]);
+        return Ok(vec![Measurement::NonVital(
+            "bodytrace status".into(),
+            format!(
+                "bodytrace status battery={}mV rssi={} device {device} at {measured_at}",
+                raw(v, "/batteryVoltage"),
+                raw(v, "/rssi")
+            ),
+        )]);
     };
     let num =
         |f: &str| number(values, f, at).map_err(|_| at.err(&format!("values.{f}"), "not a number"));
@@ -513,7 +545,15 @@ pub fn model_unit(unit: &str) -> Option<(&'static str, f64)> {
 fn generic(m: &GenericMapping, v: &Value, at: &Entry) -> Result<Measurement, IngestError> {
     let vendor_kind = text_at(v, &m.kind, at)?;
     let Some(&kind) = m.kinds.get(&vendor_kind) else {
-        return Ok(Measurement::NonVital(format!("generic {vendor_kind}")));
+        return Ok(Measurement::NonVital(
+            format!("generic {vendor_kind}"),
+            format!(
+                "generic {vendor_kind}={} device {} at {}",
+                m.value.as_deref().map(|p| raw(v, p)).unwrap_or_default(),
+                raw(v, &m.device_id),
+                raw(v, &m.measured_at)
+            ),
+        ));
     };
     let reading_id = text_at(v, &m.reading_id, at)?;
     let device = text_at(v, &m.device_id, at)?;
