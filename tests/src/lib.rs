@@ -271,40 +271,36 @@ pub async fn https_request(
     json: Option<&serde_json::Value>,
     token: Option<&str>,
 ) -> anyhow::Result<(String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
-    let connector = tokio_rustls::TlsConnector::from(tls_client(server)?);
-    let name = rustls::pki_types::ServerName::try_from("localhost")?;
-    let mut tls = connector.connect(name, tcp).await?;
     let body = json.map(|j| j.to_string()).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
     if json.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
+        headers.push(("Content-Type", "application/json"));
     }
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
     }
-    head.push_str("\r\n");
-    tls.write_all(head.as_bytes()).await?;
-    tls.write_all(body.as_bytes()).await?;
-    let mut buf = Vec::new();
-    let _ = tls.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.lines().next().unwrap_or_default().to_string();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    https_raw(server, method, path, &body, &headers).await
 }
 
-/// POST `body` (sent as is) to `path` with extra `headers`, as a device vendor's cloud would;
-/// returns the status line and the body.
+/// POST `body` (sent as is, as JSON) to `path` with extra `headers`, as a device vendor's cloud
+/// would; returns the status line and the body.
 pub async fn https_post_raw(
     server: &ServerProcess,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(String, String)> {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    https_raw(server, "POST", path, body, &all).await
+}
+
+/// One HTTPS request with exactly these headers (besides Host, Connection and Content-Length);
+/// returns the status line and the body.
+async fn https_raw(
+    server: &ServerProcess,
+    method: &str,
     path: &str,
     body: &str,
     headers: &[(&str, &str)],
@@ -315,7 +311,7 @@ pub async fn https_post_raw(
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let mut tls = connector.connect(name, tcp).await?;
     let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
