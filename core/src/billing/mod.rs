@@ -752,6 +752,102 @@ fn device_periods(
     out
 }
 
+/// One program's device codes (rules 9–11 for RPM, 39–41 for RTM).
+struct DeviceCodes<'a> {
+    program: Program,
+    /// Below `min_long` days.
+    short: &'a str,
+    long: &'a str,
+    /// Once per patient, on the first period that earns a device code.
+    setup: &'a str,
+    min_short: u32,
+    min_long: u32,
+    /// What the readings are, in the short-period exception ("device", "respiratory").
+    readings: &'a str,
+    setup_on: NaiveDate,
+}
+
+/// The device lines of the periods ending (or cut short) in `month`, one per period by the
+/// practitioner of record on its last day (rule P1), the set-up on the first earning period;
+/// returns the periods evaluated.
+#[allow(clippy::too_many_arguments)]
+fn bill_device_periods(
+    input: &Input<'_>,
+    p: &Patient,
+    month: Month,
+    lm: &LineMaker<'_>,
+    dx: &[String],
+    periods: &[PeriodDays],
+    codes: &DeviceCodes<'_>,
+    r: &mut ProgramResult,
+) -> Vec<RpmPeriod> {
+    let mut out = Vec::new();
+    let label = codes.program.label();
+    let first_earning = periods
+        .iter()
+        .position(|pd| pd.days.len() as u32 >= codes.min_short);
+    for (k, pd) in periods.iter().enumerate() {
+        if !month.contains(pd.last) {
+            continue;
+        }
+        let days = pd.days.len() as u32;
+        out.push(RpmPeriod {
+            start: pd.start,
+            end: pd.last,
+            days,
+        });
+        // Rule P1: the practitioner of record on the period's last day; one per period.
+        let tenure = p.tenure(codes.program, pd.last);
+        let dlm = LineMaker {
+            dos: pd.last,
+            pos: lm.pos,
+            npi: input.npi_of(&tenure.practitioner),
+            practice: input.practice_of(&tenure.practitioner),
+        };
+        if let (Some(since), Some(before)) = (tenure.since, &tenure.predecessor)
+            && since > pd.start
+        {
+            let confirmed = input.confirms_transition(&tenure.practitioner);
+            r.exceptions.push(transition_exception(
+                codes.program,
+                &format!("the {label} device period {} to {}", pd.start, pd.last),
+                since,
+                before,
+                &tenure.practitioner,
+                input,
+                confirmed,
+            ));
+            if !confirmed {
+                continue;
+            }
+        }
+        if days >= codes.min_long {
+            r.lines.push(dlm.line(codes.long, 1, dx, &pd.evidence));
+        } else if days >= codes.min_short {
+            r.lines.push(dlm.line(codes.short, 1, dx, &pd.evidence));
+        } else {
+            r.exceptions.push(Exception::new(
+                codes.program,
+                ExceptionKind::Threshold,
+                format!(
+                    "{label} period {} to {} has {days} day(s) of {} readings; {} needs {}",
+                    pd.start, pd.last, codes.readings, codes.short, codes.min_short
+                ),
+            ));
+        }
+        if first_earning == Some(k) {
+            let setup = LineMaker {
+                dos: codes.setup_on,
+                pos: lm.pos,
+                npi: dlm.npi.clone(),
+                practice: dlm.practice.clone(),
+            };
+            r.lines.push(setup.line(codes.setup, 1, dx, &pd.evidence));
+        }
+    }
+    out
+}
+
 fn bill_rpm(
     input: &Input<'_>,
     p: &Patient,
@@ -761,7 +857,6 @@ fn bill_rpm(
     lm: &LineMaker<'_>,
 ) -> (ProgramResult, Vec<RpmPeriod>) {
     let mut r = ProgramResult::default();
-    let mut periods_out = Vec::new();
     let has_readings = input
         .readings
         .get(p.id.as_str())
@@ -771,7 +866,7 @@ fn bill_rpm(
         || t.any.contains(&Program::Rpm)
         || has_readings;
     if !enrolled {
-        return (r, periods_out);
+        return (r, Vec::new());
     }
     let Some(rpm) = &p.rpm else {
         r.exceptions.push(Exception::new(
@@ -779,7 +874,7 @@ fn bill_rpm(
             ExceptionKind::Requirement,
             "RPM time or readings logged but no RPM device set-up on file",
         ));
-        return (r, periods_out);
+        return (r, Vec::new());
     };
     let consent = p
         .consents
@@ -794,72 +889,30 @@ fn bill_rpm(
             ExceptionKind::Requirement,
             "no RPM consent in effect this month",
         ));
-        return (r, periods_out);
+        return (r, Vec::new());
     }
     let dx = chronic_diagnoses(p);
     // Rules 9–11: device periods ending (or cut short) in this month.
     let periods = rpm_periods(input, p, month.last_day(), rules);
-    let earns = |d: usize| d as u32 >= rules.rpm_min_days_99445;
-    let first_earning = periods.iter().position(|pd| earns(pd.days.len()));
-    for (k, pd) in periods.iter().enumerate() {
-        if !month.contains(pd.last) {
-            continue;
-        }
-        let days = pd.days.len() as u32;
-        periods_out.push(RpmPeriod {
-            start: pd.start,
-            end: pd.last,
-            days,
-        });
-        // Rule P1: the practitioner of record on the period's last day; one per period.
-        let tenure = p.tenure(Program::Rpm, pd.last);
-        let dlm = LineMaker {
-            dos: pd.last,
-            pos: lm.pos,
-            npi: input.npi_of(&tenure.practitioner),
-            practice: input.practice_of(&tenure.practitioner),
-        };
-        if let (Some(since), Some(before)) = (tenure.since, &tenure.predecessor)
-            && since > pd.start
-        {
-            let confirmed = input.confirms_transition(&tenure.practitioner);
-            r.exceptions.push(transition_exception(
-                Program::Rpm,
-                &format!("the RPM device period {} to {}", pd.start, pd.last),
-                since,
-                before,
-                &tenure.practitioner,
-                input,
-                confirmed,
-            ));
-            if !confirmed {
-                continue;
-            }
-        }
-        if days >= rules.rpm_min_days_99454 {
-            r.lines.push(dlm.line("99454", 1, &dx, &pd.evidence));
-        } else if days >= rules.rpm_min_days_99445 {
-            r.lines.push(dlm.line("99445", 1, &dx, &pd.evidence));
-        } else {
-            r.exceptions.push(Exception::new(
-                Program::Rpm,
-                ExceptionKind::Threshold,
-                format!(
-                    "RPM period {} to {} has {days} day(s) of device readings; 99445 needs {}",
-                    pd.start, pd.last, rules.rpm_min_days_99445
-                ),
-            ));
-        }
-        if first_earning == Some(k) {
-            let setup = LineMaker {
-                dos: rpm.device_setup_on,
-                pos: lm.pos,
-                npi: dlm.npi.clone(),
-                practice: dlm.practice.clone(),
-            };
-            r.lines.push(setup.line("99453", 1, &dx, &pd.evidence));
-        }
-    }
+    let periods_out = bill_device_periods(
+        input,
+        p,
+        month,
+        lm,
+        &dx,
+        &periods,
+        &DeviceCodes {
+            program: Program::Rpm,
+            short: "99445",
+            long: "99454",
+            setup: "99453",
+            min_short: rules.rpm_min_days_99445,
+            min_long: rules.rpm_min_days_99454,
+            readings: "device",
+            setup_on: rpm.device_setup_on,
+        },
+        &mut r,
+    );
     // Rule 12: treatment management per calendar month.
     let minutes = whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0));
     let empty = BTreeSet::new();

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 
 use super::{
-    Exception, ExceptionKind, Input, LineMaker, MonthTime, ProgramResult, RpmPeriod, RuleSet,
-    chronic_diagnoses, consent_for, minutes_of, needs, rtm_periods, rules, transition_exception,
+    DeviceCodes, Exception, ExceptionKind, Input, LineMaker, MonthTime, ProgramResult, RpmPeriod,
+    RuleSet, bill_device_periods, chronic_diagnoses, consent_for, minutes_of, needs, rtm_periods,
+    rules,
 };
 use crate::model::{Patient, Program, ReadingProgram};
 use crate::month::Month;
@@ -19,7 +20,6 @@ pub(super) fn bill_rtm(
     lm: &LineMaker<'_>,
 ) -> (ProgramResult, Vec<RpmPeriod>) {
     let mut r = ProgramResult::default();
-    let mut periods_out = Vec::new();
     let has_readings = input
         .readings
         .get(p.id.as_str())
@@ -29,7 +29,7 @@ pub(super) fn bill_rtm(
         || t.any.contains(&Program::Rtm)
         || has_readings;
     if !enrolled {
-        return (r, periods_out);
+        return (r, Vec::new());
     }
     let Some((rtm, setup)) = p
         .rtm
@@ -41,7 +41,7 @@ pub(super) fn bill_rtm(
             ExceptionKind::Requirement,
             "RTM time or readings logged but no RTM device set-up on file",
         ));
-        return (r, periods_out);
+        return (r, Vec::new());
     };
     if consent_for(p, Program::Rtm, month, rules.rtm_revocation).is_none() {
         r.exceptions.push(Exception::new(
@@ -49,76 +49,31 @@ pub(super) fn bill_rtm(
             ExceptionKind::Requirement,
             "no RTM consent in effect this month",
         ));
-        return (r, periods_out);
+        return (r, Vec::new());
     }
     let dx = chronic_diagnoses(p);
     let (short, long) = rtm.kind.device_codes();
     // Rules 39–41: device periods ending (or cut short) in this month.
     let periods = rtm_periods(input, p, month.last_day(), rules);
-    let earns = |d: usize| d as u32 >= rules.rtm_min_days_short;
-    let first_earning = periods.iter().position(|pd| earns(pd.days.len()));
-    for (k, pd) in periods.iter().enumerate() {
-        if !month.contains(pd.last) {
-            continue;
-        }
-        let days = pd.days.len() as u32;
-        periods_out.push(RpmPeriod {
-            start: pd.start,
-            end: pd.last,
-            days,
-        });
-        // Rule P1: the practitioner of record on the period's last day; one per period.
-        let tenure = p.tenure(Program::Rtm, pd.last);
-        let dlm = LineMaker {
-            dos: pd.last,
-            pos: lm.pos,
-            npi: input.npi_of(&tenure.practitioner),
-            practice: input.practice_of(&tenure.practitioner),
-        };
-        if let (Some(since), Some(before)) = (tenure.since, &tenure.predecessor)
-            && since > pd.start
-        {
-            let confirmed = input.confirms_transition(&tenure.practitioner);
-            r.exceptions.push(transition_exception(
-                Program::Rtm,
-                &format!("the RTM device period {} to {}", pd.start, pd.last),
-                since,
-                before,
-                &tenure.practitioner,
-                input,
-                confirmed,
-            ));
-            if !confirmed {
-                continue;
-            }
-        }
-        if days >= rules.rtm_min_days_long {
-            r.lines.push(dlm.line(long, 1, &dx, &pd.evidence));
-        } else if days >= rules.rtm_min_days_short {
-            r.lines.push(dlm.line(short, 1, &dx, &pd.evidence));
-        } else {
-            r.exceptions.push(Exception::new(
-                Program::Rtm,
-                ExceptionKind::Threshold,
-                format!(
-                    "RTM period {} to {} has {days} day(s) of {} readings; {short} needs {}",
-                    pd.start,
-                    pd.last,
-                    rtm.kind.as_str(),
-                    rules.rtm_min_days_short
-                ),
-            ));
-        }
-        if first_earning == Some(k) {
-            let set_up = LineMaker {
-                dos: setup,
-                pos: lm.pos,
-                npi: dlm.npi.clone(),
-                practice: dlm.practice.clone(),
-            };
-            r.lines.push(set_up.line("98975", 1, &dx, &pd.evidence));
-        }
-    }
+    let periods_out = bill_device_periods(
+        input,
+        p,
+        month,
+        lm,
+        &dx,
+        &periods,
+        &DeviceCodes {
+            program: Program::Rtm,
+            short,
+            long,
+            setup: "98975",
+            min_short: rules.rtm_min_days_short,
+            min_long: rules.rtm_min_days_long,
+            readings: rtm.kind.as_str(),
+            setup_on: setup,
+        },
+        &mut r,
+    );
     // Rule 42: treatment management per calendar month.
     let minutes = minutes_of(t, Program::Rtm);
     let empty = BTreeSet::new();

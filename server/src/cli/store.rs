@@ -175,6 +175,31 @@ fn push_send(
     Ok(())
 }
 
+/// The store, opened as a server would (no server may be running on it), for an import; keep
+/// the sender (the shutdown signal) alive while the import runs.
+type Opened = (
+    std::sync::Arc<crate::server::Shared>,
+    tokio::sync::watch::Sender<bool>,
+);
+
+fn open_for_import(store: &Path) -> Result<Opened, CliError> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    crate::server::Shared::open(
+        store,
+        8 << 20,
+        None,
+        crate::server::Limits::default(),
+        RuleSet::default(),
+        rx,
+    )
+    .map(|shared| (shared, tx))
+    .map_err(|e| {
+        CliError::Invalid(format!(
+            "{e} (is a server running on this store? then import through it)"
+        ))
+    })
+}
+
 pub(super) fn import(
     file: PathBuf,
     store: PathBuf,
@@ -202,20 +227,7 @@ pub(super) fn import(
         return Ok(());
     }
     let done = runtime()?.block_on(async {
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let shared = crate::server::Shared::open(
-            &store,
-            8 << 20,
-            None,
-            crate::server::Limits::default(),
-            RuleSet::default(),
-            rx,
-        )
-        .map_err(|e| {
-            CliError::Invalid(format!(
-                "{e} (is a server running on this store? then import through it)"
-            ))
-        })?;
+        let (shared, _shutdown) = open_for_import(&store)?;
         shared
             .import_parsed(data)
             .await
@@ -272,20 +284,7 @@ pub(super) fn import_roster(
         return Ok(());
     }
     let done = runtime()?.block_on(async {
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let shared = crate::server::Shared::open(
-            &store,
-            8 << 20,
-            None,
-            crate::server::Limits::default(),
-            RuleSet::default(),
-            rx,
-        )
-        .map_err(|e| {
-            CliError::Invalid(format!(
-                "{e} (is a server running on this store? then import through it)"
-            ))
-        })?;
+        let (shared, _shutdown) = open_for_import(&store)?;
         shared
             .import_roster(&facility, format, body)
             .await
