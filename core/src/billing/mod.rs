@@ -848,6 +848,79 @@ fn bill_device_periods(
     out
 }
 
+/// Whether a monitoring program (RPM, RTM) is evaluated for the patient this month: an
+/// enrolment, a consent, time in the month, or a reading of the program.
+fn monitored(
+    input: &Input<'_>,
+    p: &Patient,
+    t: &MonthTime,
+    program: Program,
+    enrolment: bool,
+) -> bool {
+    let reading_program = match program {
+        Program::Rtm => ReadingProgram::Rtm,
+        _ => ReadingProgram::Rpm,
+    };
+    enrolment
+        || p.consents.iter().any(|c| c.program == program)
+        || t.any.contains(&program)
+        || input
+            .readings
+            .get(p.id.as_str())
+            .is_some_and(|v| v.iter().any(|x| x.program() == reading_program))
+}
+
+/// One monitoring program's treatment-management codes (rule 12 for RPM, 42 for RTM).
+struct ManagementCodes<'a> {
+    program: Program,
+    /// The 10-minute code, never billed with `base`.
+    short: &'a str,
+    base: &'a str,
+    addon: &'a str,
+    short_threshold: u32,
+    threshold: u32,
+    block: u32,
+    cap: Option<u32>,
+    requires_interactive: bool,
+}
+
+/// Treatment management per calendar month: the short code, or the base with its add-ons, when
+/// the month has the minutes and (when required) an interactive communication.
+fn bill_management(
+    t: &MonthTime,
+    lm: &LineMaker<'_>,
+    dx: &[String],
+    codes: &ManagementCodes<'_>,
+    r: &mut ProgramResult,
+) {
+    let program = codes.program;
+    let label = program.label();
+    let minutes = minutes_of(t, program);
+    let empty = BTreeSet::new();
+    let ev = t.evidence.get(&program).unwrap_or(&empty);
+    let interactive = t.interactive.get(&program).copied().unwrap_or(false);
+    if minutes >= codes.short_threshold && codes.requires_interactive && !interactive {
+        r.exceptions.push(Exception::new(
+            program,
+            ExceptionKind::Requirement,
+            format!("{minutes} min of {label} management not billable: no interactive communication with the patient this month"),
+        ));
+    } else if minutes >= codes.threshold {
+        let units = rules::addon_units(minutes, codes.threshold, codes.block, codes.cap);
+        r.lines
+            .extend(lm.with_addon(codes.base, codes.addon, units, dx, ev));
+    } else if minutes >= codes.short_threshold {
+        r.lines.push(lm.line(codes.short, 1, dx, ev));
+    } else {
+        r.exceptions.push(needs(
+            program,
+            codes.short_threshold - minutes,
+            codes.short,
+            &format!("{label} management"),
+        ));
+    }
+}
+
 fn bill_rpm(
     input: &Input<'_>,
     p: &Patient,
@@ -857,15 +930,7 @@ fn bill_rpm(
     lm: &LineMaker<'_>,
 ) -> (ProgramResult, Vec<RpmPeriod>) {
     let mut r = ProgramResult::default();
-    let has_readings = input
-        .readings
-        .get(p.id.as_str())
-        .is_some_and(|v| v.iter().any(|r| r.program() == ReadingProgram::Rpm));
-    let enrolled = p.rpm.is_some()
-        || p.consents.iter().any(|c| c.program == Program::Rpm)
-        || t.any.contains(&Program::Rpm)
-        || has_readings;
-    if !enrolled {
+    if !monitored(input, p, t, Program::Rpm, p.rpm.is_some()) {
         return (r, Vec::new());
     }
     let Some(rpm) = &p.rpm else {
@@ -914,38 +979,23 @@ fn bill_rpm(
         &mut r,
     );
     // Rule 12: treatment management per calendar month.
-    let minutes = whole_minutes(t.seconds.get(&Program::Rpm).copied().unwrap_or(0));
-    let empty = BTreeSet::new();
-    let ev = t.evidence.get(&Program::Rpm).unwrap_or(&empty);
-    let interactive = t.interactive.get(&Program::Rpm).copied().unwrap_or(false);
-    if minutes >= rules.rpm_mgmt_99470_threshold
-        && rules.rpm_mgmt_requires_interactive
-        && !interactive
-    {
-        r.exceptions.push(Exception::new(
-            Program::Rpm,
-            ExceptionKind::Requirement,
-            format!("{minutes} min of RPM management not billable: no interactive communication with the patient this month"),
-        ));
-    } else if minutes >= rules.rpm_mgmt_99457_threshold {
-        let units = rules::addon_units(
-            minutes,
-            rules.rpm_mgmt_99457_threshold,
-            rules.rpm_mgmt_addon_block,
-            rules.rpm_mgmt_addon_cap,
-        );
-        r.lines
-            .extend(lm.with_addon("99457", "99458", units, &dx, ev));
-    } else if minutes >= rules.rpm_mgmt_99470_threshold {
-        r.lines.push(lm.line("99470", 1, &dx, ev));
-    } else {
-        r.exceptions.push(needs(
-            Program::Rpm,
-            rules.rpm_mgmt_99470_threshold - minutes,
-            "99470",
-            "RPM management",
-        ));
-    }
+    bill_management(
+        t,
+        lm,
+        &dx,
+        &ManagementCodes {
+            program: Program::Rpm,
+            short: "99470",
+            base: "99457",
+            addon: "99458",
+            short_threshold: rules.rpm_mgmt_99470_threshold,
+            threshold: rules.rpm_mgmt_99457_threshold,
+            block: rules.rpm_mgmt_addon_block,
+            cap: rules.rpm_mgmt_addon_cap,
+            requires_interactive: rules.rpm_mgmt_requires_interactive,
+        },
+        &mut r,
+    );
     (r, periods_out)
 }
 

@@ -1,14 +1,12 @@
 //! Remote Therapeutic Monitoring (rules 38–42): 30-day device periods from set-up, and
 //! treatment management per calendar month.
 
-use std::collections::BTreeSet;
-
 use super::{
-    DeviceCodes, Exception, ExceptionKind, Input, LineMaker, MonthTime, ProgramResult, RpmPeriod,
-    RuleSet, bill_device_periods, chronic_diagnoses, consent_for, minutes_of, needs, rtm_periods,
-    rules,
+    DeviceCodes, Exception, ExceptionKind, Input, LineMaker, ManagementCodes, MonthTime,
+    ProgramResult, RpmPeriod, RuleSet, bill_device_periods, bill_management, chronic_diagnoses,
+    consent_for, monitored, rtm_periods,
 };
-use crate::model::{Patient, Program, ReadingProgram};
+use crate::model::{Patient, Program};
 use crate::month::Month;
 
 pub(super) fn bill_rtm(
@@ -20,15 +18,7 @@ pub(super) fn bill_rtm(
     lm: &LineMaker<'_>,
 ) -> (ProgramResult, Vec<RpmPeriod>) {
     let mut r = ProgramResult::default();
-    let has_readings = input
-        .readings
-        .get(p.id.as_str())
-        .is_some_and(|v| v.iter().any(|x| x.program() == ReadingProgram::Rtm));
-    let enrolled = p.rtm.is_some()
-        || p.consents.iter().any(|c| c.program == Program::Rtm)
-        || t.any.contains(&Program::Rtm)
-        || has_readings;
-    if !enrolled {
+    if !monitored(input, p, t, Program::Rtm, p.rtm.is_some()) {
         return (r, Vec::new());
     }
     let Some((rtm, setup)) = p
@@ -75,37 +65,22 @@ pub(super) fn bill_rtm(
         &mut r,
     );
     // Rule 42: treatment management per calendar month.
-    let minutes = minutes_of(t, Program::Rtm);
-    let empty = BTreeSet::new();
-    let ev = t.evidence.get(&Program::Rtm).unwrap_or(&empty);
-    let interactive = t.interactive.get(&Program::Rtm).copied().unwrap_or(false);
-    if minutes >= rules.rtm_mgmt_short_threshold
-        && rules.rtm_mgmt_requires_interactive
-        && !interactive
-    {
-        r.exceptions.push(Exception::new(
-            Program::Rtm,
-            ExceptionKind::Requirement,
-            format!("{minutes} min of RTM management not billable: no interactive communication with the patient this month"),
-        ));
-    } else if minutes >= rules.rtm_mgmt_threshold {
-        let units = rules::addon_units(
-            minutes,
-            rules.rtm_mgmt_threshold,
-            rules.rtm_mgmt_addon_block,
-            rules.rtm_mgmt_addon_cap,
-        );
-        r.lines
-            .extend(lm.with_addon("98980", "98981", units, &dx, ev));
-    } else if minutes >= rules.rtm_mgmt_short_threshold {
-        r.lines.push(lm.line("98979", 1, &dx, ev));
-    } else {
-        r.exceptions.push(needs(
-            Program::Rtm,
-            rules.rtm_mgmt_short_threshold - minutes,
-            "98979",
-            "RTM management",
-        ));
-    }
+    bill_management(
+        t,
+        lm,
+        &dx,
+        &ManagementCodes {
+            program: Program::Rtm,
+            short: "98979",
+            base: "98980",
+            addon: "98981",
+            short_threshold: rules.rtm_mgmt_short_threshold,
+            threshold: rules.rtm_mgmt_threshold,
+            block: rules.rtm_mgmt_addon_block,
+            cap: rules.rtm_mgmt_addon_cap,
+            requires_interactive: rules.rtm_mgmt_requires_interactive,
+        },
+        &mut r,
+    );
     (r, periods_out)
 }

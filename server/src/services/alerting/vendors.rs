@@ -207,27 +207,48 @@ impl Entry {
 
 /// A string or a number, as text (vendors send ids both ways).
 fn text(v: &Value, field: &str, at: &Entry) -> Result<String, IngestError> {
-    let s = match v.get(field) {
+    text_of(v.get(field), field, at)
+}
+
+/// A value found at `name` (a field or a JSON pointer) as text, not empty.
+fn text_of(found: Option<&Value>, name: &str, at: &Entry) -> Result<String, IngestError> {
+    let s = match found {
         Some(Value::String(s)) => s.trim().to_string(),
         Some(Value::Number(n)) => n.to_string(),
-        None | Some(Value::Null) => return Err(at.err(field, "missing")),
-        Some(_) => return Err(at.err(field, "expected a string or a number")),
+        None | Some(Value::Null) => return Err(at.err(name, "missing")),
+        Some(_) => return Err(at.err(name, "expected a string or a number")),
     };
     if s.is_empty() {
-        return Err(at.err(field, "empty"));
+        return Err(at.err(name, "empty"));
     }
     Ok(s)
 }
 
+/// An ISO 8601 time with an offset, or without one meaning UTC (as vendors send it).
+fn iso_time(t: &str, name: &str, at: &Entry) -> Result<DateTime<FixedOffset>, IngestError> {
+    DateTime::parse_from_rfc3339(t)
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+                .map(|n| Utc.from_utc_datetime(&n).fixed_offset())
+        })
+        .map_err(|_| at.err(name, format!("{t:?} is not an ISO 8601 time")))
+}
+
 /// A number, or a string holding one.
 fn number(v: &Value, field: &str, at: &Entry) -> Result<Option<f64>, IngestError> {
-    match v.get(field) {
+    number_of(v.get(field), field, at)
+}
+
+/// A value found at `name` as a finite number (a number, or a string holding one); absent,
+/// null or an empty string is None.
+fn number_of(found: Option<&Value>, name: &str, at: &Entry) -> Result<Option<f64>, IngestError> {
+    match found {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_f64()
             .filter(|x| x.is_finite())
             .map(Some)
-            .ok_or_else(|| at.err(field, "not a finite number")),
+            .ok_or_else(|| at.err(name, "not a finite number")),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => s
             .trim()
@@ -235,8 +256,8 @@ fn number(v: &Value, field: &str, at: &Entry) -> Result<Option<f64>, IngestError
             .ok()
             .filter(|x| x.is_finite())
             .map(Some)
-            .ok_or_else(|| at.err(field, format!("{s:?} is not a number"))),
-        Some(_) => Err(at.err(field, "expected a number")),
+            .ok_or_else(|| at.err(name, format!("{s:?} is not a number"))),
+        Some(_) => Err(at.err(name, "expected a number")),
     }
 }
 
@@ -279,18 +300,7 @@ fn tenovi(v: &Value, at: &Entry) -> Result<Measurement, IngestError> {
     let metric = text(v, "metric", at)?;
     let device = text(v, "hwi_device_id", at)?;
     let timestamp = text(v, "timestamp", at)?;
-    let measured_at = DateTime::parse_from_rfc3339(&timestamp)
-        .or_else(|_| {
-            // Tenovi timestamps are UTC; accept them without an offset too.
-            chrono::NaiveDateTime::parse_from_str(&timestamp, "%Y-%m-%dT%H:%M:%S%.f")
-                .map(|n| Utc.from_utc_datetime(&n).fixed_offset())
-        })
-        .map_err(|_| {
-            at.err(
-                "timestamp",
-                format!("{timestamp:?} is not an ISO 8601 time"),
-            )
-        })?;
+    let measured_at = iso_time(&timestamp, "timestamp", at)?;
     let (kind, values, unit) = match metric.as_str() {
         "blood_pressure" => bp(required(v, "value_1", at)?, required(v, "value_2", at)?),
         "pulse" => one(ReadingKind::HeartRate, required(v, "value_1", at)?, "/min"),
@@ -503,26 +513,11 @@ impl GenericMapping {
 
 /// A value at a pointer, as text.
 fn text_at(v: &Value, pointer: &str, at: &Entry) -> Result<String, IngestError> {
-    let s = match v.pointer(pointer) {
-        Some(Value::String(s)) => s.trim().to_string(),
-        Some(Value::Number(n)) => n.to_string(),
-        None | Some(Value::Null) => return Err(at.err(pointer, "missing")),
-        Some(_) => return Err(at.err(pointer, "expected a string or a number")),
-    };
-    if s.is_empty() {
-        return Err(at.err(pointer, "empty"));
-    }
-    Ok(s)
+    text_of(v.pointer(pointer), pointer, at)
 }
 
 fn number_at(v: &Value, pointer: &str, at: &Entry) -> Result<f64, IngestError> {
-    match v.pointer(pointer) {
-        Some(Value::Number(n)) => n.as_f64().filter(|x| x.is_finite()),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
-        None | Some(Value::Null) => return Err(at.err(pointer, "missing")),
-        Some(_) => None,
-    }
-    .ok_or_else(|| at.err(pointer, "not a number"))
+    number_of(v.pointer(pointer), pointer, at)?.ok_or_else(|| at.err(pointer, "missing"))
 }
 
 /// A vendor's unit to the model's, with the factor to apply (grams to kilograms).
@@ -560,12 +555,7 @@ fn generic(m: &GenericMapping, v: &Value, at: &Entry) -> Result<Measurement, Ing
     let measured_at = match m.time_format {
         TimeFormat::Rfc3339 => {
             let t = text_at(v, &m.measured_at, at)?;
-            DateTime::parse_from_rfc3339(&t)
-                .or_else(|_| {
-                    chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.f")
-                        .map(|n| Utc.from_utc_datetime(&n).fixed_offset())
-                })
-                .map_err(|_| at.err(&m.measured_at, format!("{t:?} is not an ISO 8601 time")))?
+            iso_time(&t, &m.measured_at, at)?
         }
         TimeFormat::UnixMs | TimeFormat::UnixS => {
             let n = number_at(v, &m.measured_at, at)?;
