@@ -105,6 +105,8 @@ fn data(patients: usize, legacy: bool) -> DataFile {
             }),
             external_services,
             program_choice: Default::default(),
+            discharged_on: None,
+            merged_into: None,
             qmb_periods: Vec::new(),
             id: id.clone(),
             name: format!("Resident {i}"),

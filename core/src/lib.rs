@@ -3,6 +3,7 @@
 //! threads or clocks; time is passed in.
 #![forbid(unsafe_code)]
 
+pub mod adt;
 pub mod alerts;
 pub mod billing;
 pub mod crypt;

@@ -308,6 +308,21 @@ pub struct Stay {
 }
 
 impl Stay {
+    /// The `to` of a stay the ADT feed has opened and not yet closed.
+    pub const OPEN_END: NaiveDate = match NaiveDate::from_ymd_opt(9999, 12, 31) {
+        Some(d) => d,
+        None => NaiveDate::MIN,
+    };
+
+    /// `to`, or "ongoing" for a stay still open.
+    pub fn to_text(&self) -> String {
+        if self.to == Self::OPEN_END {
+            "ongoing".to_string()
+        } else {
+            self.to.to_string()
+        }
+    }
+
     pub fn contains(&self, date: NaiveDate) -> bool {
         self.from <= date && date <= self.to
     }
@@ -340,6 +355,49 @@ pub enum BedsideEvent {
     },
     /// The resident died on this local date.
     Death { on: NaiveDate },
+    /// What the facility's HL7 v2 ADT feed said (written only by the server's actor, never by
+    /// a device: see `policy`). One message is one event; `changes` is what it changes for
+    /// billing, folded in by `view::read_patient` (see `adt::fold`).
+    Adt {
+        /// MSH-10 of the message.
+        message: String,
+        /// MSH-4 (sending facility) of the message.
+        sender: String,
+        /// The trigger event, e.g. `A03`.
+        trigger: String,
+        /// The local date the event took effect (EVN-6, else EVN-2, else MSH-7).
+        on: NaiveDate,
+        #[serde(default)]
+        changes: Vec<AdtChange>,
+    },
+}
+
+/// What one ADT message changes about a resident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdtChange {
+    /// Admitted or registered (A01/A04); ends an open hospital stay and a discharge.
+    Admitted,
+    /// Left for a hospital (A02 to a hospital location, A03 with a hospital disposition): an
+    /// inpatient stay from `on`, open until the resident is back.
+    ToHospital,
+    /// Back from hospital (A01/A04/A02 while a hospital stay is open): the stay ends the day before.
+    Returned,
+    /// Discharged (A03): the resident's active period ends on `on`.
+    Discharged,
+    /// Part A coverage began (`covered`) or ended on `on` (A01/A04/A08, from the field the
+    /// facility's feed settings name).
+    PartA { covered: bool },
+    /// Died on this date (PID-29/30, or A03 with a death disposition).
+    Died { on: NaiveDate },
+    /// Cancels an earlier event of this feed (A11 cancels an admit, A12 a transfer, A13 a discharge).
+    Cancelled { message: String },
+    /// The medical record number changed (A40: this record survives under the new MRN).
+    Mrn { mrn: String },
+    /// This record was merged into another resident (A40): it is no longer billed.
+    MergedInto { patient: String },
+    /// Demographics or location updated; nothing billing reads.
+    Updated,
 }
 
 /// A billing practitioner of record for a period: for one program, or for every program when
@@ -418,6 +476,13 @@ pub struct Patient {
     /// Month → the program that wins a conflict (APCM × CCM/PCM, CCM × PCM, RPM × RTM).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub program_choice: BTreeMap<Month, Program>,
+    /// Discharged from the facility on this local date (from the ADT feed): nothing after it
+    /// counts, like a date of death.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discharged_on: Option<NaiveDate>,
+    /// This record was merged into another resident (ADT A40): it is not billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
 }
 
 impl Patient {

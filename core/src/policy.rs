@@ -11,7 +11,7 @@
 //! | patient-month | `alerts`                              | add an alert under its derived id (`alert_id(reading, rule)`) |
 //! | patient       | `care_plan_text`                      | edit the text                       |
 //! | patient       | `consents`                            | add a consent; set its `revoked_on` once |
-//! | patient       | `bedside_reports`                     | add a reported stay or death under a fresh UUID key, schema-valid, naming the document's patient |
+//! | patient       | `bedside_reports`                     | add a reported stay or death under a fresh UUID key, schema-valid, naming the document's patient (never an `adt` event: the server writes those from the facility's feed) |
 //! | any           | the genesis and the type's migration  | the exact deterministic changes (`document::genesis`, `document::migration`) |
 //! | facility      | `months`                              | add `<patient>/<YYYY-MM>` → that month's document URL, for a rostered patient |
 //!
@@ -764,6 +764,11 @@ fn check_entry(
             own_patient(&r.patient)?;
             person("reported_by", &r.reported_by)?;
             match r.event {
+                BedsideEvent::Adt { .. } => Err(Refusal::new(
+                    Rule::ServerOnly,
+                    path.clone(),
+                    "ADT events come from the facility's feed through the server only",
+                )),
                 BedsideEvent::Stay { from, to, .. } if to < from => {
                     Err(schema("event.to: before event.from".into()))
                 }

@@ -682,6 +682,51 @@ impl Replica {
         self.report(patient, BedsideEvent::Death { on }, reported_by, now)
     }
 
+    /// Write an event of the facility's ADT feed under its derived id (the server's staging
+    /// replica does this; a device's change carrying one is refused by the policy). Returns
+    /// false when an event with that id is already there (a repeat writes nothing).
+    pub fn record_adt_event(
+        &mut self,
+        patient: &str,
+        id: Uuid,
+        event: BedsideEvent,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let facility = self.facility.clone().ok_or(ReplicaError::NoFacility)?;
+        self.require_patient(patient)?;
+        if !matches!(event, BedsideEvent::Adt { .. }) {
+            return Err(ReplicaError::invalid(
+                format!("ADT event for patient {patient}"),
+                "event",
+                "not an ADT event",
+            ));
+        }
+        let doc = DocumentId::patient(&facility, patient);
+        let key = id.to_string();
+        if let Some(d) = self.docs.get(&doc)
+            && let Some(map) = d::container(&d.doc, d::BEDSIDE_REPORTS)
+            && automerge::ReadDoc::get(&d.doc, &map, key.as_str())
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            return Ok(false);
+        }
+        let (reported_at, _) = self.local(now)?;
+        let report = BedsideReport {
+            id,
+            patient: patient.to_string(),
+            reported_by: "adt".to_string(),
+            reported_at,
+            event,
+        };
+        self.change(doc, DocKind::Patient, now, |tx| {
+            let map = d::container(tx, d::BEDSIDE_REPORTS).ok_or(AutomergeError::NotAnObject)?;
+            d::put_entry(tx, &map, &key, &report)
+        })?;
+        Ok(true)
+    }
+
     fn report(
         &mut self,
         patient: &str,

@@ -89,6 +89,8 @@ fn patient(id: String, name: String, practitioner: String) -> Patient {
         qmb_periods: Vec::new(),
         external_services: Vec::new(),
         program_choice: Default::default(),
+        discharged_on: None,
+        merged_into: None,
     }
 }
 

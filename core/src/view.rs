@@ -93,6 +93,7 @@ fn fold_reports(
                     }
                 }
             }
+            BedsideEvent::Adt { .. } => {}
             BedsideEvent::Death { on } => {
                 let earlier = profile
                     .get("died_on")
@@ -104,6 +105,50 @@ fn fold_reports(
                 }
             }
         }
+    }
+    // The facility's ADT feed: its stays join the others, its death the reported ones (the
+    // earliest wins), its discharge, MRN and merge are the feed's alone.
+    let adt = crate::adt::fold(reports);
+    if adt.events.is_empty() {
+        return;
+    }
+    let mut extra: Vec<BedsideReport> = Vec::new();
+    for s in &adt.stays {
+        extra.push(BedsideReport {
+            id: uuid::Uuid::nil(),
+            patient: String::new(),
+            reported_by: String::new(),
+            reported_at: chrono::DateTime::<chrono::FixedOffset>::MIN_UTC.fixed_offset(),
+            event: BedsideEvent::Stay {
+                stay: s.kind,
+                from: s.from,
+                to: s.to,
+            },
+        });
+    }
+    if let Some(on) = adt.died_on {
+        extra.push(BedsideReport {
+            id: uuid::Uuid::nil(),
+            patient: String::new(),
+            reported_by: String::new(),
+            reported_at: chrono::DateTime::<chrono::FixedOffset>::MIN_UTC.fixed_offset(),
+            event: BedsideEvent::Death { on },
+        });
+    }
+    fold_reports(profile, &extra);
+    let date = |d: Option<chrono::NaiveDate>| {
+        d.map_or(serde_json::Value::Null, |d| {
+            serde_json::Value::String(d.to_string())
+        })
+    };
+    if adt.discharged_on.is_some() {
+        profile.insert("discharged_on".into(), date(adt.discharged_on));
+    }
+    if let Some(m) = adt.mrn {
+        profile.insert("mrn".into(), serde_json::Value::String(m));
+    }
+    if let Some(m) = adt.merged_into {
+        profile.insert("merged_into".into(), serde_json::Value::String(m));
     }
 }
 

@@ -59,6 +59,8 @@ fn base() -> DataFile {
         rtm: None,
         external_services: Vec::new(),
         program_choice: Default::default(),
+        discharged_on: None,
+        merged_into: None,
         qmb_periods: Vec::new(),
         id: "p".into(),
         name: "Test Patient".into(),

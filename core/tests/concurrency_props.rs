@@ -59,6 +59,8 @@ fn base() -> DataFile {
         }),
         external_services: Vec::new(),
         program_choice: Default::default(),
+        discharged_on: None,
+        merged_into: None,
         qmb_periods: vec![QmbPeriod {
             from: date("2026-11-15"),
             to: None,

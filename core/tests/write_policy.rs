@@ -418,6 +418,15 @@ fn bedside_stays_and_deaths_are_write_once_events_billing_folds_in() {
         serde_json::json!({"kind": "stay", "stay": "part_a", "from": "2026-11-01", "to": "2026-11-03"}),
     );
     tampered(&doc, &scope, |tx| put(tx, k, &body)).unwrap();
+    // An ADT event (a discharge that would stop billing) forged by a tablet: refused, the
+    // feed's events are the server's.
+    let (k, body) = report(
+        "p-004",
+        serde_json::json!({"kind": "adt", "message": "M1", "sender": "PCC", "trigger": "A03",
+            "on": "2026-11-02", "changes": [{"change": "discharged"}]}),
+    );
+    let refusal = tampered(&doc, &scope, |tx| put(tx, k, &body)).unwrap_err();
+    assert_eq!(refusal.rule, Rule::ServerOnly, "{refusal:?}");
     // The profile's own stays and date of death stay the server's.
     let refusal = tampered(&doc, &scope, |tx| {
         let profile = d::container(tx, d::PROFILE).unwrap();

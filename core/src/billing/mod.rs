@@ -235,13 +235,19 @@ pub(crate) fn month_time(
                     };
                     return Some(format!(
                         "inside the {kind} stay {} to {}",
-                        stay.from, stay.to
+                        stay.from,
+                        stay.to_text()
                     ));
                 }
                 if let Some(d) = p.died_on
                     && s.date > d
                 {
                     return Some(format!("after the date of death {d}"));
+                }
+                if let Some(d) = p.discharged_on
+                    && s.date > d
+                {
+                    return Some(format!("after the discharge from the facility on {d}"));
                 }
                 if let Some(t) = ten.of.get(&s.program)
                     && let (Some(since), Some(before)) = (t.since, &t.predecessor)
@@ -700,7 +706,10 @@ fn device_periods(
         .filter(|c| c.program == m.program)
         .filter_map(|c| c.revoked_on)
         .max();
-    let mut cutoff: Option<NaiveDate> = p.died_on;
+    let mut cutoff: Option<NaiveDate> = match (p.died_on, p.discharged_on) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     if let Some(r) = revoked
         && m.revocation == Revocation::OnDate
         && let Some(day_before) = r.pred_opt()
@@ -1135,6 +1144,26 @@ fn bill_patient(input: &Input<'_>, p: &Patient, month: Month, rules: &RuleSet) -
             ExceptionProgram::General,
             ExceptionKind::Requirement,
             format!("patient died on {d}, before this month"),
+        ));
+        return enc;
+    }
+    if let Some(into) = &p.merged_into {
+        enc.exceptions.push(Exception::new(
+            ExceptionProgram::General,
+            ExceptionKind::Requirement,
+            format!(
+                "this record was merged into resident {into} (ADT A40): it is not billed; move its time and readings to {into}"
+            ),
+        ));
+        return enc;
+    }
+    if let Some(d) = p.discharged_on
+        && d < month.first_day()
+    {
+        enc.exceptions.push(Exception::new(
+            ExceptionProgram::General,
+            ExceptionKind::Requirement,
+            format!("patient was discharged from the facility on {d}, before this month"),
         ));
         return enc;
     }
