@@ -67,7 +67,8 @@ fn norm(h: &str) -> String {
         .collect()
 }
 
-fn patient(id: String, name: String, practitioner: String) -> Patient {
+/// A resident with only the facts every source has: id, name, billing practitioner.
+pub fn blank_patient(id: String, name: String, practitioner: String) -> Patient {
     Patient {
         id,
         name,
@@ -251,7 +252,7 @@ fn from_census(text: &str, base: &DataFile) -> Result<Vec<Patient>, Problems> {
         if problems.len() > before {
             continue;
         }
-        let mut p = patient(id, name, practitioner.unwrap_or_default());
+        let mut p = blank_patient(id, name, practitioner.unwrap_or_default());
         p.birth_date = birth_date;
         let mrn = get(mrn_col);
         p.mrn = (!mrn.is_empty()).then_some(mrn);
@@ -410,7 +411,7 @@ fn from_fhir(text: &str, base: &DataFile) -> Result<Vec<Patient>, Problems> {
         if problems.len() > before {
             continue;
         }
-        let mut p = patient(id.to_string(), name, practitioner.unwrap_or_default());
+        let mut p = blank_patient(id.to_string(), name, practitioner.unwrap_or_default());
         p.birth_date = birth_date;
         p.mrn = mrn;
         out.push(p);

@@ -152,6 +152,18 @@ fn fold_reports(
     }
 }
 
+/// What the facility's ADT feed says about a patient (events, current status, stays).
+pub fn read_adt(doc: &Automerge, patient: &str) -> crate::adt::AdtFold {
+    let mut problems = Vec::new();
+    let reports: Vec<BedsideReport> =
+        d::read_entries(doc, d::BEDSIDE_REPORTS, "bedside report", &mut problems)
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r: &BedsideReport| r.patient == patient)
+            .collect();
+    crate::adt::fold(&reports)
+}
+
 /// Read a patient document (with the care-plan text and the bedside reports folded in).
 pub fn read_patient(doc: &Automerge, patient: &str) -> Result<Patient, Vec<Problem>> {
     let mut problems = Vec::new();

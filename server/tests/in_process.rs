@@ -30,6 +30,7 @@ fn options(store: &Path, listen: SocketAddr, clock: Clock) -> ServeOptions {
         clock,
         alert_tick: Duration::from_secs(10),
         push: None,
+        adt: None,
     }
 }
 

@@ -96,6 +96,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
         clock: Default::default(),
         alert_tick: std::time::Duration::from_secs(10),
         push: None,
+        adt: None,
     };
     let running = crate::http::start(&serve).await.map_err(err)?;
     let shared = running.shared.clone();

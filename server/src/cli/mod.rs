@@ -314,6 +314,16 @@ pub struct ServeArgs {
     /// Seconds between checks for months past their grace window.
     #[arg(long, default_value_t = 3600)]
     pub close_check_seconds: u64,
+    /// Listen for the facilities' HL7 v2 ADT feeds (MLLP) on this address; needs --adt-config.
+    #[arg(long, env = "ROUNDS_ADT_LISTEN", requires = "adt_config")]
+    pub adt_listen: Option<std::net::SocketAddr>,
+    /// The ADT feeds: a TOML file with one [[feed]] per sending facility (MSH-4 → facility,
+    /// practitioner for new residents, hospital locations, Part A field); see docs/adt.md.
+    #[arg(long, env = "ROUNDS_ADT_CONFIG", requires = "adt_listen")]
+    pub adt_config: Option<PathBuf>,
+    /// MLLP inside TLS on --adt-listen, with the server's certificate.
+    #[arg(long, requires = "adt_listen")]
+    pub adt_tls: bool,
     /// Alert notifications: a TOML file with [webhook] (url, HMAC secret) and/or [email]
     /// (SMTP); see ARCHITECTURE.md. Without it, alerts show only in the apps.
     #[arg(long)]

@@ -16,6 +16,20 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
         .map(crate::services::notify::NotifyConfig::load)
         .transpose()
         .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let adt = match (args.adt_listen, args.adt_config.as_deref()) {
+        (Some(listen), Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Invalid(format!("--adt-config {}: {e}", path.display())))?;
+            let settings = rounds_core::adt::AdtSettings::parse(&text)
+                .map_err(|e| CliError::Invalid(format!("--adt-config {}: {e}", path.display())))?;
+            Some(crate::server::AdtListen {
+                listen,
+                settings,
+                tls: args.adt_tls,
+            })
+        }
+        _ => None,
+    };
     let opts = crate::server::ServeOptions {
         store: args.store,
         listen: args.listen,
@@ -47,6 +61,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
             .unwrap_or_default(),
         alert_tick: std::time::Duration::from_secs(args.alert_tick_seconds.max(1)),
         push,
+        adt,
     };
     runtime()?
         .block_on(crate::http::serve(opts))

@@ -351,6 +351,39 @@ pub async fn start_on(
         "rounds: listening on {scheme}://{addr} (sync at /sync, store {})",
         opts.store.display()
     );
+    if let Some(adt) = &opts.adt {
+        let feed = crate::server::adt::AdtFeed::open(shared.store.db(), adt.settings.clone())
+            .map_err(|e| ServeError::Flush(format!("opening the ADT feed's tree: {e}")))?;
+        let tls = if adt.tls {
+            let tls = crate::server::tls::setup(
+                &opts.store,
+                opts.tls_cert.as_deref(),
+                opts.tls_key.as_deref(),
+            )?;
+            Some(tls.config)
+        } else {
+            None
+        };
+        let listener = tokio::net::TcpListener::bind(adt.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: adt.listen,
+                source,
+            })?;
+        let at = listener.local_addr().unwrap_or(adt.listen);
+        let _ = writeln!(
+            out,
+            "rounds: ADT feed (HL7 v2 over MLLP{}) on {at}, {} sending facilit{}",
+            if adt.tls { ", TLS" } else { "" },
+            adt.settings.feed.len(),
+            if adt.settings.feed.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
+        crate::server::adt::start(shared.clone(), Arc::new(feed), listener, tls);
+    }
     let _ = out.flush();
     Ok(Running {
         shared,

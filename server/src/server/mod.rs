@@ -21,6 +21,7 @@ use crate::sync::shards::{DEV_SHARD, Shard, ShardCore, ShardMsg, Shards};
 use crate::sync::store::SledStore;
 
 mod admission;
+pub mod adt;
 mod alerting;
 mod close;
 pub mod connection;
@@ -57,6 +58,17 @@ pub struct ServeOptions {
     /// The practice's EHR (`push.toml`): the console's "approve and push" queues packages and
     /// the server sends them. None: packages are downloaded or pushed with `rounds push`.
     pub push: Option<crate::services::push::PushConfig>,
+    /// The facility ADT feed listener (`--adt-listen`); none: no listener.
+    pub adt: Option<AdtListen>,
+}
+
+/// `--adt-listen`, `--adt-config`, `--adt-tls`.
+#[derive(Debug, Clone)]
+pub struct AdtListen {
+    pub listen: SocketAddr,
+    pub settings: rounds_core::adt::AdtSettings,
+    /// MLLP inside TLS with the server's certificate.
+    pub tls: bool,
 }
 
 /// Per-device limits.
