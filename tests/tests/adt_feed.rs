@@ -127,6 +127,8 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
     std::fs::write(&config, FEED).unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    rounds_tests::add_console_user(&store, "ana", "nurse", &["sunnyvale"], "correct horse 12")
+        .unwrap();
     let server = ServerProcess::start_with(
         &store,
         &[
@@ -382,6 +384,45 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
         .unwrap();
     assert_eq!(luis.status(), Some("admission cancelled"));
 
+    // What the console shows: the stay, the events, the merged record pending nothing.
+    let (_, cookie, _) = rounds_tests::console_session(&server, "ana", "correct horse 12")
+        .await
+        .unwrap();
+    let cookie = cookie.expect("signed in");
+    let page = |path: String| {
+        let cookie = cookie.clone();
+        let server = &server;
+        async move {
+            let (status, _, body) = rounds_tests::https_exchange(
+                server,
+                &format!("GET {path} HTTP/1.1\r\nCookie: {cookie}"),
+                b"",
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        }
+    };
+    let p002 = page("/console/patient?facility=sunnyvale&patient=p-002&month=2026-11".into()).await;
+    assert!(
+        p002.contains("Hospital inpatient 2026-11-14 to 2026-11-15"),
+        "{p002}"
+    );
+    assert!(p002.contains("back from hospital") && p002.contains("left for hospital"));
+    let ruth_page =
+        page("/console/patient?facility=sunnyvale&patient=mrn-200001&month=2026-11".into()).await;
+    assert!(
+        ruth_page.contains("Merged into") && ruth_page.contains("p-005"),
+        "{ruth_page}"
+    );
+    let luis_page =
+        page("/console/patient?facility=sunnyvale&patient=mrn-200002&month=2026-11".into()).await;
+    assert!(
+        luis_page.contains("admission cancelled") && luis_page.contains("cancelled"),
+        "{luis_page}"
+    );
+
     // Month close bills what `rounds bill` bills with the same facts in the data file.
     drop(server);
     let s = store.to_str().unwrap();
@@ -466,5 +507,76 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
     assert!(
         !audit.contains("Newman") && !audit.contains("Ruth"),
         "no names in the audit log"
+    );
+}
+
+/// `--adt-tls`: MLLP inside TLS with the server's certificate; a plain connection gets no ACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_can_come_over_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = dir.path().join("adt.toml");
+    std::fs::write(&config, FEED).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = ServerProcess::start_with(
+        &store,
+        &[
+            "--adt-listen",
+            &listen,
+            "--adt-config",
+            config.to_str().unwrap(),
+            "--adt-tls",
+        ],
+    )
+    .unwrap();
+    let mut t = tablet(&dir.path().join("t"));
+    sync_with(&mut t, &server).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(rounds_tests::tls_client(&server).unwrap());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let msg = adt(
+        "A02",
+        "t1",
+        "20261114",
+        &[pid("100074", "X^Y"), seg("PV1", &[(3, "HOSP")])],
+    );
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(msg.as_bytes());
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    tls.write_all(&frame).await.unwrap();
+    let ack = read_mllp(&mut tls).await.expect("an ACK over TLS");
+    assert!(ack.contains("MSA|AA|t1|"), "{ack}");
+    // Plain MLLP on the TLS port: no ACK, nothing applied.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let msg2 = adt(
+        "A02",
+        "t2",
+        "20261116",
+        &[pid("100074", "X^Y"), seg("PV1", &[(3, "2W")])],
+    );
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(msg2.as_bytes());
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    plain.write_all(&frame).await.unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(15), read_mllp(&mut plain))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    sync_with(&mut t, &server).await.unwrap();
+    let stays = t.patient("p-002").unwrap().stays;
+    assert_eq!(stays.len(), 1);
+    assert_eq!(
+        stays[0].to,
+        Stay::OPEN_END,
+        "still in hospital: t2 was not applied"
     );
 }

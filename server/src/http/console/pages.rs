@@ -444,6 +444,27 @@ pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
     timeline.extend(readings.iter().map(|r| (r.measured_at, Item::R(r))));
     timeline.sort_by_key(|(t, _)| *t);
     let plan = p.care_plan.clone().unwrap_or_default();
+    // What the facility's ADT feed said (events, status), read from the patient document.
+    let adt = {
+        let (store, doc_id, id) = (
+            shared.store.clone(),
+            rounds_core::DocumentId::patient(&facility, &pid),
+            pid.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            store
+                .load_doc(&doc_id)
+                .map(|doc| rounds_core::view::read_adt(&doc, &id))
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    };
+    let from_feed = adt
+        .events
+        .iter()
+        .any(|e| !e.cancelled && e.changes.contains(&rounds_core::AdtChange::Admitted));
     let body = html! {
         p { a href=(format!("/console/?facility={facility}")) { "← Worklist" } }
         h1 { (p.name) " — " (month.first_day().format("%B %Y")) }
@@ -476,6 +497,18 @@ pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
                 h2 { "Conditions" }
                 @if p.conditions.is_empty() { p.muted { "None recorded." } }
                 ul { @for cnd in &p.conditions { li { (cnd.icd10) @if cnd.chronic { " (chronic)" } } } }
+            }
+            div.card #census {
+                h2 { "Stay" }
+                @if let Some(st) = adt.status() { p { span.badge { (st) } " (facility ADT feed)" } }
+                @if from_feed && p.conditions.is_empty() && p.consents.is_empty() {
+                    p { span.badge.warning { "pending review" } " Added by the facility's ADT feed: add conditions and consent before anything can bill." }
+                }
+                @if let Some(into) = &p.merged_into { p { span.badge.warning { "merged" } " Merged into " a href=(format!("/console/patient?facility={facility}&patient={into}")) { (into) } ": this record is not billed." } }
+                @if let Some(d) = p.died_on { p { "Died " (d) } }
+                @if let Some(d) = p.discharged_on { p { "Discharged " (d) } }
+                @if p.stays.is_empty() { p.muted { "No Part A or inpatient stays." } }
+                ul { @for st in &p.stays { li { (match st.kind { rounds_core::StayKind::PartA => "Part A", rounds_core::StayKind::Inpatient => "Hospital inpatient" }) " " (st.from) " to " (st.to_text()) } } }
             }
             div.card {
                 h2 { "Consents" }
@@ -518,6 +551,18 @@ pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
                             td { @if let (Some(s), Some(d)) = (r.systolic, r.diastolic) { (s) "/" (d) } @else { (r.value.map(|v| v.to_string()).unwrap_or_default()) } " " (r.unit) }
                         }
                     }
+                } } }
+            }
+        }
+        @if !adt.events.is_empty() {
+            h2 { "Census events (ADT feed)" }
+            table #adt {
+                thead { tr { th { "Effective" } th { "Event" } th { "What it changed" } th { "Message" } } }
+                tbody { @for e in adt.events.iter().rev() { tr {
+                    td { (e.on) }
+                    td { (e.trigger) }
+                    td { (e.changes.iter().map(rounds_core::adt::change_text).collect::<Vec<_>>().join(", ")) @if e.cancelled { " " span.badge { "cancelled" } } }
+                    td.muted { (e.message) " · received " (local(e.received_at, tz)) }
                 } } }
             }
         }
