@@ -477,7 +477,7 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
     let minutes = |encs: &[rounds_core::billing::Encounter], id: &str| {
         encs.iter()
             .find(|e| e.patient == id)
-            .map(|e| serde_json::to_value(&e.minutes).unwrap())
+            .map(|e| serde_json::to_value(e.minutes).unwrap())
     };
     for id in ["p-002", "p-003", "p-006", "p-001"] {
         assert_ne!(

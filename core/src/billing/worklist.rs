@@ -164,7 +164,11 @@ pub fn worklist(
     let month = Month::of(as_of);
     let mut out = Vec::new();
     for p in &data.patients {
-        if p.died_on.is_some_and(|d| d < as_of) {
+        // Not in the facility any more: died, discharged (ADT) or merged into another record.
+        if p.died_on.is_some_and(|d| d < as_of)
+            || p.discharged_on.is_some_and(|d| d < as_of)
+            || p.merged_into.is_some()
+        {
             continue;
         }
         let enc = bill_patient(&input, p, month, rules);
