@@ -382,3 +382,57 @@ impl Shared {
         self.stage(facility, &docs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frames(input: Vec<u8>) -> Vec<Option<Vec<u8>>> {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            let _ = a.write_all(&input).await;
+        });
+        let mut r = MllpReader { buf: Vec::new() };
+        let mut out = Vec::new();
+        loop {
+            match r.next(&mut b).await {
+                Ok(Some(Frame::Message(m))) => out.push(Some(m)),
+                Ok(Some(Frame::TooLarge)) => {
+                    out.push(None);
+                    break;
+                }
+                _ => break,
+            }
+            if out.len() > 10 {
+                break;
+            }
+            if writer.is_finished() && r.buf.is_empty() {
+                break;
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_are_cut_at_their_end_and_noise_between_them_is_dropped() {
+        let mut input = b"\r\n".to_vec();
+        input.extend_from_slice(b"\x0bMSH|one\x1c\x0d");
+        input.extend_from_slice(b"junk\x0bMSH|two\x1c\x0d");
+        let got = frames(input).await;
+        assert_eq!(
+            got,
+            vec![Some(b"MSH|one".to_vec()), Some(b"MSH|two".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_without_end_stops_at_the_size_limit() {
+        let mut input = vec![0x0b];
+        input.extend(std::iter::repeat_n(
+            b'x',
+            rounds_core::adt::MAX_MESSAGE_BYTES + 10,
+        ));
+        let got = frames(input).await;
+        assert_eq!(got, vec![None]);
+    }
+}

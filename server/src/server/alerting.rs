@@ -386,10 +386,101 @@ impl Shared {
                     _ = shutdown.changed() => return,
                 }
                 self.escalate_due().await;
+                self.check_adherence().await;
                 let config = self.alerting.config();
                 self.alerting.outbox.deliver_due(&config, &http).await;
             }
         });
+    }
+
+    /// RPM adherence (at most hourly, when `rpm_adherence` is among the notify events): every
+    /// RPM patient whose open device period, at the rate of readings so far, will not reach 16
+    /// data days (`behind`), can no longer reach 16 (`short`) or not even 2 (`lost`) gets one
+    /// notice per period and status, naming ids and days only. Returns the notices queued.
+    pub async fn check_adherence(&self) -> usize {
+        let config = self.alerting.config();
+        if !config.wants("rpm_adherence") {
+            return 0;
+        }
+        let now = self.alerting.now();
+        {
+            let mut last = self
+                .alerting
+                .adherence_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| now - t < chrono::Duration::hours(1) && now >= t) {
+                return 0;
+            }
+            *last = Some(now);
+        }
+        let mut queued = 0;
+        for facility in self.facility_ids() {
+            let store = self.store.clone();
+            let rules = self.rules.clone();
+            let f = facility.clone();
+            let items = tokio::task::spawn_blocking(move || {
+                let fd = crate::sync::store::read_model::facility_data(&store, &f).ok()?;
+                let tz = rounds_core::validate::parse_zone(&fd.data.facility.timezone)?;
+                let as_of = now.with_timezone(&tz).date_naive();
+                rounds_core::billing::worklist::worklist(&fd.data, as_of, &rules).ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            for item in items {
+                let Some(period) = item.period.as_ref() else {
+                    continue;
+                };
+                use rounds_core::billing::worklist::Adherence;
+                let status = match period.adherence {
+                    Adherence::OnTrack => continue,
+                    Adherence::Behind => "behind",
+                    Adherence::Short => "short",
+                    Adherence::Lost => "lost",
+                };
+                let key = format!(
+                    "adherence/{facility}/{}/{}/{status}",
+                    item.patient, period.start
+                );
+                let notice = crate::services::notify::AlertNotice {
+                    event: crate::services::notify::ADHERENCE_EVENT.into(),
+                    alert_id: key.clone(),
+                    facility: facility.clone(),
+                    patient: item.patient.clone(),
+                    severity: "warning".into(),
+                    rule: format!("rpm_adherence:{status}"),
+                    message: format!(
+                        "RPM period {} to {}: {}; {} more day(s) needed for 99454, {} for 99445",
+                        period.start,
+                        period.end,
+                        period.adherence.describe(period),
+                        period.days_to_99454,
+                        period.days_to_99445
+                    ),
+                    raised_at: now.to_rfc3339(),
+                    deadline: period.end.to_string(),
+                    escalated_to: None,
+                    escalated_at: None,
+                    on_call: Vec::new(),
+                };
+                if self.alerting.outbox.enqueue(
+                    &config,
+                    &key,
+                    &notice,
+                    &self.practice_contacts(&facility, &item.patient),
+                ) {
+                    queued += 1;
+                    let mut a = AuditRecord::new("rpm-adherence");
+                    a.facility = Some(facility.clone());
+                    a.patient = Some(item.patient.clone());
+                    a.detail = Some(format!("period {} {status}", period.start));
+                    self.security.record(a);
+                }
+            }
+        }
+        queued
     }
 
     /// Queue changed documents for alert evaluation.

@@ -17,7 +17,8 @@ use sha2::Sha256;
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// Which events notify: `escalated` (an alert passed its deadline unacknowledged; the
-    /// default) and `urgent_raised` (every urgent alert as it is raised).
+    /// default), `urgent_raised` (every urgent alert as it is raised) and `rpm_adherence` (an
+    /// RPM patient's device period, at the rate so far, will not reach 16 — or 2 — data days).
     #[serde(default = "default_events")]
     pub events: Vec<String>,
     #[serde(default)]
@@ -70,6 +71,9 @@ fn default_smtp_port() -> u16 {
     587
 }
 
+/// The events a notify configuration may ask for.
+pub const EVENTS: [&str; 3] = ["escalated", "urgent_raised", "rpm_adherence"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     #[error("{path}: {message}")]
@@ -85,9 +89,10 @@ impl NotifyConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let c: NotifyConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         for e in &c.events {
-            if e != "escalated" && e != "urgent_raised" {
+            if !EVENTS.contains(&e.as_str()) {
                 return Err(err(format!(
-                    "events: {e:?} is not \"escalated\" or \"urgent_raised\""
+                    "events: {e:?} is not one of {}",
+                    EVENTS.join(", ")
                 )));
             }
         }
@@ -189,7 +194,8 @@ impl Outbox {
         key: &str,
         notice: &AlertNotice,
         also_to: &[String],
-    ) {
+    ) -> bool {
+        let mut queued = false;
         let channels = [
             (Channel::Webhook, config.webhook.is_some()),
             (Channel::Email, config.email.is_some()),
@@ -228,13 +234,15 @@ impl Outbox {
                 .pending
                 .compare_and_swap(id.as_bytes(), None as Option<&[u8]>, Some(bytes))
             {
-                Ok(_) => {}
+                Ok(Ok(())) => queued = true,
+                Ok(Err(_)) => {}
                 Err(e) => {
                     tracing::error!(delivery = %id, error = %e, "could not queue a notification")
                 }
             }
         }
         let _ = self.pending.flush();
+        queued
     }
 
     pub fn pending(&self) -> Vec<Delivery> {
@@ -352,6 +360,12 @@ async fn send_webhook(
 
 /// The email subject: severity and facility only, never patient identifiers.
 pub fn subject(n: &AlertNotice) -> String {
+    if n.event == ADHERENCE_EVENT {
+        return format!(
+            "[Rounds] RPM adherence: device days at risk (facility {})",
+            n.facility
+        );
+    }
     let what = if n.event == "alert.escalated" {
         "escalated: not acknowledged in time"
     } else {
@@ -363,7 +377,16 @@ pub fn subject(n: &AlertNotice) -> String {
     )
 }
 
+/// The event of an RPM adherence notice.
+pub const ADHERENCE_EVENT: &str = "rpm.adherence";
+
 fn email_body(n: &AlertNotice) -> String {
+    if n.event == ADHERENCE_EVENT {
+        return format!(
+            "An RPM device period is at risk.\n\nFacility: {}\nPatient id: {}\nStatus: {}\n{}\nPeriod ends: {}\n\nOpen the Rounds worklist to see who needs a reading today.\n",
+            n.facility, n.patient, n.rule, n.message, n.deadline
+        );
+    }
     let mut s = format!(
         "A {} alert was {}.\n\nAlert: {}\nFacility: {}\nPatient id: {}\nRule: {}\nReading: {}\nRaised: {}\nDeadline: {}\n",
         n.severity,

@@ -100,6 +100,8 @@ pub struct Alerting {
     pub(crate) eval_tx: mpsc::UnboundedSender<DocumentId>,
     /// The server's actor id (derived from the store's storage id).
     pub(crate) actor: Vec<u8>,
+    /// When the RPM adherence check last ran (server clock): it runs at most hourly.
+    pub(crate) adherence_checked: Mutex<Option<DateTime<Utc>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,7 @@ impl Alerting {
                 devices: Mutex::new(HashMap::new()),
                 eval_tx,
                 actor: rounds_core::policy::server_actor(storage_id),
+                adherence_checked: Mutex::new(None),
             },
             rx,
         ))
