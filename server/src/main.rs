@@ -5,7 +5,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use rounds_server::cli;
 
 /// jemalloc instead of glibc's malloc: a reconnect storm allocates and frees documents on many
@@ -24,7 +23,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = cli::Cli::parse();
+    let args = cli::config::parse_args(std::env::args_os().collect());
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

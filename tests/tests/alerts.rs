@@ -279,13 +279,17 @@ async fn ingestion_is_idempotent_and_an_unacknowledged_alert_escalates_once() {
     let (hook_port, hooks) = webhook_receiver().await;
     let (_sink, smtp_port) = smtp_sink(&dir.path().join("mail"));
     let secret = "s3cret-for-the-test-0123456789";
+    // The webhook key from a secrets file, not the TOML: the signatures below prove it is used.
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
     let notify = dir.path().join("notify.toml");
     std::fs::write(
         &notify,
         format!(
-            "[webhook]\nurl = \"http://127.0.0.1:{hook_port}/rounds\"\nsecret = \"{secret}\"\n\n\
+            "[webhook]\nurl = \"http://127.0.0.1:{hook_port}/rounds\"\nsecret = {{ file = {:?} }}\n\n\
              [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp_port}\nsecurity = \"none\"\n\
-             from = \"rounds@practice.test\"\nto = [\"oncall@practice.test\"]\n"
+             from = \"rounds@practice.test\"\nto = [\"oncall@practice.test\"]\n",
+            secret_file.display()
         ),
     )
     .unwrap();

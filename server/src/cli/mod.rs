@@ -94,6 +94,12 @@ pub enum Command {
     },
     /// Run the sync server (WebSocket at /sync over TLS; /healthz, /metrics).
     Serve(Box<ServeArgs>),
+    /// The server's configuration: `check` validates it (flags, environment, `--config` file and
+    /// the files it names) and prints the effective settings, secrets redacted.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Practices: the billing entities (group NPI, TIN, practitioners, EHR identifiers) and
     /// their monthly summaries over all facilities.
     Practice {
@@ -256,63 +262,75 @@ pub enum Command {
     },
 }
 
-/// `rounds serve`'s flags.
-#[derive(Debug, clap::Args)]
+/// `rounds serve`'s flags (each also an environment variable, and a key of `--config`).
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub struct ServeArgs {
+    /// A `rounds.toml` holding any of these settings (the flag names, `_` or `-`): a flag or
+    /// its environment variable wins over the file, the file over the default. `rounds config
+    /// check` shows the result.
+    #[arg(long, env = "ROUNDS_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// The store directory (sled database, TLS certificate).
-    #[arg(long, default_value = "./rounds-data")]
+    #[arg(long, default_value = "./rounds-data", env = "ROUNDS_STORE")]
     pub store: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, default_value = "127.0.0.1:8443", env = "ROUNDS_LISTEN")]
     pub listen: std::net::SocketAddr,
     /// PEM certificate chain; without it a self-signed certificate is generated into the store.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, requires = "tls_key", env = "ROUNDS_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, requires = "tls_cert", env = "ROUNDS_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP (no TLS). Only on a trusted network.
-    #[arg(long)]
+    #[arg(long, env = "ROUNDS_INSECURE_HTTP")]
     pub insecure_http: bool,
     /// Largest WebSocket frame accepted, in bytes.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = 8 << 20, env = "ROUNDS_MAX_FRAME")]
     pub max_frame: usize,
     /// Accept this development token for every facility's documents (testing only; or
     /// ROUNDS_DEV_TOKEN). Devices normally enrol: see `rounds device`.
     #[arg(long, env = "ROUNDS_DEV_TOKEN")]
+    #[serde(serialize_with = "config::redact")]
     pub dev_token: Option<String>,
     /// Connections one device may hold open at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "ROUNDS_MAX_CONNECTIONS_PER_DEVICE")]
     pub max_connections_per_device: usize,
     /// Documents one connection may sync.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(
+        long,
+        default_value_t = 50_000,
+        env = "ROUNDS_MAX_DOCUMENTS_PER_CONNECTION"
+    )]
     pub max_documents_per_connection: usize,
     /// Documents no connection uses that stay in memory, across all facilities, so one asked
     /// for again soon is not reloaded from the store (least recently used leave first; 0: a
     /// document leaves memory as soon as no exchange uses it). Peak memory follows it.
-    #[arg(long, default_value_t = rounds_core::sync::hub::DEFAULT_IDLE_DOCUMENTS)]
+    #[arg(long, default_value_t = rounds_core::sync::hub::DEFAULT_IDLE_DOCUMENTS, env = "ROUNDS_IDLE_DOCUMENTS")]
     pub idle_documents: usize,
     /// Bytes queued for one connection and not yet read by its peer before the connection
     /// is cut (a peer that reads too slowly is disconnected, not buffered without end).
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, default_value_t = 32 << 20, env = "ROUNDS_MAX_OUTBOUND_BYTES")]
     pub max_outbound_bytes: usize,
     /// Console sign-in attempts per minute per client address, and per account.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, env = "ROUNDS_SIGN_INS_PER_MINUTE")]
     pub sign_ins_per_minute: f64,
     #[command(flatten)]
+    #[serde(flatten)]
     pub network: Box<crate::server::network::NetworkLimits>,
     /// Sustained frames per second per device (bursts of --frame-burst allowed).
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value_t = 500.0, env = "ROUNDS_FRAMES_PER_SECOND")]
     pub frames_per_second: f64,
-    #[arg(long, default_value_t = 20_000.0)]
+    #[arg(long, default_value_t = 20_000.0, env = "ROUNDS_FRAME_BURST")]
     pub frame_burst: f64,
     /// Hours an enrolment code stays valid.
-    #[arg(long, default_value_t = 24.0)]
+    #[arg(long, default_value_t = 24.0, env = "ROUNDS_ENROLMENT_CODE_HOURS")]
     pub enrolment_code_hours: f64,
     /// A TOML rule set for month close (default: the built-in medicare-ffs-2026).
-    #[arg(long)]
+    #[arg(long, env = "ROUNDS_RULES")]
     pub rules: Option<PathBuf>,
     /// Seconds between checks for months past their grace window.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, env = "ROUNDS_CLOSE_CHECK_SECONDS")]
     pub close_check_seconds: u64,
     /// Listen for the facilities' HL7 v2 ADT feeds (MLLP) on this address; needs --adt-config.
     #[arg(long, env = "ROUNDS_ADT_LISTEN", requires = "adt_config")]
@@ -322,22 +340,29 @@ pub struct ServeArgs {
     #[arg(long, env = "ROUNDS_ADT_CONFIG", requires = "adt_listen")]
     pub adt_config: Option<PathBuf>,
     /// MLLP inside TLS on --adt-listen, with the server's certificate.
-    #[arg(long, requires = "adt_listen")]
+    #[arg(long, requires = "adt_listen", env = "ROUNDS_ADT_TLS")]
     pub adt_tls: bool,
     /// Alert notifications: a TOML file with [webhook] (url, HMAC secret) and/or [email]
     /// (SMTP); see ARCHITECTURE.md. Without it, alerts show only in the apps.
-    #[arg(long)]
+    #[arg(long, env = "ROUNDS_NOTIFY")]
     pub notify: Option<PathBuf>,
     /// Seconds between escalation checks and notification deliveries.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "ROUNDS_ALERT_TICK_SECONDS")]
     pub alert_tick_seconds: u64,
     /// Read the current time from this file (RFC 3339) for alert deadlines (tests only).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, env = "ROUNDS_CLOCK_FILE")]
     pub clock_file: Option<PathBuf>,
     /// The practice's EHR (push.toml, as for `rounds push`): the console's "approve and
     /// push" queues a closed month and the server sends it.
-    #[arg(long)]
+    #[arg(long, env = "ROUNDS_PUSH")]
     pub push: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration `rounds serve` would run with (the same flags, environment
+    /// and `--config`), print it as TOML with secrets redacted; non-zero on any problem.
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -505,6 +530,7 @@ pub enum CliError {
 
 mod admin;
 pub mod admin_client;
+pub mod config;
 mod data;
 pub mod demo;
 mod run;

@@ -93,6 +93,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => store::push(command, store, server),
         Command::Rules => data::rules(),
         Command::Serve(args) => serve::serve(*args),
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => {
+            let text = super::config::check(&args)?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Import {
             file,
             facility,

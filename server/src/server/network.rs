@@ -27,42 +27,50 @@ fn default_password_hashes() -> usize {
 }
 
 /// `rounds serve`'s network limits (see SECURITY.md, "Limits").
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct NetworkLimits {
     /// Connections open at once, over all clients (more are closed as they arrive).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, env = "ROUNDS_MAX_CONNECTIONS")]
     pub max_connections: usize,
     /// Connections open at once from one client address. A facility's tablets behind one NAT
     /// share an address, and behind a reverse proxy every client has the proxy's.
-    #[arg(long, default_value_t = 512)]
+    #[arg(
+        long,
+        default_value_t = 512,
+        env = "ROUNDS_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
     pub max_connections_per_address: usize,
     /// Seconds a new connection has to finish its TLS handshake, and then to send each
     /// request's complete headers; a client that trickles them (slowloris) is closed.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "ROUNDS_HEADER_TIMEOUT_SECONDS")]
     pub header_timeout_seconds: u64,
     /// Largest request body accepted on any endpoint except the data-file import, in bytes
     /// (more: 413, nothing read further).
-    #[arg(long, default_value_t = 2 << 20)]
+    #[arg(long, default_value_t = 2 << 20, env = "ROUNDS_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
     /// Largest data file `POST /api/v1/import` accepts, in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = 64 << 20, env = "ROUNDS_MAX_IMPORT_BYTES")]
     pub max_import_bytes: usize,
     /// Console password checks (argon2, ~19 MiB each) computed at once, each on its own
     /// thread; a sign-in waits at most 3 s for one, then gets 429. Default: half the cores, at
     /// least 1 and at most 4, so a flood of sign-ins leaves the rest to sync.
-    #[arg(long, default_value_t = default_password_hashes())]
+    #[arg(long, default_value_t = default_password_hashes(), env = "ROUNDS_PASSWORD_HASHES_AT_ONCE")]
     pub password_hashes_at_once: usize,
     /// Refuse a device token in the sync URL's query string (`/sync?token=…`). Browser
     /// WebSocket clients cannot set an Authorization header and need it; apps send the header.
-    #[arg(long)]
+    #[arg(long, env = "ROUNDS_NO_QUERY_TOKENS")]
     pub no_query_tokens: bool,
     /// Seconds over which audit records anyone can cause (unauthenticated or rate-limited
     /// requests, a device's repeated denials) are folded into one record per source and reason.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, env = "ROUNDS_AUDIT_AGGREGATE_SECONDS")]
     pub audit_aggregate_seconds: u64,
     /// A reverse proxy's address whose `X-Forwarded-For` header names the real client (repeat
     /// for several). Without it the header is ignored: anyone could write it.
-    #[arg(long = "trusted-proxy")]
+    #[arg(
+        long = "trusted-proxy",
+        env = "ROUNDS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<IpAddr>,
 }
 

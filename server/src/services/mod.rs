@@ -12,4 +12,5 @@ pub mod notify;
 pub mod pdf;
 pub mod practice_summary;
 pub mod push;
+pub mod secret;
 pub mod security;

@@ -35,8 +35,9 @@ fn default_events() -> Vec<String> {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,
-    /// HMAC-SHA256 key: `X-Rounds-Signature: sha256=hex(hmac(secret, "<timestamp>.<body>"))`.
-    pub secret: String,
+    /// HMAC-SHA256 key: `X-Rounds-Signature: sha256=hex(hmac(secret, "<timestamp>.<body>"))`;
+    /// inline, or `{ file = "…" }` / `{ env = "…" }`.
+    pub secret: crate::services::secret::Secret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -61,8 +62,9 @@ pub struct EmailConfig {
     pub security: SmtpSecurity,
     #[serde(default)]
     pub username: Option<String>,
+    /// Inline, or `{ file = "…" }` / `{ env = "…" }`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<crate::services::secret::Secret>,
     pub from: String,
     pub to: Vec<String>,
 }
@@ -346,7 +348,10 @@ async fn send_webhook(
         .header("x-rounds-event", &d.notice.event)
         .header("x-rounds-delivery", &d.id)
         .header("x-rounds-timestamp", ts.to_string())
-        .header("x-rounds-signature", signature(&w.secret, ts, &body))
+        .header(
+            "x-rounds-signature",
+            signature(w.secret.expose(), ts, &body),
+        )
         .body(body)
         .send()
         .await
@@ -446,7 +451,7 @@ async fn send_email(m: EmailConfig, d: Delivery) -> Result<(), String> {
             .port(m.smtp_port)
             .timeout(Some(Duration::from_secs(20)));
         if let (Some(u), Some(p)) = (&m.username, &m.password) {
-            builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+            builder = builder.credentials(Credentials::new(u.clone(), p.expose().to_string()));
         }
         builder
             .build()

@@ -94,7 +94,7 @@ impl PushConfig {
 pub struct FhirTarget {
     /// The FHIR base URL; the bundle is POSTed to it.
     pub base_url: String,
-    pub token: Option<String>,
+    pub token: Option<crate::services::secret::Secret>,
     /// Trust this certificate fingerprint (SHA-256 hex) instead of the system roots.
     pub fingerprint: Option<String>,
     pub timeout_seconds: Option<u64>,
@@ -824,7 +824,7 @@ async fn send_fhir(t: &FhirTarget, bundle: &str) -> (Outcome, Vec<ResourceStatus
         .header("content-type", "application/fhir+json")
         .body(bundle.to_string());
     if let Some(token) = &t.token {
-        req = req.bearer_auth(token);
+        req = req.bearer_auth(token.expose());
     }
     match req.send().await {
         Err(e) => none(Outcome::Retry(format!("FHIR server: {e}"))),
