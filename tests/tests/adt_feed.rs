@@ -424,7 +424,8 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
     );
 
     // Month close bills what `rounds bill` bills with the same facts in the data file.
-    drop(server);
+    let mut server = server;
+    server.stop().unwrap();
     let s = store.to_str().unwrap();
     let closed: Vec<serde_json::Value> = serde_json::from_str(&rounds_cli(&[
         "close-month",

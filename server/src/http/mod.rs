@@ -53,6 +53,37 @@ async fn sync_upgrade(
     }
 }
 
+/// `/readyz`: 200 when the store takes a durable write and every background worker ran its
+/// last round on time, else 503 with one line per problem. (`/healthz` is liveness only: the
+/// process answers.)
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let store = shared.store.clone();
+    let mut problems = Vec::new();
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || store.probe()),
+    )
+    .await
+    {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => problems.push(e),
+        Ok(Err(e)) => problems.push(format!("store probe: {e}")),
+        Err(_) => problems.push("store: no answer within 5 s".into()),
+    }
+    for (worker, secs) in shared.metrics.stale_workers() {
+        problems.push(format!("worker {worker}: last round {secs} s ago"));
+    }
+    if problems.is_empty() {
+        (axum::http::StatusCode::OK, "ready\n".to_string())
+    } else {
+        tracing::warn!(problems = %problems.join("; "), "not ready");
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", problems.join("\n")),
+        )
+    }
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
@@ -113,6 +144,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let (body_limit, import_limit) = (net.max_body_bytes, net.max_import_bytes);
     crate::http::console::routes()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/sync", any(sync_upgrade))
         .route(
@@ -296,6 +328,7 @@ pub async fn start_on(
         server.first_request_timeout(timeout)
     }
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let mut current_tls: Option<Arc<crate::server::tls::CurrentTls>> = None;
     let server = if opts.insecure_http {
         eprintln!(
             "WARNING: --insecure-http: traffic (patient data, tokens) is NOT encrypted; use only on a trusted network"
@@ -324,7 +357,41 @@ pub async fn start_on(
             tls.fingerprint
         );
         fingerprint = tls.fingerprint.clone();
-        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config.clone());
+        let current = crate::server::tls::CurrentTls::new(tls.config.clone());
+        current_tls = Some(current.clone());
+        {
+            let shared = Arc::downgrade(&shared);
+            crate::server::tls::spawn_reloader(
+                crate::server::tls::TlsSource {
+                    store: opts.store.clone(),
+                    cert: opts.tls_cert.clone(),
+                    key: opts.tls_key.clone(),
+                },
+                &tls,
+                (config.clone(), current),
+                Duration::from_secs(5),
+                stop_rx_for_tls(&shared),
+                move |outcome| {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    let mut a = crate::services::security::AuditRecord::new("tls-reload");
+                    match &outcome {
+                        Ok(m) => {
+                            tracing::info!("{m}");
+                            a.detail = Some(m.clone());
+                        }
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            a.action = "tls-reload-failed".into();
+                            a.detail = Some(e.clone());
+                        }
+                    }
+                    shared.security.record(a);
+                },
+            );
+        }
         // The caps first (before the handshake), then TLS with the same timeout.
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
             .handshake_timeout(net.header_timeout())
@@ -354,15 +421,17 @@ pub async fn start_on(
     if let Some(adt) = &opts.adt {
         let feed = crate::server::adt::AdtFeed::open(shared.store.db(), adt.settings.clone())
             .map_err(|e| ServeError::Flush(format!("opening the ADT feed's tree: {e}")))?;
-        let tls = if adt.tls {
-            let tls = crate::server::tls::setup(
-                &opts.store,
-                opts.tls_cert.as_deref(),
-                opts.tls_key.as_deref(),
-            )?;
-            Some(tls.config)
-        } else {
-            None
+        let tls = match (adt.tls, current_tls.clone()) {
+            (false, _) => None,
+            (true, Some(current)) => Some(current),
+            (true, None) => {
+                let tls = crate::server::tls::setup(
+                    &opts.store,
+                    opts.tls_cert.as_deref(),
+                    opts.tls_key.as_deref(),
+                )?;
+                Some(crate::server::tls::CurrentTls::new(tls.config))
+            }
         };
         let listener = tokio::net::TcpListener::bind(adt.listen)
             .await
@@ -393,6 +462,14 @@ pub async fn start_on(
         stop: stop_tx,
         server,
     })
+}
+
+/// The server's shutdown signal, for a task that holds the server only weakly.
+fn stop_rx_for_tls(shared: &std::sync::Weak<Shared>) -> watch::Receiver<bool> {
+    match shared.upgrade() {
+        Some(s) => s.shutdown.clone(),
+        None => watch::channel(true).1,
+    }
 }
 
 /// Run the server until SIGINT/SIGTERM, then close connections and flush.

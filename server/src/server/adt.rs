@@ -84,11 +84,10 @@ pub fn start(
     shared: Arc<Shared>,
     feed: Arc<AdtFeed>,
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<crate::server::tls::CurrentTls>>,
 ) {
     let mut shutdown = shared.shutdown.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -109,7 +108,10 @@ pub fn start(
             };
             let shared = shared.clone();
             let feed = feed.clone();
-            let acceptor = acceptor.clone();
+            // The certificate in use now (a reload applies to the next connection).
+            let acceptor = tls
+                .as_ref()
+                .map(|c| tokio_rustls::TlsAcceptor::from(c.get()));
             tokio::spawn(async move {
                 let _permit = permit;
                 let client = peer.ip().to_string();

@@ -387,6 +387,7 @@ impl Shared {
                 }
                 self.escalate_due().await;
                 self.check_adherence().await;
+                self.metrics.heartbeat("alerts", tick);
                 let config = self.alerting.config();
                 self.alerting.outbox.deliver_due(&config, &http).await;
             }

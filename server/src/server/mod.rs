@@ -369,6 +369,7 @@ impl Shared {
                     _ = tick.tick() => {}
                     _ = shutdown.changed() => return,
                 }
+                self.metrics.heartbeat("push", every);
                 let Some(config) = self.push_config() else {
                     continue;
                 };

@@ -22,6 +22,7 @@ pub enum TlsError {
 pub struct Tls {
     pub config: Arc<ServerConfig>,
     pub cert_path: PathBuf,
+    pub key_path: PathBuf,
     /// SHA-256 of the leaf certificate's DER, lowercase hex.
     pub fingerprint: String,
     pub generated: bool,
@@ -100,7 +101,115 @@ pub fn setup(store: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<Tl
     Ok(Tls {
         config: Arc::new(config),
         cert_path,
+        key_path,
         fingerprint,
         generated,
     })
+}
+
+/// The TLS configuration in use now: what the HTTPS listener's acceptor and the ADT listener
+/// take for each new connection; [`spawn_reloader`] replaces it.
+pub struct CurrentTls {
+    config: std::sync::RwLock<Arc<ServerConfig>>,
+}
+
+impl CurrentTls {
+    pub fn new(config: Arc<ServerConfig>) -> Arc<CurrentTls> {
+        Arc::new(CurrentTls {
+            config: std::sync::RwLock::new(config),
+        })
+    }
+
+    pub fn get(&self) -> Arc<ServerConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, c: Arc<ServerConfig>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+}
+
+/// Where the certificate comes from: `--tls-cert`/`--tls-key`, or generated into the store.
+#[derive(Debug, Clone)]
+pub struct TlsSource {
+    pub store: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// What a reload did, for the log and the audit.
+pub type ReloadOutcome = Result<String, String>;
+
+fn stamp(p: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Re-read the certificate and key on SIGHUP, and when either file changes on disk (checked
+/// every `poll`): the next connection gets the new certificate, open ones keep theirs. A pair
+/// that does not load (a key that does not match, a half-written file) is reported and the
+/// certificate in use stays.
+pub fn spawn_reloader(
+    source: TlsSource,
+    in_use: &Tls,
+    targets: (axum_server::tls_rustls::RustlsConfig, Arc<CurrentTls>),
+    poll: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    report: impl Fn(ReloadOutcome) + Send + 'static,
+) {
+    let files = (in_use.cert_path.clone(), in_use.key_path.clone());
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut seen = (stamp(&files.0), stamp(&files.1));
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            let why = tokio::select! {
+                _ = hangup => "SIGHUP",
+                _ = tokio::time::sleep(poll) => {
+                    let now = (stamp(&files.0), stamp(&files.1));
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    "the files changed"
+                }
+                _ = shutdown.changed() => return,
+            };
+            let (s, c, k) = (
+                source.store.clone(),
+                source.cert.clone(),
+                source.key.clone(),
+            );
+            let loaded =
+                tokio::task::spawn_blocking(move || setup(&s, c.as_deref(), k.as_deref())).await;
+            match loaded {
+                Ok(Ok(tls)) => {
+                    targets.0.reload_from_config(tls.config.clone());
+                    targets.1.set(tls.config);
+                    report(Ok(format!(
+                        "TLS certificate reloaded ({why}): sha256 {}",
+                        tls.fingerprint
+                    )));
+                }
+                Ok(Err(e)) => report(Err(format!(
+                    "TLS certificate not reloaded ({why}): {e}; the one in use stays"
+                ))),
+                Err(e) => report(Err(format!("TLS reload task: {e}"))),
+            }
+        }
+    });
 }

@@ -36,9 +36,36 @@ pub struct Metrics {
     flushes: AtomicU64,
     flush_micros_sum: AtomicU64,
     flush_micros_max: AtomicU64,
+    /// Background workers' last round: name → (when, the longest gap expected).
+    heartbeats:
+        std::sync::Mutex<std::collections::BTreeMap<&'static str, (std::time::Instant, Duration)>>,
 }
 
 impl Metrics {
+    /// A background worker finished a round; it is expected again within `every` (a worker
+    /// silent for three times that is reported stale by `/readyz`).
+    pub fn heartbeat(&self, worker: &'static str, every: Duration) {
+        if let Ok(mut h) = self.heartbeats.lock() {
+            h.insert(worker, (std::time::Instant::now(), every));
+        }
+    }
+
+    /// The workers that missed their rounds: name and seconds since the last.
+    pub fn stale_workers(&self) -> Vec<(&'static str, u64)> {
+        let now = std::time::Instant::now();
+        self.heartbeats
+            .lock()
+            .map(|h| {
+                h.iter()
+                    .filter(|(_, (at, every))| {
+                        now.duration_since(*at) > (*every * 3).max(Duration::from_secs(30))
+                    })
+                    .map(|(n, (at, _))| (*n, now.duration_since(*at).as_secs()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn observe_flush(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.flushes.fetch_add(1, Relaxed);

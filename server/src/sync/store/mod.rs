@@ -43,6 +43,8 @@ fn err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
+    /// The store directory (what `probe` writes into).
+    dir: std::path::PathBuf,
     chunks: sled::Tree,
     sync_states: sled::Tree,
     heads: sled::Tree,
@@ -117,6 +119,7 @@ impl SledStore {
         let practices = practices::PracticeRegistry::open(&db).map_err(err("open practices"))?;
         Ok(SledStore {
             practices,
+            dir: dir.to_path_buf(),
             db,
             chunks,
             sync_states,
@@ -127,6 +130,25 @@ impl SledStore {
             latest: std::sync::Mutex::new(latest),
             read_model,
         })
+    }
+
+    /// Whether the store takes a durable write now: a record through sled and flushed, and a
+    /// file written and synced in the store directory (a disk gone, full or read-only fails).
+    pub fn probe(&self) -> Result<(), String> {
+        let now = chrono::Utc::now().to_rfc3339();
+        self.meta
+            .insert("ready-probe", now.as_bytes())
+            .map_err(|e| format!("store write: {e}"))?;
+        self.db.flush().map_err(|e| format!("store flush: {e}"))?;
+        let path = self.dir.join(".ready-probe");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(now.as_bytes())?;
+            f.sync_all()?;
+            std::fs::remove_file(&path)
+        };
+        write().map_err(|e| format!("store directory {}: {e}", self.dir.display()))
     }
 
     /// The underlying database (for the security trees).
