@@ -1,6 +1,7 @@
 //! Running it for real: `/readyz` against a store that goes away, the systemd unit, and a
 //! certificate replaced on disk served to the next connection without a restart.
 
+use automerge::ReadDoc;
 use rounds_tests::{ServerProcess, https_exchange, repo_root, rounds_bin};
 use sha2::{Digest, Sha256};
 
@@ -166,4 +167,268 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
         dir.path().join("store").to_str().unwrap(),
     ]);
     assert!(audit.contains("tls-reload"), "{audit}");
+}
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = rounds_tests::rounds_cli_output(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Every document of a store: id → (heads, missing dependencies).
+fn documents(store: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<String>, usize)> {
+    let s = rounds_server::sync::store::SledStore::open(store).unwrap();
+    s.document_ids()
+        .into_iter()
+        .map(|id| {
+            let d = s.load_doc(&id).unwrap();
+            let mut heads: Vec<String> = d.get_heads().iter().map(|h| h.to_string()).collect();
+            heads.sort();
+            (id.url(), (heads, d.get_missing_deps(&[]).len()))
+        })
+        .collect()
+}
+
+/// A stopped store backed up and restored: the same document heads, encounter ledger, push
+/// outbox and audit log; a second backup of the untouched original has the same manifest.
+#[test]
+fn a_backup_restores_the_same_heads_ledger_outbox_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = d.join("store");
+    let s = store.to_str().unwrap();
+    let example = repo_root().join("examples/sunnyvale.json");
+    assert!(cli(&["import", example.to_str().unwrap(), "--store", s]).0);
+    let (ok, _, err) = cli(&[
+        "close-month",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--store",
+        s,
+    ]);
+    assert!(ok, "{err}");
+    // A push that cannot reach its EHR stays in the outbox.
+    std::fs::write(
+        d.join("push.toml"),
+        "[hl7]\naddress = \"127.0.0.1:9\"\ntimeout_seconds = 1\n",
+    )
+    .unwrap();
+    let _ = cli(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        d.join("push.toml").to_str().unwrap(),
+        "--wait",
+        "1",
+        "--store",
+        s,
+    ]);
+    let state = |store: &str| {
+        let enc = cli(&[
+            "encounters",
+            "--facility",
+            "sunnyvale",
+            "--month",
+            "2026-11",
+            "--store",
+            store,
+        ]);
+        let push = cli(&["push", "status", "--store", store]);
+        let audit = cli(&["audit", "--store", store]);
+        assert!(
+            enc.0 && push.0 && audit.0,
+            "{} {} {}",
+            enc.2,
+            push.2,
+            audit.2
+        );
+        (enc.1, push.1, audit.1)
+    };
+    let before = state(s);
+    assert!(
+        before.1.contains("pending") || before.1.contains("failed"),
+        "{}",
+        before.1
+    );
+
+    let backup = d.join("backup");
+    let (ok, out, err) = cli(&["backup", "--to", backup.to_str().unwrap(), "--store", s]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"documents\""), "{out}");
+    // Into a directory that is not empty: refused.
+    let (ok, _, err) = cli(&["backup", "--to", backup.to_str().unwrap(), "--store", s]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+
+    let restored = d.join("restored");
+    let (ok, out, err) = cli(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"documents\""), "{out}");
+    let r = restored.to_str().unwrap();
+    let after = state(r);
+    assert_eq!(before.0, after.0, "the encounter ledger");
+    assert_eq!(before.1, after.1, "the push outbox");
+    // The source's log has the backup's own record after what the copy holds.
+    let source_audit = state(s).2;
+    assert!(
+        source_audit.starts_with(after.2.trim_end().trim_end_matches(']')),
+        "the audit log"
+    );
+    assert!(source_audit.contains("\"backup\""));
+    assert_eq!(
+        documents(&store),
+        documents(&restored),
+        "the document heads"
+    );
+    // A directory that is not a backup, and a restore over an existing store: refused.
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--from",
+        d.to_str().unwrap(),
+        "--to",
+        d.join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no manifest"), "{err}");
+    let (ok, _, err) = cli(&["restore", "--from", backup.to_str().unwrap(), "--to", r]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+}
+
+/// A backup taken through the running server while tablets sync: the restored store holds a
+/// state the live store was in — every document complete (no change without its
+/// dependencies), every change in it also in the live store afterwards, heads as the manifest
+/// says — and a server on it serves the tablets' entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_during_a_sync_storm_restores_a_consistent_store() {
+    use chrono::TimeZone;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let store = d.join("store");
+    let server = ServerProcess::start(&store).unwrap();
+    let data = rounds_tests::sunnyvale().unwrap();
+    let t0 = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 20, 15, 0, 0)
+        .unwrap();
+    let mut tablets = Vec::new();
+    for i in 0..4 {
+        let mut t = rounds_core::Replica::open(d.join(format!("t{i}"))).unwrap();
+        t.import(&data, t0).unwrap();
+        rounds_tests::sync_with(&mut t, &server).await.unwrap();
+        tablets.push(t);
+    }
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let backup = d.join("backup");
+    let storm = async {
+        let mut handles = Vec::new();
+        for (i, mut t) in tablets.into_iter().enumerate() {
+            let opts = server.options();
+            let sync_url = server.url();
+            handles.push(tokio::spawn(async move {
+                for round in 0..8 {
+                    let start =
+                        t0 + chrono::Duration::minutes(i64::try_from(round * 10 + i).unwrap());
+                    t.log_interaction(
+                        rounds_core::replica::NewInteraction {
+                            patient: "p-004".into(),
+                            staff: "rn-lee".into(),
+                            program: rounds_core::Program::Ccm,
+                            started_at: start,
+                            ended_at: start + chrono::Duration::minutes(3),
+                            interactive: true,
+                            activity: Some("call".into()),
+                            note: None,
+                        },
+                        t0,
+                    )
+                    .unwrap();
+                    rounds_core::sync::net::sync(&mut t, &sync_url, &opts, &mut |_, _| {})
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    };
+    let take = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (b, s, u) = (backup.clone(), store.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            cli(&[
+                "backup",
+                "--to",
+                b.to_str().unwrap(),
+                "--store",
+                s.to_str().unwrap(),
+                "--server",
+                &u,
+            ])
+        })
+        .await
+        .unwrap()
+    };
+    let ((), (ok, out, err)) = tokio::join!(storm, take);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"documents\""), "{out}");
+    let mut server = server;
+    server.stop().unwrap();
+
+    let restored = d.join("restored");
+    let (ok, _, err) = cli(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let copy = documents(&restored);
+    assert!(!copy.is_empty());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backup.join("rounds-backup.json")).unwrap()).unwrap();
+    let live = rounds_server::sync::store::SledStore::open(&store).unwrap();
+    for (id, (heads, missing)) in &copy {
+        assert_eq!(*missing, 0, "{id}: a change without its dependencies");
+        assert_eq!(
+            manifest["documents"][id],
+            serde_json::json!(heads),
+            "{id}: heads as the manifest says"
+        );
+        let doc_id = live
+            .document_ids()
+            .into_iter()
+            .find(|x| x.url() == *id)
+            .unwrap_or_else(|| panic!("{id} not in the live store"));
+        let doc = live.load_doc(&doc_id).unwrap();
+        for h in heads {
+            let hash: automerge::ChangeHash = h.parse().unwrap();
+            assert!(
+                doc.get_change_by_hash(&hash).is_some(),
+                "{id}: {h} not in the live store"
+            );
+        }
+    }
+    drop(live);
+    // A server on the restored store serves what it holds.
+    let server = ServerProcess::start(&restored).unwrap();
+    let mut fresh = rounds_core::Replica::open(d.join("fresh")).unwrap();
+    fresh.import(&data, t0).unwrap();
+    let report = rounds_tests::sync_with(&mut fresh, &server).await.unwrap();
+    assert!(report.unsent.is_empty(), "{report:?}");
+    assert!(report.documents >= copy.len() / 2, "{report:?}");
 }

@@ -92,6 +92,10 @@ pub enum Op {
     QuarantineShow {
         id: String,
     },
+    /// A consistent copy of the store into a new directory (on the server's machine).
+    Backup {
+        to: PathBuf,
+    },
     /// Returns the files as JSON (`[{name, bytes(base64)}]`).
     Export {
         facility: String,
@@ -99,6 +103,17 @@ pub enum Op {
         format: crate::services::export::Format,
         practice: Option<String>,
     },
+}
+
+/// What `rounds backup` prints.
+pub fn backup_summary(m: &crate::services::backup::Manifest, to: &Path) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "backup": to,
+        "created_at": m.created_at,
+        "documents": m.documents.len(),
+        "trees": m.trees,
+    }))
+    .unwrap_or_default()
 }
 
 fn invalid(e: impl std::fmt::Display) -> CliError {
@@ -180,6 +195,20 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
             json(serde_json::json!({"name": name, "facility": facility, "token": token}))
         }
         Op::List => serde_json::to_string_pretty(&s.list()).unwrap_or_default(),
+        Op::Backup { to } => {
+            let m = crate::services::backup::backup(store, &to, &mut |step| {
+                eprintln!("rounds backup: {step}");
+            })
+            .map_err(invalid)?;
+            let mut rec = crate::services::security::AuditRecord::new("backup");
+            rec.detail = Some(format!(
+                "{} documents to {}",
+                m.documents.len(),
+                to.display()
+            ));
+            s.record(rec);
+            backup_summary(&m, &to)
+        }
         Op::Quarantine { facility } => {
             let q = crate::sync::quarantine::Quarantine::open(store.db()).map_err(invalid)?;
             serde_json::to_string_pretty(&q.list(facility.as_deref(), 1000)).unwrap_or_default()
@@ -418,6 +447,13 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             .header("content-type", "application/json")
             .body(serde_json::json!({"facility": facility, "name": name}).to_string()),
         Op::List => client.get(format!("{base}/api/v1/devices")),
+        Op::Backup { to } => {
+            let to = std::path::absolute(&to).map_err(invalid)?;
+            client
+                .post(format!("{base}/api/v1/backup"))
+                .header("content-type", "application/json")
+                .body(serde_json::json!({"to": to}).to_string())
+        }
         Op::Quarantine { facility } => client.get(match facility {
             Some(f) => format!("{base}/api/v1/quarantine?facility={}", urlencode(&f)),
             None => format!("{base}/api/v1/quarantine"),

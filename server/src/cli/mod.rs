@@ -239,6 +239,27 @@ pub enum Command {
         #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
+    /// A consistent copy of the store into a new directory, while the server runs (through
+    /// its admin API; the directory is on the server's machine) or on a stopped store.
+    Backup {
+        /// A new or empty directory.
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, default_value = "./rounds-data", env = "ROUNDS_STORE")]
+        store: PathBuf,
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+    },
+    /// Restore a backup into a new store directory (no server on it), checking every document
+    /// against the backup's manifest.
+    Restore {
+        /// The backup directory (`rounds backup --to`).
+        #[arg(long)]
+        from: PathBuf,
+        /// A new or empty store directory.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Load a data file into a server store (the server must not be running on it; use
     /// `--server` to import through a running server).
     Import {

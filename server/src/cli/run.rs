@@ -93,6 +93,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => store::push(command, store, server),
         Command::Rules => data::rules(),
         Command::Serve(args) => serve::serve(*args),
+        Command::Backup { to, store, server } => {
+            let out = crate::cli::admin_client::run(
+                &crate::cli::admin_client::AdminTarget { store, server },
+                crate::cli::admin_client::Op::Backup { to },
+            )?;
+            println!("{}", out.trim_end());
+            Ok(())
+        }
+        Command::Restore { from, to } => {
+            let m = crate::services::backup::restore(&from, &to, &mut |step| {
+                eprintln!("rounds restore: {step}");
+            })
+            .map_err(|e| CliError::Invalid(e.to_string()))?;
+            println!(
+                "{}",
+                serde_json::json!({"restored": to, "from": from, "documents": m.documents.len(), "backup_created_at": m.created_at})
+            );
+            Ok(())
+        }
         Command::Config {
             command: ConfigCommand::Check(args),
         } => {

@@ -371,3 +371,39 @@ pub async fn push_status(
         .await?,
     ))
 }
+
+#[derive(Deserialize)]
+pub struct BackupBody {
+    /// A new (or empty) directory on the server's machine.
+    to: std::path::PathBuf,
+}
+
+/// `POST /api/v1/backup` (admin): a consistent copy of the store into `to`, while serving.
+pub async fn backup(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Json(b): Json<BackupBody>,
+) -> Api<serde_json::Value> {
+    if !b.to.is_absolute() {
+        return Err(ApiError::invalid(
+            "to: give an absolute path on the server's machine",
+        ));
+    }
+    let (s, to) = (shared.clone(), b.to.clone());
+    let m = blocking(move || {
+        crate::services::backup::backup(&s.store, &to, &mut |step| {
+            tracing::info!(step, "backup");
+        })
+        .map_err(|e| ApiError::invalid(e.to_string()))
+    })
+    .await?;
+    let mut rec = AuditRecord::new("backup");
+    rec.detail = Some(format!(
+        "{} documents to {}",
+        m.documents.len(),
+        b.to.display()
+    ));
+    shared.security.record(rec);
+    let text = crate::cli::admin_client::backup_summary(&m, &b.to);
+    Ok(Json(serde_json::from_str(&text).unwrap_or_default()))
+}

@@ -196,6 +196,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(crate::http::admin::quarantine_show),
         )
         .route("/api/v1/close", post(crate::http::admin::close_month))
+        .route("/api/v1/backup", post(crate::http::admin::backup))
         .route("/api/v1/encounters", get(crate::http::admin::encounters))
         .route("/api/v1/export", get(crate::http::admin::export))
         .route("/api/v1/practices", get(crate::http::admin::practices))

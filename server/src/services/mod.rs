@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod alerting;
 pub mod audit_aggregate;
 pub mod auth;
+pub mod backup;
 pub mod export;
 pub mod import;
 pub mod ledger;

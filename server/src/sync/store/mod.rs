@@ -34,15 +34,81 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    #[error(
+        "the store at {path} is format {found}, newer than this rounds understands ({supported}): run the rounds that wrote it, or a newer one"
+    )]
+    Format {
+        path: String,
+        found: u64,
+        supported: u64,
+    },
 }
 
 fn err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
     move |source| StoreError::Sled { op, source }
 }
 
+/// The store's format: `meta/store-format`. A store without it (made before formats were
+/// recorded) is format 0; opening runs the migrations from its format up to this one, each
+/// recorded as it completes; a store of a newer format is refused.
+pub const STORE_FORMAT: u64 = 1;
+
+/// The migrations: `MIGRATIONS[i]` takes a store from format `i` to `i + 1`.
+type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+const MIGRATIONS: [Migration; STORE_FORMAT as usize] = [
+    // 0 → 1: the layout is unchanged; the format is recorded from now on, and the `heads`
+    // tree (a cache, rebuilt on demand) is cleared so every entry is re-derived from chunks.
+    |db| {
+        let heads = db.open_tree("heads").map_err(err("open heads"))?;
+        heads.clear().map_err(err("clear heads"))
+    },
+];
+
+fn migrate(db: &sled::Db, meta: &sled::Tree, path: &Path) -> Result<(), StoreError> {
+    let read = || -> Result<u64, StoreError> {
+        Ok(meta
+            .get("store-format")
+            .map_err(err("read store format"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    };
+    let mut format = read()?;
+    // A brand-new store starts at the current format.
+    if format == 0
+        && meta
+            .get("storage-id")
+            .map_err(err("read storage id"))?
+            .is_none()
+    {
+        format = STORE_FORMAT;
+    }
+    if format > STORE_FORMAT {
+        return Err(StoreError::Format {
+            path: path.display().to_string(),
+            found: format,
+            supported: STORE_FORMAT,
+        });
+    }
+    while format < STORE_FORMAT {
+        let step = MIGRATIONS[format as usize];
+        step(db)?;
+        format += 1;
+        meta.insert("store-format", &format.to_be_bytes())
+            .map_err(err("write store format"))?;
+        db.flush().map_err(err("flush"))?;
+        tracing::info!(format, "store migrated");
+    }
+    meta.insert("store-format", &format.to_be_bytes())
+        .map_err(err("write store format"))?;
+    Ok(())
+}
+
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
+    /// Writers of the document trees (chunks, heads, sync states, seq) hold it shared; a backup
+    /// holds it exclusively while it copies them, so its copy is a state the store was in.
+    gate: std::sync::RwLock<()>,
     /// The store directory (what `probe` writes into).
     dir: std::path::PathBuf,
     chunks: sled::Tree,
@@ -86,6 +152,7 @@ impl SledStore {
             .map_err(err("open sync_states"))?;
         let meta = db.open_tree("meta").map_err(err("open meta"))?;
         let heads = db.open_tree("heads").map_err(err("open heads"))?;
+        migrate(&db, &meta, &path)?;
         let storage_id = match meta.get("storage-id").map_err(err("read storage id"))? {
             Some(v) => String::from_utf8_lossy(&v).to_string(),
             None => {
@@ -118,6 +185,7 @@ impl SledStore {
             crate::sync::store::read_model::ReadModel::open(&db).map_err(err("open read_model"))?;
         let practices = practices::PracticeRegistry::open(&db).map_err(err("open practices"))?;
         Ok(SledStore {
+            gate: std::sync::RwLock::new(()),
             practices,
             dir: dir.to_path_buf(),
             db,
@@ -174,6 +242,7 @@ impl SledStore {
         chunk: &[u8],
         snapshot: bool,
     ) -> Result<(), StoreError> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         if snapshot {
             for k in self.chunks.scan_prefix(doc.as_bytes()).keys() {
@@ -203,6 +272,7 @@ impl SledStore {
         peer_storage: &str,
         state: &[u8],
     ) -> Result<(), StoreError> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let mut key = doc.as_bytes().to_vec();
         key.extend_from_slice(peer_storage.as_bytes());
         self.sync_states
@@ -218,6 +288,7 @@ impl SledStore {
         seq: u64,
         heads: &[automerge::ChangeHash],
     ) -> Result<(), StoreError> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let mut v = Vec::with_capacity(8 + 32 * heads.len());
         v.extend_from_slice(&seq.to_be_bytes());
         for h in heads {
@@ -256,6 +327,19 @@ impl SledStore {
         let heads = d.get_heads();
         self.record_heads(doc, latest, &heads)?;
         Ok(Some(heads))
+    }
+
+    /// Hold off the document writers (see `gate`) while a backup copies the document trees.
+    pub fn freeze(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The names of the trees that hold the documents (copied under [`SledStore::freeze`]).
+    pub const DOCUMENT_TREES: [&'static str; 4] = ["chunks", "heads", "meta", "sync_states"];
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Make everything written so far durable (fsync).
