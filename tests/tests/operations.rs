@@ -432,3 +432,87 @@ async fn a_backup_during_a_sync_storm_restores_a_consistent_store() {
     assert!(report.unsent.is_empty(), "{report:?}");
     assert!(report.documents >= copy.len() / 2, "{report:?}");
 }
+
+/// `--log-format json`: every log line is a JSON object; the access log has method, path,
+/// status and time; no line holds a patient's name or a token (the example's names, the
+/// development and admin tokens, a token sent in a query string).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_and_hold_no_names_or_tokens() {
+    use chrono::TimeZone;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let log = dir.path().join("server.log");
+    let server = ServerProcess::start_logged(&store, &["--log-format", "json"], &log).unwrap();
+    let admin = server.admin_token().unwrap();
+    let data = rounds_tests::sunnyvale().unwrap();
+    // Onboarding through the API, a tablet's sync, a wrong sign-in, a token in a query string.
+    let body = std::fs::read(repo_root().join("examples/sunnyvale.json")).unwrap();
+    let (status, _, text) = https_exchange(
+        &server,
+        &format!("POST /api/v1/import HTTP/1.1\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json"),
+        &body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let mut t = rounds_core::Replica::open(dir.path().join("t")).unwrap();
+    t.import(
+        &data,
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 20, 15, 0, 0)
+            .unwrap(),
+    )
+    .unwrap();
+    rounds_tests::sync_with(&mut t, &server).await.unwrap();
+    let _ = https_exchange(
+        &server,
+        "POST /console/login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded",
+        b"username=ana&password=not-the-password",
+    )
+    .await
+    .unwrap();
+    let _ = https_exchange(
+        &server,
+        "GET /sync?token=query-token-never-logged HTTP/1.1",
+        b"",
+    )
+    .await
+    .unwrap();
+    let mut server = server;
+    server.stop().unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut json_lines = 0;
+    let mut access = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with("WARNING:") {
+            continue; // the operator's start-up banner (--dev-token)
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        json_lines += 1;
+        if v["target"] == "rounds::access" {
+            access += 1;
+            assert!(
+                v["status"].is_u64() && v["path"].is_string() && v["ms"].is_u64(),
+                "{line}"
+            );
+            assert!(!v["path"].as_str().unwrap_or("").contains('?'), "{line}");
+        }
+    }
+    assert!(
+        json_lines > 10 && access >= 3,
+        "{json_lines} lines, {access} access"
+    );
+    let mut secrets: Vec<String> = data.patients.iter().map(|p| p.name.clone()).collect();
+    secrets.extend([
+        admin,
+        rounds_tests::DEV_TOKEN.to_string(),
+        "query-token-never-logged".to_string(),
+        "not-the-password".to_string(),
+    ]);
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "{s:?} is in the log");
+    }
+}

@@ -35,6 +35,29 @@ pub enum ReadModelAction {
     Rebuild,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The log format: `serve`'s (and `config check`'s) flag, else `ROUNDS_LOG_FORMAT`.
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve(a) => a.log_format,
+            Command::Config {
+                command: ConfigCommand::Check(a),
+            } => a.log_format,
+            _ => match std::env::var("ROUNDS_LOG_FORMAT").as_deref() {
+                Ok("json") => LogFormat::Json,
+                _ => LogFormat::Text,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum WorklistFormat {
     Json,
@@ -292,6 +315,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROUNDS_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Log lines on stderr as text or as JSON (one object per line); the level is ROUNDS_LOG
+    /// (`info` adds the HTTP access log).
+    #[arg(long, value_enum, default_value = "text", env = "ROUNDS_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// The store directory (sled database, TLS certificate).
     #[arg(long, default_value = "./rounds-data", env = "ROUNDS_STORE")]
     pub store: PathBuf,

@@ -48,9 +48,45 @@ async fn sync_upgrade(
         Ok(device) => ws
             .max_message_size(shared.max_frame)
             .max_frame_size(shared.max_frame)
-            .on_upgrade(move |socket| crate::server::connection::handle(socket, shared, device)),
+            .on_upgrade(move |socket| {
+                use tracing::Instrument;
+                let span = tracing::info_span!(
+                    "sync",
+                    device = %device.name,
+                    facility = device.facility.as_deref().unwrap_or("*")
+                );
+                crate::server::connection::handle(socket, shared, device).instrument(span)
+            }),
         Err(e) => crate::http::api_error::ApiError::from(e).into_response(),
     }
+}
+
+/// The HTTP access log (target `rounds::access`, level info): method, path without its query
+/// (a query may carry a token), status, time taken and client address — never headers or
+/// bodies, so no token, password or patient data.
+async fn access_log(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        target: "rounds::access",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        client = %client,
+        "http"
+    );
+    resp
 }
 
 /// `/readyz`: 200 when the store takes a durable write and every background worker ran its
@@ -208,6 +244,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/push", get(crate::http::admin::push_status))
         // Every body-reading extractor stops at this (413); the import's own limit overrides it.
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(shared)
 }
 

@@ -45,6 +45,7 @@ impl Shared {
         facility: &str,
         month: Month,
     ) -> Result<Vec<EncounterVersion>, LedgerError> {
+        let _span = tracing::info_span!("close", %facility, %month).entered();
         let written = self
             .ledger
             .close(&self.store, facility, month, &self.rules)?;

@@ -15,6 +15,7 @@ use rounds_core::ehr::delivery::{BundleMode, Delivery, PRESETS, RESOURCE_TYPES, 
 use rounds_core::ehr::{ExportConfig, fhir, hl7};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
 
 use crate::services::ledger::{Ledger, LedgerError, closed_month};
 use crate::sync::store::SledStore;
@@ -575,6 +576,13 @@ impl Outbox {
                 }
             }
             item.attempts += 1;
+            let span = tracing::info_span!(
+                "push",
+                key = %item.key,
+                facility = %item.facility,
+                target = ?item.target,
+                attempt = item.attempts
+            );
             let route = config.route(item.practice.as_deref(), &item.facility);
             let section = match &item.practice {
                 Some(p) => format!("[practices.{p}]"),
@@ -586,7 +594,8 @@ impl Outbox {
                 )),
                 (Target::Fhir, Some(r)) => match r.fhir {
                     Some(t) => {
-                        let (outcome, resources) = send_fhir(t, &item.payload).await;
+                        let (outcome, resources) =
+                            send_fhir(t, &item.payload).instrument(span.clone()).await;
                         if !resources.is_empty() {
                             item.resources = resources;
                         }
@@ -595,10 +604,11 @@ impl Outbox {
                     None => Outcome::Failed(format!("no [fhir] target configured in {section}")),
                 },
                 (Target::Hl7, Some(r)) => match r.hl7 {
-                    Some(t) => send_hl7(t, &item).await,
+                    Some(t) => send_hl7(t, &item).instrument(span.clone()).await,
                     None => Outcome::Failed(format!("no [hl7] target configured in {section}")),
                 },
             };
+            let _entered = span.enter();
             observe(match &outcome {
                 Outcome::Acknowledged(_) => Status::Acknowledged,
                 Outcome::Failed(_) => Status::Failed,
