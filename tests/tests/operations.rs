@@ -516,3 +516,105 @@ async fn json_logs_parse_and_hold_no_names_or_tokens() {
         assert!(!text.contains(s.as_str()), "{s:?} is in the log");
     }
 }
+
+/// A scrape taken while tablets sync passes `promtool check metrics`, and has the histograms
+/// (with units), the HTTP responses by status and the outbox and alert gauges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_taken_during_a_storm_pass_promtool() {
+    use chrono::TimeZone;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("store")).unwrap();
+    let data = rounds_tests::sunnyvale().unwrap();
+    let t0 = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 20, 15, 0, 0)
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..3 {
+        let mut t = rounds_core::Replica::open(dir.path().join(format!("t{i}"))).unwrap();
+        t.import(&data, t0).unwrap();
+        let (opts, url) = (server.options(), server.url());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {})
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let (status, _, during) = https_exchange(&server, "GET /metrics HTTP/1.1", b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let (_, _, after) = https_exchange(&server, "GET /metrics HTTP/1.1", b"")
+        .await
+        .unwrap();
+    for (when, text) in [("during", &during), ("after", &after)] {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{when}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for name in [
+        "# TYPE rounds_flush_seconds histogram",
+        "# TYPE rounds_sync_burst_seconds histogram",
+        "# TYPE rounds_close_seconds histogram",
+        "# TYPE rounds_push_send_seconds histogram",
+        "rounds_http_responses_total{code=\"200\"}",
+        "rounds_connections_open ",
+        "rounds_documents_in_memory ",
+        "rounds_notify_outbox_oldest_age_seconds ",
+        "rounds_push_outbox_pending ",
+        "rounds_alerts_open ",
+        "rounds_quarantine_entries ",
+    ] {
+        assert!(after.contains(name), "no {name:?} in\n{after}");
+    }
+    let count = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count(&after, "rounds_sync_burst_seconds_count") > 0.0,
+        "{after}"
+    );
+    assert!(count(&after, "rounds_connections_total") >= 3.0, "{after}");
+    // OpenMetrics for a scraper that asks for it.
+    let (_, headers, om) = https_exchange(
+        &server,
+        "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0",
+        b"",
+    )
+    .await
+    .unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.contains("openmetrics")),
+        "{headers:?}"
+    );
+    assert!(om.trim_end().ends_with("# EOF"));
+}

@@ -363,7 +363,7 @@ async fn push_status_through_a_running_server_and_the_outbox_in_metrics() {
     );
     let mut seen = 0.0;
     for _ in 0..100 {
-        seen = rounds_tests::metric(&server, "rounds_push_outbox_acknowledged")
+        seen = rounds_tests::metric(&server, "rounds_push_outbox_items{status=\"acknowledged\"}")
             .await
             .unwrap();
         if seen == 14.0 {

@@ -65,6 +65,7 @@ async fn sync_upgrade(
 /// (a query may carry a token), status, time taken and client address — never headers or
 /// bodies, so no token, password or patient data.
 async fn access_log(
+    State(shared): State<std::sync::Weak<Shared>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -77,6 +78,16 @@ async fn access_log(
         .unwrap_or_default();
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
+    if let Some(shared) = shared.upgrade() {
+        shared
+            .metrics
+            .http_responses
+            .get_or_create(&crate::sync::metrics::label(
+                "code",
+                resp.status().as_u16().to_string(),
+            ))
+            .inc();
+    }
     tracing::info!(
         target: "rounds::access",
         method = %method,
@@ -120,15 +131,31 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        shared.metrics.render(
-            shared.documents_in_memory(),
-            shared.accounts.password_hashes(),
-            &shared.network_samples(),
-        ),
-    )
+/// `/metrics`: OpenMetrics when the scraper asks for it (`Accept: application/openmetrics-text`,
+/// as Prometheus does), the Prometheus text format otherwise.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
+    let s = shared.clone();
+    let text = tokio::task::spawn_blocking(move || s.metrics.render(&s.scrape_samples()))
+        .await
+        .unwrap_or_default();
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+    } else {
+        (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            crate::sync::metrics::to_prometheus_text(&text),
+        )
+    }
 }
 
 /// `POST /api/v1/import` (admin token): a data file into the facility's documents.
@@ -244,7 +271,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/push", get(crate::http::admin::push_status))
         // Every body-reading extractor stops at this (413); the import's own limit overrides it.
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(access_log))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::downgrade(&shared),
+            access_log,
+        ))
         .with_state(shared)
 }
 

@@ -39,9 +39,7 @@ impl Shared {
         client: &str,
     ) -> Result<Device, SyncRefusal> {
         if query.is_some() && self.limits.network.no_query_tokens {
-            self.metrics
-                .query_tokens_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.query_tokens_refused.inc();
             return Err(SyncRefusal::QueryTokensOff);
         }
         self.security.authenticate(header.or(query)).map_err(|e| {

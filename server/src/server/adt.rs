@@ -234,6 +234,7 @@ impl Shared {
                 let mut a = AuditRecord::new("adt-rejected");
                 a.detail = Some(format!("{e} (from {client})"));
                 self.audit_noisy(client, "unreadable ADT message", a);
+                self.count_adt("rejected");
                 return (None, AdtOutcome::Rejected(e.to_string()));
             }
         };
@@ -248,6 +249,7 @@ impl Shared {
                 msg.control_id
             ));
             self.audit_noisy(client, "unknown ADT sending facility", a);
+            self.count_adt("rejected");
             return (Some(msg), AdtOutcome::Rejected(text));
         };
         let facility = settings.facility.clone();
@@ -258,6 +260,7 @@ impl Shared {
             a.facility = Some(facility.clone());
             a.detail = Some(format!("{} message {}", msg.trigger, msg.control_id));
             self.security.record(a);
+            self.count_adt("duplicate");
             return (
                 Some(msg),
                 AdtOutcome::Duplicate(format!("duplicate: already applied ({before})")),
@@ -293,7 +296,24 @@ impl Shared {
                 AdtOutcome::Rejected(e)
             }
         };
+        let label = match &outcome {
+            AdtOutcome::Applied(_) => "applied",
+            AdtOutcome::Duplicate(_) => "duplicate",
+            AdtOutcome::Ignored(_) => "ignored",
+            AdtOutcome::Rejected(_) => "rejected",
+        };
+        self.count_adt(label);
         (Some(msg), outcome)
+    }
+
+    fn count_adt(&self, outcome: &str) {
+        self.metrics
+            .ingested
+            .get_or_create(&vec![
+                ("source".to_string(), "adt".to_string()),
+                ("outcome".to_string(), outcome.to_string()),
+            ])
+            .inc();
     }
 
     /// Plan against the residents as the documents hold them, then write (new resident first).

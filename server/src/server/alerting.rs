@@ -129,6 +129,9 @@ impl Shared {
                     continue;
                 };
                 let first = matches!(self.alerting.open.insert(key.as_bytes(), bytes), Ok(None));
+                if first {
+                    self.metrics.alerts_raised.inc();
+                }
                 if first && v.alert.severity == Severity::Urgent && config.wants("urgent_raised") {
                     self.alerting.outbox.enqueue(
                         &config,
@@ -310,6 +313,7 @@ impl Shared {
                         continue;
                     }
                     n += 1;
+                    self.metrics.alerts_escalated.inc();
                     let view = staged
                         .replica
                         .alerts(&o.patient, o.month)

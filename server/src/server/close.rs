@@ -46,9 +46,13 @@ impl Shared {
         month: Month,
     ) -> Result<Vec<EncounterVersion>, LedgerError> {
         let _span = tracing::info_span!("close", %facility, %month).entered();
+        let started = std::time::Instant::now();
         let written = self
             .ledger
             .close(&self.store, facility, month, &self.rules)?;
+        self.metrics
+            .close_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.watch_closed(facility, month);
         for v in &written {
             tracing::info!(facility, month = %month, patient = %v.patient, version = v.version, kind = ?v.kind, "encounter version stored");

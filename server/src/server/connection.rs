@@ -33,8 +33,8 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
         let _ = socket.send(WsMessage::Close(None)).await;
         return;
     }
-    shared.metrics.connections_total.fetch_add(1, Relaxed);
-    shared.metrics.connections_open.fetch_add(1, Relaxed);
+    shared.metrics.connections_total.inc();
+    shared.metrics.connections_open.inc();
     tracing::info!(conn, device = %device.name, "connection opened");
     // Reading and writing are separate tasks: the connection always reads (waiting only on
     // its facility's inbox), whatever the peer does with what we send. With one task, a peer
@@ -75,7 +75,7 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
                     Some(Err(e)) => break format!("read error: {e}"),
                     Some(Ok(WsMessage::Binary(b))) => b,
                     Some(Ok(WsMessage::Text(_))) => {
-                        shared.metrics.protocol_errors.fetch_add(1, Relaxed);
+                        shared.metrics.protocol_errors.inc();
                         shared.protocol_error(conn, "text frames are not part of the protocol; send binary CBOR").await;
                         continue;
                     }
@@ -86,10 +86,10 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
                     shared.protocol_error(conn, &reason).await;
                     continue;
                 }
-                shared.metrics.messages_received.fetch_add(1, Relaxed);
-                shared.metrics.bytes_received.fetch_add(frame.len() as u64, Relaxed);
+                shared.metrics.messages_received.inc();
+                shared.metrics.bytes_received.inc_by(frame.len() as u64);
                 if frame.len() > shared.max_frame {
-                    shared.metrics.protocol_errors.fetch_add(1, Relaxed);
+                    shared.metrics.protocol_errors.inc();
                     shared.protocol_error(conn, &format!("frame of {} bytes exceeds the limit of {} bytes", frame.len(), shared.max_frame)).await;
                     continue;
                 }
@@ -103,7 +103,7 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
     };
     // Counted here, whichever task noticed the cut first.
     if *cut.borrow() {
-        shared.metrics.slow_readers.fetch_add(1, Relaxed);
+        shared.metrics.slow_readers.inc();
     }
     shared.unregister(conn).await;
     // The writer sends what is queued, then a close, and ends once every sender is gone (the
@@ -113,7 +113,7 @@ pub async fn handle(mut socket: WebSocket, shared: Arc<Shared>, device: Device) 
     if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
         abort.abort();
     }
-    shared.metrics.connections_open.fetch_sub(1, Relaxed);
+    shared.metrics.connections_open.dec();
     tracing::info!(conn, %reason, "connection closed");
 }
 
@@ -138,8 +138,8 @@ async fn write_loop(
         match next {
             Some(Outbound::Frame(bytes)) => {
                 let len = bytes.len();
-                shared.metrics.messages_sent.fetch_add(1, Relaxed);
-                shared.metrics.bytes_sent.fetch_add(len as u64, Relaxed);
+                shared.metrics.messages_sent.inc();
+                shared.metrics.bytes_sent.inc_by(len as u64);
                 let sent = tokio::select! {
                     sent = sink.send(WsMessage::Binary(bytes.into())) => sent,
                     _ = cut_off(&mut cut) => break "cut: reading too slowly".to_string(),

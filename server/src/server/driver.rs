@@ -158,9 +158,7 @@ impl Shared {
                     }
                 }
                 Action::Denied { conn, doc } => {
-                    self.metrics
-                        .access_denied
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.access_denied.inc();
                     tracing::warn!(conn, doc = %doc, "document access denied");
                     // The first denial of each document per device in full, repeats
                     // aggregated: a device cannot write a record per frame.
@@ -187,9 +185,7 @@ impl Shared {
                     detail,
                     bytes,
                 } => {
-                    self.metrics
-                        .changes_refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.changes_refused.inc();
                     let (device, facility) = self
                         .conns()
                         .info
@@ -220,9 +216,7 @@ impl Shared {
                     self.audit_for(conn, "refused", Some(&doc.to_string()), Some(text));
                 }
                 Action::Loaded(_) => {
-                    self.metrics
-                        .documents_loaded
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.documents_loaded.inc();
                 }
             }
         }
@@ -551,6 +545,7 @@ pub(crate) async fn drive(me: Weak<Shared>, shard: Arc<Shard>, mut rx: mpsc::Rec
         let Some(shared) = me.upgrade() else {
             return;
         };
+        let started = std::time::Instant::now();
         let wrote = {
             let Ok(_permit) = shared.frame_workers.acquire().await else {
                 return;
@@ -564,11 +559,22 @@ pub(crate) async fn drive(me: Weak<Shared>, shard: Arc<Shard>, mut rx: mpsc::Rec
                     None
                 })
         };
+        if wrote.is_none() {
+            shared
+                .metrics
+                .sync_burst_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         if let Some(seq) = wrote {
             let shard = shard.clone();
             tokio::spawn(async move {
                 match shared.flusher.flush().await {
                     Ok(_) => {
+                        // Applied and durable: what a device waits for before its answer.
+                        shared
+                            .metrics
+                            .sync_burst_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         let _ = shard.inbox().send(ShardMsg::Flushed(seq)).await;
                     }
                     Err(e) => {

@@ -24,6 +24,7 @@ impl Shared {
         body: &str,
     ) -> Result<Ingested, IngestError> {
         let Some(integration) = key.and_then(|k| self.alerting.integration_of(k)) else {
+            self.count_ingest("unauthorized");
             let e = IngestError::Unauthorized;
             let mut a = AuditRecord::new("ingest-rejected");
             a.detail = Some(format!("{e} (from {client})"));
@@ -34,6 +35,7 @@ impl Shared {
         match &result {
             Ok(done) => self.audit_ingested(&integration, done),
             Err(e) => {
+                self.count_ingest("rejected");
                 let mut a = AuditRecord::new("ingest-rejected");
                 a.device = Some(format!("integration:{}", integration.name));
                 a.facility = Some(integration.facility.clone());
@@ -155,6 +157,7 @@ impl Shared {
         body: &str,
     ) -> Result<VendorIngested, IngestError> {
         let Some(integration) = key.and_then(|k| self.alerting.integration_of(k)) else {
+            self.count_ingest("unauthorized");
             let e = IngestError::Unauthorized;
             let mut a = AuditRecord::new("ingest-rejected");
             a.detail = Some(format!("{} post: {e} (from {client})", vendor.as_str()));
@@ -181,6 +184,7 @@ impl Shared {
                 }
             }
             Err(e) => {
+                self.count_ingest("rejected");
                 let mut a = AuditRecord::new("ingest-rejected");
                 a.device = Some(format!("integration:{}", integration.name));
                 a.facility = Some(integration.facility.clone());
@@ -215,7 +219,18 @@ impl Shared {
         })
     }
 
+    fn count_ingest(&self, outcome: &str) {
+        self.metrics
+            .ingested
+            .get_or_create(&vec![
+                ("source".to_string(), "vendor".to_string()),
+                ("outcome".to_string(), outcome.to_string()),
+            ])
+            .inc();
+    }
+
     fn audit_ingested(&self, integration: &Integration, done: &Ingested) {
+        self.count_ingest(if done.new { "stored" } else { "duplicate" });
         let facility = &integration.facility;
         let month = Month::of(done.reading.measured_at.date_naive());
         let mut a = AuditRecord::new(if done.new {

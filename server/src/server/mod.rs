@@ -376,23 +376,29 @@ impl Shared {
                 match crate::services::push::Outbox::open(self.store.db()) {
                     Ok(outbox) => {
                         let m = self.metrics.clone();
-                        let observe = move |s: crate::services::push::Status| {
+                        let observe = move |s: crate::services::push::Status, took: Duration| {
+                            m.push_seconds.observe(took.as_secs_f64());
                             use crate::services::push::Status as S;
-                            let c = match s {
-                                S::Acknowledged => &m.push_acknowledged,
-                                S::Failed => &m.push_failed,
-                                S::Pending => &m.push_retried,
+                            let outcome = match s {
+                                S::Acknowledged => "acknowledged",
+                                S::Failed => "failed",
+                                S::Pending => "retried",
                             };
-                            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            m.push_sends
+                                .get_or_create(&crate::sync::metrics::label("outcome", outcome))
+                                .inc();
                         };
                         let (ok, failed, pending) =
                             outbox.process_observed(&config, &observe).await;
-                        for (gauge, v) in [
-                            (&self.metrics.push_outbox_acknowledged, ok),
-                            (&self.metrics.push_outbox_failed, failed),
-                            (&self.metrics.push_outbox_pending, pending),
+                        for (status, v) in [
+                            ("acknowledged", ok),
+                            ("failed", failed),
+                            ("pending", pending),
                         ] {
-                            gauge.store(v as u64, std::sync::atomic::Ordering::Relaxed);
+                            self.metrics
+                                .push_outbox
+                                .get_or_create(&crate::sync::metrics::label("status", status))
+                                .set(i64::try_from(v).unwrap_or(i64::MAX));
                         }
                         if ok + failed > 0 {
                             tracing::info!(ok, failed, pending, "push round");
@@ -455,6 +461,94 @@ impl Shared {
                 self.noisy.folded.load(Relaxed) as f64,
             ),
         ]
+    }
+
+    /// What `/metrics` reads at scrape time: documents in memory, password hashes, connection
+    /// caps and aggregated audit records, outbox depth and age, open alerts, quarantine.
+    pub(crate) fn scrape_samples(&self) -> Vec<crate::sync::metrics::Sample> {
+        use crate::sync::metrics::{Sample, SampleKind};
+        let now = chrono::Utc::now();
+        let age = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+        };
+        let mut out = vec![
+            Sample {
+                name: "rounds_documents_in_memory",
+                help: "Documents held in memory now.",
+                kind: SampleKind::Gauge,
+                value: self.documents_in_memory() as f64,
+            },
+            Sample {
+                name: "rounds_password_hashes",
+                help: "Console password hashes computed (checks, and the equal work for unknown users).",
+                kind: SampleKind::Counter,
+                value: self.accounts.password_hashes() as f64,
+            },
+        ];
+        for (name, help, kind, value) in self.network_samples() {
+            out.push(Sample {
+                name: name.strip_suffix("_total").unwrap_or(name),
+                help,
+                kind: if kind == "counter" {
+                    SampleKind::Counter
+                } else {
+                    SampleKind::Gauge
+                },
+                value,
+            });
+        }
+        let notices = self.alerting.outbox.pending();
+        let oldest_notice = notices
+            .iter()
+            .filter_map(|d| chrono::DateTime::parse_from_rfc3339(&d.notice.raised_at).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .min();
+        let pushes: Vec<_> = crate::services::push::Outbox::open(self.store.db())
+            .map(|o| o.all())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.status == crate::services::push::Status::Pending)
+            .collect();
+        let oldest_push = pushes.iter().filter_map(|i| i.queued_at).min();
+        out.extend([
+            Sample {
+                name: "rounds_notify_outbox_pending",
+                help: "Alert notifications waiting to be delivered.",
+                kind: SampleKind::Gauge,
+                value: notices.len() as f64,
+            },
+            Sample {
+                name: "rounds_notify_outbox_oldest_age_seconds",
+                help: "Age of the oldest alert notification waiting (0 when none).",
+                kind: SampleKind::Gauge,
+                value: age(oldest_notice),
+            },
+            Sample {
+                name: "rounds_push_outbox_pending",
+                help: "Push outbox items waiting to be sent or retried.",
+                kind: SampleKind::Gauge,
+                value: pushes.len() as f64,
+            },
+            Sample {
+                name: "rounds_push_outbox_oldest_age_seconds",
+                help: "Age of the oldest push outbox item waiting (0 when none).",
+                kind: SampleKind::Gauge,
+                value: age(oldest_push),
+            },
+            Sample {
+                name: "rounds_alerts_open",
+                help: "Alerts waiting for a response (acknowledgement or escalation).",
+                kind: SampleKind::Gauge,
+                value: self.alerting.open.len() as f64,
+            },
+            Sample {
+                name: "rounds_quarantine_entries",
+                help: "Refused changes held for review.",
+                kind: SampleKind::Gauge,
+                value: self.quarantine.len() as f64,
+            },
+        ]);
+        out
     }
 
     pub fn documents_in_memory(&self) -> usize {

@@ -311,6 +311,9 @@ pub struct OutboxItem {
     /// FHIR: what the EHR answered for each resource of the bundle, at the last attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ResourceStatus>,
+    /// When it was queued (absent on items queued before this was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
 }
 
 /// One resource of a FHIR bundle as the EHR answered it.
@@ -475,6 +478,7 @@ impl Outbox {
                     acknowledgement: None,
                     acknowledged_at: None,
                     resources: Vec::new(),
+                    queued_at: Some(now),
                 };
                 let bytes =
                     serde_json::to_vec(&item).map_err(|e| LedgerError::Store(e.to_string()))?;
@@ -545,7 +549,7 @@ impl Outbox {
 
     /// Send every due pending item once. Returns (acknowledged, failed, still pending).
     pub async fn process(&self, config: &PushConfig) -> (usize, usize, usize) {
-        self.process_observed(config, &|_| {}).await
+        self.process_observed(config, &|_, _| {}).await
     }
 
     /// [`Outbox::process`], telling `observe` each send's outcome (`Status::Acknowledged`,
@@ -553,7 +557,7 @@ impl Outbox {
     pub async fn process_observed(
         &self,
         config: &PushConfig,
-        observe: &(dyn Fn(Status) + Sync),
+        observe: &(dyn Fn(Status, Duration) + Sync),
     ) -> (usize, usize, usize) {
         let max = config.max_attempts.unwrap_or(8);
         let now = Utc::now();
@@ -583,6 +587,7 @@ impl Outbox {
                 target = ?item.target,
                 attempt = item.attempts
             );
+            let started = std::time::Instant::now();
             let route = config.route(item.practice.as_deref(), &item.facility);
             let section = match &item.practice {
                 Some(p) => format!("[practices.{p}]"),
@@ -609,11 +614,14 @@ impl Outbox {
                 },
             };
             let _entered = span.enter();
-            observe(match &outcome {
-                Outcome::Acknowledged(_) => Status::Acknowledged,
-                Outcome::Failed(_) => Status::Failed,
-                Outcome::Retry(_) => Status::Pending,
-            });
+            observe(
+                match &outcome {
+                    Outcome::Acknowledged(_) => Status::Acknowledged,
+                    Outcome::Failed(_) => Status::Failed,
+                    Outcome::Retry(_) => Status::Pending,
+                },
+                started.elapsed(),
+            );
             match outcome {
                 Outcome::Acknowledged(ack) => {
                     item.status = Status::Acknowledged;

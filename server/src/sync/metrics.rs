@@ -1,44 +1,115 @@
-//! Counters for `/metrics` (Prometheus text format).
+//! `/metrics`: the server's metrics, kept and exposed through `prometheus-client` (OpenMetrics
+//! text: counters as `_total`, histograms with `_bucket`/`_sum`/`_count` and their unit).
+//!
+//! The metrics the server updates as it works live here (counters, gauges, histograms, the
+//! HTTP and ingestion families); values that are read when scraped (documents in memory,
+//! outbox depth and age, open alerts, quarantine, connection caps) are passed to
+//! [`Metrics::render`] as [`Sample`]s.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Server counters; all monotonic except the gauges noted.
-#[derive(Default)]
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Label sets: `(name, value)` pairs.
+pub type Labels = Vec<(String, String)>;
+
+/// A value read at scrape time.
+pub struct Sample {
+    /// The name; a counter's without `_total` (the encoder adds it).
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: SampleKind,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleKind {
+    Counter,
+    Gauge,
+}
+
+/// The server's metrics.
 pub struct Metrics {
-    pub connections_total: AtomicU64,
-    /// Gauge.
-    pub connections_open: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub messages_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub documents_loaded: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub access_denied: AtomicU64,
+    pub connections_total: Counter,
+    pub connections_open: Gauge,
+    pub messages_received: Counter,
+    pub messages_sent: Counter,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub documents_loaded: Counter,
+    pub protocol_errors: Counter,
+    pub access_denied: Counter,
     /// Changes (or messages) refused by the gate or the write policy.
-    pub changes_refused: AtomicU64,
+    pub changes_refused: Counter,
     /// Connections cut because their peer read too slowly.
-    pub slow_readers: AtomicU64,
-    /// Console sign-ins refused before any password check (rate limit, or every hashing slot
-    /// busy).
-    pub sign_ins_refused: AtomicU64,
+    pub slow_readers: Counter,
+    /// Console sign-ins refused before any password check.
+    pub sign_ins_refused: Counter,
     /// Sync upgrades refused because they carried a token in the URL with --no-query-tokens.
-    pub query_tokens_refused: AtomicU64,
-    /// Push sends by outcome (counters) and the outbox by status after the last round (gauges).
-    pub push_acknowledged: AtomicU64,
-    pub push_failed: AtomicU64,
-    pub push_retried: AtomicU64,
-    pub push_outbox_pending: AtomicU64,
-    pub push_outbox_failed: AtomicU64,
-    pub push_outbox_acknowledged: AtomicU64,
-    flushes: AtomicU64,
-    flush_micros_sum: AtomicU64,
-    flush_micros_max: AtomicU64,
+    pub query_tokens_refused: Counter,
+    /// Push sends by outcome, and the outbox by status after the last round.
+    pub push_sends: Family<Labels, Counter>,
+    pub push_outbox: Family<Labels, Gauge>,
+    /// Store flushes (fsync of a batch of changes).
+    pub flush_seconds: Histogram,
+    /// A burst of sync frames from a facility's inbox applied to its hub and persisted.
+    pub sync_burst_seconds: Histogram,
+    /// A month close.
+    pub close_seconds: Histogram,
+    /// One push send (FHIR transaction or HL7 message and its answer).
+    pub push_seconds: Histogram,
+    /// HTTP responses by status code.
+    pub http_responses: Family<Labels, Counter>,
+    /// Vendor and ADT input by kind and outcome.
+    pub ingested: Family<Labels, Counter>,
+    /// Alerts raised by the server and escalations.
+    pub alerts_raised: Counter,
+    pub alerts_escalated: Counter,
     /// Background workers' last round: name → (when, the longest gap expected).
     heartbeats:
         std::sync::Mutex<std::collections::BTreeMap<&'static str, (std::time::Instant, Duration)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let seconds = || Histogram::new(exponential_buckets(0.000_5, 2.0, 16));
+        Metrics {
+            connections_total: Counter::default(),
+            connections_open: Gauge::default(),
+            messages_received: Counter::default(),
+            messages_sent: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            documents_loaded: Counter::default(),
+            protocol_errors: Counter::default(),
+            access_denied: Counter::default(),
+            changes_refused: Counter::default(),
+            slow_readers: Counter::default(),
+            sign_ins_refused: Counter::default(),
+            query_tokens_refused: Counter::default(),
+            push_sends: Family::default(),
+            push_outbox: Family::default(),
+            flush_seconds: seconds(),
+            sync_burst_seconds: seconds(),
+            close_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            push_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            http_responses: Family::default(),
+            ingested: Family::default(),
+            alerts_raised: Counter::default(),
+            alerts_escalated: Counter::default(),
+            heartbeats: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+}
+
+/// One label.
+pub fn label(name: &str, value: impl Into<String>) -> Labels {
+    vec![(name.to_string(), value.into())]
 }
 
 impl Metrics {
@@ -67,167 +138,219 @@ impl Metrics {
     }
 
     pub fn observe_flush(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.flushes.fetch_add(1, Relaxed);
-        self.flush_micros_sum.fetch_add(us, Relaxed);
-        self.flush_micros_max.fetch_max(us, Relaxed);
+        self.flush_seconds.observe(d.as_secs_f64());
     }
 
-    /// The Prometheus text exposition; `extra` are (name, help, type, value) samples others
-    /// keep (connection caps, aggregated audit records).
-    pub fn render(
-        &self,
-        documents_in_memory: usize,
-        password_hashes: u64,
-        extra: &[(&str, &str, &str, f64)],
-    ) -> String {
-        let mut s = String::new();
-        let mut counter = |name: &str, help: &str, kind: &str, v: f64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        let g = |a: &AtomicU64| a.load(Relaxed) as f64;
-        counter(
-            "rounds_connections_total",
-            "WebSocket connections accepted.",
-            "counter",
-            g(&self.connections_total),
+    /// The exposition (OpenMetrics text), with `samples` read at scrape time.
+    pub fn render(&self, samples: &[Sample]) -> String {
+        let mut r = Registry::default();
+        let counters: [(&str, &str, &Counter); 12] = [
+            (
+                "rounds_connections",
+                "WebSocket connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "rounds_messages_received",
+                "Protocol messages received.",
+                &self.messages_received,
+            ),
+            (
+                "rounds_messages_sent",
+                "Protocol messages sent.",
+                &self.messages_sent,
+            ),
+            (
+                "rounds_bytes_received",
+                "Bytes of protocol messages received.",
+                &self.bytes_received,
+            ),
+            (
+                "rounds_bytes_sent",
+                "Bytes of protocol messages sent.",
+                &self.bytes_sent,
+            ),
+            (
+                "rounds_documents_loaded",
+                "Documents read into memory from the store.",
+                &self.documents_loaded,
+            ),
+            (
+                "rounds_protocol_errors",
+                "Connections closed for a protocol error.",
+                &self.protocol_errors,
+            ),
+            (
+                "rounds_changes_refused",
+                "Changes refused by the gate or the write policy (quarantined).",
+                &self.changes_refused,
+            ),
+            (
+                "rounds_sign_ins_refused",
+                "Console sign-ins refused before any password check (rate limit or busy).",
+                &self.sign_ins_refused,
+            ),
+            (
+                "rounds_slow_readers",
+                "Connections cut because more than --max-outbound-bytes waited for their peer.",
+                &self.slow_readers,
+            ),
+            (
+                "rounds_access_denied",
+                "Document accesses refused.",
+                &self.access_denied,
+            ),
+            (
+                "rounds_query_tokens_refused",
+                "Sync upgrades refused for a token in the URL (--no-query-tokens).",
+                &self.query_tokens_refused,
+            ),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        r.register(
+            "rounds_alerts_raised",
+            "Alerts opened and waiting for a response, as the server indexed them.",
+            self.alerts_raised.clone(),
         );
-        counter(
+        r.register(
+            "rounds_alerts_escalated",
+            "Alerts escalated for want of an acknowledgement.",
+            self.alerts_escalated.clone(),
+        );
+        r.register(
             "rounds_connections_open",
             "WebSocket connections open now.",
-            "gauge",
-            g(&self.connections_open),
+            self.connections_open.clone(),
         );
-        counter(
-            "rounds_messages_received_total",
-            "Protocol messages received.",
-            "counter",
-            g(&self.messages_received),
+        r.register(
+            "rounds_push_sends",
+            "Push sends by outcome (acknowledged, failed, retried).",
+            self.push_sends.clone(),
         );
-        counter(
-            "rounds_messages_sent_total",
-            "Protocol messages sent.",
-            "counter",
-            g(&self.messages_sent),
+        r.register(
+            "rounds_push_outbox_items",
+            "Push outbox items by status after the last push round.",
+            self.push_outbox.clone(),
         );
-        counter(
-            "rounds_bytes_received_total",
-            "Bytes of protocol messages received.",
-            "counter",
-            g(&self.bytes_received),
+        r.register(
+            "rounds_http_responses",
+            "HTTP responses by status code.",
+            self.http_responses.clone(),
         );
-        counter(
-            "rounds_bytes_sent_total",
-            "Bytes of protocol messages sent.",
-            "counter",
-            g(&self.bytes_sent),
+        r.register(
+            "rounds_ingested",
+            "Vendor readings and ADT messages by source and outcome.",
+            self.ingested.clone(),
         );
-        counter(
-            "rounds_documents_loaded_total",
-            "Documents read into memory from the store.",
-            "counter",
-            g(&self.documents_loaded),
-        );
-        counter(
-            "rounds_documents_in_memory",
-            "Documents held in memory now.",
-            "gauge",
-            documents_in_memory as f64,
-        );
-        counter(
-            "rounds_protocol_errors_total",
-            "Connections closed for a protocol error.",
-            "counter",
-            g(&self.protocol_errors),
-        );
-        counter(
-            "rounds_changes_refused_total",
-            "Changes refused by the gate or the write policy (quarantined).",
-            "counter",
-            g(&self.changes_refused),
-        );
-        counter(
-            "rounds_sign_ins_refused_total",
-            "Console sign-ins refused before any password check (rate limit or busy).",
-            "counter",
-            g(&self.sign_ins_refused),
-        );
-        counter(
-            "rounds_password_hashes_total",
-            "Console password hashes computed (checks, and the equal work for unknown users).",
-            "counter",
-            password_hashes as f64,
-        );
-        counter(
-            "rounds_slow_readers_total",
-            "Connections cut because more than --max-outbound-bytes waited for their peer.",
-            "counter",
-            g(&self.slow_readers),
-        );
-        counter(
-            "rounds_access_denied_total",
-            "Document accesses refused.",
-            "counter",
-            g(&self.access_denied),
-        );
-        counter(
-            "rounds_query_tokens_refused_total",
-            "Sync upgrades refused for a token in the URL (--no-query-tokens).",
-            "counter",
-            g(&self.query_tokens_refused),
-        );
-        for (name, help, v) in [
+        for (name, help, h) in [
+            ("rounds_flush", "Store flushes.", &self.flush_seconds),
             (
-                "rounds_push_acknowledged_total",
-                "Push sends the EHR acknowledged.",
-                &self.push_acknowledged,
+                "rounds_sync_burst",
+                "Bursts of sync frames applied and persisted.",
+                &self.sync_burst_seconds,
             ),
+            ("rounds_close", "Month closes.", &self.close_seconds),
             (
-                "rounds_push_failed_total",
-                "Push sends that failed for good (needing a person).",
-                &self.push_failed,
-            ),
-            (
-                "rounds_push_retried_total",
-                "Push sends that will be retried.",
-                &self.push_retried,
+                "rounds_push_send",
+                "Push sends (a request and its answer).",
+                &self.push_seconds,
             ),
         ] {
-            counter(name, help, "counter", g(v));
+            r.register_with_unit(name, help, Unit::Seconds, h.clone());
         }
-        for (status, v) in [
-            ("pending", &self.push_outbox_pending),
-            ("failed", &self.push_outbox_failed),
-            ("acknowledged", &self.push_outbox_acknowledged),
-        ] {
-            counter(
-                &format!("rounds_push_outbox_{status}"),
-                &format!("Push outbox items {status} after the last push round."),
-                "gauge",
-                g(v),
-            );
+        for s in samples {
+            match s.kind {
+                SampleKind::Counter => {
+                    let v = if s.value.is_finite() && s.value >= 0.0 {
+                        s.value as u64
+                    } else {
+                        0
+                    };
+                    r.register(s.name, s.help, ConstCounter::new(v));
+                }
+                SampleKind::Gauge => r.register(s.name, s.help, ConstGauge::new(s.value)),
+            }
         }
-        for (name, help, kind, v) in extra {
-            counter(name, help, kind, *v);
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &r) {
+            tracing::error!(error = %e, "encoding the metrics");
         }
-        counter(
-            "rounds_flush_seconds_count",
-            "Store flushes.",
-            "counter",
-            g(&self.flushes),
+        // The encoder ends every help text with a period; ours already have one.
+        out.replace("..\n", ".\n")
+    }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers that do not
+/// ask for OpenMetrics: a counter family is named with its `_total` suffix in HELP and TYPE,
+/// and the `# UNIT` and `# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_the_histograms_with_units_and_converts_to_prometheus_text() {
+        let m = Metrics::default();
+        m.observe_flush(Duration::from_millis(3));
+        m.connections_total.inc();
+        m.http_responses.get_or_create(&label("code", "200")).inc();
+        let om = m.render(&[Sample {
+            name: "rounds_documents_in_memory",
+            help: "Documents held in memory now.",
+            kind: SampleKind::Gauge,
+            value: 7.0,
+        }]);
+        assert!(om.contains("# UNIT rounds_flush_seconds seconds"), "{om}");
+        assert!(om.contains("rounds_flush_seconds_count 1"), "{om}");
+        assert!(om.contains("rounds_connections_total 1"), "{om}");
+        assert!(
+            om.contains("rounds_http_responses_total{code=\"200\"} 1"),
+            "{om}"
         );
-        counter(
-            "rounds_flush_seconds_sum",
-            "Total time spent flushing the store.",
-            "counter",
-            g(&self.flush_micros_sum) / 1e6,
+        assert!(om.contains("rounds_documents_in_memory 7"), "{om}");
+        assert!(om.trim_end().ends_with("# EOF"), "{om}");
+        assert!(!om.contains(".."), "{om}");
+        let text = to_prometheus_text(&om);
+        assert!(
+            text.contains("# TYPE rounds_connections_total counter"),
+            "{text}"
         );
-        counter(
-            "rounds_flush_seconds_max",
-            "Longest store flush.",
-            "gauge",
-            g(&self.flush_micros_max) / 1e6,
+        assert!(text.contains("# HELP rounds_connections_total "), "{text}");
+        assert!(
+            text.contains("# TYPE rounds_flush_seconds histogram"),
+            "{text}"
         );
-        s
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
     }
 }

@@ -66,6 +66,15 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn open(db: &sled::Db) -> Result<Quarantine, sled::Error> {
         Quarantine::open_with(db, MAX_ENTRIES)
     }

@@ -308,10 +308,7 @@ async fn login(
     let password = form.get("password").cloned().unwrap_or_default();
     let client = shared.limits.network.client_ip(peer, &headers);
     let busy = |why: &str| {
-        shared
-            .metrics
-            .sign_ins_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.metrics.sign_ins_refused.inc();
         let mut a = AuditRecord::new("console-login-refused");
         a.device = Some(format!("user:{username}"));
         a.detail = Some(format!("{why} (from {client})"));
