@@ -618,3 +618,59 @@ async fn metrics_taken_during_a_storm_pass_promtool() {
     );
     assert!(om.trim_end().ends_with("# EOF"));
 }
+
+/// Long work shows progress: off a terminal, `push --wait` writes a plain line every few
+/// seconds with its counts, and exits non-zero with a one-line reason when items are left.
+#[test]
+fn push_wait_shows_progress_lines_and_fails_with_one_line_when_items_are_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = d.join("store");
+    let s = s.to_str().unwrap();
+    let example = repo_root().join("examples/sunnyvale.json");
+    assert!(cli(&["import", example.to_str().unwrap(), "--store", s]).0);
+    assert!(
+        cli(&[
+            "close-month",
+            "--facility",
+            "sunnyvale",
+            "--month",
+            "2026-11",
+            "--store",
+            s
+        ])
+        .0
+    );
+    std::fs::write(
+        d.join("push.toml"),
+        "[hl7]\naddress = \"127.0.0.1:9\"\ntimeout_seconds = 1\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        d.join("push.toml").to_str().unwrap(),
+        "--wait",
+        "8",
+        "--store",
+        s,
+    ]);
+    assert!(!ok, "{out}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("rounds push: "))
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert!(lines[0].contains("pending"), "{err}");
+    assert!(lines.iter().all(|l| l.ends_with(" s)")), "{err}");
+    let reason: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("push of sunnyvale 2026-11 incomplete"))
+        .collect();
+    assert_eq!(reason.len(), 1, "{err}");
+}

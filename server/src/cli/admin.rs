@@ -183,10 +183,13 @@ pub(super) fn close_month(
     server: String,
 ) -> Result<(), CliError> {
     let month = parse_month(&month)?;
+    let progress = crate::cli::progress::Progress::new("close-month", None);
+    progress.update(None, &format!("closing {facility} {month}"));
     let out = crate::cli::admin_client::run(
         &crate::cli::admin_client::AdminTarget { store, server },
         crate::cli::admin_client::Op::Close { facility, month },
     )?;
+    progress.finish("done");
     println!("{}", out.trim_end());
     Ok(())
 }
@@ -224,6 +227,8 @@ pub(super) fn export(
 ) -> Result<(), CliError> {
     let month = parse_month(&month)?;
     let target = crate::cli::admin_client::AdminTarget { store, server };
+    let progress = crate::cli::progress::Progress::new("export", None);
+    progress.update(None, &format!("building the {month} package of {facility}"));
     if let Some(written) = crate::cli::admin_client::export_local(
         &target,
         &facility,
@@ -232,7 +237,9 @@ pub(super) fn export(
         practice.as_deref(),
         &out,
     ) {
-        println!("wrote {} files to {}", written?, out.display());
+        let written = written?;
+        progress.finish("done");
+        println!("wrote {written} files to {}", out.display());
         return Ok(());
     }
     let files = crate::cli::admin_client::run(
@@ -248,6 +255,7 @@ pub(super) fn export(
         serde_json::from_str(&files).map_err(|e| CliError::Invalid(format!("export: {e}")))?;
     crate::services::export::write(&out, &files)
         .map_err(|e| CliError::Invalid(format!("{}: {e}", out.display())))?;
+    progress.finish("done");
     println!("wrote {} files to {}", files.len(), out.display());
     Ok(())
 }

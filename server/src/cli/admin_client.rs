@@ -105,17 +105,6 @@ pub enum Op {
     },
 }
 
-/// What `rounds backup` prints.
-pub fn backup_summary(m: &crate::services::backup::Manifest, to: &Path) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({
-        "backup": to,
-        "created_at": m.created_at,
-        "documents": m.documents.len(),
-        "trees": m.trees,
-    }))
-    .unwrap_or_default()
-}
-
 fn invalid(e: impl std::fmt::Display) -> CliError {
     CliError::Invalid(e.to_string())
 }
@@ -197,7 +186,7 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
         Op::List => serde_json::to_string_pretty(&s.list()).unwrap_or_default(),
         Op::Backup { to } => {
             let m = crate::services::backup::backup(store, &to, &mut |step| {
-                eprintln!("rounds backup: {step}");
+                tracing::info!(step, "backup");
             })
             .map_err(invalid)?;
             let mut rec = crate::services::security::AuditRecord::new("backup");
@@ -207,7 +196,7 @@ fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result
                 to.display()
             ));
             s.record(rec);
-            backup_summary(&m, &to)
+            m.summary(&to)
         }
         Op::Quarantine { facility } => {
             let q = crate::sync::quarantine::Quarantine::open(store.db()).map_err(invalid)?;

@@ -581,6 +581,7 @@ pub mod admin_client;
 pub mod config;
 mod data;
 pub mod demo;
+pub mod progress;
 mod run;
 mod serve;
 mod store;

@@ -94,18 +94,24 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rules => data::rules(),
         Command::Serve(args) => serve::serve(*args),
         Command::Backup { to, store, server } => {
+            let progress = crate::cli::progress::Progress::new("backup", None);
+            progress.update(None, &format!("copying the store to {}", to.display()));
             let out = crate::cli::admin_client::run(
                 &crate::cli::admin_client::AdminTarget { store, server },
                 crate::cli::admin_client::Op::Backup { to },
             )?;
+            progress.finish("done");
             println!("{}", out.trim_end());
             Ok(())
         }
         Command::Restore { from, to } => {
+            let progress = crate::cli::progress::Progress::new("restore", None);
+            progress.update(None, "copying");
             let m = crate::services::backup::restore(&from, &to, &mut |step| {
-                eprintln!("rounds restore: {step}");
+                progress.update(None, step);
             })
             .map_err(|e| CliError::Invalid(e.to_string()))?;
+            progress.finish("done");
             println!(
                 "{}",
                 serde_json::json!({"restored": to, "from": from, "documents": m.documents.len(), "backup_created_at": m.created_at})

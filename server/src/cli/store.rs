@@ -137,19 +137,43 @@ fn push_send(
             "practice {p}: no push target in push.toml ([practices.{p}]): its packages were not queued"
         );
     }
-    runtime()?.block_on(outbox.drain(&config, std::time::Duration::from_secs(wait)));
-    // This month's items (of this practice): what the exit status is about.
-    let mine: Vec<crate::services::push::OutboxItem> = outbox
-        .all()
-        .into_iter()
-        .filter(|i| i.facility == facility && i.month == month)
-        .filter(|i| {
-            practice
-                .as_ref()
-                .is_none_or(|p| i.practice.as_ref().unwrap_or(&i.facility) == p)
-        })
-        .collect();
+    // This month's items (of this practice): what the progress and the exit status are about.
+    let mine_of =
+        |outbox: &crate::services::push::Outbox| -> Vec<crate::services::push::OutboxItem> {
+            outbox
+                .all()
+                .into_iter()
+                .filter(|i| i.facility == facility && i.month == month)
+                .filter(|i| {
+                    practice
+                        .as_ref()
+                        .is_none_or(|p| i.practice.as_ref().unwrap_or(&i.facility) == p)
+                })
+                .collect()
+        };
     use crate::services::push::Status;
+    let tally = |items: &[crate::services::push::OutboxItem]| {
+        let n = |s: Status| items.iter().filter(|i| i.status == s).count() as u64;
+        (
+            n(Status::Acknowledged),
+            n(Status::Failed),
+            n(Status::Pending),
+        )
+    };
+    let progress = crate::cli::progress::Progress::new("push", Some(mine_of(&outbox).len() as u64));
+    runtime()?.block_on(outbox.drain_observed(
+        &config,
+        std::time::Duration::from_secs(wait),
+        &mut |_| {
+            let (a, f, p) = tally(&mine_of(&outbox));
+            progress.update(
+                Some(a + f),
+                &format!("acknowledged {a}, failed {f}, pending {p}"),
+            );
+        },
+    ));
+    progress.finish("done");
+    let mine = mine_of(&outbox);
     let count = |s: Status| mine.iter().filter(|i| i.status == s).count();
     let (ack, failed, pending) = (
         count(Status::Acknowledged),
@@ -226,6 +250,15 @@ pub(super) fn import(
         println!("{reply}");
         return Ok(());
     }
+    let progress = crate::cli::progress::Progress::new("import", None);
+    progress.update(
+        None,
+        &format!(
+            "writing {} patients, {} entries",
+            data.patients.len(),
+            data.interactions.len() + data.readings.len()
+        ),
+    );
     let done = runtime()?.block_on(async {
         let (shared, _shutdown) = open_for_import(&store)?;
         shared
@@ -233,6 +266,7 @@ pub(super) fn import(
             .await
             .map_err(|e| CliError::Invalid(e.to_string()))
     })?;
+    progress.finish("done");
     println!(
         "imported {} ({} documents); facility document {}",
         done.facility,

@@ -404,6 +404,6 @@ pub async fn backup(
         b.to.display()
     ));
     shared.security.record(rec);
-    let text = crate::cli::admin_client::backup_summary(&m, &b.to);
+    let text = m.summary(&b.to);
     Ok(Json(serde_json::from_str(&text).unwrap_or_default()))
 }

@@ -34,6 +34,19 @@ pub struct Manifest {
     pub documents: BTreeMap<String, Vec<String>>,
 }
 
+impl Manifest {
+    /// What `rounds backup` prints (and the admin API answers).
+    pub fn summary(&self, to: &Path) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "backup": to,
+            "created_at": self.created_at,
+            "documents": self.documents.len(),
+            "trees": self.trees,
+        }))
+        .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("{path}: {message}")]

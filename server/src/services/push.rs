@@ -663,9 +663,20 @@ impl Outbox {
     /// Process until nothing can be sent any more (waiting for backoffs), at most `limit`. A
     /// part of a split package behind a failed part cannot: it waits for a person.
     pub async fn drain(&self, config: &PushConfig, limit: Duration) -> (usize, usize, usize) {
+        self.drain_observed(config, limit, &mut |_| {}).await
+    }
+
+    /// [`Outbox::drain`], telling `round` the counts after each round.
+    pub async fn drain_observed(
+        &self,
+        config: &PushConfig,
+        limit: Duration,
+        round: &mut dyn FnMut((usize, usize, usize)),
+    ) -> (usize, usize, usize) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let counts = self.process(config).await;
+            round(counts);
             if counts.2 == 0 || tokio::time::Instant::now() >= deadline {
                 return counts;
             }

@@ -270,6 +270,10 @@ impl Metrics {
                     };
                     r.register(s.name, s.help, ConstCounter::new(v));
                 }
+                // Whole numbers as integers (`3`, not `3.0`).
+                SampleKind::Gauge if s.value.fract() == 0.0 && s.value.abs() < 9.0e15 => {
+                    r.register(s.name, s.help, ConstGauge::new(s.value as i64))
+                }
                 SampleKind::Gauge => r.register(s.name, s.help, ConstGauge::new(s.value)),
             }
         }
@@ -335,7 +339,7 @@ mod tests {
             om.contains("rounds_http_responses_total{code=\"200\"} 1"),
             "{om}"
         );
-        assert!(om.contains("rounds_documents_in_memory 7"), "{om}");
+        assert!(om.contains("rounds_documents_in_memory 7\n"), "{om}");
         assert!(om.trim_end().ends_with("# EOF"), "{om}");
         assert!(!om.contains(".."), "{om}");
         let text = to_prometheus_text(&om);
