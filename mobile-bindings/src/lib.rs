@@ -5,7 +5,8 @@
 //!
 //! Threading: every method is blocking and thread-safe (an internal lock); call them from a
 //! background thread/coroutine/queue, never the UI thread. `sync` runs on an internal tokio
-//! runtime and can be cancelled from another thread with `cancel_sync`.
+//! runtime, takes the lock only while it applies a frame (so actions run during a sync), and
+//! can be cancelled from another thread with `cancel_sync`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -722,7 +723,9 @@ impl RoundsReplica {
     }
 
     /// Sync with the server (`wss://host:port/sync`), trusting the certificate with this SHA-256
-    /// fingerprint (hex; empty for the system roots). Blocks until done, failed or cancelled.
+    /// fingerprint (hex; empty for the system roots). Blocks the calling thread until done,
+    /// failed or cancelled — but not the replica: other threads' actions and queries run during
+    /// the sync (the replica is locked only while a frame is applied).
     pub fn sync(
         &self,
         url: String,
@@ -751,9 +754,11 @@ impl RoundsReplica {
             .map_err(|e| RoundsError::Sync {
                 message: e.to_string(),
             })?;
-        let mut replica = self.lock();
-        let result = runtime.block_on(rounds_core::sync::net::sync(
-            &mut replica,
+        // The replica's lock is taken per frame, not for the whole sync: the nurse's actions
+        // and the app's queries run while the network is awaited.
+        let mut access = &self.inner;
+        let result = runtime.block_on(rounds_core::sync::net::sync_with(
+            &mut access,
             &url,
             &opts,
             &mut |done, total| {

@@ -208,9 +208,42 @@ pub fn client_config(trust: &Trust) -> Result<ClientConfig, NetError> {
     })
 }
 
+/// How the sync shell reaches the replica: for the whole sync (`&mut Replica`), or one frame
+/// at a time (`&Mutex<Replica>`): the session is sans-IO, so the lock is taken to feed it a
+/// frame (or start, settle, save it) and released while the network is awaited — the app's
+/// writes and queries run between frames instead of waiting for the sync.
+pub trait ReplicaAccess {
+    fn with<T>(&mut self, f: impl FnOnce(&mut Replica) -> T) -> T;
+}
+
+impl ReplicaAccess for &mut Replica {
+    fn with<T>(&mut self, f: impl FnOnce(&mut Replica) -> T) -> T {
+        f(self)
+    }
+}
+
+impl ReplicaAccess for &std::sync::Mutex<Replica> {
+    fn with<T>(&mut self, f: impl FnOnce(&mut Replica) -> T) -> T {
+        let mut guard = self.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
 /// One connection: handshake, sync every document until all are confirmed, close.
 pub async fn sync_once(
     replica: &mut Replica,
+    url: &str,
+    opts: &SyncOptions,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+    report: &mut SyncReport,
+) -> Result<(), NetError> {
+    let mut access = replica;
+    sync_once_with(&mut access, url, opts, progress, report).await
+}
+
+/// [`sync_once`] through a [`ReplicaAccess`].
+pub async fn sync_once_with<A: ReplicaAccess + Send>(
+    replica: &mut A,
     url: &str,
     opts: &SyncOptions,
     progress: &mut (dyn FnMut(usize, usize) + Send),
@@ -235,7 +268,7 @@ pub async fn sync_once(
         tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
             .await
             .map_err(|e| NetError::Connection(e.to_string()))?;
-    let (mut session, join) = DeviceSession::start(replica);
+    let (mut session, join) = replica.with(|r| DeviceSession::start(r));
     report.bytes_sent += join.len() as u64;
     report.frames_sent += 1;
     ws.send(WsMessage::Binary(join.into()))
@@ -259,7 +292,7 @@ pub async fn sync_once(
         let quiet = Duration::from_millis(1500).min(opts.idle_timeout);
         let quiet_left = quiet.saturating_sub(last_frame.elapsed());
         let next = match tokio::time::timeout(quiet_left, ws.next()).await {
-            Err(_) if session.settle(replica) => break Ok(()),
+            Err(_) if replica.with(|r| session.settle(r)) => break Ok(()),
             Err(_) => {
                 let idle_left = opts.idle_timeout.saturating_sub(last_frame.elapsed());
                 match tokio::time::timeout(idle_left, ws.next()).await {
@@ -283,7 +316,7 @@ pub async fn sync_once(
         };
         report.frames_received += 1;
         report.bytes_received += frame.len() as u64;
-        let replies = match session.receive(replica, &frame) {
+        let replies = match replica.with(|r| session.receive(r, &frame)) {
             Ok(r) => r,
             Err(e) => break Err(e.into()),
         };
@@ -297,7 +330,7 @@ pub async fn sync_once(
         let (done, total) = session.progress();
         progress(done, total);
     };
-    if let Err(e) = session.save(replica) {
+    if let Err(e) = replica.with(|r| session.save(r)) {
         tracing::warn!(error = %e, "could not save sync states; the next sync starts over");
     }
     let docs = session.documents();
@@ -316,7 +349,7 @@ pub async fn sync_once(
     if result.is_ok()
         && let Some(key) = session.server_key()
     {
-        match replica.drop_outside_window(key) {
+        match replica.with(|r| r.drop_outside_window(key)) {
             Ok(dropped) => report.dropped = dropped.len(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not drop documents outside the sync window")
@@ -335,12 +368,24 @@ pub async fn sync(
     opts: &SyncOptions,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<SyncReport, NetError> {
+    let mut access = replica;
+    sync_with(&mut access, url, opts, progress).await
+}
+
+/// [`sync`] through a [`ReplicaAccess`]: with `&Mutex<Replica>`, the lock is held only while
+/// a frame is applied, never across the network.
+pub async fn sync_with<A: ReplicaAccess + Send>(
+    replica: &mut A,
+    url: &str,
+    opts: &SyncOptions,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<SyncReport, NetError> {
     let mut report = SyncReport::default();
     let mut delay = opts.backoff;
     let mut last = String::new();
     for attempt in 1..=opts.attempts.max(1) {
         report.attempts = attempt;
-        match sync_once(replica, url, opts, progress, &mut report).await {
+        match sync_once_with(replica, url, opts, progress, &mut report).await {
             Ok(()) => return Ok(report),
             Err(e @ NetError::Url(_))
             | Err(e @ NetError::Tls(_))
