@@ -83,6 +83,7 @@ fn data(patients: usize, legacy: bool) -> DataFile {
                 method: None,
                 by: None,
                 revoked_on: None,
+                document: None,
             })
             .collect();
         let external_services = if kind == 5 && i % 30 == 5 {

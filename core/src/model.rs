@@ -186,6 +186,9 @@ pub struct Consent {
     pub by: Option<String>,
     #[serde(default)]
     pub revoked_on: Option<NaiveDate>,
+    /// Where the signed form or recording is kept (the practice's document id or URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
 }
 
 /// The care plan: dates for billing, free text for the clinicians (merged as Automerge text).

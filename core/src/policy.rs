@@ -851,6 +851,13 @@ fn check_entry(
             if c.revoked_on.is_some_and(|r| r < c.given_on) {
                 return Err(schema("revoked_on: is before given_on".into()));
             }
+            if let Some(d) = &c.document
+                && (d.len() > 500 || d.chars().any(char::is_control))
+            {
+                return Err(schema(
+                    "document: at most 500 characters, no control characters".into(),
+                ));
+            }
             Ok(())
         }
         _ => Err(Refusal::new(

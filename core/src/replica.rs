@@ -1106,6 +1106,14 @@ impl Replica {
         now: DateTime<Utc>,
     ) -> Result<(Reading, Vec<crate::alerts::Alert>, bool)> {
         self.require_patient(&n.patient)?;
+        // A device's clock may run a little ahead; a reading from later than that is refused.
+        if n.measured_at > now + chrono::Duration::minutes(10) {
+            return Err(ReplicaError::invalid(
+                format!("reading {id}"),
+                "measured_at",
+                format!("{} is in the future", n.measured_at.to_rfc3339()),
+            ));
+        }
         let (measured_at, month) = self.local(n.measured_at)?;
         let reading = Reading {
             id,

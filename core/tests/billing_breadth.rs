@@ -106,6 +106,7 @@ fn consent(d: &mut DataFile, program: Program, given: &str, revoked: Option<&str
         method: Some("verbal".into()),
         by: Some("rn".into()),
         revoked_on: revoked.map(date),
+        document: None,
     });
 }
 

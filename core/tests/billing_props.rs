@@ -25,6 +25,7 @@ fn base() -> DataFile {
         method: None,
         by: None,
         revoked_on: None,
+        document: None,
     });
     d
 }

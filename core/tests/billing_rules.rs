@@ -81,6 +81,7 @@ fn base() -> DataFile {
             method: Some("verbal".into()),
             by: Some("rn".into()),
             revoked_on: None,
+            document: None,
         }],
         initiating_visit_on: Some(date("2026-01-10")),
         care_plan: Some(CarePlan {
@@ -192,6 +193,7 @@ fn enrol_rpm(d: &mut DataFile, setup: &str) {
         method: None,
         by: None,
         revoked_on: None,
+        document: None,
     });
 }
 
@@ -576,6 +578,7 @@ fn pcm_patient() -> DataFile {
         method: None,
         by: None,
         revoked_on: None,
+        document: None,
     }];
     p.pcm_condition = Some("I50.9".into());
     d

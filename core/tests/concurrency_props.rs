@@ -49,6 +49,7 @@ fn base() -> DataFile {
             method: None,
             by: None,
             revoked_on: None,
+            document: None,
         })
         .collect();
     d.patients.push(Patient {

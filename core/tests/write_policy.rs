@@ -115,6 +115,7 @@ fn every_action_of_a_tablet_passes_the_policy() {
                 method: Some("verbal".into()),
                 by: Some("rn-lee".into()),
                 revoked_on: None,
+                document: None,
             },
             now(),
         )
@@ -278,6 +279,7 @@ fn the_replica_refuses_before_it_writes() {
                 method: None,
                 by: None,
                 revoked_on: None,
+                document: None,
             },
             now(),
         )

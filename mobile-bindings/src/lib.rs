@@ -200,6 +200,10 @@ pub struct ReadingInput {
     /// The monitoring program: RPM when absent; RTM for the therapeutic kinds.
     #[uniffi(default = None)]
     pub program: Option<ReadingProgram>,
+    /// When the device measured it (absent: now). A reading a cuff took offline and hands
+    /// over later counts on the day it was taken; a time in the future is refused.
+    #[uniffi(default = None)]
+    pub measured_at: Option<std::time::SystemTime>,
     /// True when the patient entered it in the RTM app (RTM only; counts as an RTM day).
     #[uniffi(default = false)]
     pub patient_reported: bool,
@@ -303,6 +307,34 @@ fn alert_info(v: rounds_core::alerts::AlertView) -> AlertInfo {
 }
 
 /// What `apply_relogs` did.
+/// A consent captured at the bedside.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ConsentInput {
+    pub patient: String,
+    pub program: Program,
+    /// The local date it was given, `YYYY-MM-DD`.
+    pub given_on: String,
+    /// How: `verbal`, `written`, `electronic`, …
+    #[uniffi(default = None)]
+    pub method: Option<String>,
+    /// The staff id who obtained it.
+    #[uniffi(default = None)]
+    pub by: Option<String>,
+    /// Where the signed form or recording is kept (a document id or URL of the practice's).
+    #[uniffi(default = None)]
+    pub document: Option<String>,
+}
+
+/// Which documents the tablet keeps (`set_sync_window`): the open months and the closed ones
+/// still within `grace_days` of their end, plus `retention_months` more.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncWindowSettings {
+    /// The tablet's local date, `YYYY-MM-DD`.
+    pub today: String,
+    pub grace_days: u32,
+    pub retention_months: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct RelogResult {
     /// Entries written back (the server's copy lacked them).
@@ -366,6 +398,9 @@ fn timer(t: rounds_core::RunningTimer) -> Timer {
 
 /// A reading taken now.
 fn new_reading(reading: ReadingInput) -> NewReading {
+    let measured_at = reading
+        .measured_at
+        .map_or_else(Utc::now, DateTime::<Utc>::from);
     NewReading {
         patient: reading.patient,
         kind: reading.kind.into(),
@@ -373,7 +408,7 @@ fn new_reading(reading: ReadingInput) -> NewReading {
         diastolic: reading.diastolic,
         value: reading.value,
         unit: reading.unit,
-        measured_at: Utc::now(),
+        measured_at,
         device: reading.device,
         source: if reading.manual {
             ReadingSource::Manual
@@ -829,6 +864,57 @@ impl RoundsReplica {
             .into_iter()
             .map(|d| d.to_string())
             .collect()
+    }
+
+    /// Record a consent given at the bedside (a write-once entry of the patient's document);
+    /// returns its id. Revocation is a later `record_consent` with the same program is not: the
+    /// practice records revocations through its console.
+    pub fn record_consent(&self, consent: ConsentInput) -> Result<String, RoundsError> {
+        let given_on = NaiveDate::parse_from_str(&consent.given_on, "%Y-%m-%d").map_err(|_| {
+            invalid(format!(
+                "consent: field given_on: {:?} is not a date (YYYY-MM-DD)",
+                consent.given_on
+            ))
+        })?;
+        if let Some(d) = &consent.document
+            && (d.len() > 500 || d.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                "consent: field document: at most 500 characters, no control characters",
+            ));
+        }
+        let c = rounds_core::Consent {
+            id: None,
+            program: consent.program.into(),
+            given_on,
+            method: consent.method,
+            by: consent.by,
+            revoked_on: None,
+            document: consent.document,
+        };
+        Ok(self
+            .lock()
+            .record_consent(&consent.patient, c, Utc::now())?)
+    }
+
+    /// Keep only the documents of the sync window (applied at the next sync: what the server
+    /// holds and lies outside the window leaves the tablet). `None`: keep everything.
+    pub fn set_sync_window(&self, window: Option<SyncWindowSettings>) -> Result<(), RoundsError> {
+        let w = match window {
+            None => None,
+            Some(w) => Some(rounds_core::SyncWindow {
+                today: NaiveDate::parse_from_str(&w.today, "%Y-%m-%d").map_err(|_| {
+                    invalid(format!(
+                        "sync window: field today: {:?} is not a date (YYYY-MM-DD)",
+                        w.today
+                    ))
+                })?,
+                grace_days: w.grace_days,
+                retention_months: w.retention_months,
+            }),
+        };
+        self.lock().set_sync_window(w);
+        Ok(())
     }
 
     /// Stop a running `sync` (from another thread).

@@ -40,6 +40,35 @@ try:
     raise SystemExit("an impossible reading was accepted")
 except rm.RoundsError.Invalid as e:
     assert "systolic" in str(e), str(e)
+# A reading the cuff took an hour ago, handed over now: it counts when it was measured.
+import datetime  # noqa: E402
+taken = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+earlier = replica.record_reading(rm.ReadingInput(
+    patient="p-007", kind=rm.ReadingKind.HEART_RATE, systolic=None, diastolic=None,
+    value=72.0, unit="/min", device="cuff-07", manual=False, measured_at=taken))
+assert len(earlier) == 36, earlier
+try:
+    replica.record_reading(rm.ReadingInput(
+        patient="p-007", kind=rm.ReadingKind.HEART_RATE, systolic=None, diastolic=None,
+        value=72.0, unit="/min", device="cuff-07", manual=False,
+        measured_at=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)))
+    raise SystemExit("a reading from the future was accepted")
+except rm.RoundsError.Invalid as e:
+    assert "measured_at" in str(e), str(e)
+# A consent captured at the bedside, with where the signed form is kept.
+consent = replica.record_consent(rm.ConsentInput(
+    patient="p-012", program=rm.Program.CCM, given_on=entry.started_at[:10], method="written",
+    by="rn-lee", document="scan://consents/p-012-ccm.pdf"))
+assert consent, consent
+try:
+    replica.record_consent(rm.ConsentInput(
+        patient="p-012", program=rm.Program.CCM, given_on="last tuesday", method=None, by=None,
+        document=None))
+    raise SystemExit("a bad consent date was accepted")
+except rm.RoundsError.Invalid as e:
+    assert "given_on" in str(e), str(e)
+replica.set_sync_window(rm.SyncWindowSettings(today=entry.started_at[:10], grace_days=7,
+                                               retention_months=1))
 summary = replica.patient_month_summary("p-007", entry.started_at[:7])
 assert summary.reading_days >= 1
 assert replica.worklist(entry.started_at[:10])
@@ -75,4 +104,5 @@ except rm.RoundsError.Invalid as e:
     assert "on" in str(e), str(e)
 result = replica.sync(url, token, fingerprint, None)
 assert result.unsent == 0, result
-print(json.dumps({"interaction": entry.id, "reading": reading}))
+print(json.dumps({"interaction": entry.id, "reading": reading, "earlier": earlier,
+                  "consent": consent}))

@@ -107,6 +107,32 @@ async fn python_flow_reaches_the_server() {
     let held = on_server(&server).await;
     assert!(held.contains(&ids["interaction"].as_str().unwrap().to_string()));
     assert!(held.contains(&ids["reading"].as_str().unwrap().to_string()));
+    assert!(held.contains(&ids["earlier"].as_str().unwrap().to_string()));
+    // The reading keeps the time the device measured it; the consent reached the server.
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Replica::open(dir.path()).unwrap();
+    r.join_facility("sunnyvale").unwrap();
+    sync_with(&mut r, &server).await.unwrap();
+    let (data, _) = r.export().unwrap();
+    let earlier = data
+        .readings
+        .iter()
+        .find(|x| x.id.to_string() == ids["earlier"].as_str().unwrap())
+        .unwrap();
+    let age = chrono::Utc::now() - earlier.measured_at.with_timezone(&chrono::Utc);
+    assert!(
+        age > chrono::Duration::minutes(55) && age < chrono::Duration::minutes(70),
+        "measured {age:?} ago"
+    );
+    let p012 = data.patients.iter().find(|p| p.id == "p-012").unwrap();
+    assert!(
+        p012.consents
+            .iter()
+            .any(|c| c.method.as_deref() == Some("written")
+                && c.document.as_deref() == Some("scan://consents/p-012-ccm.pdf")),
+        "{:?}",
+        p012.consents
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
