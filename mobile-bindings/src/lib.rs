@@ -359,6 +359,34 @@ pub trait SyncProgress: Send + Sync {
     fn on_progress(&self, done: u32, total: u32);
 }
 
+/// Where the app keeps the device's token (the Android Keystore, the iOS Keychain): `enrol`
+/// hands it over once and never returns it.
+#[uniffi::export(with_foreign)]
+pub trait TokenStore: Send + Sync {
+    fn save(&self, token: String);
+}
+
+/// What an enrolment gives the app (the token went to its `TokenStore`).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Enrolled {
+    pub facility: String,
+    pub device_name: String,
+}
+
+fn trust_of(fingerprint: &str) -> Result<rounds_core::sync::net::Trust, RoundsError> {
+    if fingerprint.is_empty() {
+        return Ok(rounds_core::sync::net::Trust::SystemRoots);
+    }
+    let bytes: Vec<u8> = (0..fingerprint.len() / 2)
+        .filter_map(|i| u8::from_str_radix(fingerprint.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    Ok(rounds_core::sync::net::Trust::Fingerprint(
+        bytes
+            .try_into()
+            .map_err(|_| invalid("fingerprint: expected 64 hex digits"))?,
+    ))
+}
+
 /// The device's store of the facility's documents.
 #[derive(uniffi::Object)]
 pub struct RoundsReplica {
@@ -915,6 +943,51 @@ impl RoundsReplica {
         };
         self.lock().set_sync_window(w);
         Ok(())
+    }
+
+    /// Enrol this tablet with a one-time code (`rounds device code`, or the console): the
+    /// server (`https://host:port`) answers the device's token, which goes to `store` and is
+    /// never returned; the replica joins the code's facility. Trust as for `sync`.
+    pub fn enrol(
+        &self,
+        server: String,
+        code: String,
+        device_name: String,
+        fingerprint: String,
+        store: Arc<dyn TokenStore>,
+    ) -> Result<Enrolled, RoundsError> {
+        let trust = trust_of(&fingerprint)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| RoundsError::Sync {
+                message: e.to_string(),
+            })?;
+        let e = runtime
+            .block_on(rounds_core::sync::enrol::enrol(
+                &server,
+                &code,
+                &device_name,
+                &trust,
+            ))
+            .map_err(|e| match e {
+                rounds_core::sync::net::NetError::Enrolment(m) => RoundsError::Refused {
+                    document: String::new(),
+                    message: format!("enrolment: {m}"),
+                },
+                rounds_core::sync::net::NetError::Url(u) => {
+                    invalid(format!("server: {u:?} is not https://host:port"))
+                }
+                e => RoundsError::Sync {
+                    message: e.to_string(),
+                },
+            })?;
+        store.save(e.token);
+        self.lock().join_facility(&e.facility)?;
+        Ok(Enrolled {
+            facility: e.facility,
+            device_name: e.name,
+        })
     }
 
     /// Stop a running `sync` (from another thread).

@@ -232,3 +232,46 @@ fn swift_sources_have_the_public_api() {
     let header = std::fs::read_to_string(bindings().join("swift/rounds_mobileFFI.h")).unwrap();
     assert!(header.contains("uniffi_rounds_mobile_fn_method_roundsreplica_sync"));
 }
+
+/// Enrolment by code through the bindings: the token goes to the app's store, the code is
+/// single use, and the token syncs the facility.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_enrols_with_a_one_time_code() {
+    let b = bindings();
+    let (store, server, _token) = server_with_device();
+    let out = Command::new(rounds_bin().unwrap())
+        .args(["device", "code", "--facility", "sunnyvale", "--store"])
+        .arg(store.path())
+        .args(["--server", &format!("https://127.0.0.1:{}", server.port)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replica = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/mobile/enrol.py"))
+        .arg(b.join("python"))
+        .args([
+            &format!("https://127.0.0.1:{}", server.port),
+            &server.url(),
+            code["code"].as_str().unwrap(),
+            &hex(&server.fingerprint),
+        ])
+        .arg(replica.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(v["facility"], "sunnyvale");
+    assert_eq!(v["patients"], 20);
+}

@@ -1,6 +1,8 @@
 //! Sync: the automerge-repo v1 wire protocol and the sans-IO sessions that speak it.
 
 pub mod device;
+#[cfg(feature = "net")]
+pub mod enrol;
 pub mod gate;
 pub mod hub;
 #[cfg(feature = "net")]

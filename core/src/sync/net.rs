@@ -108,6 +108,9 @@ pub enum NetError {
         document: Option<DocumentId>,
         message: String,
     },
+    /// The server refused an enrolment (a used, expired or unknown code): status and reason.
+    #[error("enrolment refused: {0}")]
+    Enrolment(String),
     #[error("gave up after {attempts} attempts; last error: {last}")]
     GaveUp {
         attempts: u32,
