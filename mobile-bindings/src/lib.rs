@@ -359,6 +359,148 @@ pub trait SyncProgress: Send + Sync {
     fn on_progress(&self, done: u32, total: u32);
 }
 
+/// Which kind of document changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum DocumentKind {
+    /// The roster: residents, staff, the alert protocol.
+    Facility,
+    /// A resident's profile, consents, care plan, reported stays.
+    Patient,
+    /// A resident's month: time, readings, timers, alerts.
+    PatientMonth,
+}
+
+/// A document that changed (after a sync, or an action on this replica).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct DocumentChange {
+    pub document: String,
+    pub kind: DocumentKind,
+    pub patient: Option<String>,
+    /// `YYYY-MM` for a month document.
+    pub month: Option<String>,
+}
+
+/// Where a sync is.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncState {
+    Started,
+    Progress { done: u32, total: u32 },
+    Finished { documents: u32, unsent: u32 },
+    Failed { message: String },
+}
+
+/// The app's listener: which documents changed (so the screens showing them refresh, without
+/// polling) and how a sync is going. Called on the thread that made the change, after the
+/// replica's lock is released (so the app may query from the callback).
+#[uniffi::export(with_foreign)]
+pub trait ChangeObserver: Send + Sync {
+    fn on_changed(&self, changes: Vec<DocumentChange>);
+    fn on_sync_state(&self, state: SyncState);
+}
+
+type Heads = std::collections::BTreeMap<rounds_core::DocumentId, Vec<automerge::ChangeHash>>;
+
+fn heads_of(r: &Replica) -> Heads {
+    r.document_ids()
+        .into_iter()
+        .filter_map(|d| Some((d, r.heads(d)?)))
+        .collect()
+}
+
+/// The documents whose heads differ between two snapshots, described.
+fn changes_between(r: &Replica, before: &Heads, after: &Heads) -> Vec<DocumentChange> {
+    let changed: Vec<rounds_core::DocumentId> = after
+        .iter()
+        .filter(|(d, h)| before.get(*d) != Some(*h))
+        .map(|(d, _)| *d)
+        .collect();
+    if changed.is_empty() {
+        return Vec::new();
+    }
+    let facility = r.facility_id().map(str::to_string).unwrap_or_default();
+    let mut known: std::collections::BTreeMap<rounds_core::DocumentId, DocumentChange> =
+        std::collections::BTreeMap::new();
+    let fdoc = rounds_core::DocumentId::facility(&facility);
+    known.insert(
+        fdoc,
+        DocumentChange {
+            document: fdoc.to_string(),
+            kind: DocumentKind::Facility,
+            patient: None,
+            month: None,
+        },
+    );
+    for p in r.patient_ids() {
+        let d = rounds_core::DocumentId::patient(&facility, &p);
+        known.insert(
+            d,
+            DocumentChange {
+                document: d.to_string(),
+                kind: DocumentKind::Patient,
+                patient: Some(p),
+                month: None,
+            },
+        );
+    }
+    for (p, m, d) in r.month_docs() {
+        known.insert(
+            d,
+            DocumentChange {
+                document: d.to_string(),
+                kind: DocumentKind::PatientMonth,
+                patient: Some(p),
+                month: Some(m.to_string()),
+            },
+        );
+    }
+    changed
+        .into_iter()
+        .filter_map(|d| known.get(&d).cloned())
+        .collect()
+}
+
+/// The replica's lock while an action runs: with an observer registered, the documents'
+/// heads are noted when it is taken and compared when it is released, and the observer hears
+/// what changed once the lock is free.
+struct Observed<'a> {
+    guard: Option<MutexGuard<'a, Replica>>,
+    before: Option<Heads>,
+    observer: Option<Arc<dyn ChangeObserver>>,
+}
+
+impl std::ops::Deref for Observed<'_> {
+    type Target = Replica;
+    fn deref(&self) -> &Replica {
+        self.guard
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl std::ops::DerefMut for Observed<'_> {
+    fn deref_mut(&mut self) -> &mut Replica {
+        self.guard
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl Drop for Observed<'_> {
+    fn drop(&mut self) {
+        let (Some(guard), Some(before), Some(observer)) =
+            (self.guard.take(), self.before.take(), self.observer.take())
+        else {
+            return;
+        };
+        let after = heads_of(&guard);
+        let changes = changes_between(&guard, &before, &after);
+        drop(guard);
+        if !changes.is_empty() {
+            observer.on_changed(changes);
+        }
+    }
+}
+
 /// Where the app keeps the device's token (the Android Keystore, the iOS Keychain): `enrol`
 /// hands it over once and never returns it.
 #[uniffi::export(with_foreign)]
@@ -392,6 +534,7 @@ fn trust_of(fingerprint: &str) -> Result<rounds_core::sync::net::Trust, RoundsEr
 pub struct RoundsReplica {
     inner: Mutex<Replica>,
     cancel: Arc<AtomicBool>,
+    observer: Mutex<Option<Arc<dyn ChangeObserver>>>,
 }
 
 fn ts(s: &str, field: &str) -> Result<DateTime<Utc>, RoundsError> {
@@ -458,8 +601,22 @@ fn uuid_of(s: &str, field: &str) -> Result<uuid::Uuid, RoundsError> {
 }
 
 impl RoundsReplica {
-    fn lock(&self) -> MutexGuard<'_, Replica> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Observed<'_> {
+        let observer = self.observer();
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let before = observer.as_ref().map(|_| heads_of(&guard));
+        Observed {
+            guard: Some(guard),
+            before,
+            observer,
+        }
+    }
+
+    fn observer(&self) -> Option<Arc<dyn ChangeObserver>> {
+        self.observer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -476,6 +633,7 @@ impl RoundsReplica {
         Ok(Arc::new(RoundsReplica {
             inner: Mutex::new(replica),
             cancel: Arc::new(AtomicBool::new(false)),
+            observer: Mutex::new(None),
         }))
     }
 
@@ -817,6 +975,13 @@ impl RoundsReplica {
             .map_err(|e| RoundsError::Sync {
                 message: e.to_string(),
             })?;
+        let observer = self.observer();
+        let before = observer
+            .as_ref()
+            .map(|_| heads_of(&self.inner.lock().unwrap_or_else(|p| p.into_inner())));
+        if let Some(o) = &observer {
+            o.on_sync_state(SyncState::Started);
+        }
         // The replica's lock is taken per frame, not for the whole sync: the nurse's actions
         // and the app's queries run while the network is awaited.
         let mut access = &self.inner;
@@ -828,8 +993,32 @@ impl RoundsReplica {
                 if let Some(p) = &progress {
                     p.on_progress(done as u32, total as u32);
                 }
+                if let Some(o) = &observer {
+                    o.on_sync_state(SyncState::Progress {
+                        done: done as u32,
+                        total: total as u32,
+                    });
+                }
             },
         ));
+        if let (Some(o), Some(before)) = (&observer, &before) {
+            let changes = {
+                let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                changes_between(&r, before, &heads_of(&r))
+            };
+            if !changes.is_empty() {
+                o.on_changed(changes);
+            }
+            o.on_sync_state(match &result {
+                Ok(r) => SyncState::Finished {
+                    documents: r.documents as u32,
+                    unsent: r.unsent.len() as u32,
+                },
+                Err(e) => SyncState::Failed {
+                    message: e.to_string(),
+                },
+            });
+        }
         match result {
             Ok(r) => Ok(SyncResult {
                 documents: r.documents as u32,
@@ -988,6 +1177,11 @@ impl RoundsReplica {
             facility: e.facility,
             device_name: e.name,
         })
+    }
+
+    /// Register the app's observer (replacing any), or none.
+    pub fn set_observer(&self, observer: Option<Arc<dyn ChangeObserver>>) {
+        *self.observer.lock().unwrap_or_else(|p| p.into_inner()) = observer;
     }
 
     /// Stop a running `sync` (from another thread).

@@ -26,10 +26,30 @@ assert result.unsent == 0, result
 assert progress.calls and progress.calls[-1][0] == progress.calls[-1][1], progress.calls
 assert len(replica.patients()) == 20
 
+class Observer(rm.ChangeObserver):
+    def __init__(self):
+        self.changes = []
+        self.states = []
+
+    def on_changed(self, changes):
+        # The lock is free here: a screen may query the replica at once.
+        assert replica.patients()
+        self.changes.extend(changes)
+
+    def on_sync_state(self, state):
+        self.states.append(state)
+
+
+observer = Observer()
+replica.set_observer(observer)
 timer = replica.start_timer("p-001", "rn-lee", rm.Program.CCM)
 assert [t.id for t in replica.running_timers()] == [timer.id]
 entry = replica.stop_timer(timer.id, True, "call from the Python flow")
 assert entry.program == rm.Program.CCM and entry.seconds >= 0
+month_changes = [c for c in observer.changes if c.kind == rm.DocumentKind.PATIENT_MONTH]
+assert month_changes and month_changes[-1].patient == "p-001", observer.changes
+assert month_changes[-1].month == entry.started_at[:7], month_changes
+assert not [c for c in observer.changes if c.patient not in (None, "p-001")], observer.changes
 reading = replica.record_reading(rm.ReadingInput(
     patient="p-007", kind=rm.ReadingKind.BLOOD_PRESSURE, systolic=131.0, diastolic=82.0,
     value=None, unit="mm[Hg]", device="cuff-07", manual=False))
@@ -72,8 +92,13 @@ replica.set_sync_window(rm.SyncWindowSettings(today=entry.started_at[:10], grace
 summary = replica.patient_month_summary("p-007", entry.started_at[:7])
 assert summary.reading_days >= 1
 assert replica.worklist(entry.started_at[:10])
+observer.states.clear()
 result = replica.sync(url, token, fingerprint, None)
 assert result.unsent == 0, result
+assert isinstance(observer.states[0], rm.SyncState.STARTED), observer.states
+assert isinstance(observer.states[-1], rm.SyncState.FINISHED), observer.states
+assert observer.states[-1].unsent == 0, observer.states
+replica.set_observer(None)
 # Recovery after a refusal, through the bindings: reset the month, sync the server's copy back,
 # write back what it lacks (nothing: the server has every entry), sync again.
 month_doc = replica.patient_month_document("p-007", entry.started_at[:7])
