@@ -259,15 +259,13 @@ pub struct AlertInfo {
     pub patient: String,
     pub reading: String,
     pub rule: String,
-    /// `urgent` or `warning`.
-    pub severity: String,
+    pub severity: AlertSeverity,
     /// What broke the rule ("spo2 85 % < 90"), without patient identifiers.
     pub message: String,
-    pub raised_at: String,
+    pub raised_at: std::time::SystemTime,
     /// Acknowledge before this or it escalates to the billing practitioner.
-    pub deadline: String,
-    /// `open`, `escalated`, `acknowledged` or `resolved`.
-    pub status: String,
+    pub deadline: std::time::SystemTime,
+    pub status: AlertStatus,
     /// Notes of acknowledgements, resolutions and escalations, oldest first.
     pub notes: Vec<String>,
 }
@@ -291,22 +289,46 @@ pub struct TriageCallInput {
     pub note: Option<String>,
 }
 
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum AlertSeverity {
+    Urgent,
+    Warning,
+}
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum AlertStatus {
+    Open,
+    Escalated,
+    Acknowledged,
+    Resolved,
+}
+
 fn alert_info(v: rounds_core::alerts::AlertView) -> AlertInfo {
+    use rounds_core::alerts::{AlertStatus as S, Severity};
     AlertInfo {
         id: v.alert.id.to_string(),
         patient: v.alert.patient.clone(),
         reading: v.alert.reading.to_string(),
         rule: v.alert.rule.clone(),
-        severity: v.alert.severity.as_str().to_string(),
+        severity: match v.alert.severity {
+            Severity::Urgent => AlertSeverity::Urgent,
+            Severity::Warning => AlertSeverity::Warning,
+        },
         message: v.alert.message.clone(),
-        raised_at: v.alert.raised_at.to_rfc3339(),
-        deadline: v.alert.deadline.to_rfc3339(),
-        status: format!("{:?}", v.status).to_lowercase(),
+        raised_at: v.alert.raised_at.with_timezone(&Utc).into(),
+        deadline: v.alert.deadline.with_timezone(&Utc).into(),
+        status: match v.status {
+            S::Open => AlertStatus::Open,
+            S::Escalated => AlertStatus::Escalated,
+            S::Acknowledged => AlertStatus::Acknowledged,
+            S::Resolved => AlertStatus::Resolved,
+        },
         notes: v.events.iter().filter_map(|e| e.note.clone()).collect(),
     }
 }
 
-/// What `apply_relogs` did.
 /// A consent captured at the bedside.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct ConsentInput {
@@ -335,6 +357,7 @@ pub struct SyncWindowSettings {
     pub retention_months: u32,
 }
 
+/// What `apply_relogs` did.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct RelogResult {
     /// Entries written back (the server's copy lacked them).

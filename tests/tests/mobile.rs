@@ -225,6 +225,13 @@ fn swift_sources_have_the_public_api() {
         "func worklist(asOf: String) throws  -> [WorklistItem]",
         "public protocol SyncProgress",
         "enum RoundsError: Swift.Error",
+        "enum AlertSeverity",
+        "enum AlertStatus",
+        "enum SyncState",
+        "protocol ChangeObserver",
+        "protocol TokenStore",
+        "func setObserver(observer: ChangeObserver?)",
+        "func recordConsent(consent: ConsentInput) throws  -> String",
         "public struct WorklistItem",
     ] {
         assert!(swift.contains(needle), "generated Swift lacks {needle:?}");
