@@ -1304,6 +1304,37 @@ covered = ["MA"]
     }
 
     #[test]
+    fn bad_feed_settings_are_refused_naming_the_feed_and_field() {
+        let base = "[[feed]]\nsending_facility = \"A\"\nfacility = \"sunnyvale\"\npractitioner = \"dr-ng\"\n";
+        for (extra, needle) in [
+            (
+                "[feed.part_a]\nfield = \"PV1\"\ncovered = [\"MA\"]\n",
+                "feed[0].part_a.field",
+            ),
+            (
+                "[feed.part_a]\nfield = \"PV1-20\"\ncovered = []\n",
+                "feed[0].part_a.covered",
+            ),
+            ("colour = \"blue\"\n", "colour"),
+            (
+                "[[feed]]\nsending_facility = \"a\"\nfacility = \"oak\"\npractitioner = \"dr-ng\"\n",
+                "feed[1].sending_facility",
+            ),
+        ] {
+            let e = AdtSettings::parse(&format!("{base}{extra}"))
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let e = AdtSettings::parse(
+            "[[feed]]\nsending_facility = \"A\"\nfacility = \"../x\"\npractitioner = \"dr\"\n",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(e.contains("feed[0].facility"), "{e}");
+    }
+
+    #[test]
     fn ack_names_the_message_and_reason() {
         let m = msg("A01", "c^1", "M1", "");
         let a = ack(Some(&m), AckCode::Error, "PID-3: no|MRN", Utc::now());

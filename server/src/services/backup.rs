@@ -298,3 +298,39 @@ pub fn restore(
     progress(&format!("{} documents verified", heads.len()));
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_that_is_not_a_whole_backup_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let e = manifest(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("no manifest"), "{e}");
+        std::fs::write(dir.path().join(MANIFEST), b"{not json").unwrap_or_else(|e| panic!("{e}"));
+        let e = manifest(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(MANIFEST), "{e}");
+        let newer = serde_json::json!({
+            "format": BACKUP_FORMAT + 1, "created_at": "2026-12-06T00:00:00Z",
+            "storage_id": "x", "store_format": 1, "trees": {}, "documents": {}
+        });
+        std::fs::write(dir.path().join(MANIFEST), newer.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = manifest(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("newer"), "{e}");
+        // Restoring it writes nothing.
+        let to = dir.path().join("restored");
+        assert!(restore(dir.path(), &to, &mut |_| {}).is_err());
+        assert!(!to.exists());
+    }
+}
