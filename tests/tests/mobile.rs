@@ -282,3 +282,31 @@ async fn python_enrols_with_a_one_time_code() {
     assert_eq!(v["facility"], "sunnyvale");
     assert_eq!(v["patients"], 20);
 }
+
+/// The Android and iOS packaging scripts: what this machine cannot build (no NDK, no Xcode) is
+/// refused with what is missing, before anything is built or written.
+#[test]
+fn packaging_scripts_name_what_they_need() {
+    for (script, needle) in [
+        ("scripts/package-android", "ANDROID_NDK_HOME"),
+        ("scripts/package-ios", "Xcode"),
+    ] {
+        let path = repo_root().join(script);
+        let syntax = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+        assert!(syntax.success(), "{script}: not valid bash");
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(&path)
+            .arg(out_dir.path().join("out"))
+            .env_remove("ANDROID_NDK_HOME")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{script}: {stderr}");
+        assert!(stderr.contains(needle), "{script}: {stderr}");
+        assert!(
+            !out_dir.path().join("out").exists(),
+            "{script} wrote before refusing"
+        );
+    }
+}
