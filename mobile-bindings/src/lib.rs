@@ -977,18 +977,7 @@ impl RoundsReplica {
         fingerprint: String,
         progress: Option<Arc<dyn SyncProgress>>,
     ) -> Result<SyncResult, RoundsError> {
-        let trust = if fingerprint.is_empty() {
-            rounds_core::sync::net::Trust::SystemRoots
-        } else {
-            let bytes: Vec<u8> = (0..fingerprint.len() / 2)
-                .filter_map(|i| u8::from_str_radix(fingerprint.get(2 * i..2 * i + 2)?, 16).ok())
-                .collect();
-            rounds_core::sync::net::Trust::Fingerprint(
-                bytes
-                    .try_into()
-                    .map_err(|_| invalid("fingerprint: expected 64 hex digits"))?,
-            )
-        };
+        let trust = trust_of(&fingerprint)?;
         self.cancel.store(false, Ordering::SeqCst);
         let mut opts = rounds_core::sync::net::SyncOptions::new(token, trust);
         opts.cancel = Some(self.cancel.clone());

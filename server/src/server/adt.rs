@@ -307,13 +307,7 @@ impl Shared {
     }
 
     fn count_adt(&self, outcome: &str) {
-        self.metrics
-            .ingested
-            .get_or_create(&vec![
-                ("source".to_string(), "adt".to_string()),
-                ("outcome".to_string(), outcome.to_string()),
-            ])
-            .inc();
+        self.metrics.count_ingested("adt", outcome);
     }
 
     /// Plan against the residents as the documents hold them, then write (new resident first).

@@ -220,13 +220,7 @@ impl Shared {
     }
 
     fn count_ingest(&self, outcome: &str) {
-        self.metrics
-            .ingested
-            .get_or_create(&vec![
-                ("source".to_string(), "vendor".to_string()),
-                ("outcome".to_string(), outcome.to_string()),
-            ])
-            .inc();
+        self.metrics.count_ingested("vendor", outcome);
     }
 
     fn audit_ingested(&self, integration: &Integration, done: &Ingested) {

@@ -137,6 +137,16 @@ impl Metrics {
             .unwrap_or_default()
     }
 
+    /// One input (a vendor reading, an ADT message) by its source and what became of it.
+    pub fn count_ingested(&self, source: &str, outcome: &str) {
+        self.ingested
+            .get_or_create(&vec![
+                ("source".to_string(), source.to_string()),
+                ("outcome".to_string(), outcome.to_string()),
+            ])
+            .inc();
+    }
+
     pub fn observe_flush(&self, d: Duration) {
         self.flush_seconds.observe(d.as_secs_f64());
     }
