@@ -3,73 +3,122 @@
 //! and sync; records for the domain types; one error enum. No panic crosses the FFI: every
 //! fallible call returns a [`RoundsError`], which becomes a Kotlin/Swift exception.
 //!
-//! Threading: every method is blocking and thread-safe (an internal lock); call them from a
-//! background thread/coroutine/queue, never the UI thread. `sync` runs on an internal tokio
-//! runtime, takes the lock only while it applies a frame (so actions run during a sync), and
-//! can be cancelled from another thread with `cancel_sync`.
+//! Threading: `sync` and `enrol` are async (Kotlin `suspend`, Swift `async`, Python coroutines);
+//! they wait on the network without holding anything, take the replica's lock only while a
+//! frame is applied (so actions and queries run during a sync), and stop when the calling
+//! coroutine/task is cancelled (or on `cancel_sync`). Every other method is a short local
+//! action (the replica's lock and one durable write to the device's disk): thread-safe and
+//! blocking, so call them off the UI thread (`Dispatchers.IO`, a background `Task`).
+//!
+//! Times are the platform's instant type (`java.time.Instant`, `Date`, `datetime`); calendar
+//! dates (`YYYY-MM-DD`) and months (`YYYY-MM`) are strings, as the facility's local calendar
+//! reads them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rounds_core::replica::{NewInteraction, NewReading};
-use rounds_core::{Month, Program as CoreProgram, ReadingKind as CoreKind, ReadingSource, Replica};
+use rounds_core::{Month, Program as CoreProgram, ReadingKind as CoreKind, Replica};
 
 uniffi::setup_scaffolding!();
 
-/// Every failure, with a message fit for a log or a support ticket (ids, never names).
+/// Every failure, as a typed enum the app can switch on (Kotlin: `RoundsException.Invalid`
+/// and so on, with the fields as properties; Swift: `RoundsError.Invalid(entry:field:detail:)`).
+/// `detail` is fit for a log or a support ticket: ids, never names.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
-#[uniffi(flat_error)]
 pub enum RoundsError {
-    /// Bad input: the message names the entry and the field.
-    #[error("{message}")]
-    Invalid { message: String },
-    #[error("not found: {message}")]
-    NotFound { message: String },
-    #[error("storage: {message}")]
-    Storage { message: String },
-    #[error("wrong key: {message}")]
-    WrongKey { message: String },
-    #[error("sync: {message}")]
-    Sync { message: String },
+    /// Bad input. `entry` is what was being written (`reading`, `consent`, an entry id) and
+    /// `field` the argument or field at fault (`systolic`, `given_on`, `measured_at`), so the
+    /// app can put the message next to the right input; `detail` says what is wrong.
+    #[error("{entry}: field `{field}`: {detail}")]
+    Invalid {
+        entry: String,
+        field: String,
+        detail: String,
+    },
+    /// No such patient, entry or alert — or no facility joined yet.
+    #[error("not found: {detail}")]
+    NotFound { detail: String },
+    /// The device's disk failed or the replica is damaged.
+    #[error("storage: {detail}")]
+    Storage { detail: String },
+    /// The replica is encrypted with another key.
+    #[error("wrong key: {detail}")]
+    WrongKey { detail: String },
+    /// The network or the server (after the retries): try again later; nothing is lost.
+    #[error("sync: {detail}")]
+    Sync { detail: String },
+    /// The sync was cancelled (`cancel_sync`, or the coroutine/task was cancelled).
     #[error("sync cancelled")]
     Cancelled,
     /// The write policy refused a change (here before writing, or by the server during a
-    /// sync). After a server refusal: `reset_document(document)`, sync, `apply_relogs()`, sync.
-    #[error("refused: {message}")]
-    Refused { document: String, message: String },
+    /// sync), or the server refused an enrolment code (`document` empty). After a refusal of a
+    /// synced change: `reset_document(document)`, sync, `apply_relogs()`, sync.
+    #[error("refused: {detail}")]
+    Refused { document: String, detail: String },
 }
 
 impl From<rounds_core::ReplicaError> for RoundsError {
     fn from(e: rounds_core::ReplicaError) -> RoundsError {
         use rounds_core::ReplicaError as E;
-        let message = e.to_string();
+        let detail = e.to_string();
         match e {
-            E::Invalid(_) | E::OtherFacility { .. } | E::TimerAlreadyStopped(_) => {
-                RoundsError::Invalid { message }
-            }
+            E::Invalid(problems) => match problems.0.first() {
+                Some(p) => RoundsError::Invalid {
+                    entry: p.entry.clone(),
+                    field: p.field.clone(),
+                    detail: problems
+                        .0
+                        .iter()
+                        .map(|p| p.message.clone())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                },
+                None => invalid("input", "", detail),
+            },
+            E::OtherFacility { .. } => invalid("replica", "facility", detail),
+            E::TimerAlreadyStopped(_) => invalid("timer", "timer_id", detail),
             E::UnknownPatient(_) | E::UnknownEntry(_) | E::NoFacility => {
-                RoundsError::NotFound { message }
+                RoundsError::NotFound { detail }
             }
-            E::WrongKey(_) | E::KeyRequired(_) => RoundsError::WrongKey { message },
+            E::WrongKey(_) | E::KeyRequired(_) => RoundsError::WrongKey { detail },
             E::Refused { doc, .. } => RoundsError::Refused {
                 document: doc.to_string(),
-                message,
+                detail,
             },
-            _ => RoundsError::Storage { message },
+            _ => RoundsError::Storage { detail },
         }
     }
 }
 
-fn parse_day(field: &str, value: &str) -> Result<NaiveDate, RoundsError> {
-    value
-        .parse()
-        .map_err(|_| invalid(format!("{field}: {value:?} is not a date (YYYY-MM-DD)")))
+fn parse_day(entry: &str, field: &str, value: &str) -> Result<NaiveDate, RoundsError> {
+    NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
+        invalid(
+            entry,
+            field,
+            format!("{value:?} is not a date (YYYY-MM-DD)"),
+        )
+    })
 }
 
-fn invalid(message: impl Into<String>) -> RoundsError {
+fn parse_month(entry: &str, value: &str) -> Result<Month, RoundsError> {
+    value
+        .parse()
+        .map_err(|e: rounds_core::month::MonthParseError| invalid(entry, "month", e.to_string()))
+}
+
+fn invalid(entry: &str, field: &str, detail: impl Into<String>) -> RoundsError {
     RoundsError::Invalid {
-        message: message.into(),
+        entry: entry.to_string(),
+        field: field.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn sync_error(e: impl std::fmt::Display) -> RoundsError {
+    RoundsError::Sync {
+        detail: e.to_string(),
     }
 }
 
@@ -152,8 +201,7 @@ pub struct Timer {
     pub patient: String,
     pub staff: String,
     pub program: Program,
-    /// RFC 3339 with the facility's offset.
-    pub started_at: String,
+    pub started_at: std::time::SystemTime,
 }
 
 /// A time entry.
@@ -163,21 +211,24 @@ pub struct Interaction {
     pub patient: String,
     pub staff: String,
     pub program: Program,
-    pub started_at: String,
-    pub ended_at: String,
+    pub started_at: std::time::SystemTime,
+    pub ended_at: std::time::SystemTime,
+    /// The month it counts in, `YYYY-MM`, on the facility's calendar (for
+    /// `patient_month_summary` and `patient_month_document`).
+    pub month: String,
     pub seconds: i64,
     pub interactive: bool,
     pub note: Option<String>,
 }
 
-/// A time entry to log after the fact (RFC 3339 times).
+/// A time entry to log after the fact.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct InteractionInput {
     pub patient: String,
     pub staff: String,
     pub program: Program,
-    pub started_at: String,
-    pub ended_at: String,
+    pub started_at: std::time::SystemTime,
+    pub ended_at: std::time::SystemTime,
     pub interactive: bool,
     pub activity: Option<String>,
     pub note: Option<String>,
@@ -194,9 +245,12 @@ pub struct ReadingInput {
     /// UCUM: `mm[Hg]`, `/min`, `kg`, `[lb_av]`, `mg/dL`, `mmol/L`, `%`, `Cel`, `[degF]`; for RTM
     /// kinds `{dose}`, `{session}`, `{score}`, `deg`.
     pub unit: String,
+    /// The device's serial or id (the cuff, the scale).
     pub device: Option<String>,
-    /// True when typed in by staff (never counts as an RPM or RTM day).
-    pub manual: bool,
+    /// Who produced it: a device (absent: a device), staff typing it in (never counts as an
+    /// RPM or RTM day), or the patient in the RTM app (RTM only; counts as an RTM day).
+    #[uniffi(default = None)]
+    pub source: Option<ReadingSource>,
     /// The monitoring program: RPM when absent; RTM for the therapeutic kinds.
     #[uniffi(default = None)]
     pub program: Option<ReadingProgram>,
@@ -204,9 +258,14 @@ pub struct ReadingInput {
     /// over later counts on the day it was taken; a time in the future is refused.
     #[uniffi(default = None)]
     pub measured_at: Option<std::time::SystemTime>,
-    /// True when the patient entered it in the RTM app (RTM only; counts as an RTM day).
-    #[uniffi(default = false)]
-    pub patient_reported: bool,
+}
+
+/// Who produced a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ReadingSource {
+    Device,
+    Manual,
+    PatientReported,
 }
 
 /// Which monitoring program a reading belongs to.
@@ -277,16 +336,34 @@ pub struct RecordedReading {
     pub alerts: Vec<AlertInfo>,
 }
 
-/// A call to the 24/7 line (RFC 3339 times). Outcome: `advised`, `nurse_visit`,
-/// `practitioner_notified`, `sent_to_emergency` or `no_action_needed`.
+/// A call to the 24/7 line.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct TriageCallInput {
     pub patient: String,
     pub staff: String,
-    pub started_at: String,
-    pub ended_at: String,
-    pub outcome: String,
+    pub started_at: std::time::SystemTime,
+    pub ended_at: std::time::SystemTime,
+    pub outcome: TriageOutcome,
     pub note: Option<String>,
+}
+
+/// What came of a call to the 24/7 line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TriageOutcome {
+    Advised,
+    NurseVisit,
+    PractitionerNotified,
+    SentToEmergency,
+    NoActionNeeded,
+}
+
+/// A stay away from the facility's care that stops billing for its days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum StayKind {
+    /// A skilled-nursing (Part A) stay.
+    PartA,
+    /// A hospital inpatient stay.
+    Inpatient,
 }
 
 /// How urgent an alert is.
@@ -538,18 +615,25 @@ pub struct Enrolled {
     pub device_name: String,
 }
 
+/// The server's trust: empty for the platform's verifier (the OS trust store), else a pinned
+/// SHA-256 fingerprint of the server's certificate (64 hex digits, `:` allowed).
 fn trust_of(fingerprint: &str) -> Result<rounds_core::sync::net::Trust, RoundsError> {
     if fingerprint.is_empty() {
-        return Ok(rounds_core::sync::net::Trust::SystemRoots);
+        platform::ready()?;
+        return Ok(rounds_core::sync::net::Trust::Platform);
     }
-    let bytes: Vec<u8> = (0..fingerprint.len() / 2)
-        .filter_map(|i| u8::from_str_radix(fingerprint.get(2 * i..2 * i + 2)?, 16).ok())
+    let hex: String = fingerprint.chars().filter(|c| *c != ':').collect();
+    let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();
-    Ok(rounds_core::sync::net::Trust::Fingerprint(
-        bytes
-            .try_into()
-            .map_err(|_| invalid("fingerprint: expected 64 hex digits"))?,
-    ))
+    match bytes.map(<[u8; 32]>::try_from) {
+        Some(Ok(b)) if hex.len() == 64 => Ok(rounds_core::sync::net::Trust::Fingerprint(b)),
+        _ => Err(invalid(
+            "server",
+            "fingerprint",
+            "expected the certificate's SHA-256 as 64 hex digits (or empty for the OS trust store)",
+        )),
+    }
 }
 
 /// The device's store of the facility's documents.
@@ -560,21 +644,16 @@ pub struct RoundsReplica {
     observer: Mutex<Option<Arc<dyn ChangeObserver>>>,
 }
 
-fn ts(s: &str, field: &str) -> Result<DateTime<Utc>, RoundsError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| invalid(format!("{field}: {s:?} is not an RFC 3339 time")))
-}
-
 fn interaction(i: rounds_core::Interaction) -> Interaction {
     Interaction {
         id: i.id.to_string(),
         seconds: (i.ended_at - i.started_at).num_seconds(),
+        month: i.started_at.format("%Y-%m").to_string(),
         patient: i.patient,
         staff: i.staff,
         program: i.program.into(),
-        started_at: i.started_at.to_rfc3339(),
-        ended_at: i.ended_at.to_rfc3339(),
+        started_at: i.started_at.with_timezone(&Utc).into(),
+        ended_at: i.ended_at.with_timezone(&Utc).into(),
         interactive: i.interactive,
         note: i.note,
     }
@@ -586,7 +665,7 @@ fn timer(t: rounds_core::RunningTimer) -> Timer {
         patient: t.patient,
         staff: t.staff,
         program: t.program.into(),
-        started_at: t.started_at.to_rfc3339(),
+        started_at: t.started_at.with_timezone(&Utc).into(),
     }
 }
 
@@ -604,12 +683,10 @@ fn new_reading(reading: ReadingInput) -> NewReading {
         unit: reading.unit,
         measured_at,
         device: reading.device,
-        source: if reading.manual {
-            ReadingSource::Manual
-        } else if reading.patient_reported {
-            ReadingSource::PatientReported
-        } else {
-            ReadingSource::Device
+        source: match reading.source.unwrap_or(ReadingSource::Device) {
+            ReadingSource::Device => rounds_core::ReadingSource::Device,
+            ReadingSource::Manual => rounds_core::ReadingSource::Manual,
+            ReadingSource::PatientReported => rounds_core::ReadingSource::PatientReported,
         },
         program: reading.program.map(|p| match p {
             ReadingProgram::Rpm => rounds_core::ReadingProgram::Rpm,
@@ -618,9 +695,9 @@ fn new_reading(reading: ReadingInput) -> NewReading {
     }
 }
 
-fn uuid_of(s: &str, field: &str) -> Result<uuid::Uuid, RoundsError> {
+fn uuid_of(s: &str, entry: &str, field: &str) -> Result<uuid::Uuid, RoundsError> {
     s.parse()
-        .map_err(|_| invalid(format!("{field}: {s:?} is not an entry id")))
+        .map_err(|_| invalid(entry, field, format!("{s:?} is not an entry id")))
 }
 
 impl RoundsReplica {
@@ -651,7 +728,7 @@ impl RoundsReplica {
     pub fn open(dir: String, key: Vec<u8>) -> Result<Arc<RoundsReplica>, RoundsError> {
         let key: [u8; 32] = key
             .try_into()
-            .map_err(|_| invalid("key: must be 32 bytes"))?;
+            .map_err(|_| invalid("replica", "key", "must be 32 bytes"))?;
         let replica = Replica::open_encrypted(&dir, &key)?;
         Ok(Arc::new(RoundsReplica {
             inner: Mutex::new(replica),
@@ -707,7 +784,7 @@ impl RoundsReplica {
         interactive: bool,
         note: Option<String>,
     ) -> Result<Interaction, RoundsError> {
-        let id = uuid_of(&timer_id, "timer_id")?;
+        let id = uuid_of(&timer_id, "timer", "timer_id")?;
         Ok(interaction(self.lock().stop_timer(
             id,
             interactive,
@@ -730,8 +807,8 @@ impl RoundsReplica {
             patient: input.patient,
             staff: input.staff,
             program: input.program.into(),
-            started_at: ts(&input.started_at, "started_at")?,
-            ended_at: ts(&input.ended_at, "ended_at")?,
+            started_at: input.started_at.into(),
+            ended_at: input.ended_at.into(),
             interactive: input.interactive,
             activity: input.activity,
             note: input.note,
@@ -785,7 +862,7 @@ impl RoundsReplica {
         minutes: u32,
         interactive: bool,
     ) -> Result<(), RoundsError> {
-        let id = uuid_of(&alert_id, "alert_id")?;
+        let id = uuid_of(&alert_id, "alert", "alert_id")?;
         self.lock().acknowledge_alert(
             id,
             rounds_core::replica::Acknowledgement {
@@ -806,7 +883,7 @@ impl RoundsReplica {
         by: String,
         note: Option<String>,
     ) -> Result<(), RoundsError> {
-        let id = uuid_of(&alert_id, "alert_id")?;
+        let id = uuid_of(&alert_id, "alert", "alert_id")?;
         self.lock().resolve_alert(id, &by, note, Utc::now())?;
         Ok(())
     }
@@ -818,7 +895,7 @@ impl RoundsReplica {
         by: String,
         note: Option<String>,
     ) -> Result<(), RoundsError> {
-        let id = uuid_of(&alert_id, "alert_id")?;
+        let id = uuid_of(&alert_id, "alert", "alert_id")?;
         self.lock().escalate_alert(id, &by, note, Utc::now())?;
         Ok(())
     }
@@ -826,24 +903,19 @@ impl RoundsReplica {
     /// Log a 24/7 line call (an interactive interaction recording the triage outcome).
     pub fn log_triage_call(&self, call: TriageCallInput) -> Result<Interaction, RoundsError> {
         use rounds_core::alerts::TriageOutcome as T;
-        let outcome = match call.outcome.as_str() {
-            "advised" => T::Advised,
-            "nurse_visit" => T::NurseVisit,
-            "practitioner_notified" => T::PractitionerNotified,
-            "sent_to_emergency" => T::SentToEmergency,
-            "no_action_needed" => T::NoActionNeeded,
-            other => {
-                return Err(invalid(format!(
-                    "outcome: {other:?} is not a triage outcome"
-                )));
-            }
+        let outcome = match call.outcome {
+            TriageOutcome::Advised => T::Advised,
+            TriageOutcome::NurseVisit => T::NurseVisit,
+            TriageOutcome::PractitionerNotified => T::PractitionerNotified,
+            TriageOutcome::SentToEmergency => T::SentToEmergency,
+            TriageOutcome::NoActionNeeded => T::NoActionNeeded,
         };
         let i = self.lock().log_triage_call(
             rounds_core::replica::TriageCall {
                 patient: call.patient,
                 staff: call.staff,
-                started_at: ts(&call.started_at, "started_at")?,
-                ended_at: ts(&call.ended_at, "ended_at")?,
+                started_at: call.started_at.into(),
+                ended_at: call.ended_at.into(),
                 outcome,
                 note: call.note,
             },
@@ -859,7 +931,7 @@ impl RoundsReplica {
         by: String,
         reason: Option<String>,
     ) -> Result<(), RoundsError> {
-        let id = uuid_of(&entry_id, "entry_id")?;
+        let id = uuid_of(&entry_id, "entry", "entry_id")?;
         self.lock().void_entry(id, &by, reason, Utc::now())?;
         Ok(())
     }
@@ -869,28 +941,23 @@ impl RoundsReplica {
         Ok(self.lock().edit_care_plan(&patient, &text, Utc::now())?)
     }
 
-    /// Report from the bedside that a resident had a stay (`part_a` or `inpatient`, inclusive
-    /// dates `YYYY-MM-DD`, reported once the resident is back): a write-once event billing folds
-    /// in. Returns the report's id.
+    /// Report from the bedside that a resident had a stay (inclusive dates `YYYY-MM-DD`,
+    /// reported once the resident is back): a write-once event billing folds in. Returns the
+    /// report's id.
     pub fn report_stay(
         &self,
         patient: String,
-        stay: String,
+        stay: StayKind,
         from: String,
         to: String,
         reported_by: String,
     ) -> Result<String, RoundsError> {
-        let kind = match stay.as_str() {
-            "part_a" => rounds_core::StayKind::PartA,
-            "inpatient" => rounds_core::StayKind::Inpatient,
-            _ => {
-                return Err(invalid(format!(
-                    "stay: {stay:?} is not part_a or inpatient"
-                )));
-            }
+        let kind = match stay {
+            StayKind::PartA => rounds_core::StayKind::PartA,
+            StayKind::Inpatient => rounds_core::StayKind::Inpatient,
         };
-        let from = parse_day("from", &from)?;
-        let to = parse_day("to", &to)?;
+        let from = parse_day("stay", "from", &from)?;
+        let to = parse_day("stay", "to", &to)?;
         let id = self
             .lock()
             .report_stay(&patient, kind, from, to, &reported_by, Utc::now())?;
@@ -905,7 +972,7 @@ impl RoundsReplica {
         on: String,
         reported_by: String,
     ) -> Result<String, RoundsError> {
-        let on = parse_day("on", &on)?;
+        let on = parse_day("death", "on", &on)?;
         let id = self
             .lock()
             .report_death(&patient, on, &reported_by, Utc::now())?;
@@ -918,9 +985,7 @@ impl RoundsReplica {
         patient: String,
         month: String,
     ) -> Result<MonthSummary, RoundsError> {
-        let m: Month = month
-            .parse()
-            .map_err(|e: rounds_core::month::MonthParseError| invalid(format!("month: {e}")))?;
+        let m = parse_month("month", &month)?;
         let s = self.lock().patient_month_summary(&patient, m)?;
         let minutes = |p| s.minutes.get(&p).copied().unwrap_or(0);
         Ok(MonthSummary {
@@ -936,9 +1001,7 @@ impl RoundsReplica {
 
     /// Who needs what this month, as of a date (`YYYY-MM-DD`).
     pub fn worklist(&self, as_of: String) -> Result<Vec<WorklistItem>, RoundsError> {
-        let day: NaiveDate = as_of
-            .parse()
-            .map_err(|_| invalid(format!("as_of: {as_of:?} is not a date")))?;
+        let day = parse_day("worklist", "as_of", &as_of)?;
         let (data, alerts) = {
             let r = self.lock();
             (r.export()?.0, r.open_alerts())
@@ -948,7 +1011,7 @@ impl RoundsReplica {
             day,
             &rounds_core::billing::RuleSet::default(),
         )
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid("worklist", "", e.to_string()))?;
         rounds_core::billing::worklist::attach_alerts(&mut items, &alerts);
         Ok(items
             .into_iter()
@@ -965,12 +1028,17 @@ impl RoundsReplica {
             })
             .collect())
     }
+}
 
+#[uniffi::export(async_runtime = "tokio")]
+impl RoundsReplica {
     /// Sync with the server (`wss://host:port/sync`), trusting the certificate with this SHA-256
-    /// fingerprint (hex; empty for the system roots). Blocks the calling thread until done,
-    /// failed or cancelled — but not the replica: other threads' actions and queries run during
-    /// the sync (the replica is locked only while a frame is applied).
-    pub fn sync(
+    /// fingerprint (hex; empty for the platform's trust store). Suspends until done, failed or
+    /// cancelled — without blocking the replica: actions and queries from other coroutines run
+    /// during the sync (the replica is locked only while a frame is applied). Retries with
+    /// backoff (a server restart mid-sync is survived); cancelling the coroutine/task, or
+    /// `cancel_sync`, stops it with `RoundsError::Cancelled`, nothing lost.
+    pub async fn sync(
         &self,
         url: String,
         token: String,
@@ -981,12 +1049,6 @@ impl RoundsReplica {
         self.cancel.store(false, Ordering::SeqCst);
         let mut opts = rounds_core::sync::net::SyncOptions::new(token, trust);
         opts.cancel = Some(self.cancel.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RoundsError::Sync {
-                message: e.to_string(),
-            })?;
         let observer = self.observer();
         let before = observer
             .as_ref()
@@ -997,11 +1059,8 @@ impl RoundsReplica {
         // The replica's lock is taken per frame, not for the whole sync: the nurse's actions
         // and the app's queries run while the network is awaited.
         let mut access = &self.inner;
-        let result = runtime.block_on(rounds_core::sync::net::sync_with(
-            &mut access,
-            &url,
-            &opts,
-            &mut |done, total| {
+        let result =
+            rounds_core::sync::net::sync_with(&mut access, &url, &opts, &mut |done, total| {
                 if let Some(p) = &progress {
                     p.on_progress(done as u32, total as u32);
                 }
@@ -1011,8 +1070,8 @@ impl RoundsReplica {
                         total: total as u32,
                     });
                 }
-            },
-        ));
+            })
+            .await;
         if let (Some(o), Some(before)) = (&observer, &before) {
             let changes = {
                 let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -1042,27 +1101,66 @@ impl RoundsReplica {
             Err(rounds_core::sync::net::NetError::Refused { document, message }) => {
                 Err(RoundsError::Refused {
                     document: document.map(|d| d.to_string()).unwrap_or_default(),
-                    message,
+                    detail: message,
                 })
             }
-            Err(e) => Err(RoundsError::Sync {
-                message: e.to_string(),
-            }),
+            Err(rounds_core::sync::net::NetError::Url(u)) => Err(invalid(
+                "sync",
+                "url",
+                format!("{u:?} is not wss://host:port/sync"),
+            )),
+            Err(e) => Err(sync_error(e)),
         }
     }
 
+    /// Enrol this tablet with a one-time code (`rounds device code`, or the console): the
+    /// server (`https://host:port`) answers the device's token, which goes to `store` and is
+    /// never returned; the replica joins the code's facility. Trust as for `sync`. A used,
+    /// expired or unknown code is `RoundsError::Refused` (with an empty `document`).
+    pub async fn enrol(
+        &self,
+        server: String,
+        code: String,
+        device_name: String,
+        fingerprint: String,
+        store: Arc<dyn TokenStore>,
+    ) -> Result<Enrolled, RoundsError> {
+        let trust = trust_of(&fingerprint)?;
+        let e = rounds_core::sync::enrol::enrol(&server, &code, &device_name, &trust)
+            .await
+            .map_err(|e| match e {
+                rounds_core::sync::net::NetError::Enrolment(m) => RoundsError::Refused {
+                    document: String::new(),
+                    detail: format!("enrolment: {m}"),
+                },
+                rounds_core::sync::net::NetError::Url(u) => invalid(
+                    "enrolment",
+                    "server",
+                    format!("{u:?} is not https://host:port"),
+                ),
+                e => sync_error(e),
+            })?;
+        store.save(e.token);
+        self.lock().join_facility(&e.facility)?;
+        Ok(Enrolled {
+            facility: e.facility,
+            device_name: e.name,
+        })
+    }
+}
+
+#[uniffi::export]
+impl RoundsReplica {
     /// The document id of a patient's month (`YYYY-MM`), as `RoundsError::Refused` names it.
     pub fn patient_month_document(
         &self,
         patient: String,
         month: String,
     ) -> Result<String, RoundsError> {
-        let m: Month = month
-            .parse()
-            .map_err(|e: rounds_core::month::MonthParseError| invalid(format!("month: {e}")))?;
+        let m = parse_month("month", &month)?;
         let r = self.lock();
         let facility = r.facility_id().ok_or_else(|| RoundsError::NotFound {
-            message: "this replica has no facility yet".into(),
+            detail: "this replica has no facility yet (enrol or join_facility)".into(),
         })?;
         Ok(rounds_core::DocumentId::patient_month(facility, &patient, m).to_string())
     }
@@ -1070,9 +1168,13 @@ impl RoundsReplica {
     /// Recover from a change the server refused: the document's entries are kept aside and the
     /// local copy dropped, so the next sync brings the server's. Returns the entries kept.
     pub fn reset_document(&self, document: String) -> Result<u32, RoundsError> {
-        let doc: rounds_core::DocumentId = document
-            .parse()
-            .map_err(|_| invalid(format!("document: {document:?} is not a document id")))?;
+        let doc: rounds_core::DocumentId = document.parse().map_err(|_| {
+            invalid(
+                "reset",
+                "document",
+                format!("{document:?} is not a document id"),
+            )
+        })?;
         Ok(self.lock().reset_document(doc)? as u32)
     }
 
@@ -1096,20 +1198,16 @@ impl RoundsReplica {
     }
 
     /// Record a consent given at the bedside (a write-once entry of the patient's document);
-    /// returns its id. Revocation is a later `record_consent` with the same program is not: the
-    /// practice records revocations through its console.
+    /// returns its id. Revocations are recorded by the practice in its console, not here.
     pub fn record_consent(&self, consent: ConsentInput) -> Result<String, RoundsError> {
-        let given_on = NaiveDate::parse_from_str(&consent.given_on, "%Y-%m-%d").map_err(|_| {
-            invalid(format!(
-                "consent: field given_on: {:?} is not a date (YYYY-MM-DD)",
-                consent.given_on
-            ))
-        })?;
+        let given_on = parse_day("consent", "given_on", &consent.given_on)?;
         if let Some(d) = &consent.document
             && (d.len() > 500 || d.chars().any(char::is_control))
         {
             return Err(invalid(
-                "consent: field document: at most 500 characters, no control characters",
+                "consent",
+                "document",
+                "at most 500 characters, no control characters",
             ));
         }
         let c = rounds_core::Consent {
@@ -1132,63 +1230,13 @@ impl RoundsReplica {
         let w = match window {
             None => None,
             Some(w) => Some(rounds_core::SyncWindow {
-                today: NaiveDate::parse_from_str(&w.today, "%Y-%m-%d").map_err(|_| {
-                    invalid(format!(
-                        "sync window: field today: {:?} is not a date (YYYY-MM-DD)",
-                        w.today
-                    ))
-                })?,
+                today: parse_day("sync window", "today", &w.today)?,
                 grace_days: w.grace_days,
                 retention_months: w.retention_months,
             }),
         };
         self.lock().set_sync_window(w);
         Ok(())
-    }
-
-    /// Enrol this tablet with a one-time code (`rounds device code`, or the console): the
-    /// server (`https://host:port`) answers the device's token, which goes to `store` and is
-    /// never returned; the replica joins the code's facility. Trust as for `sync`.
-    pub fn enrol(
-        &self,
-        server: String,
-        code: String,
-        device_name: String,
-        fingerprint: String,
-        store: Arc<dyn TokenStore>,
-    ) -> Result<Enrolled, RoundsError> {
-        let trust = trust_of(&fingerprint)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RoundsError::Sync {
-                message: e.to_string(),
-            })?;
-        let e = runtime
-            .block_on(rounds_core::sync::enrol::enrol(
-                &server,
-                &code,
-                &device_name,
-                &trust,
-            ))
-            .map_err(|e| match e {
-                rounds_core::sync::net::NetError::Enrolment(m) => RoundsError::Refused {
-                    document: String::new(),
-                    message: format!("enrolment: {m}"),
-                },
-                rounds_core::sync::net::NetError::Url(u) => {
-                    invalid(format!("server: {u:?} is not https://host:port"))
-                }
-                e => RoundsError::Sync {
-                    message: e.to_string(),
-                },
-            })?;
-        store.save(e.token);
-        self.lock().join_facility(&e.facility)?;
-        Ok(Enrolled {
-            facility: e.facility,
-            device_name: e.name,
-        })
     }
 
     /// Register the app's observer (replacing any), or none.
@@ -1199,5 +1247,59 @@ impl RoundsReplica {
     /// Stop a running `sync` (from another thread).
     pub fn cancel_sync(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The platform's certificate verifier. On Android it needs the app's `Context` before the
+/// first sync or enrolment with an empty fingerprint: the app calls
+/// `RoundsPlatform.init(applicationContext)` (Kotlin, shipped in the Android package), whose
+/// native half is [`Java_org_rounds_mobile_RoundsPlatform_init`]. Elsewhere nothing is needed.
+mod platform {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static READY: AtomicBool = AtomicBool::new(!cfg!(target_os = "android"));
+
+    /// Refuse (instead of the verifier's panic) when Android's initialisation was skipped.
+    pub(crate) fn ready() -> Result<(), super::RoundsError> {
+        if READY.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(super::invalid(
+                "server",
+                "fingerprint",
+                "the OS trust store is not initialised: call RoundsPlatform.init(context) at \
+                 app start (or pin the server's fingerprint)",
+            ))
+        }
+    }
+
+    #[cfg(target_os = "android")]
+    fn init(env: &mut jni::Env, context: jni::objects::JObject) -> Result<(), jni::errors::Error> {
+        rustls_platform_verifier::android::init_with_env(env, context)
+    }
+
+    #[cfg(not(target_os = "android"))]
+    fn init(
+        _env: &mut jni::Env,
+        _context: jni::objects::JObject,
+    ) -> Result<(), jni::errors::Error> {
+        Ok(())
+    }
+
+    /// `org.rounds.mobile.RoundsPlatform.init(context: Context): Boolean` — hands the app's
+    /// context to the platform verifier; true once it is ready.
+    #[allow(unsafe_code)] // a JNI entry point must keep its exported name
+    #[unsafe(no_mangle)]
+    pub extern "system" fn Java_org_rounds_mobile_RoundsPlatform_init<'caller>(
+        mut env: jni::EnvUnowned<'caller>,
+        _class: jni::objects::JClass<'caller>,
+        context: jni::objects::JObject<'caller>,
+    ) -> jni::sys::jboolean {
+        env.with_env(|env| -> Result<bool, jni::errors::Error> {
+            init(env, context)?;
+            READY.store(true, Ordering::SeqCst);
+            Ok(true)
+        })
+        .resolve::<jni::errors::ThrowRuntimeExAndDefault>()
     }
 }

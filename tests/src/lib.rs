@@ -114,6 +114,11 @@ impl ServerProcess {
         Self::start_inner(store, extra, None)
     }
 
+    /// Start on a given port (a restart that the devices find where they left it).
+    pub fn start_on_port(store: &Path, port: u16) -> anyhow::Result<ServerProcess> {
+        Self::start_listening(store, &format!("127.0.0.1:{port}"), &[], None)
+    }
+
     /// Like `start_with`, with the server's log (`ROUNDS_LOG=debug`, stderr) written to `log`.
     pub fn start_logged(store: &Path, extra: &[&str], log: &Path) -> anyhow::Result<ServerProcess> {
         Self::start_inner(store, extra, Some(log))
@@ -121,6 +126,15 @@ impl ServerProcess {
 
     fn start_inner(
         store: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> anyhow::Result<ServerProcess> {
+        Self::start_listening(store, "127.0.0.1:0", extra, log)
+    }
+
+    fn start_listening(
+        store: &Path,
+        listen: &str,
         extra: &[&str],
         log: Option<&Path>,
     ) -> anyhow::Result<ServerProcess> {
@@ -137,7 +151,7 @@ impl ServerProcess {
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--dev-token",
                 DEV_TOKEN,
                 "--store",

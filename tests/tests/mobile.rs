@@ -135,8 +135,29 @@ async fn python_flow_reaches_the_server() {
     );
 }
 
+/// A one-time enrolment code for sunnyvale from the running server.
+fn enrolment_code(store: &std::path::Path, server: &ServerProcess) -> String {
+    let out = Command::new(rounds_bin().unwrap())
+        .args(["device", "code", "--facility", "sunnyvale", "--store"])
+        .arg(store)
+        .args(["--server", &format!("https://127.0.0.1:{}", server.port)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    code["code"].as_str().unwrap().to_string()
+}
+
+/// The Kotlin flow on the JVM with coroutines (tests/mobile/Main.kt): enrol by code, write from
+/// one coroutine while another syncs, observe the callbacks, and survive the server's restart
+/// in the middle of a sync — every entry it wrote reaches the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kotlin_flow_on_the_jvm_reaches_the_server() {
+    use std::io::BufRead;
     let b = bindings();
     let kt_home = std::env::var("ROUNDS_KOTLIN_HOME")
         .map(PathBuf::from)
@@ -156,17 +177,16 @@ async fn kotlin_flow_on_the_jvm_reaches_the_server() {
         "JNA missing (apt-get install libjna-java; scripts/test does)"
     );
     let lib = kt_home.join("lib");
+    let coroutines = lib.join("kotlinx-coroutines-core-jvm.jar");
+    assert!(coroutines.exists(), "{} missing", coroutines.display());
     let work = tempfile::tempdir().unwrap();
     let jar = work.path().join("flow.jar");
     let generated = b.join("kotlin/uniffi/rounds_mobile/rounds_mobile.kt");
-    let cp = format!(
-        "{}:{}",
-        jna.display(),
-        lib.join("kotlinx-coroutines-core-jvm.jar").display()
-    );
+    let cp = format!("{}:{}", jna.display(), coroutines.display());
     let compile = Command::new(&kotlinc)
         .arg(&generated)
         .arg(repo_root().join("tests/mobile/Main.kt"))
+        .arg(repo_root().join("tests/mobile/RoundsPlatform.kt"))
         .args(["-cp", &cp, "-d"])
         .arg(&jar)
         .output()
@@ -177,38 +197,69 @@ async fn kotlin_flow_on_the_jvm_reaches_the_server() {
         String::from_utf8_lossy(&compile.stderr)
     );
 
-    let (_store, server, token) = server_with_device();
+    let (store, mut server, _token) = server_with_device();
+    let code = enrolment_code(store.path(), &server);
     let replica = tempfile::tempdir().unwrap();
+    let control = tempfile::tempdir().unwrap();
     let run_cp = format!(
         "{}:{cp}:{}",
         jar.display(),
         lib.join("kotlin-stdlib.jar").display()
     );
     let libdir = b.join("python");
-    let out = Command::new("java")
+    let mut child = Command::new("java")
         .arg(format!("-Djna.library.path={}", libdir.display()))
         .args([
             "-cp",
             &run_cp,
             "MainKt",
+            &format!("https://127.0.0.1:{}", server.port),
             &server.url(),
-            &token,
+            &code,
             &hex(&server.fingerprint),
         ])
         .arg(replica.path())
-        .output()
+        .arg(control.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut restarted = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line == "MIDSYNC" {
+            // The tablet is in the middle of a sync: restart the server under it.
+            let port = server.port;
+            let status = server.stop().unwrap();
+            assert!(status.success(), "{status:?}");
+            server = ServerProcess::start_on_port(store.path(), port).unwrap();
+            std::fs::write(control.path().join("resumed"), b"").unwrap();
+            restarted = true;
+        }
+        lines.push(line);
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
+        lines.join("\n"),
         String::from_utf8_lossy(&out.stderr)
     );
-    let ids: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert!(restarted, "the flow never reported a sync under way");
+    let ids: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let written: Vec<String> = ids["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    // 20 readings during the first sync, the time entry, 5 readings around the restart.
+    assert_eq!(written.len(), 26, "{written:?}");
     let held = on_server(&server).await;
-    assert!(held.contains(&ids["interaction"].as_str().unwrap().to_string()));
-    assert!(held.contains(&ids["reading"].as_str().unwrap().to_string()));
+    let missing: Vec<&String> = written.iter().filter(|id| !held.contains(id)).collect();
+    assert!(missing.is_empty(), "not on the server: {missing:?}");
 }
 
 #[test]
@@ -220,7 +271,13 @@ fn swift_sources_have_the_public_api() {
         "func startTimer(patient: String, staff: String, program: Program) throws  -> Timer",
         "func stopTimer(timerId: String, interactive: Bool, note: String?) throws  -> Interaction",
         "func recordReading(reading: ReadingInput) throws  -> String",
-        "func sync(url: String, token: String, fingerprint: String, progress: SyncProgress?) throws  -> SyncResult",
+        "func sync(url: String, token: String, fingerprint: String, progress: SyncProgress?) async throws  -> SyncResult",
+        "func enrol(server: String, code: String, deviceName: String, fingerprint: String, store: TokenStore) async throws  -> Enrolled",
+        "enum ReadingSource",
+        "enum StayKind",
+        "enum TriageOutcome",
+        "case Invalid(entry: String, field: String, detail: String",
+        "public var startedAt: Date",
         "func cancelSync()",
         "func worklist(asOf: String) throws  -> [WorklistItem]",
         "public protocol SyncProgress",
@@ -246,18 +303,7 @@ fn swift_sources_have_the_public_api() {
 async fn python_enrols_with_a_one_time_code() {
     let b = bindings();
     let (store, server, _token) = server_with_device();
-    let out = Command::new(rounds_bin().unwrap())
-        .args(["device", "code", "--facility", "sunnyvale", "--store"])
-        .arg(store.path())
-        .args(["--server", &format!("https://127.0.0.1:{}", server.port)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let code: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let code = enrolment_code(store.path(), &server);
     let replica = tempfile::tempdir().unwrap();
     let out = Command::new("python3")
         .arg(repo_root().join("tests/mobile/enrol.py"))
@@ -265,7 +311,7 @@ async fn python_enrols_with_a_one_time_code() {
         .args([
             &format!("https://127.0.0.1:{}", server.port),
             &server.url(),
-            code["code"].as_str().unwrap(),
+            &code,
             &hex(&server.fingerprint),
         ])
         .arg(replica.path())

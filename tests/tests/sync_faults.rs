@@ -249,6 +249,34 @@ async fn a_wrong_token_is_refused_at_the_upgrade() {
     assert!(err.to_string().contains("401"), "{err}");
 }
 
+/// The platform's verifier (what the tablets use without a pinned fingerprint) refuses a server
+/// whose certificate no trusted root signed — the self-signed one a test server makes — before
+/// any frame; pinning that certificate's fingerprint syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_verifier_refuses_an_untrusted_certificate_and_a_pin_accepts_it() {
+    let store = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(store.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = device(dir.path());
+    log(&mut d, 1);
+    let before = entry_ids(&d).unwrap();
+    let mut opts = server.options();
+    opts.trust = rounds_core::sync::net::Trust::Platform;
+    opts.attempts = 1;
+    let err = rounds_core::sync::net::sync(&mut d, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap_err();
+    let text = err.to_string().to_lowercase();
+    assert!(text.contains("certificate"), "{err}");
+    assert_eq!(
+        entry_ids(&d).unwrap(),
+        before,
+        "the entries stay on the device"
+    );
+    let pinned = sync_with(&mut d, &server).await.unwrap();
+    assert!(pinned.unsent.is_empty(), "{pinned:?}");
+}
+
 /// A server that takes the device's join, then only sends keep-alive pings and never answers a
 /// sync message: the device's idle timeout counts from the last sync frame, so pings do not keep
 /// a stalled session open forever.

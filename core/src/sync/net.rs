@@ -21,8 +21,13 @@ use crate::replica::Replica;
 /// Which server certificates to trust.
 #[derive(Debug, Clone)]
 pub enum Trust {
-    /// The operating system's root certificates.
+    /// The operating system's root certificates, read from disk (servers and desktops).
     SystemRoots,
+    /// The platform's own verifier (`rustls-platform-verifier`): the OS trust store and its
+    /// revocation and policy checks — Android's TrustManager, Apple's Security framework,
+    /// Windows' CryptoAPI, the system roots elsewhere. On Android it needs the app's context
+    /// first (`rustls_platform_verifier::android::init_with_env`; the mobile bindings do it).
+    Platform,
     /// Exactly this certificate (DER) as the root — a self-signed server certificate.
     Certificate(Vec<u8>),
     /// A certificate whose SHA-256 fingerprint (of its DER) is this.
@@ -193,6 +198,14 @@ pub fn client_config(trust: &Trust) -> Result<ClientConfig, NetError> {
                 let _ = roots.add(cert);
             }
             builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Platform => {
+            let verifier = rustls_platform_verifier::Verifier::new(provider)
+                .map_err(|e| NetError::Tls(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
         }
         Trust::Certificate(der) => {
             let mut roots = RootCertStore::empty();
