@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn options(store: &Path, listen: SocketAddr, clock: Clock) -> ServeOptions {
     ServeOptions {
-        store: store.to_path_buf(),
+        store: store.to_path_buf().into(),
         listen,
         tls_cert: None,
         tls_key: None,

@@ -776,3 +776,72 @@ pub mod raw {
         }
     }
 }
+
+/// PostgreSQL for the tests: a fresh database per test on the throwaway cluster `scripts/test`
+/// starts (`ROUNDS_TEST_POSTGRES`), dropped when the test ends.
+pub mod pg {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// One test's database.
+    pub struct TestDatabase {
+        pub url: String,
+        admin: String,
+        name: String,
+    }
+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+
+    /// The cluster's URL (`ROUNDS_TEST_POSTGRES`), or a clear failure saying how to get one.
+    pub fn cluster() -> String {
+        std::env::var("ROUNDS_TEST_POSTGRES").unwrap_or_else(|_| {
+            panic!(
+                "ROUNDS_TEST_POSTGRES is not set: run the tests with scripts/test, or start a \
+                 cluster with `scripts/test-postgres start DIR` and export the URL it prints"
+            )
+        })
+    }
+
+    impl TestDatabase {
+        /// Create an empty database.
+        pub fn create() -> TestDatabase {
+            let admin = cluster();
+            let name = format!(
+                "rounds_t{}_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::SeqCst),
+                uuid::Uuid::new_v4()
+                    .simple()
+                    .to_string()
+                    .get(..8)
+                    .unwrap_or("x")
+            );
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls)
+                .unwrap_or_else(|e| panic!("connecting to the test cluster {admin}: {e}"));
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+            TestDatabase {
+                url: format!("{base}/{name}"),
+                admin,
+                name,
+            }
+        }
+
+        /// Run SQL on this database (inspection in tests).
+        pub fn query_i64(&self, sql: &str) -> i64 {
+            let mut c = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+            c.query_one(sql, &[]).unwrap().get(0)
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        }
+    }
+}

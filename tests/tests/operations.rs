@@ -180,7 +180,7 @@ fn cli(args: &[&str]) -> (bool, String, String) {
 
 /// Every document of a store: id → (heads, missing dependencies).
 fn documents(store: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<String>, usize)> {
-    let s = rounds_server::sync::store::SledStore::open(store).unwrap();
+    let s = rounds_server::sync::store::Store::open(store).unwrap();
     s.document_ids()
         .into_iter()
         .map(|id| {
@@ -401,7 +401,7 @@ async fn a_backup_during_a_sync_storm_restores_a_consistent_store() {
     assert!(!copy.is_empty());
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(backup.join("rounds-backup.json")).unwrap()).unwrap();
-    let live = rounds_server::sync::store::SledStore::open(&store).unwrap();
+    let live = rounds_server::sync::store::Store::open(&store).unwrap();
     for (id, (heads, missing)) in &copy {
         assert_eq!(*missing, 0, "{id}: a change without its dependencies");
         assert_eq!(

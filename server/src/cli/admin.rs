@@ -4,7 +4,11 @@
 
 use super::*;
 
-pub(super) fn user(command: UserCommand, store: PathBuf, server: String) -> Result<(), CliError> {
+pub(super) fn user(
+    command: UserCommand,
+    store: crate::sync::store::StoreLocation,
+    server: String,
+) -> Result<(), CliError> {
     let op = match command {
         UserCommand::Add {
             username,
@@ -31,7 +35,7 @@ pub(super) fn user(command: UserCommand, store: PathBuf, server: String) -> Resu
 
 pub(super) fn practice(
     command: PracticeCommand,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let op = match command {
@@ -59,7 +63,7 @@ pub(super) fn practice(
 
 pub(super) fn integration(
     command: IntegrationCommand,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let op = match command {
@@ -100,7 +104,7 @@ fn read_protocol(file: &Path) -> Result<(String, rounds_core::alerts::AlertProto
 
 pub(super) fn protocol(
     command: ProtocolCommand,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     match command {
@@ -123,7 +127,7 @@ pub(super) fn protocol(
 
 pub(super) fn quarantine(
     command: QuarantineCommand,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let op = match command {
@@ -137,7 +141,7 @@ pub(super) fn quarantine(
 
 pub(super) fn device(
     command: DeviceCommand,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let op = match command {
@@ -156,7 +160,7 @@ pub(super) fn audit(
     device: Option<String>,
     since: Option<String>,
     csv: bool,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let parsed = since
@@ -179,7 +183,7 @@ pub(super) fn audit(
 pub(super) fn close_month(
     facility: String,
     month: String,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let month = parse_month(&month)?;
@@ -199,7 +203,7 @@ pub(super) fn encounters(
     month: String,
     changed: bool,
     practice: Option<String>,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let month = parse_month(&month)?;
@@ -222,7 +226,7 @@ pub(super) fn export(
     format: crate::services::export::Format,
     practice: Option<String>,
     out: PathBuf,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: String,
 ) -> Result<(), CliError> {
     let month = parse_month(&month)?;

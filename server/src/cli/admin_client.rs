@@ -13,7 +13,7 @@ use crate::services::security::{AuditQuery, Security, audit_csv};
 
 /// Where admin commands go.
 pub struct AdminTarget {
-    pub store: PathBuf,
+    pub store: crate::sync::store::StoreLocation,
     pub server: String,
 }
 
@@ -111,15 +111,15 @@ fn invalid(e: impl std::fmt::Display) -> CliError {
 
 /// Run an operation; prints its result.
 pub fn run(target: &AdminTarget, op: Op) -> Result<String, CliError> {
-    // Straight on the store when nothing holds it (the server is not running).
-    if let Ok(store) = crate::sync::store::SledStore::open(&target.store) {
-        let security = Security::open(
-            store.db(),
-            &target.store,
-            None,
-            crate::services::security::CODE_LIFETIME,
-        )
-        .map_err(invalid)?;
+    // Straight on the store when nothing holds it (sled: the server is not running; PostgreSQL:
+    // always — the database is shared, as by another server).
+    let opened = crate::sync::store::Store::open_at(&target.store);
+    if let (Err(e), None) = (&opened, target.store.dir()) {
+        return Err(invalid(e));
+    }
+    if let Ok(store) = opened {
+        let security = Security::open(&store, None, crate::services::security::CODE_LIFETIME)
+            .map_err(invalid)?;
         let out = direct(&store, &security, op);
         let _ = store.flush();
         return out;
@@ -141,15 +141,14 @@ pub fn export_local(
     practice: Option<&str>,
     out: &Path,
 ) -> Option<Result<usize, CliError>> {
-    let store = crate::sync::store::SledStore::open(&target.store).ok()?;
+    let store = match crate::sync::store::Store::open_at(&target.store) {
+        Ok(s) => s,
+        Err(e) if target.store.dir().is_none() => return Some(Err(invalid(e))),
+        Err(_) => return None,
+    };
     Some((|| {
-        let security = Security::open(
-            store.db(),
-            &target.store,
-            None,
-            crate::services::security::CODE_LIFETIME,
-        )
-        .map_err(invalid)?;
+        let security = Security::open(&store, None, crate::services::security::CODE_LIFETIME)
+            .map_err(invalid)?;
         let ledger = crate::services::ledger::Ledger::open(store.db()).map_err(invalid)?;
         let files = crate::services::export::export(
             &store,
@@ -172,7 +171,7 @@ pub fn export_local(
     })())
 }
 
-fn direct(store: &crate::sync::store::SledStore, s: &Security, op: Op) -> Result<String, CliError> {
+fn direct(store: &crate::sync::store::Store, s: &Security, op: Op) -> Result<String, CliError> {
     let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default();
     Ok(match op {
         Op::Code { facility } => {
@@ -407,14 +406,18 @@ fn fingerprint_of(cert: &Path) -> Result<[u8; 32], CliError> {
 }
 
 async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
-    let token_path = target.store.join("admin-token");
+    let dir = target
+        .store
+        .dir()
+        .ok_or_else(|| invalid(format!("{}: the database did not open", target.store)))?;
+    let token_path = dir.join("admin-token");
     let token = std::fs::read_to_string(&token_path).map_err(|e| {
         CliError::Invalid(format!(
             "{}: {e} (admin commands need the store's admin credential)",
             token_path.display()
         ))
     })?;
-    let cert = target.store.join("tls/cert.pem");
+    let cert = dir.join("tls/cert.pem");
     let trust = if cert.exists() {
         rounds_core::sync::net::Trust::Fingerprint(fingerprint_of(&cert)?)
     } else {
@@ -595,7 +598,7 @@ async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
     let resp = req.bearer_auth(token.trim()).send().await.map_err(|e| {
         CliError::Invalid(format!(
             "{base}: {e} (is the server running? the store at {} is locked)",
-            target.store.display()
+            target.store
         ))
     })?;
     let status = resp.status();

@@ -82,7 +82,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), CliError> {
         }
     }
     let serve = ServeOptions {
-        store: opts.store.clone(),
+        store: opts.store.clone().into(),
         listen: opts.listen,
         tls_cert: None,
         tls_key: None,

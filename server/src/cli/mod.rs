@@ -129,7 +129,7 @@ pub enum Command {
         #[command(subcommand)]
         command: PracticeCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
     },
@@ -138,7 +138,7 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
     },
@@ -147,7 +147,7 @@ pub enum Command {
         #[command(subcommand)]
         command: IntegrationCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
     },
@@ -156,7 +156,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ProtocolCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
     },
@@ -165,7 +165,7 @@ pub enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
     },
@@ -175,7 +175,7 @@ pub enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
     },
@@ -186,7 +186,7 @@ pub enum Command {
         #[arg(value_enum)]
         action: ReadModelAction,
         #[arg(long, default_value = "./rounds-data")]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
     },
     /// Close a month now: store each patient's encounter (version 1, or a new version when late
     /// data changed the lines).
@@ -196,7 +196,7 @@ pub enum Command {
         #[arg(long)]
         month: String,
         #[arg(long, default_value = "./rounds-data")]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
@@ -212,7 +212,7 @@ pub enum Command {
         #[arg(long)]
         practice: Option<String>,
         #[arg(long, default_value = "./rounds-data")]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
@@ -230,7 +230,7 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "./rounds-data")]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
@@ -240,7 +240,7 @@ pub enum Command {
         #[command(subcommand)]
         command: PushCommand,
         #[arg(long, default_value = "./rounds-data", global = true)]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         /// For `status` while a server runs on the store: its base URL.
         #[arg(long, default_value = "https://127.0.0.1:8443", global = true)]
         server: String,
@@ -258,7 +258,7 @@ pub enum Command {
         #[arg(long)]
         csv: bool,
         #[arg(long, default_value = "./rounds-data")]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
@@ -269,7 +269,7 @@ pub enum Command {
         #[arg(long)]
         to: PathBuf,
         #[arg(long, default_value = "./rounds-data", env = "ROUNDS_STORE")]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         #[arg(long, default_value = "https://127.0.0.1:8443")]
         server: String,
     },
@@ -293,7 +293,7 @@ pub enum Command {
         #[arg(long)]
         facility: Option<String>,
         #[arg(long, default_value = "./rounds-data", conflicts_with = "server")]
-        store: PathBuf,
+        store: crate::sync::store::StoreLocation,
         /// A running server's base URL, e.g. https://127.0.0.1:8443 (imports through its API).
         #[arg(long, requires = "token")]
         server: Option<String>,
@@ -321,7 +321,7 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
     /// The store directory (sled database, TLS certificate).
     #[arg(long, default_value = "./rounds-data", env = "ROUNDS_STORE")]
-    pub store: PathBuf,
+    pub store: crate::sync::store::StoreLocation,
     #[arg(long, default_value = "127.0.0.1:8443", env = "ROUNDS_LISTEN")]
     pub listen: std::net::SocketAddr,
     /// PEM certificate chain; without it a self-signed certificate is generated into the store.
@@ -633,7 +633,11 @@ fn worklist_table(items: &[worklist::WorklistItem]) -> String {
 }
 
 /// Run an admin operation (through the running server, or on the store) and print its answer.
-fn admin(store: PathBuf, server: String, op: crate::cli::admin_client::Op) -> Result<(), CliError> {
+fn admin(
+    store: crate::sync::store::StoreLocation,
+    server: String,
+    op: crate::cli::admin_client::Op,
+) -> Result<(), CliError> {
     let out = crate::cli::admin_client::run(
         &crate::cli::admin_client::AdminTarget { store, server },
         op,

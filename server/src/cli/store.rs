@@ -3,8 +3,11 @@
 
 use super::*;
 
-pub(super) fn read_model(action: ReadModelAction, store: PathBuf) -> Result<(), CliError> {
-    let st = crate::sync::store::SledStore::open(&store)
+pub(super) fn read_model(
+    action: ReadModelAction,
+    store: crate::sync::store::StoreLocation,
+) -> Result<(), CliError> {
+    let st = crate::sync::store::Store::open_at(&store)
         .map_err(|e| CliError::Invalid(format!("{e} (stop the server to use this store)")))?;
     match action {
         ReadModelAction::Check => {
@@ -37,7 +40,11 @@ pub(super) fn read_model(action: ReadModelAction, store: PathBuf) -> Result<(), 
     }
 }
 
-pub(super) fn push(command: PushCommand, store: PathBuf, server: String) -> Result<(), CliError> {
+pub(super) fn push(
+    command: PushCommand,
+    store: crate::sync::store::StoreLocation,
+    server: String,
+) -> Result<(), CliError> {
     match command {
         PushCommand::Send {
             facility,
@@ -73,12 +80,12 @@ pub(super) fn push(command: PushCommand, store: PathBuf, server: String) -> Resu
 
 /// Requeue failed items (by key, or every failed one of a facility's month).
 fn push_retry(
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     keys: Vec<String>,
     facility: Option<String>,
     month: Option<String>,
 ) -> Result<(), CliError> {
-    let st = crate::sync::store::SledStore::open(&store).map_err(|e| {
+    let st = crate::sync::store::Store::open_at(&store).map_err(|e| {
         CliError::Invalid(format!(
             "{e} (stop the server, or retry on the console's Push status page)"
         ))
@@ -110,14 +117,14 @@ fn push_retry(
 /// Queue a closed month and send it; exits non-zero unless every item of that month (and
 /// practice) is acknowledged when `--wait` runs out.
 fn push_send(
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     facility: String,
     month: String,
     config: PathBuf,
     practice: Option<String>,
     wait: u64,
 ) -> Result<(), CliError> {
-    let st = crate::sync::store::SledStore::open(&store)
+    let st = crate::sync::store::Store::open_at(&store)
         .map_err(|e| CliError::Invalid(format!("{e} (stop the server to push from this store)")))?;
     let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
     let month = parse_month(&month)?;
@@ -206,7 +213,7 @@ type Opened = (
     tokio::sync::watch::Sender<bool>,
 );
 
-fn open_for_import(store: &Path) -> Result<Opened, CliError> {
+fn open_for_import(store: &crate::sync::store::StoreLocation) -> Result<Opened, CliError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     crate::server::Shared::open(
         store,
@@ -226,7 +233,7 @@ fn open_for_import(store: &Path) -> Result<Opened, CliError> {
 
 pub(super) fn import(
     file: PathBuf,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: Option<String>,
     token: Option<String>,
     fingerprint: Option<String>,
@@ -281,7 +288,7 @@ pub(super) fn import(
 pub(super) fn import_roster(
     file: PathBuf,
     facility: String,
-    store: PathBuf,
+    store: crate::sync::store::StoreLocation,
     server: Option<String>,
     token: Option<String>,
     fingerprint: Option<String>,

@@ -484,7 +484,7 @@ pub async fn start_on(
     let _ = writeln!(
         out,
         "rounds: listening on {scheme}://{addr} (sync at /sync, store {})",
-        opts.store.display()
+        opts.store
     );
     if let Some(adt) = &opts.adt {
         let feed = crate::server::adt::AdtFeed::open(shared.store.db(), adt.settings.clone())

@@ -30,7 +30,7 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 pub struct AdtFeed {
     pub settings: AdtSettings,
     /// sending facility + MSH-10 → what it did (a repeat is acknowledged and changes nothing).
-    seen: sled::Tree,
+    seen: crate::sync::store::kv::Tree,
     /// One message at a time, across connections.
     apply: tokio::sync::Mutex<()>,
 }
@@ -63,7 +63,10 @@ impl AdtOutcome {
 }
 
 impl AdtFeed {
-    pub fn open(db: &sled::Db, settings: AdtSettings) -> Result<AdtFeed, sled::Error> {
+    pub fn open(
+        db: &crate::sync::store::kv::Db,
+        settings: AdtSettings,
+    ) -> Result<AdtFeed, crate::sync::store::kv::KvError> {
         Ok(AdtFeed {
             settings,
             seen: db.open_tree("adt_messages")?,

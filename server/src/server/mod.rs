@@ -18,7 +18,7 @@ use crate::sync::access::{FacilityAccess, FacilityIndex};
 use crate::sync::flusher::Flusher;
 use crate::sync::metrics::Metrics;
 use crate::sync::shards::{DEV_SHARD, Shard, ShardCore, ShardMsg, Shards};
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 mod admission;
 pub mod adt;
@@ -36,7 +36,8 @@ pub mod tls;
 /// `rounds serve` settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub store: PathBuf,
+    /// A directory (sled) or a `postgres://` URL.
+    pub store: crate::sync::store::StoreLocation,
     pub listen: SocketAddr,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -138,7 +139,7 @@ pub struct Shared {
     /// One hub per facility (see `shards.rs`).
     pub shards: Shards,
     conns: Mutex<Conns>,
-    pub store: Arc<SledStore>,
+    pub store: Arc<Store>,
     flusher: Flusher,
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
@@ -151,7 +152,7 @@ pub struct Shared {
     /// Documents whose changes re-open closed months: document → (facility, month).
     pub recheck:
         Mutex<HashMap<DocumentId, std::collections::BTreeSet<(String, rounds_core::Month)>>>,
-    pub facilities: sled::Tree,
+    pub facilities: crate::sync::store::kv::Tree,
     /// The registered facilities, as last read from `facilities`.
     pub(crate) facility_cache: Mutex<Option<Vec<String>>>,
     pub(crate) late_tx: mpsc::UnboundedSender<(String, rounds_core::Month)>,
@@ -204,18 +205,20 @@ pub enum ServeError {
 impl Shared {
     /// Open the store and set up the shared state (no sockets yet).
     pub fn open(
-        store_dir: &std::path::Path,
+        location: &crate::sync::store::StoreLocation,
         max_frame: usize,
         dev_token: Option<String>,
         limits: Limits,
         rules: rounds_core::billing::RuleSet,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Shared>, ServeError> {
-        std::fs::create_dir_all(store_dir).map_err(|source| ServeError::Listen {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
-        let store = Arc::new(SledStore::open(store_dir)?);
+        if let Some(dir) = location.dir() {
+            std::fs::create_dir_all(dir).map_err(|source| ServeError::Listen {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+        }
+        let store = Arc::new(Store::open_at(location)?);
         let metrics = Arc::new(Metrics::default());
         let shards = Shards::new(
             // Short: every sync message carries it (the storage id keys what persists).
@@ -234,7 +237,7 @@ impl Shared {
                 ..HubConfig::default()
             },
         );
-        let security = Security::open(store.db(), store_dir, dev_token, limits.code_lifetime)
+        let security = Security::open(&store, dev_token, limits.code_lifetime)
             .map_err(|e| ServeError::Flush(e.to_string()))?;
         let ledger = crate::services::ledger::Ledger::open(store.db())
             .map_err(|e| ServeError::Flush(e.to_string()))?;
@@ -589,7 +592,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_stop, shutdown) = watch::channel(false);
         let shared = Shared::open(
-            dir.path(),
+            &dir.path().into(),
             8 << 20,
             None,
             Limits::default(),

@@ -51,10 +51,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 }
 
 /// Load `cert`/`key`, or generate (once) and reuse `store/tls/{cert,key}.pem`.
-pub fn setup(store: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<Tls, TlsError> {
-    let (cert_path, key_path, generated) = match (cert, key) {
-        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf(), false),
-        (None, None) => {
+pub fn setup(
+    store: &crate::sync::store::StoreLocation,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Tls, TlsError> {
+    let (cert_path, key_path, generated) = match (cert, key, store.dir()) {
+        (Some(c), Some(k), _) => (c.to_path_buf(), k.to_path_buf(), false),
+        (None, None, None) => {
+            return Err(TlsError::Config(
+                "with a PostgreSQL store, give --tls-cert and --tls-key: every server on the database must present the same certificate".into(),
+            ));
+        }
+        (None, None, Some(store)) => {
             let dir = store.join("tls");
             std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir)(e.to_string()))?;
             let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -135,7 +144,7 @@ impl CurrentTls {
 /// Where the certificate comes from: `--tls-cert`/`--tls-key`, or generated into the store.
 #[derive(Debug, Clone)]
 pub struct TlsSource {
-    pub store: PathBuf,
+    pub store: crate::sync::store::StoreLocation,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
 }

@@ -3,7 +3,7 @@
 //! Contract: the backup directory holds a complete store (`db/`, the TLS files and credentials
 //! beside it) and `rounds-backup.json`, the manifest: the format, when, and every document's heads
 //! in the copy. The document trees (chunks, heads, seq, sync states) are copied while the store's
-//! document writers are held off ([`SledStore::freeze`]), so the copy is a state the store was
+//! document writers are held off ([`Store::freeze`]), so the copy is a state the store was
 //! in — no chunk without the chunks before it; a sync storm only waits for the copy. The other
 //! trees (ledger, outboxes, audit, devices, accounts, quarantine, read model) are copied record
 //! by record after it, each record whole. The copy is flushed before the manifest is written:
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 /// The manifest's format.
 pub const BACKUP_FORMAT: u32 = 1;
@@ -58,11 +58,15 @@ pub enum BackupError {
         source: std::io::Error,
     },
     #[error("copying tree {tree}: {source}")]
-    Sled {
+    Kv {
         tree: String,
         #[source]
-        source: sled::Error,
+        source: crate::sync::store::kv::KvError,
     },
+    #[error(
+        "a PostgreSQL store is backed up by the database's own tools (pg_dump, or base backups with WAL archiving for point-in-time recovery), not `rounds backup`"
+    )]
+    NotADirectory,
     #[error(transparent)]
     Store(#[from] crate::sync::store::StoreError),
     #[error("{0}")]
@@ -90,26 +94,24 @@ fn empty_target(dir: &Path) -> Result<(), BackupError> {
     std::fs::create_dir_all(dir).map_err(io(dir))
 }
 
-fn copy_tree(from: &sled::Tree, to: &sled::Db, name: &[u8]) -> Result<u64, BackupError> {
-    let label = String::from_utf8_lossy(name).to_string();
-    let sled_err = |source| BackupError::Sled {
-        tree: label.clone(),
-        source,
-    };
-    let target = to.open_tree(name).map_err(sled_err)?;
+/// Copy every entry of `from` into the tree `name` of `to`, in batches; returns the count.
+pub fn copy_tree(
+    from: &crate::sync::store::kv::Tree,
+    to: &crate::sync::store::kv::Db,
+    name: &str,
+) -> Result<u64, crate::sync::store::kv::KvError> {
+    let target = to.open_tree(name)?;
     let mut n = 0;
-    let mut batch = sled::Batch::default();
+    let mut batch = crate::sync::store::kv::Batch::default();
     for kv in from.iter() {
-        let (k, v) = kv.map_err(sled_err)?;
+        let (k, v) = kv?;
         batch.insert(k, v);
         n += 1;
-        if n % 10_000 == 0 {
-            target
-                .apply_batch(std::mem::take(&mut batch))
-                .map_err(sled_err)?;
+        if batch.len() == 2_000 {
+            target.apply_batch(std::mem::take(&mut batch))?;
         }
     }
-    target.apply_batch(batch).map_err(sled_err)?;
+    target.apply_batch(batch)?;
     Ok(n)
 }
 
@@ -136,7 +138,7 @@ fn copy_files(from: &Path, to: &Path, skip: &[&str]) -> Result<usize, BackupErro
 }
 
 /// Every document's heads in a store.
-fn heads_of(store: &SledStore) -> BTreeMap<String, Vec<String>> {
+fn heads_of(store: &Store) -> BTreeMap<String, Vec<String>> {
     store
         .document_ids()
         .into_iter()
@@ -153,62 +155,59 @@ fn heads_of(store: &SledStore) -> BTreeMap<String, Vec<String>> {
 
 /// Back `store` up into `to` (absent or empty). `progress` hears each step.
 pub fn backup(
-    store: &SledStore,
+    store: &Store,
     to: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Manifest, BackupError> {
+    let Some(store_dir) = store.dir() else {
+        return Err(BackupError::NotADirectory);
+    };
     empty_target(to)?;
     let db_path = to.join("db");
-    let copy = sled::Config::new()
-        .path(&db_path)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| BackupError::Sled {
-            tree: "(open)".into(),
-            source,
-        })?;
+    let kv_err = |tree: &str| {
+        let tree = tree.to_string();
+        move |source| BackupError::Kv { tree, source }
+    };
+    let copy = crate::sync::store::kv::Db::Sled(
+        sled::Config::new()
+            .path(&db_path)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| BackupError::Kv {
+                tree: "(open)".into(),
+                source: source.into(),
+            })?,
+    );
     let mut trees = BTreeMap::new();
     {
         let _frozen = store.freeze();
-        for name in SledStore::DOCUMENT_TREES {
-            let t = store
-                .db()
-                .open_tree(name)
-                .map_err(|source| BackupError::Sled {
-                    tree: name.into(),
-                    source,
-                })?;
-            trees.insert(name.to_string(), copy_tree(&t, &copy, name.as_bytes())?);
+        for name in Store::DOCUMENT_TREES {
+            let t = store.db().open_tree(name).map_err(kv_err(name))?;
+            trees.insert(
+                name.to_string(),
+                copy_tree(&t, &copy, name).map_err(kv_err(name))?,
+            );
         }
     }
     progress(&format!(
         "documents copied ({} chunks)",
         trees.get("chunks").copied().unwrap_or(0)
     ));
-    for name in store.db().tree_names() {
-        let label = String::from_utf8_lossy(&name).to_string();
-        if SledStore::DOCUMENT_TREES.contains(&label.as_str()) {
+    for name in store.db().tree_names().map_err(kv_err("(list)"))? {
+        if Store::DOCUMENT_TREES.contains(&name.as_str()) {
             continue;
         }
-        let t = store
-            .db()
-            .open_tree(&name)
-            .map_err(|source| BackupError::Sled {
-                tree: label.clone(),
-                source,
-            })?;
-        trees.insert(label, copy_tree(&t, &copy, &name)?);
+        let t = store.db().open_tree(&name).map_err(kv_err(&name))?;
+        let n = copy_tree(&t, &copy, &name).map_err(kv_err(&name))?;
+        trees.insert(name, n);
     }
     progress(&format!("{} trees copied", trees.len()));
-    copy.flush().map_err(|source| BackupError::Sled {
-        tree: "(flush)".into(),
-        source,
-    })?;
+    copy.flush().map_err(kv_err("(flush)"))?;
     drop(copy);
-    let files = copy_files(store.dir(), to, &["db", MANIFEST, ".ready-probe"])?;
+    let files = copy_files(store_dir, to, &["db", MANIFEST, ".ready-probe"])?;
     progress(&format!("{files} files beside the database copied"));
     // Read the copy back: its heads are the manifest's.
-    let copied = SledStore::open(to)?;
+    let copied = Store::open(to)?;
     let documents = heads_of(&copied);
     let manifest = Manifest {
         format: BACKUP_FORMAT,
@@ -273,7 +272,7 @@ pub fn restore(
     empty_target(to)?;
     let files = copy_files(from, to, &[MANIFEST])?;
     progress(&format!("{files} files copied"));
-    let store = SledStore::open(to)?;
+    let store = Store::open(to)?;
     let heads = heads_of(&store);
     if heads != m.documents {
         let differ = m

@@ -7,7 +7,7 @@ use rounds_core::ehr::{ExportConfig, fhir, hl7, note};
 use serde::{Deserialize, Serialize};
 
 use crate::services::ledger::{Ledger, LedgerError, closed_month};
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -43,7 +43,7 @@ mod b64 {
 /// Build the package for a closed month: the whole facility's, or with `practice` only that
 /// practice's patients and lines, with its EHR identifiers.
 pub fn export(
-    store: &SledStore,
+    store: &Store,
     ledger: &Ledger,
     facility: &str,
     month: Month,

@@ -10,7 +10,7 @@ use rounds_core::billing::{self, Encounter, Line, RuleSet};
 use rounds_core::{DataFile, Month};
 use serde::{Deserialize, Serialize};
 
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 /// What a version is, relative to the one before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +78,8 @@ impl From<crate::sync::store::read_model::ReadError> for LedgerError {
 
 /// The ledger in the store.
 pub struct Ledger {
-    versions: sled::Tree,
-    closed: sled::Tree,
+    versions: crate::sync::store::kv::Tree,
+    closed: crate::sync::store::kv::Tree,
 }
 
 fn key(facility: &str, month: Month, patient: &str, version: u32) -> Vec<u8> {
@@ -142,8 +142,8 @@ impl Ledger {
             .collect()
     }
 
-    pub fn open(db: &sled::Db) -> Result<Ledger, LedgerError> {
-        let e = |e: sled::Error| LedgerError::Store(e.to_string());
+    pub fn open(db: &crate::sync::store::kv::Db) -> Result<Ledger, LedgerError> {
+        let e = |e: crate::sync::store::kv::KvError| LedgerError::Store(e.to_string());
         Ok(Ledger {
             versions: db.open_tree("encounter_versions").map_err(e)?,
             closed: db.open_tree("closed_months").map_err(e)?,
@@ -179,7 +179,7 @@ impl Ledger {
     /// where the lines changed. Returns the versions written.
     pub fn close(
         &self,
-        store: &SledStore,
+        store: &Store,
         facility: &str,
         month: Month,
         rules: &RuleSet,
@@ -409,7 +409,7 @@ impl ClosedMonth {
 
 /// Load a closed month (an error naming the command to run when it is not closed).
 pub fn closed_month(
-    store: &SledStore,
+    store: &Store,
     ledger: &Ledger,
     facility: &str,
     month: Month,

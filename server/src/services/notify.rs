@@ -176,12 +176,12 @@ pub struct Delivery {
 
 /// The durable outbox (sled): pending deliveries, and delivered ones kept as a ledger.
 pub struct Outbox {
-    pending: sled::Tree,
-    delivered: sled::Tree,
+    pending: crate::sync::store::kv::Tree,
+    delivered: crate::sync::store::kv::Tree,
 }
 
 impl Outbox {
-    pub fn open(db: &sled::Db) -> sled::Result<Outbox> {
+    pub fn open(db: &crate::sync::store::kv::Db) -> crate::sync::store::kv::KvResult<Outbox> {
         Ok(Outbox {
             pending: db.open_tree("notify_outbox")?,
             delivered: db.open_tree("notify_delivered")?,
@@ -265,7 +265,7 @@ impl Outbox {
             .collect()
     }
 
-    fn save(&self, tree: &sled::Tree, d: &Delivery) {
+    fn save(&self, tree: &crate::sync::store::kv::Tree, d: &Delivery) {
         if let Ok(bytes) = serde_json::to_vec(d) {
             let _ = tree.insert(d.id.as_bytes(), bytes);
         }

@@ -8,11 +8,11 @@ use rounds_core::billing::RuleSet;
 use rounds_core::billing::summary::{self, PracticeFacilityMonth};
 
 use crate::services::ledger::{ClosedMonth, Ledger, LedgerError, closed_month};
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 /// The facilities closed for `month`, sorted, each loaded.
 fn closed_facilities(
-    store: &SledStore,
+    store: &Store,
     ledger: &Ledger,
     month: Month,
 ) -> Result<Vec<ClosedMonth>, LedgerError> {
@@ -33,7 +33,7 @@ fn closed_facilities(
 /// One row per (practice, facility) of `month` (only `practice`'s when given), sorted by
 /// practice then facility.
 pub fn rows(
-    store: &SledStore,
+    store: &Store,
     ledger: &Ledger,
     rules: &RuleSet,
     month: Month,
@@ -69,7 +69,7 @@ pub fn rows(
 /// The practice's summary CSV of `month`: each of its facilities' rows (its patients and lines
 /// only) and totals, then the practice's total.
 pub fn practice_csv(
-    store: &SledStore,
+    store: &Store,
     ledger: &Ledger,
     practice: &str,
     month: Month,

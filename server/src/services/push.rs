@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::services::ledger::{Ledger, LedgerError, closed_month};
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 /// `push.toml`: where each practice's EHR listens. The top-level `[fhir]`, `[hl7]` and
 /// `[export]` are the targets of a facility's own practice (a data file without practices);
@@ -350,11 +350,11 @@ fn previous_part(key: &str) -> Option<String> {
 
 /// The outbox tree.
 pub struct Outbox {
-    items: sled::Tree,
+    items: crate::sync::store::kv::Tree,
 }
 
 impl Outbox {
-    pub fn open(db: &sled::Db) -> Result<Outbox, String> {
+    pub fn open(db: &crate::sync::store::kv::Db) -> Result<Outbox, String> {
         Ok(Outbox {
             items: db.open_tree("push_outbox").map_err(|e| e.to_string())?,
         })
@@ -365,7 +365,7 @@ impl Outbox {
     /// skipped.
     pub fn enqueue(
         &self,
-        store: &SledStore,
+        store: &Store,
         ledger: &Ledger,
         config: &PushConfig,
         facility: &str,

@@ -76,7 +76,9 @@ pub struct AuditQuery {
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
     #[error("store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] crate::sync::store::kv::KvError),
+    #[error(transparent)]
+    StoreFile(#[from] crate::sync::store::StoreError),
     #[error("{0}")]
     Io(String),
     #[error("a device named {0:?} already exists")]
@@ -150,11 +152,11 @@ impl RateLimiter {
 
 /// The security records of one store.
 pub struct Security {
-    devices: sled::Tree,
-    tokens: sled::Tree,
-    codes: sled::Tree,
-    audit: sled::Tree,
-    db: sled::Db,
+    devices: crate::sync::store::kv::Tree,
+    tokens: crate::sync::store::kv::Tree,
+    codes: crate::sync::store::kv::Tree,
+    audit: crate::sync::store::kv::Tree,
+    db: crate::sync::store::kv::Db,
     admin_token_sha256: String,
     dev_token: Option<String>,
     code_lifetime: Duration,
@@ -163,18 +165,17 @@ pub struct Security {
 impl Security {
     /// Open the trees; create the admin credential file on first run.
     pub fn open(
-        db: &sled::Db,
-        store_dir: &Path,
+        store: &crate::sync::store::Store,
         dev_token: Option<String>,
         code_lifetime: Duration,
     ) -> Result<Security, SecurityError> {
-        let path = store_dir.join("admin-token");
-        let admin = match std::fs::read_to_string(&path) {
-            Ok(t) => t.trim().to_string(),
-            Err(_) => {
+        let db = store.db();
+        let admin = match store.read_file("admin-token")? {
+            Some(t) => String::from_utf8_lossy(&t).trim().to_string(),
+            None => {
                 let t = random_secret("rat_", 32)?;
-                write_private(&path, format!("{t}\n").as_bytes())?;
-                t
+                let kept = store.create_file("admin-token", format!("{t}\n").as_bytes())?;
+                String::from_utf8_lossy(&kept).trim().to_string()
             }
         };
         Ok(Security {

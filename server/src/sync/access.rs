@@ -11,7 +11,7 @@ use rounds_core::policy::DocScope;
 use rounds_core::sync::hub::Access;
 use rounds_core::{DocumentId, Month};
 
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 struct Built {
     /// The roster it was built from (sorted: a patient's index is its place here).
@@ -44,7 +44,7 @@ impl Built {
 /// Facility → its documents, cached; rebuilt when the facility document changes (the roster),
 /// never on a plain lookup, so access checks do no store I/O per frame.
 pub struct FacilityIndex {
-    store: Arc<SledStore>,
+    store: Arc<Store>,
     cache: Mutex<HashMap<String, Arc<Built>>>,
     /// Facility document id → facility, for invalidation.
     facility_docs: Mutex<HashMap<DocumentId, String>>,
@@ -54,7 +54,7 @@ pub struct FacilityIndex {
 const FIRST_YEAR: i32 = 2020;
 
 impl FacilityIndex {
-    pub fn new(store: Arc<SledStore>) -> FacilityIndex {
+    pub fn new(store: Arc<Store>) -> FacilityIndex {
         FacilityIndex {
             store,
             cache: Mutex::new(HashMap::new()),
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn the_index_follows_the_roster_and_only_the_roster() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let fid = DocumentId::facility("f");
         store
             .persist(&fid, 1, &facility_doc(&["p-1", "p-2"]), true)

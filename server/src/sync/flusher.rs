@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sync::metrics::Metrics;
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 /// Handle to the flush task.
 #[derive(Clone)]
@@ -17,7 +17,7 @@ pub struct Flusher {
 
 impl Flusher {
     /// Start the flush task.
-    pub fn start(store: Arc<SledStore>, metrics: Arc<Metrics>) -> Flusher {
+    pub fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Flusher {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<u64, String>>>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {

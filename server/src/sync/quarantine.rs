@@ -55,11 +55,11 @@ pub const MAX_ENTRIES: usize = 10_000;
 /// The quarantine trees in the store.
 pub struct Quarantine {
     /// id (UUIDv7, time-ordered) → summary JSON (small: lists never read the bytes).
-    entries: sled::Tree,
+    entries: crate::sync::store::kv::Tree,
     /// id → the refused bytes.
-    bytes: sled::Tree,
+    bytes: crate::sync::store::kv::Tree,
     /// sha256 of the bytes → id.
-    by_hash: sled::Tree,
+    by_hash: crate::sync::store::kv::Tree,
     max_entries: usize,
     /// Entries held (read once at open; at most `max_entries`, so a short walk).
     count: std::sync::atomic::AtomicUsize,
@@ -75,11 +75,16 @@ impl Quarantine {
         self.len() == 0
     }
 
-    pub fn open(db: &sled::Db) -> Result<Quarantine, sled::Error> {
+    pub fn open(
+        db: &crate::sync::store::kv::Db,
+    ) -> Result<Quarantine, crate::sync::store::kv::KvError> {
         Quarantine::open_with(db, MAX_ENTRIES)
     }
 
-    fn open_with(db: &sled::Db, max_entries: usize) -> Result<Quarantine, sled::Error> {
+    fn open_with(
+        db: &crate::sync::store::kv::Db,
+        max_entries: usize,
+    ) -> Result<Quarantine, crate::sync::store::kv::KvError> {
         let entries = db.open_tree("quarantine")?;
         let count = std::sync::atomic::AtomicUsize::new(entries.len());
         Ok(Quarantine {
@@ -92,7 +97,7 @@ impl Quarantine {
     }
 
     /// Keep a refused change; returns its id (the existing one when the same bytes were kept).
-    pub fn add(&self, r: Refused<'_>) -> Result<String, sled::Error> {
+    pub fn add(&self, r: Refused<'_>) -> Result<String, crate::sync::store::kv::KvError> {
         let sha256: String = Sha256::digest(r.bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -168,7 +173,7 @@ mod tests {
     #[test]
     fn the_same_bytes_are_kept_once_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::sync::store::kv::Db::Sled(sled::open(dir.path()).unwrap());
         let q = Quarantine::open(&db).unwrap();
         let refused = |bytes: &'static [u8]| Refused {
             device: Some("tab-1".into()),
@@ -200,7 +205,7 @@ mod tests {
     #[test]
     fn the_oldest_entries_go_past_the_cap() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::sync::store::kv::Db::Sled(sled::open(dir.path()).unwrap());
         let q = Quarantine::open_with(&db, 3).unwrap();
         let ids: Vec<String> = (0..5u8)
             .map(|i| {

@@ -136,8 +136,8 @@ pub enum AccountError {
     Store(String),
 }
 
-impl From<sled::Error> for AccountError {
-    fn from(e: sled::Error) -> Self {
+impl From<crate::sync::store::kv::KvError> for AccountError {
+    fn from(e: crate::sync::store::kv::KvError) -> Self {
         AccountError::Store(e.to_string())
     }
 }
@@ -148,8 +148,8 @@ pub const LOCKOUT_MINUTES: i64 = 15;
 pub const SESSION_HOURS: i64 = 12;
 
 pub struct Accounts {
-    users: sled::Tree,
-    sessions: sled::Tree,
+    users: crate::sync::store::kv::Tree,
+    sessions: crate::sync::store::kv::Tree,
     /// One lock per account, held from reading its failure count to saving it: parallel wrong
     /// passwords are checked one after the other, so the lockout takes effect after exactly
     /// `MAX_FAILURES` checks whatever the concurrency.
@@ -168,7 +168,7 @@ pub fn random_token(bytes: usize) -> Result<String, AccountError> {
 use crate::services::security::sha256_hex;
 
 impl Accounts {
-    pub fn open(db: &sled::Db) -> Result<Accounts, AccountError> {
+    pub fn open(db: &crate::sync::store::kv::Db) -> Result<Accounts, AccountError> {
         Ok(Accounts {
             users: db.open_tree("console_users")?,
             sessions: db.open_tree("console_sessions")?,
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn parallel_wrong_passwords_are_checked_at_most_max_failures_times() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::sync::store::kv::Db::Sled(sled::open(dir.path()).unwrap());
         let a = std::sync::Arc::new(Accounts::open(&db).unwrap());
         a.add_user(
             "ana",
@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn scopes_decide_who_sees_which_patient_practice_and_package() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::sync::store::kv::Db::Sled(sled::open(dir.path()).unwrap());
         let a = Accounts::open(&db).unwrap();
         let pw = "correct horse battery";
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn passwords_are_hashed_and_five_failures_lock_the_account() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::sync::store::kv::Db::Sled(sled::open(dir.path()).unwrap());
         let a = Accounts::open(&db).unwrap();
         let pw = "correct horse battery";
         a.add_user("nina", pw, Role::Nurse, &["sunnyvale".into()], &[])

@@ -87,9 +87,9 @@ pub struct Integration {
 
 /// The server's alert state.
 pub struct Alerting {
-    pub(crate) open: sled::Tree,
-    pub(crate) integrations: sled::Tree,
-    pub(crate) integration_keys: sled::Tree,
+    pub(crate) open: crate::sync::store::kv::Tree,
+    pub(crate) integrations: crate::sync::store::kv::Tree,
+    pub(crate) integration_keys: crate::sync::store::kv::Tree,
     pub outbox: Outbox,
     pub clock: RwLock<Clock>,
     pub config: RwLock<NotifyConfig>,
@@ -118,9 +118,9 @@ pub enum AlertingError {
 
 impl Alerting {
     pub fn open(
-        db: &sled::Db,
+        db: &crate::sync::store::kv::Db,
         storage_id: &str,
-    ) -> sled::Result<(Alerting, mpsc::UnboundedReceiver<DocumentId>)> {
+    ) -> crate::sync::store::kv::KvResult<(Alerting, mpsc::UnboundedReceiver<DocumentId>)> {
         let (eval_tx, rx) = mpsc::unbounded_channel();
         Ok((
             Alerting {
@@ -300,7 +300,7 @@ pub(crate) fn stage_protocol(
 
 /// `rounds protocol set` on a stopped server's store; returns the number of facility rules.
 pub fn set_protocol_on_store(
-    store: &crate::sync::store::SledStore,
+    store: &crate::sync::store::Store,
     facility: &str,
     toml: &str,
 ) -> Result<usize, String> {

@@ -1,4 +1,5 @@
-//! Server storage in sled, behind the narrow [`Loader`] reads of the hub plus a few writes.
+//! Server storage, behind the narrow [`Loader`] reads of the hub plus a few writes, on sled
+//! (`--store DIR`, the default) or PostgreSQL (`--store postgres://…`): see [`kv`].
 //!
 //! Trees: `chunks` (key = document id ‖ sequence number, big-endian; value = an Automerge chunk —
 //! incremental changes or a whole-document snapshot), `sync_states` (key = document id ‖ peer
@@ -9,15 +10,82 @@
 //! numbers in one atomic batch, so a crash during compaction leaves either the old chunks or the
 //! snapshot, never neither.
 
+pub mod kv;
 pub mod practices;
 pub mod read_model;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rounds_core::DocumentId;
 use rounds_core::sync::hub::Loader;
 use rounds_core::sync::summary;
+
+/// Where the store lives: a directory (sled) or a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Dir(PathBuf),
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE[?options]`.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StoreLocation, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreLocation::Postgres(s.to_string()))
+        } else if s.contains("://") {
+            Err(format!(
+                "{}: a store is a directory or a postgres:// URL",
+                kv::pg::redact(s)
+            ))
+        } else if s.is_empty() {
+            Err("the store is empty: give a directory or a postgres:// URL".into())
+        } else {
+            Ok(StoreLocation::Dir(PathBuf::from(s)))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Dir(d) => write!(f, "{}", d.display()),
+            StoreLocation::Postgres(u) => f.write_str(&kv::pg::redact(u)),
+        }
+    }
+}
+
+impl serde::Serialize for StoreLocation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl From<PathBuf> for StoreLocation {
+    fn from(p: PathBuf) -> StoreLocation {
+        StoreLocation::Dir(p)
+    }
+}
+
+impl From<&Path> for StoreLocation {
+    fn from(p: &Path) -> StoreLocation {
+        StoreLocation::Dir(p.to_path_buf())
+    }
+}
+
+impl StoreLocation {
+    /// The directory of a sled store (None for PostgreSQL).
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            StoreLocation::Dir(d) => Some(d),
+            StoreLocation::Postgres(_) => None,
+        }
+    }
+}
+
+/// Connections a server keeps to PostgreSQL (`?pool_size=` is not a libpq option: this is it).
+pub const PG_POOL_SIZE: usize = 8;
 
 /// Storage failures, with the operation.
 #[derive(Debug, thiserror::Error)]
@@ -26,13 +94,19 @@ pub enum StoreError {
     Open {
         path: String,
         #[source]
-        source: sled::Error,
+        source: crate::sync::store::kv::KvError,
     },
     #[error("store {op}: {source}")]
-    Sled {
+    Kv {
         op: &'static str,
         #[source]
-        source: sled::Error,
+        source: crate::sync::store::kv::KvError,
+    },
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error(
         "the store at {path} is format {found}, newer than this rounds understands ({supported}): run the rounds that wrote it, or a newer one"
@@ -44,8 +118,8 @@ pub enum StoreError {
     },
 }
 
-fn err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
-    move |source| StoreError::Sled { op, source }
+fn err(op: &'static str) -> impl FnOnce(crate::sync::store::kv::KvError) -> StoreError {
+    move |source| StoreError::Kv { op, source }
 }
 
 /// The store's format: `meta/store-format`. A store without it (made before formats were
@@ -54,7 +128,7 @@ fn err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
 pub const STORE_FORMAT: u64 = 1;
 
 /// The migrations: `MIGRATIONS[i]` takes a store from format `i` to `i + 1`.
-type Migration = fn(&sled::Db) -> Result<(), StoreError>;
+type Migration = fn(&crate::sync::store::kv::Db) -> Result<(), StoreError>;
 const MIGRATIONS: [Migration; STORE_FORMAT as usize] = [
     // 0 → 1: the layout is unchanged; the format is recorded from now on, and the `heads`
     // tree (a cache, rebuilt on demand) is cleared so every entry is re-derived from chunks.
@@ -64,7 +138,11 @@ const MIGRATIONS: [Migration; STORE_FORMAT as usize] = [
     },
 ];
 
-fn migrate(db: &sled::Db, meta: &sled::Tree, path: &Path) -> Result<(), StoreError> {
+fn migrate(
+    db: &crate::sync::store::kv::Db,
+    meta: &crate::sync::store::kv::Tree,
+    path: &str,
+) -> Result<(), StoreError> {
     let read = || -> Result<u64, StoreError> {
         Ok(meta
             .get("store-format")
@@ -84,7 +162,7 @@ fn migrate(db: &sled::Db, meta: &sled::Tree, path: &Path) -> Result<(), StoreErr
     }
     if format > STORE_FORMAT {
         return Err(StoreError::Format {
-            path: path.display().to_string(),
+            path: path.to_string(),
             found: format,
             supported: STORE_FORMAT,
         });
@@ -103,18 +181,18 @@ fn migrate(db: &sled::Db, meta: &sled::Tree, path: &Path) -> Result<(), StoreErr
     Ok(())
 }
 
-/// The sled-backed store.
-pub struct SledStore {
-    db: sled::Db,
+/// The store, on either engine.
+pub struct Store {
+    db: crate::sync::store::kv::Db,
     /// Writers of the document trees (chunks, heads, sync states, seq) hold it shared; a backup
     /// holds it exclusively while it copies them, so its copy is a state the store was in.
     gate: std::sync::RwLock<()>,
-    /// The store directory (what `probe` writes into).
-    dir: std::path::PathBuf,
-    chunks: sled::Tree,
-    sync_states: sled::Tree,
-    heads: sled::Tree,
-    meta: sled::Tree,
+    /// Where it is (sled: the directory `probe` also writes a file into).
+    location: StoreLocation,
+    chunks: crate::sync::store::kv::Tree,
+    sync_states: crate::sync::store::kv::Tree,
+    heads: crate::sync::store::kv::Tree,
+    meta: crate::sync::store::kv::Tree,
     storage_id: String,
     /// Largest sequence number written (not necessarily flushed).
     written: AtomicU64,
@@ -134,18 +212,39 @@ fn chunk_key(doc: &DocumentId, seq: u64) -> [u8; 24] {
     k
 }
 
-impl SledStore {
-    /// Open (or create) the store in `dir/db`.
-    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+impl Store {
+    /// Open (or create) the sled store in `dir/db`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_at(&StoreLocation::Dir(dir.to_path_buf()))
+    }
+
+    /// Open (or create) the store: sled in `DIR/db`, or the PostgreSQL database (its schema
+    /// migrated on open).
+    pub fn open_at(location: &StoreLocation) -> Result<Store, StoreError> {
+        let db = match location {
+            StoreLocation::Dir(dir) => {
+                let path = dir.join("db");
+                kv::Db::Sled(
+                    sled::Config::new()
+                        .path(&path)
+                        .flush_every_ms(Some(1000))
+                        .open()
+                        .map_err(|source| StoreError::Open {
+                            path: path.display().to_string(),
+                            source: source.into(),
+                        })?,
+                )
+            }
+            StoreLocation::Postgres(url) => {
+                kv::Db::Pg(kv::pg::PgKv::open(url, PG_POOL_SIZE).map_err(|source| {
+                    StoreError::Open {
+                        path: kv::pg::redact(url),
+                        source,
+                    }
+                })?)
+            }
+        };
+        let path = location.to_string();
         let chunks = db.open_tree("chunks").map_err(err("open chunks"))?;
         let sync_states = db
             .open_tree("sync_states")
@@ -156,11 +255,15 @@ impl SledStore {
         let storage_id = match meta.get("storage-id").map_err(err("read storage id"))? {
             Some(v) => String::from_utf8_lossy(&v).to_string(),
             None => {
+                // Servers opening one new database together agree on the first id written.
                 let id = uuid::Uuid::new_v4().to_string();
-                meta.insert("storage-id", id.as_bytes())
+                let _ = meta
+                    .compare_and_swap("storage-id", None::<&[u8]>, Some(id.as_bytes()))
                     .map_err(err("write storage id"))?;
                 db.flush().map_err(err("flush"))?;
-                id
+                meta.get("storage-id")
+                    .map_err(err("read storage id"))?
+                    .map_or(id, |v| String::from_utf8_lossy(&v).to_string())
             }
         };
         let mut seq = meta
@@ -184,10 +287,10 @@ impl SledStore {
         let read_model =
             crate::sync::store::read_model::ReadModel::open(&db).map_err(err("open read_model"))?;
         let practices = practices::PracticeRegistry::open(&db).map_err(err("open practices"))?;
-        Ok(SledStore {
+        Ok(Store {
             gate: std::sync::RwLock::new(()),
             practices,
-            dir: dir.to_path_buf(),
+            location: location.clone(),
             db,
             chunks,
             sync_states,
@@ -208,7 +311,10 @@ impl SledStore {
             .insert("ready-probe", now.as_bytes())
             .map_err(|e| format!("store write: {e}"))?;
         self.db.flush().map_err(|e| format!("store flush: {e}"))?;
-        let path = self.dir.join(".ready-probe");
+        let Some(dir) = self.location.dir() else {
+            return Ok(());
+        };
+        let path = dir.join(".ready-probe");
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&path)?;
@@ -216,11 +322,11 @@ impl SledStore {
             f.sync_all()?;
             std::fs::remove_file(&path)
         };
-        write().map_err(|e| format!("store directory {}: {e}", self.dir.display()))
+        write().map_err(|e| format!("store directory {}: {e}", dir.display()))
     }
 
     /// The underlying database (for the security trees).
-    pub fn db(&self) -> &sled::Db {
+    pub fn db(&self) -> &crate::sync::store::kv::Db {
         &self.db
     }
 
@@ -243,7 +349,7 @@ impl SledStore {
         snapshot: bool,
     ) -> Result<(), StoreError> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let mut batch = sled::Batch::default();
+        let mut batch = kv::Batch::default();
         if snapshot {
             for k in self.chunks.scan_prefix(doc.as_bytes()).keys() {
                 let k = k.map_err(err("scan chunks"))?;
@@ -334,12 +440,82 @@ impl SledStore {
         self.gate.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The names of the trees that hold the documents (copied under [`SledStore::freeze`]).
+    /// The names of the trees that hold the documents (copied under [`Store::freeze`]).
     pub const DOCUMENT_TREES: [&'static str; 4] = ["chunks", "heads", "meta", "sync_states"];
 
-    /// The store directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// A small file kept with the store (the admin credential): `DIR/<name>` for sled (mode
+    /// 0600); on PostgreSQL the `meta` tree's `file:<name>`, so every server and every command
+    /// on the database shares it.
+    pub fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.location.dir() {
+            Some(dir) => match std::fs::read(dir.join(name)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::File {
+                    path: dir.join(name).display().to_string(),
+                    source: e,
+                }),
+            },
+            None => Ok(self
+                .meta
+                .get(format!("file:{name}"))
+                .map_err(err("read a file"))?
+                .map(|v| v.to_vec())),
+        }
+    }
+
+    /// Create a file kept with the store unless it exists (the first writer wins, across
+    /// servers too); returns what it holds.
+    pub fn create_file(&self, name: &str, contents: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if let Some(existing) = self.read_file(name)? {
+            return Ok(existing);
+        }
+        match self.location.dir() {
+            Some(dir) => {
+                let path = dir.join(name);
+                let write = || -> std::io::Result<()> {
+                    use std::io::Write;
+                    let mut opts = std::fs::OpenOptions::new();
+                    opts.write(true).create_new(true);
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::OpenOptionsExt;
+                        opts.mode(0o600);
+                    }
+                    let mut f = opts.open(&path)?;
+                    f.write_all(contents)?;
+                    f.sync_all()
+                };
+                write().map_err(|source| StoreError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Ok(contents.to_vec())
+            }
+            None => {
+                let key = format!("file:{name}");
+                let _ = self
+                    .meta
+                    .compare_and_swap(&key, None::<&[u8]>, Some(contents))
+                    .map_err(err("write a file"))?;
+                Ok(self.read_file(name)?.unwrap_or_else(|| contents.to_vec()))
+            }
+        }
+    }
+
+    /// The database (for `rounds migrate`'s copy).
+    pub fn kv(&self) -> &kv::Db {
+        &self.db
+    }
+
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// The store directory (None on PostgreSQL).
+    pub fn dir(&self) -> Option<&Path> {
+        self.location.dir()
     }
 
     /// Make everything written so far durable (fsync).
@@ -395,7 +571,7 @@ impl SledStore {
     }
 }
 
-impl Loader for &SledStore {
+impl Loader for &Store {
     fn load(&mut self, doc: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
         let mut out = Vec::new();
         for v in self.chunks.scan_prefix(doc.as_bytes()).values() {

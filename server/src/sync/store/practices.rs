@@ -27,7 +27,7 @@ pub enum PracticeError {
     Store {
         op: &'static str,
         #[source]
-        source: sled::Error,
+        source: crate::sync::store::kv::KvError,
     },
 }
 
@@ -63,7 +63,7 @@ pub fn parse_practices(text: &str) -> Result<Vec<Practice>, PracticeError> {
 }
 
 pub struct PracticeRegistry {
-    tree: sled::Tree,
+    tree: crate::sync::store::kv::Tree,
     /// Bumped by every write: what the read model checks its facilities against.
     generation: AtomicU64,
     /// Writes are checked against the whole registry one at a time.
@@ -71,7 +71,9 @@ pub struct PracticeRegistry {
 }
 
 impl PracticeRegistry {
-    pub fn open(db: &sled::Db) -> Result<PracticeRegistry, sled::Error> {
+    pub fn open(
+        db: &crate::sync::store::kv::Db,
+    ) -> Result<PracticeRegistry, crate::sync::store::kv::KvError> {
         Ok(PracticeRegistry {
             tree: db.open_tree("practices")?,
             generation: AtomicU64::new(0),
@@ -145,7 +147,7 @@ impl PracticeRegistry {
                 }
             }
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::sync::store::kv::Batch::default();
         for p in practices {
             let bytes = serde_json::to_vec(p).unwrap_or_default();
             batch.insert(p.id.as_bytes(), bytes);

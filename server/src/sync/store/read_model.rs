@@ -3,7 +3,7 @@
 //! the heads it was read at.
 //!
 //! Each entry records the document's newest chunk sequence number when it was read. The store
-//! knows every document's newest sequence number in memory (`SledStore::latest_seq`), so an
+//! knows every document's newest sequence number in memory (`Store::latest_seq`), so an
 //! entry is checked without touching a chunk: equal numbers, the entry is current; otherwise the
 //! document is loaded and read again, and only that one. Entries live in memory and in the
 //! store's `read_model` tree, so a new process (`rounds close-month`, `rounds export`) starts
@@ -25,7 +25,7 @@ use rounds_core::replica::MonthEntries;
 use rounds_core::{DataFile, DocumentId, Patient, Problem, view};
 use serde::{Deserialize, Serialize};
 
-use crate::sync::store::SledStore;
+use crate::sync::store::Store;
 
 /// A facility's data as the server holds it, with the heads of every document read.
 pub struct FacilityData {
@@ -41,7 +41,7 @@ pub struct FacilityData {
 /// none of its documents changed since it was assembled (a page over 10,000 patient-months then
 /// costs a look at 20,000 sequence numbers), else assembled again from the documents' entries
 /// (only changed documents are read again).
-pub fn facility_data(store: &SledStore, facility: &str) -> Result<Arc<FacilityData>, ReadError> {
+pub fn facility_data(store: &Store, facility: &str) -> Result<Arc<FacilityData>, ReadError> {
     let model = &store.read_model;
     let fid = DocumentId::facility(facility);
     let cached = model
@@ -208,7 +208,7 @@ struct Assembled {
 }
 
 pub struct ReadModel {
-    tree: sled::Tree,
+    tree: crate::sync::store::kv::Tree,
     facilities: Mutex<HashMap<String, Arc<Assembled>>>,
     memory: Mutex<HashMap<DocumentId, Arc<Entry>>>,
     /// Documents loaded and read (entry missing or stale).
@@ -229,7 +229,9 @@ fn heads_hex(doc: &automerge::Automerge) -> Vec<String> {
 }
 
 impl ReadModel {
-    pub fn open(db: &sled::Db) -> Result<ReadModel, sled::Error> {
+    pub fn open(
+        db: &crate::sync::store::kv::Db,
+    ) -> Result<ReadModel, crate::sync::store::kv::KvError> {
         Ok(ReadModel {
             tree: db.open_tree("read_model")?,
             memory: Mutex::new(HashMap::new()),
@@ -247,7 +249,7 @@ impl ReadModel {
     /// and read again (and kept). None when the store does not hold the document.
     pub fn read(
         &self,
-        store: &SledStore,
+        store: &Store,
         id: &DocumentId,
         patient: &str,
         kind: Kind,
@@ -303,7 +305,7 @@ impl ReadModel {
     }
 
     /// Compare every current entry with a fresh read of its document.
-    pub fn check(&self, store: &SledStore) -> CheckReport {
+    pub fn check(&self, store: &Store) -> CheckReport {
         let mut report = CheckReport::default();
         for (id, e) in self.entries() {
             if store.latest_seq(&id) != Some(e.seq) {
@@ -327,7 +329,7 @@ impl ReadModel {
     }
 
     /// Drop every entry and read each document again; returns how many were read.
-    pub fn rebuild(&self, store: &SledStore) -> Result<usize, sled::Error> {
+    pub fn rebuild(&self, store: &Store) -> Result<usize, crate::sync::store::kv::KvError> {
         let entries = self.entries();
         self.tree.clear()?;
         self.memory().clear();
@@ -378,9 +380,9 @@ mod tests {
     use super::*;
 
     /// A store with one imported facility (the bundled Sunnyvale example).
-    fn store_with_example() -> (tempfile::TempDir, SledStore, String) {
+    fn store_with_example() -> (tempfile::TempDir, Store, String) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let data =
             rounds_core::parse_data_file(include_str!("../../../../examples/sunnyvale.json"))
                 .unwrap();
@@ -458,7 +460,7 @@ mod tests {
         let (dir, store, facility) = store_with_example();
         let first = facility_data(&store, &facility).unwrap();
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let second = facility_data(&store, &facility).unwrap();
         assert_eq!(store.read_model.reads.load(Ordering::Relaxed), 0);
         assert_eq!(second.data, first.data);
