@@ -801,6 +801,14 @@ pub mod pg {
         })
     }
 
+    /// Run blocking client work on its own thread (the driver refuses to run inside a test's
+    /// tokio runtime).
+    fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
     impl TestDatabase {
         /// Create an empty database.
         pub fn create() -> TestDatabase {
@@ -815,10 +823,13 @@ pub mod pg {
                     .get(..8)
                     .unwrap_or("x")
             );
-            let mut c = postgres::Client::connect(&admin, postgres::NoTls)
-                .unwrap_or_else(|e| panic!("connecting to the test cluster {admin}: {e}"));
-            c.batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+            let (a, n) = (admin.clone(), name.clone());
+            off_runtime(move || {
+                let mut c = postgres::Client::connect(&a, postgres::NoTls)
+                    .unwrap_or_else(|e| panic!("connecting to the test cluster {a}: {e}"));
+                c.batch_execute(&format!("CREATE DATABASE {n}"))
+                    .unwrap_or_else(|e| panic!("creating {n}: {e}"));
+            });
             let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
             TestDatabase {
                 url: format!("{base}/{name}"),
@@ -829,19 +840,23 @@ pub mod pg {
 
         /// Run SQL on this database (inspection in tests).
         pub fn query_i64(&self, sql: &str) -> i64 {
-            let mut c = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
-            c.query_one(sql, &[]).unwrap().get(0)
+            let (url, sql) = (self.url.clone(), sql.to_string());
+            off_runtime(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                c.query_one(sql.as_str(), &[]).unwrap().get(0)
+            })
         }
     }
 
     impl Drop for TestDatabase {
         fn drop(&mut self) {
-            if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-                let _ = c.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ));
-            }
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            off_runtime(move || {
+                if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                    let _ =
+                        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                }
+            });
         }
     }
 }

@@ -111,24 +111,90 @@ fn invalid(e: impl std::fmt::Display) -> CliError {
 
 /// Run an operation; prints its result.
 pub fn run(target: &AdminTarget, op: Op) -> Result<String, CliError> {
-    // Straight on the store when nothing holds it (sled: the server is not running; PostgreSQL:
-    // always — the database is shared, as by another server).
+    // Straight on the store when nothing holds it (sled: the directory's lock; PostgreSQL: the
+    // writer's lease), else through the running server.
     let opened = crate::sync::store::Store::open_at(&target.store);
     if let (Err(e), None) = (&opened, target.store.dir()) {
         return Err(invalid(e));
     }
     if let Ok(store) = opened {
+        // PostgreSQL: the command writes only while no server does (it takes the writer's
+        // lease); a running server is asked instead.
+        let _writer = match target.store.dir() {
+            Some(_) => None,
+            None => match crate::sync::store::lease::WriterGuard::acquire(store.meta().clone()) {
+                Ok(g) => Some(g),
+                Err(crate::sync::store::lease::HeldError::Held { .. }) => {
+                    let credentials = credentials(target, Some(&store))?;
+                    drop(store);
+                    return tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(invalid)?
+                        .block_on(via_api(target, credentials, op));
+                }
+                Err(e) => return Err(invalid(e)),
+            },
+        };
         let security = Security::open(&store, None, crate::services::security::CODE_LIFETIME)
             .map_err(invalid)?;
         let out = direct(&store, &security, op);
         let _ = store.flush();
         return out;
     }
+    let credentials = credentials(target, None)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(invalid)?;
-    rt.block_on(via_api(target, op))
+    rt.block_on(via_api(target, credentials, op))
+}
+
+/// The admin credential and the running server's certificate (PEM, when known): from the
+/// store directory, or from the database (where the server records the certificate it serves).
+struct Credentials {
+    token: String,
+    cert: Option<Vec<u8>>,
+}
+
+fn credentials(
+    target: &AdminTarget,
+    store: Option<&crate::sync::store::Store>,
+) -> Result<Credentials, CliError> {
+    match (target.store.dir(), store) {
+        (Some(dir), _) => {
+            let token_path = dir.join("admin-token");
+            let token = std::fs::read_to_string(&token_path).map_err(|e| {
+                CliError::Invalid(format!(
+                    "{}: {e} (admin commands need the store's admin credential)",
+                    token_path.display()
+                ))
+            })?;
+            Ok(Credentials {
+                token,
+                cert: std::fs::read(dir.join("tls/cert.pem")).ok(),
+            })
+        }
+        (None, Some(store)) => {
+            let token = store
+                .read_file("admin-token")
+                .map_err(invalid)?
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{}: no admin credential yet (start a server on it once)",
+                        target.store
+                    ))
+                })?;
+            Ok(Credentials {
+                token: String::from_utf8_lossy(&token).to_string(),
+                cert: store.read_file("tls/cert.pem").map_err(invalid)?,
+            })
+        }
+        (None, None) => Err(invalid(format!(
+            "{}: the database did not open",
+            target.store
+        ))),
+    }
 }
 
 /// Export straight into `out` when nothing holds the store (no server running): the files go
@@ -146,6 +212,16 @@ pub fn export_local(
         Err(e) if target.store.dir().is_none() => return Some(Err(invalid(e))),
         Err(_) => return None,
     };
+    // PostgreSQL with a server running: through the server.
+    if target.store.dir().is_none()
+        && crate::sync::store::lease::Lease::new(store.meta().clone(), "writer", "-")
+            .held()
+            .ok()
+            .flatten()
+            .is_some()
+    {
+        return None;
+    }
     Some((|| {
         let security = Security::open(&store, None, crate::services::security::CODE_LIFETIME)
             .map_err(invalid)?;
@@ -399,29 +475,21 @@ fn direct(store: &crate::sync::store::Store, s: &Security, op: Op) -> Result<Str
     })
 }
 
-fn fingerprint_of(cert: &Path) -> Result<[u8; 32], CliError> {
-    let der = CertificateDer::from_pem_file(cert)
-        .map_err(|e| CliError::Invalid(format!("{}: {e}", cert.display())))?;
+fn fingerprint_of(pem: &[u8]) -> Result<[u8; 32], CliError> {
+    let der = CertificateDer::from_pem_slice(pem)
+        .map_err(|e| CliError::Invalid(format!("the server's certificate: {e}")))?;
     Ok(Sha256::digest(der.as_ref()).into())
 }
 
-async fn via_api(target: &AdminTarget, op: Op) -> Result<String, CliError> {
-    let dir = target
-        .store
-        .dir()
-        .ok_or_else(|| invalid(format!("{}: the database did not open", target.store)))?;
-    let token_path = dir.join("admin-token");
-    let token = std::fs::read_to_string(&token_path).map_err(|e| {
-        CliError::Invalid(format!(
-            "{}: {e} (admin commands need the store's admin credential)",
-            token_path.display()
-        ))
-    })?;
-    let cert = dir.join("tls/cert.pem");
-    let trust = if cert.exists() {
-        rounds_core::sync::net::Trust::Fingerprint(fingerprint_of(&cert)?)
-    } else {
-        rounds_core::sync::net::Trust::SystemRoots
+async fn via_api(
+    target: &AdminTarget,
+    credentials: Credentials,
+    op: Op,
+) -> Result<String, CliError> {
+    let token = credentials.token;
+    let trust = match &credentials.cert {
+        Some(pem) => rounds_core::sync::net::Trust::Fingerprint(fingerprint_of(pem)?),
+        None => rounds_core::sync::net::Trust::SystemRoots,
     };
     let tls = rounds_core::sync::net::client_config(&trust).map_err(invalid)?;
     let client = reqwest::Client::builder()

@@ -283,6 +283,16 @@ pub enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Move a sled store into an empty PostgreSQL database and verify the copy (entries per
+    /// tree, every document's heads). No server may run on either while it runs.
+    Migrate {
+        /// The sled store directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// `postgres://USER@HOST:PORT/DATABASE` of an empty database.
+        #[arg(long)]
+        to: crate::sync::store::StoreLocation,
+    },
     /// Load a data file into a server store (the server must not be running on it; use
     /// `--server` to import through a running server).
     Import {

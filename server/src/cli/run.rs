@@ -104,6 +104,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", out.trim_end());
             Ok(())
         }
+        Command::Migrate { from, to } => {
+            let progress = crate::cli::progress::Progress::new("migrate", None);
+            let m = crate::services::migrate::migrate(&from, &to, &mut |step| {
+                progress.update(None, step);
+            })
+            .map_err(|e| CliError::Invalid(e.to_string()))?;
+            progress.finish("done");
+            println!(
+                "{}",
+                serde_json::json!({"migrated": m, "to": to.to_string()})
+            );
+            if from.join("tls/cert.pem").exists() {
+                eprintln!(
+                    "rounds: the tablets trust this store's certificate: serve the database with --tls-cert {} --tls-key {}",
+                    from.join("tls/cert.pem").display(),
+                    from.join("tls/key.pem").display()
+                );
+            }
+            Ok(())
+        }
         Command::Restore { from, to } => {
             let progress = crate::cli::progress::Progress::new("restore", None);
             progress.update(None, "copying");

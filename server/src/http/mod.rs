@@ -333,14 +333,34 @@ pub async fn start_on(
     // installs it first, an embedding program may not have (a second install is a no-op).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Shared::open(
-        &opts.store,
-        opts.max_frame,
-        opts.dev_token.clone(),
-        opts.limits.clone(),
-        opts.rules.clone(),
-        stop_rx,
-    )?;
+    // On a shared database a second server waits as a standby until the writer's lease is free
+    // (the other server stopped, or died and its lease ran out), then takes over.
+    let mut announced = false;
+    let shared = loop {
+        match Shared::open(
+            &opts.store,
+            opts.max_frame,
+            opts.dev_token.clone(),
+            opts.limits.clone(),
+            opts.rules.clone(),
+            stop_rx.clone(),
+        ) {
+            Err(ServeError::Held(crate::sync::store::lease::HeldError::Held { secs })) => {
+                if !announced {
+                    eprintln!(
+                        "rounds: standby: another server writes to {} (lease {secs} s more); taking over when it stops",
+                        opts.store
+                    );
+                    announced = true;
+                }
+                if *stop_rx.borrow() {
+                    return Err(ServeError::Flush("stopped while on standby".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => break other?,
+        }
+    };
     shared.clone().start_auto_close(opts.close_check);
     {
         let shared = Arc::downgrade(&shared);
@@ -425,6 +445,12 @@ pub async fn start_on(
             tls.fingerprint
         );
         fingerprint = tls.fingerprint.clone();
+        // On a shared database, commands find the certificate to pin there.
+        if opts.store.dir().is_none() {
+            let pem = std::fs::read(&tls.cert_path)
+                .map_err(|e| ServeError::Flush(format!("{}: {e}", tls.cert_path.display())))?;
+            shared.store.write_file("tls/cert.pem", &pem)?;
+        }
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config.clone());
         let current = crate::server::tls::CurrentTls::new(tls.config.clone());
         current_tls = Some(current.clone());

@@ -136,6 +136,8 @@ struct Conns {
 
 /// State shared by all connections.
 pub struct Shared {
+    /// The writer's lease on a PostgreSQL store (held while this lives).
+    _writer: Option<crate::sync::store::lease::WriterGuard>,
     /// One hub per facility (see `shards.rs`).
     pub shards: Shards,
     conns: Mutex<Conns>,
@@ -200,6 +202,8 @@ pub enum ServeError {
     },
     #[error("flushing the store: {0}")]
     Flush(String),
+    #[error(transparent)]
+    Held(#[from] crate::sync::store::lease::HeldError),
 }
 
 impl Shared {
@@ -219,6 +223,13 @@ impl Shared {
             })?;
         }
         let store = Arc::new(Store::open_at(location)?);
+        // A shared database has one writer at a time (sled: the directory's lock).
+        let writer = match location {
+            crate::sync::store::StoreLocation::Postgres(_) => Some(
+                crate::sync::store::lease::WriterGuard::acquire(store.meta().clone())?,
+            ),
+            crate::sync::store::StoreLocation::Dir(_) => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let shards = Shards::new(
             // Short: every sync message carries it (the storage id keys what persists).
@@ -306,6 +317,7 @@ impl Shared {
             max_frame,
             next_conn: AtomicU64::new(1),
             shutdown,
+            _writer: writer,
         });
         for (facility, month) in shared.ledger.closed_months() {
             shared.watch_closed(&facility, month);

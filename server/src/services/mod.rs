@@ -9,6 +9,7 @@ pub mod backup;
 pub mod export;
 pub mod import;
 pub mod ledger;
+pub mod migrate;
 pub mod notify;
 pub mod pdf;
 pub mod practice_summary;

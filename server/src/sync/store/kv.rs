@@ -6,7 +6,7 @@
 //! operations the services rely on: compare-and-swap, read-modify-write, an atomic batch,
 //! pop-the-smallest. The services are written once against this API.
 //!
-//! On PostgreSQL each tree is a table `kv_<name> (key BYTEA PRIMARY KEY, value BYTEA NOT NULL)`
+//! On PostgreSQL each tree is a table `"kv_<name>" (key BYTEA PRIMARY KEY, value BYTEA NOT NULL)`
 //! (see [`pg`] for the statements, all of which CockroachDB and YugabyteDB also run). Every
 //! write is its own committed transaction (a batch is one transaction), so **a call that
 //! returned is durable**: `flush` has nothing left to do. On sled, writes are durable after
@@ -56,7 +56,7 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Open (creating) a tree. Names are lowercase ASCII letters, digits and `_`.
+    /// Open (creating) a tree. Names are lowercase ASCII letters, digits, `_` and `-`.
     pub fn open_tree(&self, name: &str) -> KvResult<Tree> {
         Ok(match self {
             Db::Sled(db) => Tree::Sled(db.open_tree(name)?),

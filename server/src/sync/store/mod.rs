@@ -11,6 +11,7 @@
 //! snapshot, never neither.
 
 pub mod kv;
+pub mod lease;
 pub mod practices;
 pub mod read_model;
 
@@ -501,6 +502,23 @@ impl Store {
                 Ok(self.read_file(name)?.unwrap_or_else(|| contents.to_vec()))
             }
         }
+    }
+
+    /// Record a file with a shared (PostgreSQL) store, replacing what was there (the
+    /// certificate a server serves, which commands on the database pin). Sled: nothing to do —
+    /// the files are in the directory.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+        if self.location.dir().is_none() {
+            self.meta
+                .insert(format!("file:{name}"), contents.to_vec())
+                .map_err(err("write a file"))?;
+        }
+        Ok(())
+    }
+
+    /// The `meta` tree (leases).
+    pub fn meta(&self) -> &kv::Tree {
+        &self.meta
     }
 
     /// The database (for `rounds migrate`'s copy).

@@ -9,7 +9,7 @@
 //!
 //! **Schema** (embedded, applied on open, recorded in `rounds_schema`):
 //! `rounds_schema (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ)`, `rounds_trees (name TEXT
-//! PRIMARY KEY)`, the sequence `rounds_ids`, and per tree `kv_<name> (key BYTEA PRIMARY KEY,
+//! PRIMARY KEY)`, the sequence `rounds_ids`, and per tree `"kv_<name>" (key BYTEA PRIMARY KEY,
 //! value BYTEA NOT NULL)`.
 //!
 //! **Statements** — plain SQL that PostgreSQL, CockroachDB and YugabyteDB all run (no
@@ -50,7 +50,7 @@ pub enum PoolError {
         "TLS to PostgreSQL is not supported yet (sslmode={0}): connect over a local or private network, or a TLS-terminating proxy"
     )]
     Tls(String),
-    #[error("{0:?} is not a tree name (lowercase letters, digits, _)")]
+    #[error("{0:?} is not a tree name (lowercase letters, digits, _ and -)")]
     TreeName(String),
     #[error(
         "the database's schema is version {found}, newer than this rounds understands ({supported})"
@@ -58,6 +58,8 @@ pub enum PoolError {
     Schema { found: i64, supported: i64 },
     #[error("the connection pool has stopped")]
     Stopped,
+    #[error("starting a thread: {0}")]
+    Thread(String),
 }
 
 /// One connection and its prepared statements.
@@ -208,7 +210,7 @@ fn valid_tree_name(name: &str) -> bool {
         && name.len() <= 48
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// `url` with any password replaced by `***`.
@@ -299,7 +301,8 @@ impl PgKv {
         if !valid_tree_name(name) {
             return Err(PoolError::TreeName(name.to_string()).into());
         }
-        let table = format!("kv_{name}");
+        // Quoted: tree names may hold `-`; the name was checked, so nothing else needs escaping.
+        let table = format!("\"kv_{name}\"");
         let known = self
             .trees
             .lock()

@@ -1,0 +1,274 @@
+//! The writer's lease on a shared (PostgreSQL) store: one process at a time writes documents.
+//!
+//! A lease is a `meta` entry `lease:<name>` = `holder ‖ expiry (ms since the epoch)`, taken and
+//! renewed with compare-and-swap, so two processes never both believe they hold it. The holder
+//! renews it every [`RENEW_EVERY`]; a holder that dies stops renewing, and after [`LEASE_TTL`]
+//! another process may take it (a standby server takes over). A holder that finds its lease taken
+//! must stop writing at once (the server exits): that is what keeps two writers apart when a
+//! process was paused longer than the lease. Expiry is judged by each process's clock: servers
+//! sharing a database keep their clocks synchronised (NTP), and the TTL is far above their skew.
+//!
+//! Architecture invariant: on sled the directory's file lock does this job and no lease is used.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::kv::{KvResult, Tree};
+
+/// How long a lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often the holder renews it.
+pub const RENEW_EVERY: Duration = Duration::from_secs(3);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Who holds a lease and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub holder: String,
+    pub expires_ms: u64,
+}
+
+impl Holder {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.expires_ms.to_be_bytes().to_vec();
+        v.extend_from_slice(self.holder.as_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Holder> {
+        let (t, h) = b.split_at_checked(8)?;
+        Some(Holder {
+            expires_ms: u64::from_be_bytes(t.try_into().ok()?),
+            holder: String::from_utf8_lossy(h).to_string(),
+        })
+    }
+
+    /// Whether it is still in force at `now_ms`.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.expires_ms > now_ms
+    }
+}
+
+/// One named lease, as seen by one would-be holder.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    meta: Tree,
+    key: String,
+    /// This process: a fresh id per start.
+    me: String,
+    ttl: Duration,
+}
+
+impl Lease {
+    pub fn new(meta: Tree, name: &str, me: &str) -> Lease {
+        Lease {
+            meta,
+            key: format!("lease:{name}"),
+            me: me.to_string(),
+            ttl: LEASE_TTL,
+        }
+    }
+
+    /// The current holder, live or not.
+    pub fn holder(&self) -> KvResult<Option<Holder>> {
+        Ok(self.meta.get(&self.key)?.and_then(|v| Holder::decode(&v)))
+    }
+
+    /// Whether some process holds it now.
+    pub fn held(&self) -> KvResult<Option<Holder>> {
+        Ok(self.holder()?.filter(|h| h.live_at(now_ms())))
+    }
+
+    /// Take it if free or expired (or already ours); true when we hold it now.
+    pub fn try_acquire(&self) -> KvResult<bool> {
+        let now = now_ms();
+        let current = self.meta.get(&self.key)?;
+        if let Some(h) = current.as_deref().and_then(Holder::decode)
+            && h.live_at(now)
+            && h.holder != self.me
+        {
+            return Ok(false);
+        }
+        let mine = Holder {
+            holder: self.me.clone(),
+            expires_ms: now + self.ttl.as_millis() as u64,
+        };
+        Ok(self
+            .meta
+            .compare_and_swap(&self.key, current.as_deref(), Some(mine.encode()))?
+            .is_ok())
+    }
+
+    /// Extend our lease; false when it is no longer ours (another process took it).
+    pub fn renew(&self) -> KvResult<bool> {
+        let Some(current) = self.meta.get(&self.key)? else {
+            return Ok(false);
+        };
+        match Holder::decode(&current) {
+            Some(h) if h.holder == self.me => {}
+            _ => return Ok(false),
+        }
+        let mine = Holder {
+            holder: self.me.clone(),
+            expires_ms: now_ms() + self.ttl.as_millis() as u64,
+        };
+        Ok(self
+            .meta
+            .compare_and_swap(&self.key, Some(current), Some(mine.encode()))?
+            .is_ok())
+    }
+
+    /// Give it up (if ours), so a standby takes over at once.
+    pub fn release(&self) -> KvResult<()> {
+        if let Some(current) = self.meta.get(&self.key)?
+            && Holder::decode(&current).is_some_and(|h| h.holder == self.me)
+        {
+            let _ = self
+                .meta
+                .compare_and_swap(&self.key, Some(current), None::<Vec<u8>>)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> (tempfile::TempDir, Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::sync::store::kv::Db::Sled(sled::open(dir.path()).unwrap());
+        let t = db.open_tree("meta").unwrap();
+        (dir, t)
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_a_dead_one_is_replaced() {
+        let (_d, t) = meta();
+        let a = Lease::new(t.clone(), "writer", "a");
+        let b = Lease::new(t.clone(), "writer", "b");
+        assert!(a.try_acquire().unwrap());
+        assert!(
+            !b.try_acquire().unwrap(),
+            "b must wait while a's lease is live"
+        );
+        assert!(a.renew().unwrap());
+        assert!(!b.renew().unwrap(), "b never held it");
+        // a dies: its lease runs out.
+        let expired = Holder {
+            holder: "a".into(),
+            expires_ms: now_ms() - 1,
+        };
+        t.insert("lease:writer", expired.encode()).unwrap();
+        assert!(b.try_acquire().unwrap(), "an expired lease is taken over");
+        assert!(!a.renew().unwrap(), "a learns it lost the lease");
+        assert_eq!(b.held().unwrap().unwrap().holder, "b");
+        a.release().unwrap();
+        assert_eq!(
+            b.held().unwrap().unwrap().holder,
+            "b",
+            "a cannot release b's"
+        );
+        b.release().unwrap();
+        assert!(b.held().unwrap().is_none());
+        assert!(a.try_acquire().unwrap());
+    }
+
+    #[test]
+    fn a_damaged_lease_record_does_not_block_forever() {
+        let (_d, t) = meta();
+        t.insert("lease:writer", b"junk".to_vec()).unwrap();
+        let a = Lease::new(t, "writer", "a");
+        assert!(a.try_acquire().unwrap());
+    }
+}
+
+/// Another process holds the lease.
+#[derive(Debug, thiserror::Error)]
+pub enum HeldError {
+    #[error(
+        "another rounds server writes to this database (its lease runs {secs} s more unless renewed): run commands through it (--server), or wait for it to stop"
+    )]
+    Held { secs: u64 },
+    #[error("reading the writer's lease: {0}")]
+    Kv(#[from] super::kv::KvError),
+}
+
+/// The writer's lease, held and renewed in the background for as long as this lives; released
+/// when dropped. If a renewal finds the lease taken (or cannot renew it before it would
+/// expire), the process exits: it may no longer write.
+pub struct WriterGuard {
+    lease: Lease,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WriterGuard {
+    /// Take the `writer` lease now, or say who holds it.
+    pub fn acquire(meta: Tree) -> Result<WriterGuard, HeldError> {
+        let me = uuid::Uuid::new_v4().to_string();
+        let lease = Lease::new(meta, "writer", &me);
+        if !lease.try_acquire()? {
+            let secs = lease
+                .held()?
+                .map_or(0, |h| h.expires_ms.saturating_sub(now_ms()) / 1000);
+            return Err(HeldError::Held { secs });
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, s) = (lease.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("rounds-lease".into())
+            .spawn(move || renew_until_stopped(&l, &s));
+        if let Err(e) = spawned {
+            let _ = lease.release();
+            return Err(HeldError::Kv(super::kv::KvError::Pool(
+                super::kv::pg::PoolError::Thread(e.to_string()),
+            )));
+        }
+        tracing::info!("writer's lease taken");
+        Ok(WriterGuard { lease, stop })
+    }
+}
+
+fn renew_until_stopped(lease: &Lease, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let mut last_ok = std::time::Instant::now();
+    loop {
+        let until = std::time::Instant::now() + RENEW_EVERY;
+        while std::time::Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match lease.renew() {
+            Ok(true) => last_ok = std::time::Instant::now(),
+            Ok(false) => {
+                tracing::error!("the writer's lease was taken by another server: stopping");
+                eprintln!("rounds: the writer's lease was taken by another server: stopping");
+                std::process::exit(75);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the writer's lease failed; retrying");
+                // Stop before the lease could lapse while we still believe we hold it.
+                if last_ok.elapsed() + RENEW_EVERY >= LEASE_TTL {
+                    tracing::error!("the writer's lease could not be renewed in time: stopping");
+                    eprintln!("rounds: the writer's lease could not be renewed: stopping");
+                    std::process::exit(75);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = self.lease.release() {
+            tracing::warn!(error = %e, "releasing the writer's lease");
+        }
+    }
+}

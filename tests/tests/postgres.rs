@@ -1,0 +1,354 @@
+//! `rounds` on PostgreSQL (`--store postgres://…`) against a real database on the throwaway
+//! cluster `scripts/test` starts: a server serving tablets and closing a month, commands going
+//! through the running server, a standby taking over, and `rounds migrate` of the demo's store
+//! giving the same month-close output on both engines.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{Duration, TimeZone, Utc};
+use rounds_core::replica::NewInteraction;
+use rounds_core::{Program, Replica};
+use rounds_tests::pg::TestDatabase;
+use rounds_tests::{ServerProcess, entry_ids, repo_root, rounds_cli, rounds_cli_output, sync_with};
+
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+fn serve(db: &TestDatabase, cert: &Path, key: &Path) -> ServerProcess {
+    ServerProcess::start_with(
+        Path::new(&db.url),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .unwrap()
+}
+
+fn log(r: &mut Replica, k: i64) -> String {
+    let start = Utc.with_ymd_and_hms(2026, 12, 2, 14, 0, 0).unwrap() + Duration::minutes(k * 23);
+    r.log_interaction(
+        NewInteraction {
+            patient: ["p-001", "p-002", "p-005"][(k % 3) as usize].into(),
+            staff: "rn-lee".into(),
+            program: Program::Ccm,
+            started_at: start,
+            ended_at: start + Duration::minutes(11),
+            interactive: true,
+            activity: None,
+            note: None,
+        },
+        start,
+    )
+    .unwrap()
+    .id
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
+    let db = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    // Straight into the database (no server yet).
+    let out = rounds_cli(&[
+        "import",
+        "--store",
+        &db.url,
+        repo_root()
+            .join("examples/sunnyvale.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(out.contains("imported sunnyvale"), "{out}");
+    // Without a certificate a server on a shared database refuses (all must serve the same).
+    let refused = rounds_cli_output(&["serve", "--store", &db.url, "--listen", "127.0.0.1:0"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--tls-cert"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let server = serve(&db, &cert, &key);
+    // Two tablets: one writes, both converge through the server.
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Replica::open(d1.path()).unwrap();
+    let mut b = Replica::open(d2.path()).unwrap();
+    for r in [&mut a, &mut b] {
+        r.join_facility("sunnyvale").unwrap();
+    }
+    sync_with(&mut a, &server).await.unwrap();
+    let written: Vec<String> = (0..12).map(|k| log(&mut a, k)).collect();
+    let report = sync_with(&mut a, &server).await.unwrap();
+    assert!(report.unsent.is_empty(), "{report:?}");
+    sync_with(&mut b, &server).await.unwrap();
+    let held = entry_ids(&b).unwrap();
+    for id in &written {
+        assert!(held.contains(id), "{id} did not reach the second tablet");
+    }
+    // The entries are rows in the database.
+    assert!(db.query_i64("SELECT count(*) FROM \"kv_chunks\"") > 20);
+
+    // A command on the database while the server runs goes through the server (the lease).
+    let added = rounds_cli(&[
+        "device",
+        "add",
+        "--facility",
+        "sunnyvale",
+        "--name",
+        "tablet-pg",
+        "--store",
+        &db.url,
+        "--server",
+        &format!("https://127.0.0.1:{}", server.port),
+    ]);
+    let token = serde_json::from_str::<serde_json::Value>(&added).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut opts = server.options();
+    opts.token = token;
+    let dir3 = tempfile::tempdir().unwrap();
+    let mut c = Replica::open(dir3.path()).unwrap();
+    c.join_facility("sunnyvale").unwrap();
+    rounds_core::sync::net::sync(&mut c, &server.url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert!(entry_ids(&c).unwrap().contains(&written[0]));
+    // An import straight into the database is refused while the server writes to it.
+    let busy = rounds_cli_output(&[
+        "import",
+        "--store",
+        &db.url,
+        repo_root()
+            .join("examples/sunnyvale.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("another rounds server"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+}
+
+/// A second server on the same database waits as a standby and takes over when the first
+/// stops; the tablets reconnect to it and lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_writer_stops() {
+    let db = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    rounds_cli(&[
+        "import",
+        "--store",
+        &db.url,
+        repo_root()
+            .join("examples/sunnyvale.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    let mut first = serve(&db, &cert, &key);
+    let d1 = tempfile::tempdir().unwrap();
+    let mut a = Replica::open(d1.path()).unwrap();
+    a.join_facility("sunnyvale").unwrap();
+    sync_with(&mut a, &first).await.unwrap();
+    let mut written: Vec<String> = (0..5).map(|k| log(&mut a, k)).collect();
+    sync_with(&mut a, &first).await.unwrap();
+    // The standby: started now, it waits (no listening line) until the lease is free.
+    let db_url = db.url.clone();
+    let (c2, k2) = (cert.clone(), key.clone());
+    let standby = std::thread::spawn(move || {
+        ServerProcess::start_with(
+            Path::new(&db_url),
+            &[
+                "--tls-cert",
+                c2.to_str().unwrap(),
+                "--tls-key",
+                k2.to_str().unwrap(),
+            ],
+        )
+        .unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !standby.is_finished(),
+        "the standby served while the writer held the lease"
+    );
+    written.extend((5..9).map(|k| log(&mut a, k)));
+    sync_with(&mut a, &first).await.unwrap();
+    assert!(first.stop().unwrap().success());
+    let second = standby.join().unwrap();
+    assert_eq!(
+        second.fingerprint, first.fingerprint,
+        "the same certificate"
+    );
+    written.extend((9..12).map(|k| log(&mut a, k)));
+    let r = sync_with(&mut a, &second).await.unwrap();
+    assert!(r.unsent.is_empty(), "{r:?}");
+    let d2 = tempfile::tempdir().unwrap();
+    let mut b = Replica::open(d2.path()).unwrap();
+    b.join_facility("sunnyvale").unwrap();
+    sync_with(&mut b, &second).await.unwrap();
+    let held = entry_ids(&b).unwrap();
+    let missing: Vec<&String> = written.iter().filter(|id| !held.contains(id)).collect();
+    assert!(missing.is_empty(), "lost across the takeover: {missing:?}");
+}
+
+/// The demo's sled store, migrated: every tree and document verified, a non-empty target
+/// refused, and the month's encounters and its close the same on both engines.
+#[test]
+fn rounds_migrate_moves_the_demo_store_and_the_month_closes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, out) = (dir.path().join("store"), dir.path().join("out"));
+    let demo = rounds_cli_output(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--exit",
+        "--store",
+        store.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let db = TestDatabase::create();
+    let migrated = rounds_cli(&[
+        "migrate",
+        "--from",
+        store.to_str().unwrap(),
+        "--to",
+        &db.url,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(migrated.lines().last().unwrap()).unwrap();
+    assert!(v["migrated"]["documents"].as_u64().unwrap() > 40, "{v}");
+    assert!(
+        v["migrated"]["trees"]["chunks"].as_u64().unwrap() > 40,
+        "{v}"
+    );
+    // Migrating again into the now non-empty database is refused, and changes nothing.
+    let chunks = db.query_i64("SELECT count(*) FROM \"kv_chunks\"");
+    let again = rounds_cli_output(&[
+        "migrate",
+        "--from",
+        store.to_str().unwrap(),
+        "--to",
+        &db.url,
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM \"kv_chunks\""), chunks);
+
+    // The same questions to both engines get the same answers.
+    let ask = |s: &str, args: &[&str]| -> String {
+        let mut a = args.to_vec();
+        a.extend(["--store", s]);
+        rounds_cli(&a)
+    };
+    let sled = store.to_str().unwrap();
+    // The demo closed November: its encounters, a second close (nothing new: no versions), and
+    // October's first close (an encounter per resident).
+    for (args, versions) in [
+        (
+            &[
+                "encounters",
+                "--facility",
+                "sunnyvale",
+                "--month",
+                "2026-11",
+            ][..],
+            20,
+        ),
+        (
+            &[
+                "close-month",
+                "--facility",
+                "sunnyvale",
+                "--month",
+                "2026-11",
+            ][..],
+            0,
+        ),
+        (
+            &[
+                "close-month",
+                "--facility",
+                "sunnyvale",
+                "--month",
+                "2026-10",
+            ][..],
+            20,
+        ),
+    ] {
+        let (on_sled, on_pg) = (
+            comparable(&ask(sled, args)),
+            comparable(&ask(&db.url, args)),
+        );
+        assert_eq!(on_sled, on_pg, "{args:?}");
+        assert_eq!(
+            on_pg.as_array().map(Vec::len),
+            Some(versions),
+            "{args:?}: {on_pg}"
+        );
+    }
+}
+
+/// A command's JSON without the times it was computed at.
+fn comparable(out: &str) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(out).unwrap();
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("computed_at");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+/// The store URL is checked before anything is opened, and its password never printed.
+#[test]
+fn hostile_store_urls_are_refused_clearly() {
+    let out = rounds_cli_output(&[
+        "encounters",
+        "--facility",
+        "f",
+        "--month",
+        "2026-11",
+        "--store",
+        "postgres://rounds:s3cret@127.0.0.1:1/nowhere",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rounds:***@127.0.0.1:1/nowhere"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let out = rounds_cli_output(&["migrate", "--from", "/nonexistent", "--to", "/tmp/dir"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("postgres://"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
