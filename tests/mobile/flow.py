@@ -1,21 +1,22 @@
 """The tablet flow through the generated Python bindings (sync is a coroutine).
-Usage: flow.py BINDINGS_DIR URL TOKEN FINGERPRINT REPLICA_DIR
-Prints {"interaction": id, "reading": id} on success."""
+Usage: flow.py BINDINGS_DIR URL TOKEN FINGERPRINT REPLICA_DIR CONTROL_DIR
+Prints `MIDSYNC` when a sync is under way and waits for CONTROL_DIR/resumed (the test restarts
+the server meanwhile). Prints {"interaction": id, "reading": id, ...} on success."""
 import asyncio
 import datetime
 import json
+import os
 import sys
+import time
 
 sys.path.insert(0, sys.argv[1])
 import rounds_mobile as rm  # noqa: E402
 
 
 async def main():
-
-    url, token, fingerprint, replica_dir = sys.argv[2:6]
+    url, token, fingerprint, replica_dir, control = sys.argv[2:7]
     replica = rm.RoundsReplica.open(replica_dir, bytes([7] * 32))
     replica.join_facility("sunnyvale")
-
 
     class Progress(rm.SyncProgress):
         def __init__(self):
@@ -147,8 +148,41 @@ async def main():
         pass
     result = await replica.sync(url, token, fingerprint, None)
     assert result.unsent == 0, result
+
+    # Writes from another thread while a sync runs: neither waits for the other.
+    def write_some():
+        return [replica.record_reading(rm.ReadingInput(
+            patient="p-008", kind=rm.ReadingKind.HEART_RATE, systolic=None, diastolic=None,
+            value=60.0 + i, unit="/min", device="cuff-08",
+            measured_at=datetime.datetime.now(datetime.timezone.utc)
+            - datetime.timedelta(minutes=i))) for i in range(10)]
+    syncing = asyncio.ensure_future(replica.sync(url, token, fingerprint, None))
+    concurrent = await asyncio.to_thread(write_some)
+    await syncing
+
+    # A sync the server's restart interrupts: it reconnects and finishes, nothing lost.
+    class RestartMidSync(rm.SyncProgress):
+        paused = False
+
+        def on_progress(self, done, total):
+            if self.paused:
+                return
+            self.paused = True
+            print("MIDSYNC", flush=True)
+            until = time.time() + 60
+            while not os.path.exists(os.path.join(control, "resumed")):
+                assert time.time() < until, "the test never restarted the server"
+                time.sleep(0.05)
+
+    restart = RestartMidSync()
+    around = [replica.record_reading(rm.ReadingInput(
+        patient="p-009", kind=rm.ReadingKind.HEART_RATE, systolic=None, diastolic=None,
+        value=80.0 + i, unit="/min", device="cuff-09")) for i in range(5)]
+    survived = await asyncio.wait_for(replica.sync(url, token, fingerprint, restart), 120)
+    assert restart.paused, "no progress was reported"
+    assert survived.unsent == 0 and survived.attempts >= 2, survived
     print(json.dumps({"interaction": entry.id, "reading": reading, "earlier": earlier,
-                      "consent": consent}))
+                      "consent": consent, "entries": concurrent + around}))
 
 
 asyncio.run(main())

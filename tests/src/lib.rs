@@ -812,7 +812,12 @@ pub mod pg {
     impl TestDatabase {
         /// Create an empty database.
         pub fn create() -> TestDatabase {
-            let admin = cluster();
+            TestDatabase::create_on(&cluster())
+        }
+
+        /// Create an empty database on the cluster at `admin` (a `postgres://…/postgres` URL).
+        pub fn create_on(admin: &str) -> TestDatabase {
+            let admin = admin.to_string();
             let name = format!(
                 "rounds_t{}_{}_{}",
                 std::process::id(),

@@ -84,30 +84,75 @@ async fn on_server(server: &ServerProcess) -> Vec<String> {
         .collect()
 }
 
+/// Run a flow process to its end: when it prints `MIDSYNC` (a sync under way, waiting), the
+/// server is stopped and restarted on its port and the flow told (`CONTROL/resumed`). Returns
+/// the flow's stdout lines and the server now running.
+fn run_flow(
+    mut command: Command,
+    store: &std::path::Path,
+    mut server: ServerProcess,
+    control: &std::path::Path,
+) -> (Vec<String>, ServerProcess) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut restarted = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line == "MIDSYNC" {
+            let port = server.port;
+            let status = server.stop().unwrap();
+            assert!(status.success(), "{status:?}");
+            server = ServerProcess::start_on_port(store, port).unwrap();
+            std::fs::write(control.join("resumed"), b"").unwrap();
+            restarted = true;
+        }
+        lines.push(line);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        lines.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(restarted, "the flow never reported a sync under way");
+    (lines, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_flow_reaches_the_server() {
     let b = bindings();
-    let (_store, server, token) = server_with_device();
+    let (store, server, token) = server_with_device();
     let replica = tempfile::tempdir().unwrap();
-    let out = Command::new("python3")
+    let control = tempfile::tempdir().unwrap();
+    let mut command = Command::new("python3");
+    command
         .arg(repo_root().join("tests/mobile/flow.py"))
         .arg(b.join("python"))
         .args([&server.url(), &token, &hex(&server.fingerprint)])
         .arg(replica.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ids: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        .arg(control.path());
+    let (lines, server) = run_flow(command, store.path(), server, control.path());
+    let ids: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     let held = on_server(&server).await;
     assert!(held.contains(&ids["interaction"].as_str().unwrap().to_string()));
     assert!(held.contains(&ids["reading"].as_str().unwrap().to_string()));
     assert!(held.contains(&ids["earlier"].as_str().unwrap().to_string()));
+    // Written during a sync and around the server's restart: all there.
+    let entries = ids["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 15, "{ids}");
+    for id in entries {
+        assert!(
+            held.contains(&id.as_str().unwrap().to_string()),
+            "{id} lost"
+        );
+    }
     // The reading keeps the time the device measured it; the consent reached the server.
     let dir = tempfile::tempdir().unwrap();
     let mut r = Replica::open(dir.path()).unwrap();
@@ -157,7 +202,6 @@ fn enrolment_code(store: &std::path::Path, server: &ServerProcess) -> String {
 /// in the middle of a sync — every entry it wrote reaches the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kotlin_flow_on_the_jvm_reaches_the_server() {
-    use std::io::BufRead;
     let b = bindings();
     let kt_home = std::env::var("ROUNDS_KOTLIN_HOME")
         .map(PathBuf::from)
@@ -197,7 +241,7 @@ async fn kotlin_flow_on_the_jvm_reaches_the_server() {
         String::from_utf8_lossy(&compile.stderr)
     );
 
-    let (store, mut server, _token) = server_with_device();
+    let (store, server, _token) = server_with_device();
     let code = enrolment_code(store.path(), &server);
     let replica = tempfile::tempdir().unwrap();
     let control = tempfile::tempdir().unwrap();
@@ -207,7 +251,8 @@ async fn kotlin_flow_on_the_jvm_reaches_the_server() {
         lib.join("kotlin-stdlib.jar").display()
     );
     let libdir = b.join("python");
-    let mut child = Command::new("java")
+    let mut command = Command::new("java");
+    command
         .arg(format!("-Djna.library.path={}", libdir.display()))
         .args([
             "-cp",
@@ -219,35 +264,8 @@ async fn kotlin_flow_on_the_jvm_reaches_the_server() {
             &hex(&server.fingerprint),
         ])
         .arg(replica.path())
-        .arg(control.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = Vec::new();
-    let mut restarted = false;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if line == "MIDSYNC" {
-            // The tablet is in the middle of a sync: restart the server under it.
-            let port = server.port;
-            let status = server.stop().unwrap();
-            assert!(status.success(), "{status:?}");
-            server = ServerProcess::start_on_port(store.path(), port).unwrap();
-            std::fs::write(control.path().join("resumed"), b"").unwrap();
-            restarted = true;
-        }
-        lines.push(line);
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        lines.join("\n"),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(restarted, "the flow never reported a sync under way");
+        .arg(control.path());
+    let (lines, server) = run_flow(command, store.path(), server, control.path());
     let ids: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     let written: Vec<String> = ids["entries"]
         .as_array()

@@ -14,6 +14,10 @@
 //! of history (one call per resident per month, the last December 2026); a fresh tablet syncs
 //! with the sync window of 2026-12-09 and without one: documents held, first sync, idle reconnect.
 //!
+//! `--postgres postgres://USER@HOST:PORT/postgres` also runs the Rounds storm with the store in
+//! PostgreSQL: a fresh database on that cluster, the same starting store moved in with
+//! `rounds migrate` (reported as server `rounds-postgres`).
+//!
 //! `--attack [--attack-seconds 30] [--bad-sign-ins-per-second 200] [--slowloris 500]
 //! [--tablets 10]` runs only the load test (`attack.rs`): one facility's tablets converge on a TLS
 //! server, unloaded, then again on a fresh store while bad console sign-ins and slowloris
@@ -46,6 +50,9 @@ struct Args {
     attack_seconds: u64,
     bad_sign_ins_per_second: u64,
     slowloris: usize,
+    /// Also run the Rounds storm with the store in PostgreSQL (a cluster URL; a fresh database
+    /// per run, the sled store migrated into it).
+    postgres: Option<String>,
 }
 
 fn args() -> Args {
@@ -86,6 +93,7 @@ fn args() -> Args {
         attack_seconds: num("--attack-seconds", 30) as u64,
         bad_sign_ins_per_second: num("--bad-sign-ins-per-second", 200) as u64,
         slowloris: num("--slowloris", 500),
+        postgres: get("--postgres"),
     }
 }
 
@@ -929,6 +937,11 @@ fn main() {
         // template replica per facility synced from that server, copied per tablet.
         let store = work.path().join(format!("rounds-store-{f}"));
         let templates = rt.block_on(templates(f, &a, &store, work.path()));
+        // The same starting store for the PostgreSQL run.
+        let before = work.path().join(format!("rounds-store-{f}-before"));
+        if a.postgres.is_some() {
+            copy_dir(&store, &before);
+        }
         let s = rt.block_on(storm(
             "rounds",
             &start_rounds(&store),
@@ -938,6 +951,25 @@ fn main() {
         ));
         eprintln!("{s:?}");
         storms.push(s);
+        if let Some(cluster) = &a.postgres {
+            let db = rounds_tests::pg::TestDatabase::create_on(cluster);
+            rounds_tests::rounds_cli(&[
+                "migrate",
+                "--from",
+                before.to_str().expect("path"),
+                "--to",
+                &db.url,
+            ]);
+            let s = rt.block_on(storm(
+                "rounds-postgres",
+                &start_rounds(Path::new(&db.url)),
+                &templates,
+                &a,
+                work.path(),
+            ));
+            eprintln!("{s:?}");
+            storms.push(s);
+        }
         if !a.skip_reference {
             let s = rt.block_on(storm(
                 "reference",
