@@ -85,6 +85,9 @@ impl StoreLocation {
     }
 }
 
+/// Documents whose heads entry the store keeps in memory (about 100 bytes each).
+pub const HEADS_CACHED: usize = 200_000;
+
 /// Connections a server keeps to PostgreSQL (`?pool_size=` is not a libpq option: this is it).
 pub const PG_POOL_SIZE: usize = 8;
 
@@ -193,6 +196,10 @@ pub struct Store {
     chunks: crate::sync::store::kv::Tree,
     sync_states: crate::sync::store::kv::Tree,
     heads: crate::sync::store::kv::Tree,
+    /// The `heads` entries read or written, kept in memory (the store has one writer, so they
+    /// stay true): a reconnecting tablet's summary exchange then costs no database round trip
+    /// per document on PostgreSQL. Bounded: cleared past [`HEADS_CACHED`] documents.
+    heads_cache: std::sync::Mutex<std::collections::HashMap<DocumentId, sled::IVec>>,
     meta: crate::sync::store::kv::Tree,
     storage_id: String,
     /// Largest sequence number written (not necessarily flushed).
@@ -296,6 +303,7 @@ impl Store {
             chunks,
             sync_states,
             heads,
+            heads_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             meta,
             storage_id,
             written: AtomicU64::new(seq),
@@ -402,8 +410,9 @@ impl Store {
             v.extend_from_slice(&h.0);
         }
         self.heads
-            .insert(doc.as_bytes(), v)
+            .insert(doc.as_bytes(), v.clone())
             .map_err(err("write heads"))?;
+        self.cache_heads(*doc, v.into());
         Ok(())
     }
 
@@ -416,7 +425,23 @@ impl Store {
         let Some(latest) = self.latest_seq(doc) else {
             return Ok(None);
         };
-        if let Some(v) = self.heads.get(doc.as_bytes()).map_err(err("read heads"))?
+        let cached = self
+            .heads_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(doc)
+            .cloned();
+        let read = match cached {
+            Some(v) => Some(v),
+            None => {
+                let v = self.heads.get(doc.as_bytes()).map_err(err("read heads"))?;
+                if let Some(v) = &v {
+                    self.cache_heads(*doc, v.clone());
+                }
+                v
+            }
+        };
+        if let Some(v) = read
             && v.len() >= 8
             && (v.len() - 8).is_multiple_of(32)
             && v[..8] == latest.to_be_bytes()
@@ -434,6 +459,14 @@ impl Store {
         let heads = d.get_heads();
         self.record_heads(doc, latest, &heads)?;
         Ok(Some(heads))
+    }
+
+    fn cache_heads(&self, doc: DocumentId, v: sled::IVec) {
+        let mut cache = self.heads_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= HEADS_CACHED {
+            cache.clear();
+        }
+        cache.insert(doc, v);
     }
 
     /// Hold off the document writers (see `gate`) while a backup copies the document trees.
