@@ -80,6 +80,41 @@ impl Db {
         })
     }
 
+    /// Apply several trees' batches: on PostgreSQL in one transaction (one round trip's worth
+    /// of commit), on sled one after the other (each batch atomic).
+    pub fn apply_batches(&self, writes: Vec<(&Tree, Batch)>) -> KvResult<()> {
+        match self {
+            Db::Pg(p) => {
+                let mut ops = Vec::with_capacity(writes.len());
+                for (tree, batch) in writes {
+                    match tree {
+                        Tree::Pg(t) => ops.push((t.table().to_string(), batch.ops)),
+                        Tree::Sled(_) => tree.apply_batch(batch)?,
+                    }
+                }
+                Ok(p.apply_batches(ops)?)
+            }
+            Db::Sled(_) => {
+                for (tree, mut batch) in writes {
+                    // A single write is cheaper as itself than as a batch.
+                    match (batch.ops.len(), batch.ops.pop()) {
+                        (1, Some((k, Some(v)))) => {
+                            tree.insert(k, v)?;
+                        }
+                        (1, Some((k, None))) => {
+                            tree.remove(k)?;
+                        }
+                        (_, last) => {
+                            batch.ops.extend(last);
+                            tree.apply_batch(batch)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The trees that exist (for `rounds migrate`).
     pub fn tree_names(&self) -> KvResult<Vec<String>> {
         Ok(match self {

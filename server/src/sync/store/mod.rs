@@ -368,15 +368,17 @@ impl Store {
             }
         }
         batch.insert(chunk_key(doc, seq).as_slice(), chunk);
-        self.chunks.apply_batch(batch).map_err(err("write chunk"))?;
+        // The chunk and the sequence record together (one transaction on PostgreSQL).
+        let mut seq_record = kv::Batch::default();
+        seq_record.insert("seq", seq.to_be_bytes());
+        self.db
+            .apply_batches(vec![(&self.chunks, batch), (&self.meta, seq_record)])
+            .map_err(err("write chunk"))?;
         {
             let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
             let e = latest.entry(*doc).or_insert(seq);
             *e = (*e).max(seq);
         }
-        self.meta
-            .insert("seq", &seq.to_be_bytes())
-            .map_err(err("write seq"))?;
         self.written.fetch_max(seq, Ordering::SeqCst);
         Ok(())
     }

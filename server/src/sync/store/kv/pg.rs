@@ -353,6 +353,32 @@ impl PgKv {
         })
     }
 
+    /// Several tables' writes in one transaction.
+    pub fn apply_batches(&self, writes: Vec<(String, Ops)>) -> KvResult<()> {
+        self.pool.run(move |c| {
+            let mut prepared = Vec::with_capacity(writes.len());
+            for (t, _) in &writes {
+                prepared.push((
+                    c.prepare(&format!(
+                        "INSERT INTO {t} (key, value) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                    ))?,
+                    c.prepare(&format!("DELETE FROM {t} WHERE key = $1"))?,
+                ));
+            }
+            let mut tx = c.client().transaction()?;
+            for ((_, ops), (upsert, delete)) in writes.iter().zip(&prepared) {
+                for (k, v) in ops {
+                    match v {
+                        Some(v) => tx.execute(upsert, &[k, v])?,
+                        None => tx.execute(delete, &[k])?,
+                    };
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// Whether the database holds any entry in any tree (`rounds migrate` refuses then).
     pub fn has_data(self: &Arc<Self>) -> KvResult<bool> {
         for name in self.tree_names()? {
@@ -393,9 +419,17 @@ pub struct PgTree {
 
 type Entry = (Vec<u8>, Vec<u8>);
 
+/// A batch's writes: key and new value (None: delete).
+pub type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 impl PgTree {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The table's quoted name.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     pub fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
