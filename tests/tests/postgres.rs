@@ -140,6 +140,25 @@ async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
         "{}",
         String::from_utf8_lossy(&busy.stderr)
     );
+    // So is a push beside the server's own pusher (it would send a package twice).
+    let push = rounds_cli_output(&[
+        "push",
+        "send",
+        "--facility",
+        "sunnyvale",
+        "--month",
+        "2026-11",
+        "--config",
+        "/nonexistent/push.toml",
+        "--store",
+        &db.url,
+    ]);
+    assert!(!push.status.success());
+    assert!(
+        String::from_utf8_lossy(&push.stderr).contains("another rounds server"),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
 }
 
 /// A second server on the same database waits as a standby and takes over when the first
@@ -370,6 +389,25 @@ async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
             .to_str()
             .unwrap(),
     ]);
+    // One device (and token) per tablet: the per-device connection cap stays in force.
+    let tokens: Vec<String> = (0..10)
+        .map(|i| {
+            let out = rounds_cli(&[
+                "device",
+                "add",
+                "--facility",
+                "sunnyvale",
+                "--name",
+                &format!("tablet-{i}"),
+                "--store",
+                &db.url,
+            ]);
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     let mut first = serve(&db, &cert, &key);
     let start_standby = {
         let (url, c, k) = (db.url.clone(), cert.clone(), key.clone());
@@ -392,10 +430,17 @@ async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
     // Ten tablets, each with a day of entries, joined and synced once.
     let dirs: Vec<tempfile::TempDir> = (0..10).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut tablets: Vec<Replica> = Vec::new();
-    for d in &dirs {
+    let options = |server: &ServerProcess, i: usize| {
+        let mut o = server.options();
+        o.token = tokens[i].clone();
+        o
+    };
+    for (i, d) in dirs.iter().enumerate() {
         let mut r = Replica::open(d.path()).unwrap();
         r.join_facility("sunnyvale").unwrap();
-        sync_with(&mut r, &first).await.unwrap();
+        rounds_core::sync::net::sync(&mut r, &first.url(), &options(&first, i), &mut |_, _| {})
+            .await
+            .unwrap();
         tablets.push(r);
     }
     let mut written = Vec::new();
@@ -406,29 +451,43 @@ async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
     }
     // The storm: every tablet syncs at once; the writer dies in the middle of it.
     let url = first.url();
-    let opts = first.options();
     let mut storm = Vec::new();
-    for mut t in tablets {
-        let (url, mut opts) = (url.clone(), opts.clone());
+    for (i, mut t) in tablets.into_iter().enumerate() {
+        let (url, mut opts) = (url.clone(), options(&first, i));
         opts.attempts = 1;
         storm.push(tokio::spawn(async move {
-            let _ = rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {}).await;
-            t
+            let r = rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {}).await;
+            (t, r.is_ok_and(|r| r.unsent.is_empty()))
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // Kill it once the first tablet is through: the others are in the middle of their sync.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !storm.iter().any(|s| s.is_finished()) && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     first.kill();
     let mut tablets = Vec::new();
+    let mut cut = 0;
     for s in storm {
-        tablets.push(s.await.unwrap());
+        let (t, finished) = s.await.unwrap();
+        cut += usize::from(!finished);
+        tablets.push(t);
     }
+    eprintln!("{cut} of 10 tablets were cut off by the kill");
+    assert!(
+        cut > 0,
+        "the kill came after the storm: nothing was interrupted"
+    );
     // The standby takes over (within the lease's 15 s) with the same certificate.
     let second = tokio::task::spawn_blocking(move || standby.join().unwrap())
         .await
         .unwrap();
     assert_eq!(second.fingerprint, first.fingerprint);
-    for t in &mut tablets {
-        let r = sync_with(t, &second).await.unwrap();
+    for (i, t) in tablets.iter_mut().enumerate() {
+        let r =
+            rounds_core::sync::net::sync(t, &second.url(), &options(&second, i), &mut |_, _| {})
+                .await
+                .unwrap();
         assert!(r.unsent.is_empty(), "{r:?}");
     }
     let fresh = tempfile::tempdir().unwrap();

@@ -7,8 +7,7 @@ pub(super) fn read_model(
     action: ReadModelAction,
     store: crate::sync::store::StoreLocation,
 ) -> Result<(), CliError> {
-    let st = crate::sync::store::Store::open_at(&store)
-        .map_err(|e| CliError::Invalid(format!("{e} (stop the server to use this store)")))?;
+    let (st, _writer) = open_alone(&store, "stop the server to use this store")?;
     match action {
         ReadModelAction::Check => {
             let r = st.read_model.check(&st);
@@ -85,11 +84,10 @@ fn push_retry(
     facility: Option<String>,
     month: Option<String>,
 ) -> Result<(), CliError> {
-    let st = crate::sync::store::Store::open_at(&store).map_err(|e| {
-        CliError::Invalid(format!(
-            "{e} (stop the server, or retry on the console's Push status page)"
-        ))
-    })?;
+    let (st, _writer) = open_alone(
+        &store,
+        "stop the server, or retry on the console's Push status page",
+    )?;
     let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
     let mut keys = keys;
     if let Some(f) = &facility {
@@ -124,8 +122,7 @@ fn push_send(
     practice: Option<String>,
     wait: u64,
 ) -> Result<(), CliError> {
-    let st = crate::sync::store::Store::open_at(&store)
-        .map_err(|e| CliError::Invalid(format!("{e} (stop the server to push from this store)")))?;
+    let (st, _writer) = open_alone(&store, "stop the server to push from this store")?;
     let outbox = crate::services::push::Outbox::open(st.db()).map_err(CliError::Invalid)?;
     let month = parse_month(&month)?;
     let config = crate::services::push::PushConfig::load(&config).map_err(CliError::Invalid)?;
@@ -341,4 +338,28 @@ pub(super) fn import_roster(
         })
     );
     Ok(())
+}
+
+/// The store with no server writing to it: sled's directory lock, or on PostgreSQL the writer's
+/// lease (held until the returned guard drops), so the command never works beside a server.
+fn open_alone(
+    store: &crate::sync::store::StoreLocation,
+    hint: &str,
+) -> Result<
+    (
+        crate::sync::store::Store,
+        Option<crate::sync::store::lease::WriterGuard>,
+    ),
+    CliError,
+> {
+    let st = crate::sync::store::Store::open_at(store)
+        .map_err(|e| CliError::Invalid(format!("{e} ({hint})")))?;
+    let writer = match store.dir() {
+        Some(_) => None,
+        None => Some(
+            crate::sync::store::lease::WriterGuard::acquire(st.meta().clone())
+                .map_err(|e| CliError::Invalid(format!("{e} ({hint})")))?,
+        ),
+    };
+    Ok((st, writer))
 }
