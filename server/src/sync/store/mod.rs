@@ -206,7 +206,10 @@ pub struct Store {
     written: AtomicU64,
     /// Each document's newest chunk sequence number (from the keys at open, then every write):
     /// what the read model checks its entries against, without reading a chunk.
-    latest: std::sync::Mutex<std::collections::HashMap<DocumentId, u64>>,
+    /// Ordered by id, it is also the index of stored documents: the summary exchange resolves
+    /// an id prefix here, in memory, instead of in the chunks tree (a database round trip per
+    /// document on PostgreSQL). Complete because the store has one writer.
+    latest: std::sync::Mutex<std::collections::BTreeMap<DocumentId, u64>>,
     /// Each patient and patient-month document read into the model, kept by sequence number.
     pub read_model: crate::sync::store::read_model::ReadModel,
     /// The practices billed for (`practices::PracticeRegistry`).
@@ -280,7 +283,7 @@ impl Store {
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
         // A chunk may be durable while the seq record is not: take the larger.
-        let mut latest = std::collections::HashMap::new();
+        let mut latest = std::collections::BTreeMap::new();
         for k in chunks.iter().keys().flatten() {
             if let (Some(id), Some(tail)) = (
                 k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
@@ -591,18 +594,14 @@ impl Store {
         docs.iter().map(|d| latest.get(d).copied()).collect()
     }
 
-    /// Every document id with stored chunks.
+    /// Every document id with stored chunks, in id order.
     pub fn document_ids(&self) -> Vec<DocumentId> {
-        let mut out: Vec<DocumentId> = Vec::new();
-        for k in self.chunks.iter().keys().flatten() {
-            if let Some(id) = k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
-                let id = DocumentId::from_bytes(id);
-                if out.last() != Some(&id) {
-                    out.push(id);
-                }
-            }
-        }
-        out
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// A stored document, loaded (None when the store does not have it).
@@ -643,24 +642,20 @@ impl Loader for &Store {
         self.stored_heads(doc).map_err(|e| e.to_string())
     }
 
-    /// The documents whose chunk keys start with the prefix (keys are id ‖ sequence number):
-    /// at most two distinct ids are read.
+    /// The documents whose ids start with the prefix: at most two are looked at, in memory.
     fn resolve(&mut self, prefix: &summary::Prefix) -> summary::Resolved {
-        let mut found: Option<DocumentId> = None;
-        for k in self.chunks.scan_prefix(prefix).keys() {
-            let Ok(k) = k else {
-                return summary::Resolved::None;
-            };
-            let Some(id) = k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
-                continue;
-            };
-            let id = DocumentId::from_bytes(id);
-            match found {
-                None => found = Some(id),
-                Some(f) if f == id => {}
-                Some(_) => return summary::Resolved::Many,
-            }
+        let mut low = [0u8; 16];
+        let n = prefix.len().min(16);
+        low[..n].copy_from_slice(&prefix[..n]);
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut matching = latest
+            .range(DocumentId::from_bytes(low)..)
+            .map(|(id, _)| *id)
+            .take_while(|id| id.as_bytes().starts_with(&prefix[..n]));
+        match (matching.next(), matching.next()) {
+            (None, _) => summary::Resolved::None,
+            (Some(id), None) => summary::Resolved::One(id),
+            (Some(_), Some(_)) => summary::Resolved::Many,
         }
-        found.map_or(summary::Resolved::None, summary::Resolved::One)
     }
 }
