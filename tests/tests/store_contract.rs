@@ -111,6 +111,8 @@ fn keys_iterate_in_byte_order_from_both_ends(place: Place) {
     keys.sort();
     let forward: Vec<Vec<u8>> = t.iter().keys().map(|k| k.unwrap().to_vec()).collect();
     assert_eq!(forward, keys);
+    let keys_only: Vec<Vec<u8>> = t.iter_keys().map(|k| k.unwrap().to_vec()).collect();
+    assert_eq!(keys_only, keys, "the keys alone, in the same order");
     let backward: Vec<Vec<u8>> = t.iter().rev().keys_of().collect();
     let mut reversed = keys.clone();
     reversed.reverse();

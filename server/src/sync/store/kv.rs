@@ -302,6 +302,15 @@ impl Tree {
         self.range::<&[u8], _>(..)
     }
 
+    /// Every key in order, without reading the values (PostgreSQL: only the key column).
+    pub fn iter_keys(&self) -> impl DoubleEndedIterator<Item = KvResult<IVec>> {
+        match self {
+            Tree::Sled(t) => Iter::Sled(t.iter()),
+            Tree::Pg(t) => Iter::Pg(t.iter_keys(Bound::Unbounded, Bound::Unbounded)),
+        }
+        .keys()
+    }
+
     /// The entries whose keys start with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
         match self {

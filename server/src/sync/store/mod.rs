@@ -284,7 +284,7 @@ impl Store {
             .unwrap_or(0);
         // A chunk may be durable while the seq record is not: take the larger.
         let mut latest = std::collections::BTreeMap::new();
-        for k in chunks.iter().keys().flatten() {
+        for k in chunks.iter_keys().flatten() {
             if let (Some(id), Some(tail)) = (
                 k.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()),
                 k.get(16..24).and_then(|t| <[u8; 8]>::try_from(t).ok()),

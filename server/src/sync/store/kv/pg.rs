@@ -577,12 +577,32 @@ impl PgTree {
             front: VecDeque::new(),
             back: VecDeque::new(),
             exhausted: false,
+            keys_only: false,
+        }
+    }
+
+    /// Like [`PgTree::iter`], reading only the keys (values come back empty).
+    pub fn iter_keys(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> PgIter {
+        PgIter {
+            keys_only: true,
+            ..self.iter(lo, hi)
         }
     }
 
     /// One page of the range, from the front or the back.
-    fn page(&self, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, back: bool) -> KvResult<Vec<Entry>> {
-        let mut sql = format!("SELECT key, value FROM {} WHERE TRUE", self.table);
+    fn page(
+        &self,
+        lo: &Bound<Vec<u8>>,
+        hi: &Bound<Vec<u8>>,
+        back: bool,
+        keys_only: bool,
+    ) -> KvResult<Vec<Entry>> {
+        let columns = if keys_only {
+            "key, ''::bytea"
+        } else {
+            "key, value"
+        };
+        let mut sql = format!("SELECT {columns} FROM {} WHERE TRUE", self.table);
         let mut params: Vec<Vec<u8>> = Vec::new();
         for (bound, incl, excl) in [(lo, ">=", ">"), (hi, "<=", "<")] {
             match bound {
@@ -623,6 +643,8 @@ pub struct PgIter {
     back: VecDeque<Entry>,
     /// Nothing left between `lo` and `hi` (or an error was returned).
     exhausted: bool,
+    /// Read keys only (values come back empty).
+    keys_only: bool,
 }
 
 impl PgIter {
@@ -630,7 +652,7 @@ impl PgIter {
         if self.exhausted {
             return Ok(());
         }
-        let page = match self.tree.page(&self.lo, &self.hi, back) {
+        let page = match self.tree.page(&self.lo, &self.hi, back, self.keys_only) {
             Ok(p) => p,
             Err(e) => {
                 self.exhausted = true;
