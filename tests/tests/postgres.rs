@@ -20,6 +20,22 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A fresh database with the example facility imported straight into it (no server yet), and
+/// a directory for the certificate.
+fn imported() -> (TestDatabase, tempfile::TempDir) {
+    let db = TestDatabase::create();
+    rounds_cli(&[
+        "import",
+        "--store",
+        &db.url,
+        repo_root()
+            .join("examples/sunnyvale.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    (db, tempfile::tempdir().unwrap())
+}
+
 fn serve(db: &TestDatabase, cert: &Path, key: &Path) -> ServerProcess {
     ServerProcess::start_with(
         Path::new(&db.url),
@@ -165,18 +181,8 @@ async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
 /// stops; the tablets reconnect to it and lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_when_the_writer_stops() {
-    let db = TestDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
+    let (db, dir) = imported();
     let (cert, key) = certificate(dir.path());
-    rounds_cli(&[
-        "import",
-        "--store",
-        &db.url,
-        repo_root()
-            .join("examples/sunnyvale.json")
-            .to_str()
-            .unwrap(),
-    ]);
     let mut first = serve(&db, &cert, &key);
     let d1 = tempfile::tempdir().unwrap();
     let mut a = Replica::open(d1.path()).unwrap();
@@ -377,18 +383,8 @@ fn hostile_store_urls_are_refused_clearly() {
 /// (checked by entry id on a fresh tablet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
-    let db = TestDatabase::create();
-    let dir = tempfile::tempdir().unwrap();
+    let (db, dir) = imported();
     let (cert, key) = certificate(dir.path());
-    rounds_cli(&[
-        "import",
-        "--store",
-        &db.url,
-        repo_root()
-            .join("examples/sunnyvale.json")
-            .to_str()
-            .unwrap(),
-    ]);
     // One device (and token) per tablet: the per-device connection cap stays in force.
     let tokens: Vec<String> = (0..10)
         .map(|i| {

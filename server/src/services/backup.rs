@@ -137,8 +137,8 @@ fn copy_files(from: &Path, to: &Path, skip: &[&str]) -> Result<usize, BackupErro
     Ok(n)
 }
 
-/// Every document's heads in a store.
-fn heads_of(store: &Store) -> BTreeMap<String, Vec<String>> {
+/// Every document's heads in a store (sorted), by document URL.
+pub(crate) fn heads_of(store: &Store) -> BTreeMap<String, Vec<String>> {
     store
         .document_ids()
         .into_iter()

@@ -59,22 +59,6 @@ pub struct Migrated {
     pub storage_id: String,
 }
 
-/// Every document's heads (sorted), by document URL.
-fn heads_of(store: &Store) -> BTreeMap<String, Vec<String>> {
-    store
-        .document_ids()
-        .into_iter()
-        .map(|id| {
-            let mut heads: Vec<String> = store
-                .load_doc(&id)
-                .map(|d| d.get_heads().iter().map(|h| h.to_string()).collect())
-                .unwrap_or_default();
-            heads.sort();
-            (id.url(), heads)
-        })
-        .collect()
-}
-
 /// Move the sled store in `from` into the empty database `to`; `progress` hears each step.
 pub fn migrate(
     from: &Path,
@@ -168,6 +152,7 @@ pub fn migrate(
     }
     progress("entries counted: equal in every tree");
     let migrated = Store::open_at(to)?;
+    let heads_of = crate::services::backup::heads_of;
     let (want, got) = (heads_of(&source), heads_of(&migrated));
     if want != got {
         let differ: Vec<String> = want
