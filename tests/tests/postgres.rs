@@ -37,8 +37,14 @@ fn imported() -> (TestDatabase, tempfile::TempDir) {
 }
 
 fn serve(db: &TestDatabase, cert: &Path, key: &Path) -> ServerProcess {
+    serve_on(&db.url, cert, key)
+}
+
+/// A server on the database at `url` presenting `cert` (every server on a database presents
+/// the same one); waits until it listens — a standby waits until it takes over.
+fn serve_on(url: &str, cert: &Path, key: &Path) -> ServerProcess {
     ServerProcess::start_with(
-        Path::new(&db.url),
+        Path::new(url),
         &[
             "--tls-cert",
             cert.to_str().unwrap(),
@@ -47,6 +53,13 @@ fn serve(db: &TestDatabase, cert: &Path, key: &Path) -> ServerProcess {
         ],
     )
     .unwrap()
+}
+
+/// A command that failed, saying `needle` on stderr.
+fn assert_refused(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
 }
 
 fn log(r: &mut Replica, k: i64) -> String {
@@ -87,12 +100,7 @@ async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
     assert!(out.contains("imported sunnyvale"), "{out}");
     // Without a certificate a server on a shared database refuses (all must serve the same).
     let refused = rounds_cli_output(&["serve", "--store", &db.url, "--listen", "127.0.0.1:0"]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--tls-cert"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    assert_refused(&refused, "--tls-cert");
 
     let server = serve(&db, &cert, &key);
     // Two tablets: one writes, both converge through the server.
@@ -150,12 +158,7 @@ async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
             .to_str()
             .unwrap(),
     ]);
-    assert!(!busy.status.success());
-    assert!(
-        String::from_utf8_lossy(&busy.stderr).contains("another rounds server"),
-        "{}",
-        String::from_utf8_lossy(&busy.stderr)
-    );
+    assert_refused(&busy, "another rounds server");
     // So is a push beside the server's own pusher (it would send a package twice).
     let push = rounds_cli_output(&[
         "push",
@@ -169,12 +172,7 @@ async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
         "--store",
         &db.url,
     ]);
-    assert!(!push.status.success());
-    assert!(
-        String::from_utf8_lossy(&push.stderr).contains("another rounds server"),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    assert_refused(&push, "another rounds server");
 }
 
 /// A second server on the same database waits as a standby and takes over when the first
@@ -193,18 +191,7 @@ async fn a_standby_takes_over_when_the_writer_stops() {
     // The standby: started now, it waits (no listening line) until the lease is free.
     let db_url = db.url.clone();
     let (c2, k2) = (cert.clone(), key.clone());
-    let standby = std::thread::spawn(move || {
-        ServerProcess::start_with(
-            Path::new(&db_url),
-            &[
-                "--tls-cert",
-                c2.to_str().unwrap(),
-                "--tls-key",
-                k2.to_str().unwrap(),
-            ],
-        )
-        .unwrap()
-    });
+    let standby = std::thread::spawn(move || serve_on(&db_url, &c2, &k2));
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(
         !standby.is_finished(),
@@ -274,12 +261,7 @@ fn rounds_migrate_moves_the_demo_store_and_the_month_closes_the_same() {
         "--to",
         &db.url,
     ]);
-    assert!(!again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("not empty"),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    assert_refused(&again, "not empty");
     assert_eq!(db.query_i64("SELECT count(*) FROM \"kv_chunks\""), chunks);
 
     // The same questions to both engines get the same answers.
@@ -370,12 +352,7 @@ fn hostile_store_urls_are_refused_clearly() {
     assert!(err.contains("rounds:***@127.0.0.1:1/nowhere"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
     let out = rounds_cli_output(&["migrate", "--from", "/nonexistent", "--to", "/tmp/dir"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("postgres://"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_refused(&out, "postgres://");
 }
 
 /// The writer killed with SIGKILL in the middle of a storm of 10 tablets: the standby takes over
@@ -407,20 +384,7 @@ async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
     let mut first = serve(&db, &cert, &key);
     let start_standby = {
         let (url, c, k) = (db.url.clone(), cert.clone(), key.clone());
-        move || {
-            std::thread::spawn(move || {
-                ServerProcess::start_with(
-                    Path::new(&url),
-                    &[
-                        "--tls-cert",
-                        c.to_str().unwrap(),
-                        "--tls-key",
-                        k.to_str().unwrap(),
-                    ],
-                )
-                .unwrap()
-            })
-        }
+        move || std::thread::spawn(move || serve_on(&url, &c, &k))
     };
     let standby = start_standby();
     // Ten tablets, each with a day of entries, joined and synced once.
