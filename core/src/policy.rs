@@ -175,6 +175,20 @@ pub fn server_actor(storage_id: &str) -> Vec<u8> {
     digest[..16].to_vec()
 }
 
+/// The actor of one of several servers sharing a store (`instance`: its process's number): the
+/// first 8 bytes of [`server_actor`] and the instance, so two servers never write changes with
+/// the same actor and sequence number, and [`server_actor_prefix`] reserves them all.
+pub fn server_instance_actor(storage_id: &str, instance: u64) -> Vec<u8> {
+    let mut a = server_actor_prefix(storage_id);
+    a.extend_from_slice(&instance.to_be_bytes());
+    a
+}
+
+/// What every server actor of a store starts with (reserved: no device may use such an actor).
+pub fn server_actor_prefix(storage_id: &str) -> Vec<u8> {
+    server_actor(storage_id)[..8].to_vec()
+}
+
 /// Objects created by earlier accepted changes of the same batch (a message, or a device's
 /// changes checked in order), so a later change may write into them, and keys they added.
 #[derive(Debug, Default)]
@@ -257,7 +271,8 @@ enum Slot {
 }
 
 /// Check one change a device made (or sent) against the policy. `doc` is read at `at` (the heads
-/// the change applies to); `reserved` are the actors no device may use besides genesis.
+/// the change applies to); `reserved` are the actors (or actor prefixes) no device may use
+/// besides genesis.
 pub fn check_device_change(
     doc: &Automerge,
     at: &[ChangeHash],
@@ -280,7 +295,11 @@ pub fn check_device_change(
             ))
         };
     }
-    if reserved.iter().any(|r| r == actor) {
+    // Reserved actors are prefixes: a store's servers share one (see `server_instance_actor`).
+    if reserved
+        .iter()
+        .any(|r| actor.to_bytes().starts_with(r.to_bytes()))
+    {
         return Err(Refusal::new(
             Rule::ReservedActor,
             "/",

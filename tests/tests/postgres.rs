@@ -1,7 +1,9 @@
 //! `rounds` on PostgreSQL (`--store postgres://…`) against a real database on the throwaway
-//! cluster `scripts/test` starts: a server serving tablets and closing a month, commands going
-//! through the running server, a standby taking over, and `rounds migrate` of the demo's store
-//! giving the same month-close output on both engines.
+//! cluster `scripts/test` starts: a server serving tablets, commands going through the running
+//! server, two servers side by side (tablets split between them converge; one killed
+//! mid-storm loses nothing; a month closes once; a revocation through one cuts the device off
+//! on the other), and `rounds migrate` of the demo's store giving the same month-close output
+//! on both engines.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +43,7 @@ fn serve(db: &TestDatabase, cert: &Path, key: &Path) -> ServerProcess {
 }
 
 /// A server on the database at `url` presenting `cert` (every server on a database presents
-/// the same one); waits until it listens — a standby waits until it takes over.
+/// the same one); waits until it listens.
 fn serve_on(url: &str, cert: &Path, key: &Path) -> ServerProcess {
     ServerProcess::start_with(
         Path::new(url),
@@ -158,7 +160,7 @@ async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
             .to_str()
             .unwrap(),
     ]);
-    assert_refused(&busy, "another rounds server");
+    assert_refused(&busy, "a rounds server runs on this database");
     // So is a push beside the server's own pusher (it would send a package twice).
     let push = rounds_cli_output(&[
         "push",
@@ -172,49 +174,152 @@ async fn a_server_on_postgres_serves_tablets_and_commands_go_through_it() {
         "--store",
         &db.url,
     ]);
-    assert_refused(&push, "another rounds server");
+    assert_refused(&push, "a rounds server runs on this database");
 }
 
-/// A second server on the same database waits as a standby and takes over when the first
-/// stops; the tablets reconnect to it and lose nothing.
+/// One device (and token) per tablet, added straight into the database (no server yet).
+fn devices(db: &TestDatabase, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let out = rounds_cli(&[
+                "device",
+                "add",
+                "--facility",
+                "sunnyvale",
+                "--name",
+                &format!("tablet-{i}"),
+                "--store",
+                &db.url,
+            ]);
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn with_token(server: &ServerProcess, token: &str) -> rounds_core::sync::net::SyncOptions {
+    let mut o = server.options();
+    o.token = token.to_string();
+    o
+}
+
+/// Two servers on one database, ten tablets split between them: every tablet ends up with every
+/// other tablet's entries, whichever server it talks to — including documents the other server
+/// holds in memory, which learn of the writes through the change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_takes_over_when_the_writer_stops() {
+async fn two_servers_on_one_database_converge() {
     let (db, dir) = imported();
     let (cert, key) = certificate(dir.path());
-    let mut first = serve(&db, &cert, &key);
-    let d1 = tempfile::tempdir().unwrap();
-    let mut a = Replica::open(d1.path()).unwrap();
-    a.join_facility("sunnyvale").unwrap();
-    sync_with(&mut a, &first).await.unwrap();
-    let mut written: Vec<String> = (0..5).map(|k| log(&mut a, k)).collect();
-    sync_with(&mut a, &first).await.unwrap();
-    // The standby: started now, it waits (no listening line) until the lease is free.
-    let db_url = db.url.clone();
-    let (c2, k2) = (cert.clone(), key.clone());
-    let standby = std::thread::spawn(move || serve_on(&db_url, &c2, &k2));
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert!(
-        !standby.is_finished(),
-        "the standby served while the writer held the lease"
-    );
-    written.extend((5..9).map(|k| log(&mut a, k)));
-    sync_with(&mut a, &first).await.unwrap();
-    assert!(first.stop().unwrap().success());
-    let second = standby.join().unwrap();
-    assert_eq!(
-        second.fingerprint, first.fingerprint,
-        "the same certificate"
-    );
-    written.extend((9..12).map(|k| log(&mut a, k)));
-    let r = sync_with(&mut a, &second).await.unwrap();
-    assert!(r.unsent.is_empty(), "{r:?}");
-    let d2 = tempfile::tempdir().unwrap();
-    let mut b = Replica::open(d2.path()).unwrap();
-    b.join_facility("sunnyvale").unwrap();
-    sync_with(&mut b, &second).await.unwrap();
-    let held = entry_ids(&b).unwrap();
-    let missing: Vec<&String> = written.iter().filter(|id| !held.contains(id)).collect();
-    assert!(missing.is_empty(), "lost across the takeover: {missing:?}");
+    let tokens = devices(&db, 10);
+    let servers = [serve(&db, &cert, &key), serve(&db, &cert, &key)];
+    assert_eq!(servers[0].fingerprint, servers[1].fingerprint);
+    let dirs: Vec<tempfile::TempDir> = (0..10).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut tablets: Vec<Replica> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut r = Replica::open(d.path()).unwrap();
+        r.join_facility("sunnyvale").unwrap();
+        let s = &servers[i % 2];
+        rounds_core::sync::net::sync(&mut r, &s.url(), &with_token(s, &tokens[i]), &mut |_, _| {})
+            .await
+            .unwrap();
+        tablets.push(r);
+    }
+    // Every tablet writes, then all sync at once, each with its own server.
+    let mut written = Vec::new();
+    for (i, t) in tablets.iter_mut().enumerate() {
+        for k in 0..4 {
+            written.push(log(t, (i * 4 + k) as i64));
+        }
+    }
+    let mut storm = Vec::new();
+    for (i, mut t) in tablets.into_iter().enumerate() {
+        let (url, opts) = (
+            servers[i % 2].url(),
+            with_token(&servers[i % 2], &tokens[i]),
+        );
+        storm.push(tokio::spawn(async move {
+            let r = rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {}).await;
+            (t, r)
+        }));
+    }
+    let mut tablets = Vec::new();
+    for s in storm {
+        let (t, r) = s.await.unwrap();
+        assert!(r.unwrap().unsent.is_empty());
+        tablets.push(t);
+    }
+    // Another round: each tablet now gets what the others sent to either server.
+    for (i, t) in tablets.iter_mut().enumerate() {
+        let s = &servers[i % 2];
+        rounds_core::sync::net::sync(t, &s.url(), &with_token(s, &tokens[i]), &mut |_, _| {})
+            .await
+            .unwrap();
+    }
+    for (i, t) in tablets.iter().enumerate() {
+        let held = entry_ids(t).unwrap();
+        let missing: Vec<&String> = written.iter().filter(|id| !held.contains(id)).collect();
+        assert!(
+            missing.is_empty(),
+            "tablet {i} (server {}) lacks {missing:?}",
+            i % 2
+        );
+    }
+    // The servers told each other: both fed changes through the feed.
+    for s in &servers {
+        assert!(
+            rounds_tests::metric(s, "rounds_feed_changes_total")
+                .await
+                .unwrap()
+                > 0.0
+        );
+    }
+}
+
+/// A device revoked through one server is cut off on the other at its next frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_on_one_server_is_cut_off_on_the_other() {
+    use futures_util::SinkExt;
+    use rounds_tests::raw::{connect, join, next_message};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let (db, dir) = imported();
+    let (cert, key) = certificate(dir.path());
+    let token = devices(&db, 1).remove(0);
+    let a = serve(&db, &cert, &key);
+    let b = serve(&db, &cert, &key);
+    let mut ws = connect(&b, &token).await.unwrap();
+    let server_id = join(&mut ws, "raw").await;
+    rounds_cli(&[
+        "device",
+        "revoke",
+        "tablet-0",
+        "--store",
+        &db.url,
+        "--server",
+        &format!("https://127.0.0.1:{}", a.port),
+    ]);
+    let m = rounds_core::sync::wire::Message::Request {
+        sender_id: "raw".into(),
+        target_id: server_id,
+        document_id: rounds_core::DocumentId::facility("sunnyvale").to_string(),
+        data: {
+            use automerge::sync::SyncDoc;
+            let doc = automerge::Automerge::new();
+            let mut state = automerge::sync::State::new();
+            doc.generate_sync_message(&mut state).unwrap().encode()
+        },
+    };
+    ws.send(Ws::Binary(m.encode().into())).await.unwrap();
+    match next_message(&mut ws).await {
+        Some(rounds_core::sync::wire::Message::Error { message, .. }) => {
+            assert!(message.contains("revoked"), "{message}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(next_message(&mut ws).await.is_none());
+    let err = connect(&b, &token).await.unwrap_err();
+    assert!(err.contains("401"), "{err}");
 }
 
 /// The demo's sled store, migrated: every tree and document verified, a non-empty target

@@ -415,7 +415,9 @@ fn sync_states_heads_and_files_survive_reopening(place: Place) {
         storage_id = store.storage_id().to_string();
         store.persist(&id, 1, &doc.save(), true).unwrap();
         store.save_sync_state(&id, "peer-1", b"state-1").unwrap();
-        store.record_heads(&id, 1, &doc.get_heads()).unwrap();
+        store
+            .persist_with_heads(&id, 2, &doc.save(), true, Some(&doc.get_heads()))
+            .unwrap();
         store.flush().unwrap();
     }
     let store = place.open();
@@ -487,5 +489,106 @@ fn a_newer_schema_is_refused() {
     assert_eq!(
         db.query_i64("SELECT count(*) FROM rounds_schema WHERE version = 999"),
         1
+    );
+}
+
+/// Two servers on one database (two openings: two epochs) write the same document, each from
+/// its own copy. The second copy never saw the first's change, so the heads it would record
+/// are wrong: the store marks them invalid instead, and the next reader computes the heads of
+/// everything stored.
+#[test]
+fn two_writers_never_record_heads_that_miss_the_others_change() {
+    use automerge::transaction::Transactable;
+    let place = pg_place();
+    let (a, b) = (place.open(), place.open());
+    assert_ne!(a.written_seq() >> 32, b.written_seq() >> 32, "two epochs");
+    let id = DocumentId::facility("shared");
+    let base = doc_with(1);
+    a.persist(&id, a.written_seq() + 1, &base.save(), false)
+        .unwrap();
+    // Both load it (as their hubs would) ...
+    let (mut la, mut lb) = (&a, &b);
+    let mut da = automerge::Automerge::load(&la.load(&id).unwrap().unwrap()[0]).unwrap();
+    let mut db_ = automerge::Automerge::load(&lb.load(&id).unwrap().unwrap()[0]).unwrap();
+    // ... and each writes a change of its own.
+    let write = |store: &Store, d: &mut automerge::Automerge, key: &str| {
+        let before = d.get_heads();
+        let mut tx = d.transaction();
+        tx.put(automerge::ROOT, key, 1).unwrap();
+        tx.commit();
+        store
+            .persist_with_heads(
+                &id,
+                store.written_seq() + 1,
+                &d.save_after(&before),
+                false,
+                Some(&d.get_heads()),
+            )
+            .unwrap();
+    };
+    write(&a, &mut da, "from-a");
+    assert_eq!(a.stored_heads(&id).unwrap(), Some(da.get_heads()));
+    write(&b, &mut db_, "from-b");
+    let mut both = da.clone();
+    both.merge(&mut db_.clone()).unwrap();
+    // A third reader, and B itself, see the heads of both changes, not B's copy's.
+    let c = place.open();
+    assert_eq!(c.stored_heads(&id).unwrap(), Some(both.get_heads()));
+    assert_ne!(both.get_heads(), db_.get_heads());
+    b.foreign_change(&id, a.written_seq());
+    assert_eq!(b.stored_heads(&id).unwrap(), Some(both.get_heads()));
+    // A's next write from its copy (which lacks B's change) is not trusted either.
+    write(&a, &mut da, "again-a");
+    let d = place.open();
+    let mut all = both.clone();
+    all.merge(&mut da.clone()).unwrap();
+    assert_eq!(d.stored_heads(&id).unwrap(), Some(all.get_heads()));
+}
+
+/// A snapshot on one server replaces its own older chunks, and another server's only when it
+/// holds their changes: a chunk the snapshot never saw stays.
+#[test]
+fn a_snapshot_keeps_another_writers_chunk_it_does_not_contain() {
+    use automerge::transaction::Transactable;
+    let place = pg_place();
+    let (a, b) = (place.open(), place.open());
+    let id = DocumentId::facility("compact");
+    let mut da = doc_with(2);
+    a.persist(&id, a.written_seq() + 1, &da.save(), false)
+        .unwrap();
+    // B writes a change A never loads.
+    let mut db_ = da.clone();
+    db_.set_actor(automerge::ActorId::random());
+    let before = db_.get_heads();
+    let mut tx = db_.transaction();
+    tx.put(automerge::ROOT, "from-b", 1).unwrap();
+    tx.commit();
+    b.persist(&id, b.written_seq() + 1, &db_.save_after(&before), false)
+        .unwrap();
+    // A writes twice more, then compacts.
+    for k in 0..2 {
+        let before = da.get_heads();
+        let mut tx = da.transaction();
+        tx.put(automerge::ROOT, "a", k).unwrap();
+        tx.commit();
+        a.persist(&id, a.written_seq() + 1, &da.save_after(&before), false)
+            .unwrap();
+    }
+    assert_eq!(a.chunk_count(&id), 4);
+    a.persist(&id, a.written_seq() + 1, &da.save(), true)
+        .unwrap();
+    assert_eq!(a.chunk_count(&id), 2, "A's snapshot and B's chunk");
+    let loaded = place.open().load_doc(&id).unwrap();
+    let mut both = da.clone();
+    both.merge(&mut db_.clone()).unwrap();
+    assert_eq!(loaded.get_heads(), both.get_heads());
+    // Once A's copy holds B's change, its next snapshot replaces B's chunk too.
+    da.merge(&mut db_).unwrap();
+    a.persist(&id, a.written_seq() + 1, &da.save(), true)
+        .unwrap();
+    assert_eq!(a.chunk_count(&id), 1);
+    assert_eq!(
+        place.open().load_doc(&id).unwrap().get_heads(),
+        both.get_heads()
     );
 }

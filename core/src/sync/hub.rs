@@ -881,6 +881,58 @@ impl Hub {
         }
     }
 
+    /// Whether the hub holds the document, or a connection watches or waits for it (what
+    /// [`Hub::absorb`] acts on).
+    pub fn wants(&self, doc_id: DocumentId) -> bool {
+        self.docs.contains_key(&doc_id)
+            || self.watchers.get(&doc_id).is_some_and(|w| !w.is_empty())
+            || self.waiting.contains_key(&doc_id)
+    }
+
+    /// Another writer sharing the store (a second server) stored changes to a document. A copy
+    /// in use takes them in from the store, and its peers, its watchers and the connections
+    /// waiting for it to exist get them, as after a change received here — but nothing is
+    /// persisted: it is stored already. An idle copy is forgotten; a document this hub neither
+    /// holds nor watches needs nothing. Repeated or late calls are harmless.
+    pub fn absorb(
+        &mut self,
+        doc_id: DocumentId,
+        loader: &mut dyn Loader,
+    ) -> Result<Vec<Action>, String> {
+        let wanted = self.watchers.get(&doc_id).is_some_and(|w| !w.is_empty())
+            || self.waiting.contains_key(&doc_id);
+        match self.docs.get(&doc_id) {
+            None if !wanted => return Ok(Vec::new()),
+            Some(_) if !wanted && self.may_leave(doc_id) => {
+                self.forget(doc_id);
+                return Ok(Vec::new());
+            }
+            _ => {}
+        }
+        let Some(chunks) = loader.load(&doc_id)? else {
+            return Ok(Vec::new());
+        };
+        let before = self.docs.get(&doc_id).map(|d| d.doc.get_heads());
+        let d = self
+            .docs
+            .entry(doc_id)
+            .or_insert_with(|| new_doc(Automerge::new(), 0));
+        for chunk in &chunks {
+            if let Err(e) = d.doc.load_incremental(chunk) {
+                tracing::error!(doc = %doc_id, error = %e, "stored chunk does not load");
+            }
+        }
+        d.chunks = chunks.len();
+        if let Some(waiting) = self.waiting.remove(&doc_id) {
+            d.peers
+                .extend(waiting.into_iter().filter(|w| self.conns.contains_key(w)));
+        }
+        if before.as_ref() != Some(&d.doc.get_heads()) {
+            self.promote_watchers(doc_id);
+        }
+        Ok(self.pump(doc_id))
+    }
+
     /// Read a loaded document in place (no save, no load): `None` when it is not in memory.
     pub fn with_loaded<R>(&self, doc_id: DocumentId, f: impl FnOnce(&Automerge) -> R) -> Option<R> {
         self.docs.get(&doc_id).map(|d| f(&d.doc))

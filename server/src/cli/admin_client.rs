@@ -124,7 +124,10 @@ pub fn run(target: &AdminTarget, op: Op) -> Result<String, CliError> {
             Some(_) => None,
             None => match crate::sync::store::lease::WriterGuard::acquire(store.meta().clone()) {
                 Ok(g) => Some(g),
-                Err(crate::sync::store::lease::HeldError::Held { .. }) => {
+                Err(
+                    crate::sync::store::lease::HeldError::Held { .. }
+                    | crate::sync::store::lease::HeldError::Served,
+                ) => {
                     let credentials = credentials(target, Some(&store))?;
                     drop(store);
                     return tokio::runtime::Builder::new_current_thread()
@@ -214,11 +217,7 @@ pub fn export_local(
     };
     // PostgreSQL with a server running: through the server.
     if target.store.dir().is_none()
-        && crate::sync::store::lease::Lease::new(store.meta().clone(), "writer", "-")
-            .held()
-            .ok()
-            .flatten()
-            .is_some()
+        && crate::sync::store::lease::servers_present(store.meta().clone()).unwrap_or(1) > 0
     {
         return None;
     }
@@ -290,7 +289,7 @@ fn direct(store: &crate::sync::store::Store, s: &Security, op: Op) -> Result<Str
             mapping,
         } => {
             let (alerting, _) =
-                crate::services::alerting::Alerting::open(store.db(), store.storage_id())
+                crate::services::alerting::Alerting::open(store.db(), store.server_actor())
                     .map_err(invalid)?;
             let key = alerting
                 .add_integration(&facility, &name, mapping.map(|m| *m))
@@ -399,7 +398,7 @@ fn direct(store: &crate::sync::store::Store, s: &Security, op: Op) -> Result<Str
         }
         Op::Integrations => {
             let (alerting, _) =
-                crate::services::alerting::Alerting::open(store.db(), store.storage_id())
+                crate::services::alerting::Alerting::open(store.db(), store.server_actor())
                     .map_err(invalid)?;
             serde_json::to_string_pretty(&alerting.integrations()).unwrap_or_default()
         }

@@ -212,10 +212,8 @@ type Opened = (
 
 fn open_for_import(store: &crate::sync::store::StoreLocation) -> Result<Opened, CliError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    crate::server::Shared::open(
+    crate::server::Shared::open_command(
         store,
-        8 << 20,
-        None,
         crate::server::Limits::default(),
         RuleSet::default(),
         rx,

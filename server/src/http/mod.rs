@@ -333,8 +333,8 @@ pub async fn start_on(
     // installs it first, an embedding program may not have (a second install is a no-op).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    // On a shared database a second server waits as a standby until the writer's lease is free
-    // (the other server stopped, or died and its lease ran out), then takes over.
+    // On a shared database a server waits while a command writes to it straight (the command's
+    // `writer` lease); other servers it joins side by side.
     let mut announced = false;
     let shared = loop {
         match Shared::open(
@@ -348,13 +348,15 @@ pub async fn start_on(
             Err(ServeError::Held(crate::sync::store::lease::HeldError::Held { secs })) => {
                 if !announced {
                     eprintln!(
-                        "rounds: standby: another server writes to {} (lease {secs} s more); taking over when it stops",
+                        "rounds: waiting: a command writes to {} (lease {secs} s more); serving when it ends",
                         opts.store
                     );
                     announced = true;
                 }
                 if *stop_rx.borrow() {
-                    return Err(ServeError::Flush("stopped while on standby".into()));
+                    return Err(ServeError::Flush(
+                        "stopped while waiting for the store".into(),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

@@ -389,9 +389,12 @@ impl Shared {
                     _ = interval.tick() => {}
                     _ = shutdown.changed() => return,
                 }
+                self.metrics.heartbeat("alerts", tick);
+                if !self.runs("alerts").await {
+                    continue;
+                }
                 self.escalate_due().await;
                 self.check_adherence().await;
-                self.metrics.heartbeat("alerts", tick);
                 let config = self.alerting.config();
                 self.alerting.outbox.deliver_due(&config, &http).await;
             }

@@ -23,6 +23,13 @@ impl Shared {
 
     /// Every facility imported into this store (read from the store once, then kept).
     pub fn facility_ids(&self) -> Vec<String> {
+        // Another server may register facilities in a shared store: read it each time.
+        if self.store.is_shared() {
+            *self
+                .facility_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
         let mut cache = self
             .facility_cache
             .lock()
@@ -86,6 +93,20 @@ impl Shared {
     /// Queue re-evaluation of closed months touched by these (just flushed) documents; the
     /// late-data task batches them (a sync touches many documents at once).
     pub async fn late_data(self: &Shared, docs: Vec<DocumentId>) {
+        // On a shared store another server may have closed a month since: watch what the
+        // ledger says is closed (read after this server's writes committed).
+        if self.store.is_shared() && !docs.is_empty() {
+            let closed = self.ledger.closed_months();
+            let known: std::collections::BTreeSet<(String, Month)> = {
+                let recheck = self.recheck.lock().unwrap_or_else(|p| p.into_inner());
+                recheck.values().flatten().cloned().collect()
+            };
+            for (f, m) in closed {
+                if !known.contains(&(f.clone(), m)) {
+                    self.watch_closed(&f, m);
+                }
+            }
+        }
         let months: std::collections::BTreeSet<(String, Month)> = {
             let recheck = self.recheck.lock().unwrap_or_else(|p| p.into_inner());
             docs.iter()
@@ -171,6 +192,9 @@ impl Shared {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.changed() => return,
+                }
+                if !self.runs("auto-close").await {
+                    continue;
                 }
                 let shared = self.clone();
                 let _ = tokio::task::spawn_blocking(move || {

@@ -131,15 +131,18 @@ impl Shared {
                     snapshot,
                 } => {
                     core.persisted.push(doc);
-                    let stored = self.store.persist(&doc, seq, &chunk, snapshot);
+                    let heads = core.hub.heads(doc);
+                    let stored = self.store.persist_with_heads(
+                        &doc,
+                        seq,
+                        &chunk,
+                        snapshot,
+                        heads.as_deref(),
+                    );
                     self.index.changed(&doc, || {
                         core.hub
                             .container_keys(doc, rounds_core::document::PATIENTS)
                             .map(|k| k.into_iter().collect())
-                    });
-                    let stored = stored.and_then(|()| match core.hub.heads(doc) {
-                        Some(h) => self.store.record_heads(&doc, seq, &h),
-                        None => Ok(()),
                     });
                     if let Err(e) = stored {
                         // The document stays held (never flushed), so nothing unsaved is acknowledged.
@@ -334,6 +337,15 @@ impl Shared {
                 ShardMsg::Disconnect { conn } => {
                     let actions = core.hub.disconnect(conn);
                     wrote |= self.execute(&mut core, actions);
+                }
+                ShardMsg::Absorb(doc) => {
+                    let mut loader = &*self.store;
+                    match core.hub.absorb(doc, &mut loader) {
+                        Ok(actions) => wrote |= self.execute(&mut core, actions),
+                        Err(e) => {
+                            tracing::warn!(doc = %doc, error = %e, "could not read another server's change")
+                        }
+                    }
                 }
                 ShardMsg::Flushed(seq) => {
                     tracing::trace!(seq, "flush completed");

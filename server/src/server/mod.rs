@@ -136,7 +136,9 @@ struct Conns {
 
 /// State shared by all connections.
 pub struct Shared {
-    /// The writer's lease on a PostgreSQL store (held while this lives).
+    /// This server's presence on a PostgreSQL store (while this lives; see `store::lease`).
+    _presence: Option<crate::sync::store::lease::Presence>,
+    /// A command's `writer` lease on a PostgreSQL store (while this lives).
     _writer: Option<crate::sync::store::lease::WriterGuard>,
     /// One hub per facility (see `shards.rs`).
     pub shards: Shards,
@@ -183,6 +185,10 @@ pub struct Shared {
     pub caps: Arc<crate::server::network::ConnectionCaps>,
     /// Audit records anyone can cause, one per source and reason per interval.
     pub noisy: crate::services::audit_aggregate::Aggregator,
+    /// The background jobs' leases on a shared store (see `store::lease::JobLease`).
+    jobs: Mutex<HashMap<&'static str, Arc<crate::sync::store::lease::JobLease>>>,
+    /// The other servers' writes to a shared store (see `store::feed`); stops when dropped.
+    feed: Mutex<Option<crate::sync::store::feed::Feed>>,
     /// Itself, for the shard drainers it starts (they hold it weakly: dropping the server
     /// drops the shards, closes their inboxes and ends the drainers).
     me: Weak<Shared>,
@@ -207,7 +213,7 @@ pub enum ServeError {
 }
 
 impl Shared {
-    /// Open the store and set up the shared state (no sockets yet).
+    /// Open the store and set up the shared state for a server (no sockets yet).
     pub fn open(
         location: &crate::sync::store::StoreLocation,
         max_frame: usize,
@@ -216,6 +222,31 @@ impl Shared {
         rules: rounds_core::billing::RuleSet,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Shared>, ServeError> {
+        Shared::open_as(
+            location, max_frame, dev_token, limits, rules, shutdown, false,
+        )
+    }
+
+    /// The shared state for a command that writes through it (`rounds import`): on a shared
+    /// database it takes the `writer` lease, and is refused while a server runs.
+    pub fn open_command(
+        location: &crate::sync::store::StoreLocation,
+        limits: Limits,
+        rules: rounds_core::billing::RuleSet,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Shared>, ServeError> {
+        Shared::open_as(location, 8 << 20, None, limits, rules, shutdown, true)
+    }
+
+    fn open_as(
+        location: &crate::sync::store::StoreLocation,
+        max_frame: usize,
+        dev_token: Option<String>,
+        limits: Limits,
+        rules: rounds_core::billing::RuleSet,
+        shutdown: watch::Receiver<bool>,
+        command: bool,
+    ) -> Result<Arc<Shared>, ServeError> {
         if let Some(dir) = location.dir() {
             std::fs::create_dir_all(dir).map_err(|source| ServeError::Listen {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -223,12 +254,22 @@ impl Shared {
             })?;
         }
         let store = Arc::new(Store::open_at(location)?);
-        // A shared database has one writer at a time (sled: the directory's lock).
-        let writer = match location {
-            crate::sync::store::StoreLocation::Postgres(_) => Some(
-                crate::sync::store::lease::WriterGuard::acquire(store.meta().clone())?,
+        // Servers share a database side by side (sled: the directory's lock keeps one); a
+        // command writing to it straight makes a starting server wait.
+        let (presence, writer) = match location {
+            crate::sync::store::StoreLocation::Postgres(_) if command => (
+                None,
+                Some(crate::sync::store::lease::WriterGuard::acquire(
+                    store.meta().clone(),
+                )?),
             ),
-            crate::sync::store::StoreLocation::Dir(_) => None,
+            crate::sync::store::StoreLocation::Postgres(_) => (
+                Some(crate::sync::store::lease::Presence::announce(
+                    store.meta().clone(),
+                )?),
+                None,
+            ),
+            crate::sync::store::StoreLocation::Dir(_) => (None, None),
         };
         let metrics = Arc::new(Metrics::default());
         let shards = Shards::new(
@@ -242,9 +283,7 @@ impl Shared {
             HubConfig {
                 max_docs_per_conn: limits.documents_per_connection,
                 idle_cache: rounds_core::sync::hub::IdleCache::new(limits.idle_documents),
-                reserved_actors: vec![automerge::ActorId::from(rounds_core::policy::server_actor(
-                    store.storage_id(),
-                ))],
+                reserved_actors: vec![automerge::ActorId::from(store.reserved_actor())],
                 ..HubConfig::default()
             },
         );
@@ -258,7 +297,7 @@ impl Shared {
             .map_err(|e| ServeError::Flush(e.to_string()))?;
         let (late_tx, late_rx) = mpsc::unbounded_channel();
         let (alerting, alert_rx) =
-            crate::services::alerting::Alerting::open(store.db(), store.storage_id())
+            crate::services::alerting::Alerting::open(store.db(), store.server_actor())
                 .map_err(|e| ServeError::Flush(e.to_string()))?;
         let accounts = crate::services::accounts::Accounts::open(store.db())
             .map_err(|e| ServeError::Flush(e.to_string()))?;
@@ -317,13 +356,73 @@ impl Shared {
             max_frame,
             next_conn: AtomicU64::new(1),
             shutdown,
+            _presence: presence,
             _writer: writer,
+            feed: Mutex::new(None),
+            jobs: Mutex::new(HashMap::new()),
         });
+        if !command {
+            let me = Arc::downgrade(&shared);
+            let feed = crate::sync::store::feed::start(&shared.store, move |changes| {
+                if let Some(shared) = me.upgrade() {
+                    shared.absorb(changes);
+                }
+            });
+            *shared.feed.lock().unwrap_or_else(|p| p.into_inner()) = feed;
+        }
         for (facility, month) in shared.ledger.closed_months() {
             shared.watch_closed(&facility, month);
         }
         shared.clone().start_late_data(late_rx);
         Ok(shared)
+    }
+
+    /// Whether this server runs the background job's next round: always on sled; on a shared
+    /// store only while it holds the job's lease (one server at a time, taken over within the
+    /// lease's 15 s when its holder dies).
+    pub async fn runs(&self, job: &'static str) -> bool {
+        if !self.store.is_shared() {
+            return true;
+        }
+        let lease = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(job)
+            .or_insert_with(|| {
+                Arc::new(crate::sync::store::lease::JobLease::new(
+                    self.store.meta().clone(),
+                    job,
+                ))
+            })
+            .clone();
+        tokio::task::spawn_blocking(move || lease.held())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Other servers' writes (from the feed's thread): the facility index forgets a changed
+    /// roster, and every shard whose hub holds or watches the document takes the change in
+    /// (through its inbox, in order with its frames).
+    fn absorb(&self, changes: Vec<crate::sync::store::feed::Change>) {
+        let mut docs: Vec<DocumentId> = changes.iter().map(|c| c.doc).collect();
+        docs.sort_unstable();
+        docs.dedup();
+        self.metrics.feed_changes.inc_by(docs.len() as u64);
+        for doc in &docs {
+            self.index.changed(doc, || None);
+        }
+        for shard in self.shards.all() {
+            for doc in &docs {
+                let wanted = match shard.try_lock() {
+                    Some(core) => core.hub.wants(*doc),
+                    None => true,
+                };
+                if wanted {
+                    let _ = shard.inbox().blocking_send(ShardMsg::Absorb(*doc));
+                }
+            }
+        }
     }
 
     fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
@@ -388,6 +487,9 @@ impl Shared {
                 let Some(config) = self.push_config() else {
                     continue;
                 };
+                if !self.runs("push").await {
+                    continue;
+                }
                 match crate::services::push::Outbox::open(self.store.db()) {
                     Ok(outbox) => {
                         let m = self.metrics.clone();

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub documents_loaded: Counter,
+    /// Documents another server sharing the store changed, as the change feed reported them.
+    pub feed_changes: Counter,
     pub protocol_errors: Counter,
     pub access_denied: Counter,
     /// Changes (or messages) refused by the gate or the write policy.
@@ -86,6 +88,7 @@ impl Default for Metrics {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             documents_loaded: Counter::default(),
+            feed_changes: Counter::default(),
             protocol_errors: Counter::default(),
             access_denied: Counter::default(),
             changes_refused: Counter::default(),
@@ -154,7 +157,7 @@ impl Metrics {
     /// The exposition (OpenMetrics text), with `samples` read at scrape time.
     pub fn render(&self, samples: &[Sample]) -> String {
         let mut r = Registry::default();
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             (
                 "rounds_connections",
                 "WebSocket connections accepted.",
@@ -184,6 +187,11 @@ impl Metrics {
                 "rounds_documents_loaded",
                 "Documents read into memory from the store.",
                 &self.documents_loaded,
+            ),
+            (
+                "rounds_feed_changes",
+                "Documents changed by another server sharing the store, as the change feed reported them.",
+                &self.feed_changes,
             ),
             (
                 "rounds_protocol_errors",

@@ -79,6 +79,8 @@ pub enum ShardMsg {
     Disconnect { conn: ConnId },
     /// Everything this hub persisted up to this sequence number is durable now.
     Flushed(u64),
+    /// Another server sharing the store wrote this document (`Hub::absorb`).
+    Absorb(DocumentId),
 }
 
 pub struct Shard {
@@ -101,6 +103,15 @@ impl Shard {
     pub fn lock(&self) -> MutexGuard<'_, ShardCore> {
         // A panic while holding the lock would be a bug; keep serving with the state as it is.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock when it is free now (None: someone holds it).
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, ShardCore>> {
+        match self.core.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The inbox's sending side.

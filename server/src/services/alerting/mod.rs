@@ -119,7 +119,7 @@ pub enum AlertingError {
 impl Alerting {
     pub fn open(
         db: &crate::sync::store::kv::Db,
-        storage_id: &str,
+        actor: Vec<u8>,
     ) -> crate::sync::store::kv::KvResult<(Alerting, mpsc::UnboundedReceiver<DocumentId>)> {
         let (eval_tx, rx) = mpsc::unbounded_channel();
         Ok((
@@ -133,7 +133,7 @@ impl Alerting {
                 stage_lock: tokio::sync::Mutex::new(()),
                 devices: Mutex::new(HashMap::new()),
                 eval_tx,
-                actor: rounds_core::policy::server_actor(storage_id),
+                actor,
                 adherence_checked: Mutex::new(None),
             },
             rx,
@@ -307,7 +307,7 @@ pub fn set_protocol_on_store(
     let protocol =
         rounds_core::alerts::AlertProtocol::from_toml(toml).map_err(|e| e.to_string())?;
     let (alerting, _) =
-        Alerting::open(store.db(), store.storage_id()).map_err(|e| e.to_string())?;
+        Alerting::open(store.db(), store.server_actor()).map_err(|e| e.to_string())?;
     let mut load = |id: DocumentId| Ok(store.load_doc(&id).map(|d| d.save()));
     let staged = stage_protocol(
         &alerting.actor,

@@ -1,4 +1,14 @@
-//! The writer's lease on a shared (PostgreSQL) store: one process at a time writes documents.
+//! Leases on a shared (PostgreSQL) store.
+//!
+//! - **Servers** run side by side: each keeps a *presence* (`lease:server:<id>`, see
+//!   [`Presence`]) for as long as it runs, so commands know to go through a server.
+//! - **Commands** that write straight to the store (import, push, read-model, migrate) take the
+//!   `writer` lease ([`WriterGuard`]) and then check that no server is present; a server
+//!   starting meanwhile waits until the command's lease is gone. Each side writes its entry
+//!   before reading the other's, so one of them always sees the other.
+//! - **Background jobs** (automatic month close, push, notifications, escalations) run on one
+//!   server at a time: each round takes the job's lease ([`JobLease`]), so a killed server's
+//!   jobs are taken over once its lease runs out.
 //!
 //! A lease is a `meta` entry `lease:<name>` = `holder ‖ expiry (ms since the epoch)`, taken and
 //! renewed with compare-and-swap, so two processes never both believe they hold it. The holder
@@ -191,9 +201,13 @@ mod tests {
 #[derive(Debug, thiserror::Error)]
 pub enum HeldError {
     #[error(
-        "another rounds server writes to this database (its lease runs {secs} s more unless renewed): run commands through it (--server), or wait for it to stop"
+        "another rounds process writes to this database (its lease runs {secs} s more unless renewed): run commands through the server (--server), or wait for it to stop"
     )]
     Held { secs: u64 },
+    #[error(
+        "a rounds server runs on this database: run commands through it (--server), or stop it"
+    )]
+    Served,
     #[error("reading the writer's lease: {0}")]
     Kv(#[from] super::kv::KvError),
 }
@@ -216,6 +230,18 @@ impl WriterGuard {
                 .held()?
                 .map_or(0, |h| h.expires_ms.saturating_sub(now_ms()) / 1000);
             return Err(HeldError::Held { secs });
+        }
+        // Then no server may be present (a server starting now sees our lease and waits).
+        match servers_present(lease.meta.clone()) {
+            Ok(0) => {}
+            Ok(_) => {
+                let _ = lease.release();
+                return Err(HeldError::Served);
+            }
+            Err(e) => {
+                let _ = lease.release();
+                return Err(e.into());
+            }
         }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (l, s) = (lease.clone(), stop.clone());
@@ -270,5 +296,120 @@ impl Drop for WriterGuard {
         if let Err(e) = self.lease.release() {
             tracing::warn!(error = %e, "releasing the writer's lease");
         }
+    }
+}
+
+/// How many servers are present on the database now.
+pub fn servers_present(meta: Tree) -> KvResult<usize> {
+    let now = now_ms();
+    let mut n = 0;
+    for item in meta.scan_prefix("lease:server:") {
+        let (_, v) = item?;
+        if Holder::decode(&v).is_some_and(|h| h.live_at(now)) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A server's presence on a shared database, renewed in the background while this lives and
+/// removed when it drops. Unlike the writer's lease it excludes no other server.
+pub struct Presence {
+    lease: Lease,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Presence {
+    /// Announce this server; fails when a command holds the `writer` lease (the server waits).
+    pub fn announce(meta: Tree) -> Result<Presence, HeldError> {
+        let me = uuid::Uuid::new_v4().to_string();
+        let lease = Lease::new(meta.clone(), &format!("server:{me}"), &me);
+        if !lease.try_acquire()? {
+            return Err(HeldError::Held { secs: 0 });
+        }
+        if let Some(h) = Lease::new(meta, "writer", &me).held()? {
+            let _ = lease.release();
+            return Err(HeldError::Held {
+                secs: h.expires_ms.saturating_sub(now_ms()) / 1000,
+            });
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, s) = (lease.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("rounds-presence".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                while !s.load(Ordering::SeqCst) {
+                    let until = std::time::Instant::now() + RENEW_EVERY;
+                    while std::time::Instant::now() < until {
+                        if s.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    // Lost (a pause longer than the lease): announce again.
+                    match l.renew() {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let _ = l.try_acquire();
+                        }
+                        Err(e) => tracing::warn!(error = %e, "renewing the server's presence"),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            let _ = lease.release();
+            return Err(HeldError::Kv(super::kv::KvError::Pool(
+                super::kv::pg::PoolError::Thread(e.to_string()),
+            )));
+        }
+        Ok(Presence { lease, stop })
+    }
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = self.lease.release() {
+            tracing::warn!(error = %e, "removing the server's presence");
+        }
+    }
+}
+
+/// A background job's lease: the job runs a round only while `held` (taken or renewed at the
+/// start of each round), so one server at a time runs it and another takes over within
+/// [`LEASE_TTL`] of the holder's death. Rounds are expected to be shorter than the TTL; a
+/// round that finds the lease gone next time simply stops running the job.
+pub struct JobLease {
+    lease: Lease,
+}
+
+impl JobLease {
+    pub fn new(meta: Tree, job: &str) -> JobLease {
+        let me = uuid::Uuid::new_v4().to_string();
+        JobLease {
+            lease: Lease::new(meta, &format!("job:{job}"), &me),
+        }
+    }
+
+    /// Take or renew the lease: true when this server runs the job's next round.
+    pub fn held(&self) -> bool {
+        match self.lease.renew() {
+            Ok(true) => true,
+            Ok(false) => self.lease.try_acquire().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "taking a job's lease");
+                false
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing a job's lease");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for JobLease {
+    fn drop(&mut self) {
+        let _ = self.lease.release();
     }
 }

@@ -10,6 +10,7 @@
 //! numbers in one atomic batch, so a crash during compaction leaves either the old chunks or the
 //! snapshot, never neither.
 
+pub mod feed;
 pub mod kv;
 pub mod lease;
 pub mod practices;
@@ -214,6 +215,87 @@ pub struct Store {
     pub read_model: crate::sync::store::read_model::ReadModel,
     /// The practices billed for (`practices::PracticeRegistry`).
     pub practices: practices::PracticeRegistry,
+    /// Several servers write this store (PostgreSQL): see [`Writers`].
+    writers: Option<Writers>,
+}
+
+/// What a store shared by several active servers (PostgreSQL) needs beyond one writer's.
+///
+/// - **Chunk numbers.** Each process takes a number from the database's `rounds_ids` at open
+///   (its *epoch*) and numbers its chunks `epoch << 32 | n`: two servers never write the same
+///   chunk key.
+/// - **Compaction.** A snapshot replaces this process's own older chunks (its document holds
+///   them), and another writer's chunks only when the snapshot already contains every change
+///   in them (checked by loading them into the snapshot); the removal names each key, so a
+///   chunk committed meanwhile is never removed.
+/// - **Heads.** The `heads` entry is written in the chunk's transaction, compare-and-set
+///   against the entry this process read before loading the document (`known`): when another
+///   server wrote in between, the entry is marked invalid instead (this copy may lack its
+///   change), and the next reader computes it again from the chunks.
+/// - **Fan-out.** Every write adds a `changes` entry (announced with `pg_notify`); [`feed`]
+///   hands the other servers' writes to the hubs, the read model and the caches here
+///   ([`Store::foreign_change`]).
+struct Writers {
+    pg: std::sync::Arc<kv::pg::PgKv>,
+    epoch: u64,
+    /// Per loaded document, the `heads` entry read before its chunks were (None: there was none).
+    known: std::sync::Mutex<std::collections::HashMap<DocumentId, Option<Vec<u8>>>>,
+    /// Versions given to documents another server changed (the read model compares them).
+    versions: AtomicU64,
+}
+
+impl Writers {
+    fn owns(&self, seq: u64) -> bool {
+        seq >> 32 == self.epoch
+    }
+}
+
+/// A `heads` entry marked invalid by `seq`'s writer (recomputed on the next read).
+fn invalid_heads(seq: u64) -> Vec<u8> {
+    let mut v = seq.to_be_bytes().to_vec();
+    v.push(0xff);
+    v
+}
+
+/// The heads in a `heads` entry, when it is well formed (and, for sled, describes chunk `latest`).
+fn parse_heads(v: &[u8], latest: Option<u64>) -> Option<Vec<automerge::ChangeHash>> {
+    if v.len() < 8 + 32 || !(v.len() - 8).is_multiple_of(32) {
+        return None;
+    }
+    if let Some(l) = latest
+        && v[..8] != l.to_be_bytes()
+    {
+        return None;
+    }
+    Some(
+        v[8..]
+            .chunks_exact(32)
+            .filter_map(|h| <[u8; 32]>::try_from(h).ok())
+            .map(automerge::ChangeHash)
+            .collect(),
+    )
+}
+
+/// The sequence number in a chunk key.
+fn seq_of(key: &[u8]) -> Option<u64> {
+    key.get(16..24)
+        .and_then(|t| <[u8; 8]>::try_from(t).ok())
+        .map(u64::from_be_bytes)
+}
+
+/// Whether `snapshot` (a whole document) already holds every change in `chunks`.
+fn contains_all(snapshot: &[u8], chunks: &[Vec<u8>]) -> bool {
+    let Ok(mut doc) = automerge::Automerge::load(snapshot) else {
+        return false;
+    };
+    let before = doc.get_heads();
+    for c in chunks {
+        if doc.load_incremental(c).is_err() {
+            return false;
+        }
+    }
+    use automerge::ReadDoc;
+    doc.get_heads() == before && doc.get_missing_deps(&[]).is_empty()
 }
 
 fn chunk_key(doc: &DocumentId, seq: u64) -> [u8; 24] {
@@ -295,6 +377,28 @@ impl Store {
                 *e = (*e).max(n);
             }
         }
+        let writers = match &db {
+            kv::Db::Pg(pg) => {
+                db.open_tree("changes").map_err(err("open changes"))?;
+                let epoch = db.generate_id().map_err(err("take an epoch"))?;
+                if epoch >= 1 << 31 {
+                    return Err(StoreError::Kv {
+                        op: "take an epoch",
+                        source: kv::KvError::Pool(kv::pg::PoolError::Thread(format!(
+                            "rounds_ids reached {epoch}: chunk numbers would overflow"
+                        ))),
+                    });
+                }
+                seq = epoch << 32;
+                Some(Writers {
+                    pg: pg.clone(),
+                    epoch,
+                    known: std::sync::Mutex::new(std::collections::HashMap::new()),
+                    versions: AtomicU64::new((epoch << 32) | (1 << 31)),
+                })
+            }
+            kv::Db::Sled(_) => None,
+        };
         let read_model =
             crate::sync::store::read_model::ReadModel::open(&db).map_err(err("open read_model"))?;
         let practices = practices::PracticeRegistry::open(&db).map_err(err("open practices"))?;
@@ -312,6 +416,7 @@ impl Store {
             written: AtomicU64::new(seq),
             latest: std::sync::Mutex::new(latest),
             read_model,
+            writers,
         })
     }
 
@@ -360,30 +465,189 @@ impl Store {
         chunk: &[u8],
         snapshot: bool,
     ) -> Result<(), StoreError> {
+        self.persist_with_heads(doc, seq, chunk, snapshot, None)
+    }
+
+    /// Store a chunk written from a document whose heads are now `heads` (the hub's copy):
+    /// they are recorded for the summary exchange (on a shared store only when no other server
+    /// wrote the document since this copy was read; see [`Writers`]).
+    pub fn persist_with_heads(
+        &self,
+        doc: &DocumentId,
+        seq: u64,
+        chunk: &[u8],
+        snapshot: bool,
+        heads: Option<&[automerge::ChangeHash]>,
+    ) -> Result<(), StoreError> {
+        if let Some(w) = &self.writers {
+            return self.persist_shared(w, doc, seq, chunk, snapshot, heads);
+        }
+        {
+            let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+            let mut batch = kv::Batch::default();
+            if snapshot {
+                for k in self.chunks.scan_prefix(doc.as_bytes()).keys() {
+                    let k = k.map_err(err("scan chunks"))?;
+                    if k.as_ref() < chunk_key(doc, seq).as_slice() {
+                        batch.remove(k);
+                    }
+                }
+            }
+            batch.insert(chunk_key(doc, seq).as_slice(), chunk);
+            let mut seq_record = kv::Batch::default();
+            seq_record.insert("seq", seq.to_be_bytes());
+            self.db
+                .apply_batches(vec![(&self.chunks, batch), (&self.meta, seq_record)])
+                .map_err(err("write chunk"))?;
+            {
+                let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+                let e = latest.entry(*doc).or_insert(seq);
+                *e = (*e).max(seq);
+            }
+            self.written.fetch_max(seq, Ordering::SeqCst);
+        }
+        match heads {
+            Some(h) => self.record_heads(doc, seq, h),
+            None => Ok(()),
+        }
+    }
+
+    fn persist_shared(
+        &self,
+        w: &Writers,
+        doc: &DocumentId,
+        seq: u64,
+        chunk: &[u8],
+        snapshot: bool,
+        heads: Option<&[automerge::ChangeHash]>,
+    ) -> Result<(), StoreError> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let mut batch = kv::Batch::default();
+        let key = chunk_key(doc, seq);
+        let mut removes = Vec::new();
         if snapshot {
-            for k in self.chunks.scan_prefix(doc.as_bytes()).keys() {
-                let k = k.map_err(err("scan chunks"))?;
-                if k.as_ref() < chunk_key(doc, seq).as_slice() {
-                    batch.remove(k);
+            let mut foreign = (Vec::new(), Vec::new());
+            for item in self.chunks.scan_prefix(doc.as_bytes()) {
+                let (k, v) = item.map_err(err("scan chunks"))?;
+                let Some(s) = seq_of(&k) else { continue };
+                if s == seq {
+                    continue;
+                }
+                if w.owns(s) && s < seq {
+                    removes.push(k.to_vec());
+                } else {
+                    foreign.0.push(k.to_vec());
+                    foreign.1.push(v.to_vec());
+                }
+            }
+            if !foreign.0.is_empty() && contains_all(chunk, &foreign.1) {
+                removes.extend(foreign.0);
+            }
+        }
+        let expected = {
+            let mut known = w.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= HEADS_CACHED {
+                known.clear();
+            }
+            known.get(doc).cloned()
+        };
+        let value = match (heads, &expected) {
+            (Some(h), Some(_)) => {
+                let mut v = Vec::with_capacity(8 + 32 * h.len());
+                v.extend_from_slice(&seq.to_be_bytes());
+                for x in h {
+                    v.extend_from_slice(&x.0);
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        let recorded =
+            w.pg.write_chunk(kv::pg::ChunkWrite {
+                key: key.to_vec(),
+                chunk: chunk.to_vec(),
+                removes,
+                heads_key: doc.as_bytes().to_vec(),
+                heads: value.clone().unwrap_or_else(|| invalid_heads(seq)),
+                expected: expected.flatten(),
+                invalid: invalid_heads(seq),
+                change: key.to_vec(),
+            })
+            .map_err(err("write chunk"))?;
+        {
+            let mut known = w.known.lock().unwrap_or_else(|p| p.into_inner());
+            match (&value, recorded) {
+                (Some(v), true) => {
+                    known.insert(*doc, Some(v.clone()));
+                }
+                _ => {
+                    known.remove(doc);
                 }
             }
         }
-        batch.insert(chunk_key(doc, seq).as_slice(), chunk);
-        // The chunk and the sequence record together (one transaction on PostgreSQL).
-        let mut seq_record = kv::Batch::default();
-        seq_record.insert("seq", seq.to_be_bytes());
-        self.db
-            .apply_batches(vec![(&self.chunks, batch), (&self.meta, seq_record)])
-            .map_err(err("write chunk"))?;
-        {
-            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-            let e = latest.entry(*doc).or_insert(seq);
-            *e = (*e).max(seq);
+        match value.filter(|_| recorded) {
+            Some(v) => self.cache_heads(*doc, v.into()),
+            None => {
+                self.heads_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(doc);
+            }
         }
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*doc, seq);
         self.written.fetch_max(seq, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Another server wrote chunk `seq` of `doc` (from [`feed`]): forget what this process
+    /// knew of the document's heads, give it a new version (the read model re-reads it), and
+    /// list it if it is new. Returns false for this process's own writes (nothing to do).
+    pub fn foreign_change(&self, doc: &DocumentId, seq: u64) -> bool {
+        let Some(w) = &self.writers else {
+            return false;
+        };
+        if w.owns(seq) {
+            return false;
+        }
+        let version = w.versions.fetch_add(1, Ordering::SeqCst);
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*doc, version);
+        self.heads_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(doc);
+        true
+    }
+
+    /// The actor this process writes the server's own changes with (alerts): on a shared store
+    /// one per process (`policy::server_instance_actor`), else the store's.
+    pub fn server_actor(&self) -> Vec<u8> {
+        match &self.writers {
+            Some(w) => rounds_core::policy::server_instance_actor(&self.storage_id, w.epoch),
+            None => rounds_core::policy::server_actor(&self.storage_id),
+        }
+    }
+
+    /// The actor, or actor prefix, no device may write with (every server's).
+    pub fn reserved_actor(&self) -> Vec<u8> {
+        match &self.writers {
+            Some(_) => rounds_core::policy::server_actor_prefix(&self.storage_id),
+            None => rounds_core::policy::server_actor(&self.storage_id),
+        }
+    }
+
+    /// Whether several servers may write this store at once (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.writers.is_some()
+    }
+
+    /// The PostgreSQL database, when the store is one (the change feed).
+    pub fn pg(&self) -> Option<&std::sync::Arc<kv::pg::PgKv>> {
+        self.writers.as_ref().map(|w| &w.pg)
     }
 
     pub fn save_sync_state(
@@ -401,8 +665,9 @@ impl Store {
         Ok(())
     }
 
-    /// Record a document's heads as of its chunk `seq` (see the `heads` tree).
-    pub fn record_heads(
+    /// Record a document's heads as of its chunk `seq` (see the `heads` tree; one writer only:
+    /// a shared store records them in the chunk's transaction).
+    fn record_heads(
         &self,
         doc: &DocumentId,
         seq: u64,
@@ -421,8 +686,9 @@ impl Store {
         Ok(())
     }
 
-    /// A stored document's heads: from the `heads` tree when it describes the newest chunk,
-    /// else computed from the chunks (and recorded).
+    /// A stored document's heads: from the `heads` tree when it describes the newest chunk
+    /// (sled) or is not marked invalid (shared store), else computed from the chunks (and
+    /// recorded).
     pub fn stored_heads(
         &self,
         doc: &DocumentId,
@@ -430,39 +696,49 @@ impl Store {
         let Some(latest) = self.latest_seq(doc) else {
             return Ok(None);
         };
+        let latest = if self.writers.is_some() {
+            None
+        } else {
+            Some(latest)
+        };
         let cached = self
             .heads_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(doc)
             .cloned();
-        let read = match cached {
-            Some(v) => Some(v),
-            None => {
-                let v = self.heads.get(doc.as_bytes()).map_err(err("read heads"))?;
-                if let Some(v) = &v {
-                    self.cache_heads(*doc, v.clone());
-                }
-                v
-            }
-        };
-        if let Some(v) = read
-            && v.len() >= 8
-            && (v.len() - 8).is_multiple_of(32)
-            && v[..8] == latest.to_be_bytes()
-        {
-            let heads = v[8..]
-                .chunks_exact(32)
-                .filter_map(|h| <[u8; 32]>::try_from(h).ok())
-                .map(automerge::ChangeHash)
-                .collect();
-            return Ok(Some(heads));
+        if let Some(h) = cached.as_deref().and_then(|v| parse_heads(v, latest)) {
+            return Ok(Some(h));
         }
+        let read = self.heads.get(doc.as_bytes()).map_err(err("read heads"))?;
+        if let Some(h) = read.as_deref().and_then(|v| parse_heads(v, latest)) {
+            if let Some(v) = read {
+                self.cache_heads(*doc, v);
+            }
+            return Ok(Some(h));
+        }
+        // Read after the entry: a write in between changes the entry, and the swap below fails.
         let Some(d) = self.load_doc(doc) else {
             return Ok(None);
         };
         let heads = d.get_heads();
-        self.record_heads(doc, latest, &heads)?;
+        match latest {
+            Some(l) => self.record_heads(doc, l, &heads)?,
+            None => {
+                let mut v = Vec::with_capacity(8 + 32 * heads.len());
+                v.extend_from_slice(&0u64.to_be_bytes());
+                for h in &heads {
+                    v.extend_from_slice(&h.0);
+                }
+                let swapped = self
+                    .heads
+                    .compare_and_swap(doc.as_bytes(), read.as_deref(), Some(v.clone()))
+                    .map_err(err("write heads"))?;
+                if swapped.is_ok() {
+                    self.cache_heads(*doc, v.into());
+                }
+            }
+        }
         Ok(Some(heads))
     }
 
@@ -606,8 +882,7 @@ impl Store {
 
     /// A stored document, loaded (None when the store does not have it).
     pub fn load_doc(&self, id: &DocumentId) -> Option<automerge::Automerge> {
-        let mut loader = self;
-        let chunks = loader.load(id).ok()??;
+        let chunks = self.chunks_of(id).ok()??;
         let mut doc = automerge::Automerge::new();
         for c in chunks {
             if let Err(e) = doc.load_incremental(&c) {
@@ -623,13 +898,36 @@ impl Store {
     }
 }
 
-impl Loader for &Store {
-    fn load(&mut self, doc: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
+impl Store {
+    /// Every stored chunk of a document (None: not stored).
+    fn chunks_of(&self, doc: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
         let mut out = Vec::new();
         for v in self.chunks.scan_prefix(doc.as_bytes()).values() {
             out.push(v.map_err(|e| e.to_string())?.to_vec());
         }
         Ok(if out.is_empty() { None } else { Some(out) })
+    }
+}
+
+/// The hub's reads. On a shared store, loading a document first notes its `heads` entry: the
+/// hub's copy then holds every change written up to that entry (see [`Writers`]).
+impl Loader for &Store {
+    fn load(&mut self, doc: &DocumentId) -> Result<Option<Vec<Vec<u8>>>, String> {
+        if let Some(w) = &self.writers {
+            let entry = self
+                .heads
+                .get(doc.as_bytes())
+                .map_err(|e| e.to_string())?
+                .map(|v| v.to_vec());
+            let chunks = self.chunks_of(doc)?;
+            let mut known = w.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= HEADS_CACHED {
+                known.clear();
+            }
+            known.insert(*doc, entry);
+            return Ok(chunks);
+        }
+        self.chunks_of(doc)
     }
 
     fn load_sync_state(&mut self, doc: &DocumentId, peer_storage: &str) -> Option<Vec<u8>> {

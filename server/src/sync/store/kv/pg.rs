@@ -203,6 +203,30 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 pub struct PgKv {
     pool: Arc<Pool>,
     trees: Mutex<HashSet<String>>,
+    /// For connections of their own (the change feed's listener).
+    config: postgres::Config,
+    /// Whether the database runs `pg_notify` (PostgreSQL does; engines without it are polled).
+    notify: bool,
+}
+
+/// The channel the servers sharing a database announce their document writes on.
+pub const CHANGES_CHANNEL: &str = "rounds_changes";
+
+/// One document write, in one transaction (see [`PgKv::write_chunk`]).
+pub struct ChunkWrite {
+    /// The `chunks` entry.
+    pub key: Vec<u8>,
+    pub chunk: Vec<u8>,
+    /// `chunks` entries the new one replaces (a snapshot's compaction).
+    pub removes: Vec<Vec<u8>>,
+    /// The `heads` entry: `heads` when it still holds `expected` (nobody else wrote the
+    /// document since this writer's copy was read), else `invalid`.
+    pub heads_key: Vec<u8>,
+    pub heads: Vec<u8>,
+    pub expected: Option<Vec<u8>>,
+    pub invalid: Vec<u8>,
+    /// The `changes` entry's value (its key is the next `rounds_ids` number).
+    pub change: Vec<u8>,
 }
 
 fn valid_tree_name(name: &str) -> bool {
@@ -242,13 +266,20 @@ impl PgKv {
         {
             return Err(PoolError::Tls(mode.to_string()).into());
         }
-        let pool = Pool::start(config, redacted, size);
-        let kv = Arc::new(PgKv {
+        let pool = Pool::start(config.clone(), redacted, size);
+        let mut kv = PgKv {
             pool,
             trees: Mutex::new(HashSet::new()),
-        });
+            config,
+            notify: false,
+        };
         kv.migrate()?;
-        Ok(kv)
+        // Engines of the PostgreSQL protocol without LISTEN/NOTIFY are polled only.
+        kv.notify = kv
+            .pool
+            .run(|c| c.query("SELECT pg_notify('rounds_probe', '')", &[]))
+            .is_ok();
+        Ok(Arc::new(kv))
     }
 
     /// The URL without its password.
@@ -376,6 +407,73 @@ impl PgKv {
                 }
             }
             tx.commit()
+        })
+    }
+
+    /// Whether writes announce themselves with `pg_notify` (else the feed polls only).
+    pub fn notifies(&self) -> bool {
+        self.notify
+    }
+
+    /// A connection of its own, outside the pool (the change feed's `LISTEN`).
+    pub fn connect(&self) -> Result<Client, PoolError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|source| PoolError::Connect {
+                url: self.pool.url.clone(),
+                source,
+            })
+    }
+
+    /// A document write from one of several servers, in one transaction: the chunk (and the
+    /// chunks it replaces), the `heads` entry set only if nobody else wrote the document since
+    /// (compare-and-set, else marked invalid), and a `changes` entry announced to the other
+    /// servers (`pg_notify` at commit, where the engine has it). Returns whether the heads
+    /// were recorded.
+    pub fn write_chunk(&self, w: ChunkWrite) -> KvResult<bool> {
+        let notify = self.notify;
+        self.pool.run(move |c| {
+            let upsert = c.prepare(
+                "INSERT INTO \"kv_chunks\" (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            )?;
+            let delete = c.prepare("DELETE FROM \"kv_chunks\" WHERE key = $1")?;
+            let heads = c.prepare(
+                "INSERT INTO \"kv_heads\" (key, value)
+                 VALUES ($1, CASE WHEN $3::BYTEA IS NULL THEN $2::BYTEA ELSE $4::BYTEA END)
+                 ON CONFLICT (key) DO UPDATE SET value =
+                   CASE WHEN \"kv_heads\".value = $3::BYTEA THEN $2::BYTEA ELSE $4::BYTEA END
+                 RETURNING value",
+            )?;
+            let change = if notify {
+                c.prepare(
+                    "WITH c AS (INSERT INTO \"kv_changes\" (key, value)
+                       VALUES (int8send(nextval('rounds_ids')), $1) RETURNING key, value)
+                     SELECT pg_notify('rounds_changes', encode(key, 'hex') || encode(value, 'hex'))
+                     FROM c",
+                )?
+            } else {
+                c.prepare(
+                    "INSERT INTO \"kv_changes\" (key, value)
+                     VALUES (int8send(nextval('rounds_ids')), $1)",
+                )?
+            };
+            let mut tx = c.client().transaction()?;
+            for k in &w.removes {
+                tx.execute(&delete, &[k])?;
+            }
+            tx.execute(&upsert, &[&w.key, &w.chunk])?;
+            let rows = tx.query(&heads, &[&w.heads_key, &w.heads, &w.expected, &w.invalid])?;
+            let recorded = rows
+                .first()
+                .is_some_and(|r| r.get::<_, Vec<u8>>(0) == w.heads);
+            if notify {
+                tx.query(&change, &[&w.change])?;
+            } else {
+                tx.execute(&change, &[&w.change])?;
+            }
+            tx.commit()?;
+            Ok(recorded)
         })
     }
 
