@@ -460,50 +460,23 @@ fn hostile_store_urls_are_refused_clearly() {
     assert_refused(&out, "postgres://");
 }
 
-/// The writer killed with SIGKILL in the middle of a storm of 10 tablets: the standby takes over
-/// once the dead server's lease runs out, the tablets reconnect to it, and no entry is lost
-/// (checked by entry id on a fresh tablet).
+/// Two servers, ten tablets split between them, one server killed with SIGKILL in the middle of
+/// their storm: its tablets reconnect to the other server and no entry is lost (checked by
+/// entry id on a fresh tablet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
+async fn a_server_killed_mid_storm_loses_nothing_and_the_other_serves_its_tablets() {
     let (db, dir) = imported();
     let (cert, key) = certificate(dir.path());
-    // One device (and token) per tablet: the per-device connection cap stays in force.
-    let tokens: Vec<String> = (0..10)
-        .map(|i| {
-            let out = rounds_cli(&[
-                "device",
-                "add",
-                "--facility",
-                "sunnyvale",
-                "--name",
-                &format!("tablet-{i}"),
-                "--store",
-                &db.url,
-            ]);
-            serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let mut first = serve(&db, &cert, &key);
-    let start_standby = {
-        let (url, c, k) = (db.url.clone(), cert.clone(), key.clone());
-        move || std::thread::spawn(move || serve_on(&url, &c, &k))
-    };
-    let standby = start_standby();
-    // Ten tablets, each with a day of entries, joined and synced once.
+    let tokens = devices(&db, 10);
+    let mut servers = [serve(&db, &cert, &key), serve(&db, &cert, &key)];
+    // Ten tablets, each with a day of entries, joined and synced once with its server.
     let dirs: Vec<tempfile::TempDir> = (0..10).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut tablets: Vec<Replica> = Vec::new();
-    let options = |server: &ServerProcess, i: usize| {
-        let mut o = server.options();
-        o.token = tokens[i].clone();
-        o
-    };
     for (i, d) in dirs.iter().enumerate() {
         let mut r = Replica::open(d.path()).unwrap();
         r.join_facility("sunnyvale").unwrap();
-        rounds_core::sync::net::sync(&mut r, &first.url(), &options(&first, i), &mut |_, _| {})
+        let s = &servers[i % 2];
+        rounds_core::sync::net::sync(&mut r, &s.url(), &with_token(s, &tokens[i]), &mut |_, _| {})
             .await
             .unwrap();
         tablets.push(r);
@@ -514,11 +487,13 @@ async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
             written.push(log(t, (i * 8 + k) as i64));
         }
     }
-    // The storm: every tablet syncs at once; the writer dies in the middle of it.
-    let url = first.url();
+    // The storm: every tablet syncs at once with its server; server 0 dies in the middle.
     let mut storm = Vec::new();
     for (i, mut t) in tablets.into_iter().enumerate() {
-        let (url, mut opts) = (url.clone(), options(&first, i));
+        let (url, mut opts) = (
+            servers[i % 2].url(),
+            with_token(&servers[i % 2], &tokens[i]),
+        );
         opts.attempts = 1;
         storm.push(tokio::spawn(async move {
             let r = rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {}).await;
@@ -530,40 +505,195 @@ async fn a_writer_killed_mid_storm_loses_nothing_and_the_standby_serves() {
     while !storm.iter().any(|s| s.is_finished()) && std::time::Instant::now() < until {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    first.kill();
+    servers[0].kill();
     let mut tablets = Vec::new();
     let mut cut = 0;
-    for s in storm {
+    for (i, s) in storm.into_iter().enumerate() {
         let (t, finished) = s.await.unwrap();
-        cut += usize::from(!finished);
+        if i % 2 == 0 {
+            cut += usize::from(!finished);
+        } else {
+            assert!(
+                finished,
+                "tablet {i} of the surviving server did not finish"
+            );
+        }
         tablets.push(t);
     }
-    eprintln!("{cut} of 10 tablets were cut off by the kill");
+    eprintln!("{cut} of the killed server's 5 tablets were cut off by the kill");
     assert!(
         cut > 0,
         "the kill came after the storm: nothing was interrupted"
     );
-    // The standby takes over (within the lease's 15 s) with the same certificate.
-    let second = tokio::task::spawn_blocking(move || standby.join().unwrap())
+    // Every tablet (the killed server's too) syncs with the surviving server.
+    let other = &servers[1];
+    for (i, t) in tablets.iter_mut().enumerate() {
+        let r = rounds_core::sync::net::sync(
+            t,
+            &other.url(),
+            &with_token(other, &tokens[i]),
+            &mut |_, _| {},
+        )
         .await
         .unwrap();
-    assert_eq!(second.fingerprint, first.fingerprint);
-    for (i, t) in tablets.iter_mut().enumerate() {
-        let r =
-            rounds_core::sync::net::sync(t, &second.url(), &options(&second, i), &mut |_, _| {})
-                .await
-                .unwrap();
         assert!(r.unsent.is_empty(), "{r:?}");
     }
     let fresh = tempfile::tempdir().unwrap();
     let mut check = Replica::open(fresh.path()).unwrap();
     check.join_facility("sunnyvale").unwrap();
-    sync_with(&mut check, &second).await.unwrap();
+    sync_with(&mut check, other).await.unwrap();
     let held = entry_ids(&check).unwrap();
     let missing: Vec<&String> = written.iter().filter(|id| !held.contains(id)).collect();
     assert!(
         missing.is_empty(),
-        "lost when the writer was killed: {missing:?}"
+        "lost when server 0 was killed: {missing:?}"
     );
     assert_eq!(written.len(), 80);
+}
+
+/// Encounter versions of a month in the database: all (`min_version` 1) or from a version on.
+fn versions(db: &TestDatabase, month: &str, min_version: u8) -> i64 {
+    let prefix: String = format!("sunnyvale\0{month}\0")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    db.query_i64(&format!(
+        "SELECT count(*) FROM \"kv_encounter_versions\"
+         WHERE substring(key for {}) = '\\x{prefix}'::bytea
+           AND get_byte(key, length(key) - 1) >= {min_version}",
+        prefix.len() / 2
+    ))
+}
+
+/// Two servers both running the automatic close every second: October (past its grace window)
+/// closes once, on one of them; late data sent to the other server re-bills it once; two manual
+/// closes of November at the same moment, one through each server, write each version once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_closes_exactly_once_with_two_servers() {
+    let (db, dir) = imported();
+    let (cert, key) = certificate(dir.path());
+    let token = devices(&db, 1).remove(0);
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let extra = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--close-check-seconds",
+        "1",
+    ];
+    let servers: Vec<ServerProcess> = logs
+        .iter()
+        .map(|l| ServerProcess::start_logged(Path::new(&db.url), &extra, l).unwrap())
+        .collect();
+    let closed = |m: &str| {
+        let k: String = format!("sunnyvale\0{m}\0")
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        db.query_i64(&format!(
+            "SELECT count(*) FROM \"kv_closed_months\" WHERE key = '\\x{k}'::bytea"
+        ))
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while closed("2026-10") == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(closed("2026-10"), 1, "October was not closed automatically");
+    // Several more rounds on both servers.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let originals = versions(&db, "2026-10", 1);
+    assert!(originals > 0);
+    assert_eq!(
+        versions(&db, "2026-10", 2),
+        0,
+        "a second version without new data"
+    );
+    let closes: usize = logs
+        .iter()
+        .map(|l| {
+            std::fs::read_to_string(l)
+                .unwrap()
+                .lines()
+                .filter(|l| {
+                    l.contains("month closed after the grace window") && l.contains("2026-10")
+                })
+                .count()
+        })
+        .sum();
+    assert_eq!(closes, 1, "October closed {closes} times");
+    // One server ran every round of the job (it holds the job's lease).
+    let runners =
+        logs.iter()
+            .filter(|l| {
+                std::fs::read_to_string(l).unwrap().lines().any(|l| {
+                    l.contains("this server runs the job's round") && l.contains("auto-close")
+                })
+            })
+            .count();
+    assert_eq!(runners, 1, "the automatic close ran on {runners} servers");
+
+    // Late data for October through the second server: one new version, once.
+    let d = tempfile::tempdir().unwrap();
+    let mut t = Replica::open(d.path()).unwrap();
+    t.join_facility("sunnyvale").unwrap();
+    let opts = with_token(&servers[1], &token);
+    rounds_core::sync::net::sync(&mut t, &servers[1].url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 10, 20, 15, 0, 0).unwrap();
+    t.log_interaction(
+        NewInteraction {
+            patient: "p-001".into(),
+            staff: "rn-lee".into(),
+            program: Program::Ccm,
+            started_at: start,
+            ended_at: start + Duration::minutes(25),
+            interactive: true,
+            activity: None,
+            note: None,
+        },
+        start,
+    )
+    .unwrap();
+    rounds_core::sync::net::sync(&mut t, &servers[1].url(), &opts, &mut |_, _| {})
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while versions(&db, "2026-10", 2) == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(versions(&db, "2026-10", 2), 1, "late data re-billed once");
+    assert_eq!(versions(&db, "2026-10", 3), 0);
+
+    // November closed by hand through both servers at the same moment.
+    let close = |s: &ServerProcess| {
+        let (url, store) = (format!("https://127.0.0.1:{}", s.port), db.url.clone());
+        std::thread::spawn(move || {
+            rounds_cli_output(&[
+                "close-month",
+                "--facility",
+                "sunnyvale",
+                "--month",
+                "2026-11",
+                "--store",
+                &store,
+                "--server",
+                &url,
+            ])
+        })
+    };
+    let both = [close(&servers[0]), close(&servers[1])];
+    let outs: Vec<std::process::Output> = both.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        outs.iter().any(|o| o.status.success()),
+        "{:?}",
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .collect::<Vec<_>>()
+    );
+    let nov = versions(&db, "2026-11", 1);
+    assert!(nov > 0);
+    assert_eq!(versions(&db, "2026-11", 2), 0, "a version written twice");
 }

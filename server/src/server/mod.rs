@@ -396,9 +396,13 @@ impl Shared {
                 ))
             })
             .clone();
-        tokio::task::spawn_blocking(move || lease.held())
+        let held = tokio::task::spawn_blocking(move || lease.held())
             .await
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if held {
+            tracing::debug!(job, "this server runs the job's round");
+        }
+        held
     }
 
     /// Other servers' writes (from the feed's thread): the facility index forgets a changed
