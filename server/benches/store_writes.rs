@@ -1,4 +1,6 @@
-//! The write path's cost per change on each store engine: `Store::persist` of a typical tablet
+//! The write path's cost per change on each store engine: `Store::persist_with_heads` (what the
+//! server does: the chunk and its document's heads; on PostgreSQL also the change feed's entry
+//! and notification) of a typical tablet
 //! change (one time entry: an incremental Automerge chunk of a few hundred bytes) followed by the
 //! flush the flusher does before anything is acknowledged — one change per flush (a lone tablet)
 //! and 32 per flush (a burst of frames). sled in a temporary directory; PostgreSQL when
@@ -16,8 +18,8 @@ use rounds_server::sync::store::{Store, StoreLocation};
 
 const CHANGES: usize = 2_000;
 
-/// `CHANGES` chunks, each one time entry added to a month document.
-fn chunks() -> Vec<Vec<u8>> {
+/// `CHANGES` chunks, each one time entry added to a month document, with the heads after it.
+fn chunks() -> Vec<(Vec<u8>, Vec<automerge::ChangeHash>)> {
     let mut doc = automerge::Automerge::new();
     let mut out = Vec::with_capacity(CHANGES);
     for i in 0..CHANGES {
@@ -41,28 +43,37 @@ fn chunks() -> Vec<Vec<u8>> {
         }
         tx.put(&entry, "interactive", true).unwrap();
         tx.commit();
-        out.push(doc.save_after(&before));
+        out.push((doc.save_after(&before), doc.get_heads()));
     }
     out
 }
 
 /// Microseconds per change: (one flush per change, one flush per 32 changes).
-fn run(store: &Store, chunks: &[Vec<u8>]) -> (f64, f64) {
+fn run(store: &Store, chunks: &[(Vec<u8>, Vec<automerge::ChangeHash>)]) -> (f64, f64) {
+    use rounds_core::sync::hub::Loader;
     let doc = DocumentId::facility("bench-single");
     let mut seq = store.written_seq();
+    // Loaded first, as the hub does before it writes.
+    let mut loader = store;
+    let _ = loader.load(&doc);
     let t = Instant::now();
-    for c in chunks {
+    for (c, h) in chunks {
         seq += 1;
-        store.persist(&doc, seq, c, false).unwrap();
+        store
+            .persist_with_heads(&doc, seq, c, false, Some(h))
+            .unwrap();
         store.flush().unwrap();
     }
     let single = t.elapsed().as_secs_f64() * 1e6 / chunks.len() as f64;
     let doc = DocumentId::facility("bench-burst");
+    let _ = loader.load(&doc);
     let t = Instant::now();
     for burst in chunks.chunks(32) {
-        for c in burst {
+        for (c, h) in burst {
             seq += 1;
-            store.persist(&doc, seq, c, false).unwrap();
+            store
+                .persist_with_heads(&doc, seq, c, false, Some(h))
+                .unwrap();
         }
         store.flush().unwrap();
     }
@@ -72,7 +83,7 @@ fn run(store: &Store, chunks: &[Vec<u8>]) -> (f64, f64) {
 
 fn main() {
     let chunks = chunks();
-    let avg = chunks.iter().map(Vec::len).sum::<usize>() / chunks.len();
+    let avg = chunks.iter().map(|(c, _)| c.len()).sum::<usize>() / chunks.len();
     println!("{CHANGES} changes, {avg} bytes per chunk on average");
     let dir = tempfile::tempdir().unwrap();
     let sled = Store::open(dir.path()).unwrap();

@@ -390,9 +390,9 @@ impl Shared {
                     _ = shutdown.changed() => return,
                 }
                 self.metrics.heartbeat("alerts", tick);
-                if !self.runs("alerts").await {
+                let Some(_round) = self.run_job("alerts").await else {
                     continue;
-                }
+                };
                 self.escalate_due().await;
                 self.check_adherence().await;
                 let config = self.alerting.config();

@@ -193,11 +193,12 @@ impl Shared {
                     _ = tick.tick() => {}
                     _ = shutdown.changed() => return,
                 }
-                if !self.runs("auto-close").await {
+                let Some(round) = self.run_job("auto-close").await else {
                     continue;
-                }
+                };
                 let shared = self.clone();
                 let _ = tokio::task::spawn_blocking(move || {
+                    let _round = round;
                     for (facility, month) in shared.due_months() {
                         match shared.close_month(&facility, month) {
                             Ok(v) => tracing::info!(facility = %facility, month = %month, encounters = v.len(), "month closed after the grace window"),

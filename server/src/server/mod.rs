@@ -377,12 +377,12 @@ impl Shared {
         Ok(shared)
     }
 
-    /// Whether this server runs the background job's next round: always on sled; on a shared
-    /// store only while it holds the job's lease (one server at a time, taken over within the
-    /// lease's 15 s when its holder dies).
-    pub async fn runs(&self, job: &'static str) -> bool {
+    /// A round of a background job, when this server runs it: always on sled; on a shared
+    /// store only while it holds the job's lease (one server at a time; renewed until the
+    /// returned round drops; taken over within the lease's 15 s when its holder dies).
+    pub async fn run_job(&self, job: &'static str) -> Option<crate::sync::store::lease::JobRound> {
         if !self.store.is_shared() {
-            return true;
+            return Some(crate::sync::store::lease::JobRound::unleased());
         }
         let lease = self
             .jobs
@@ -396,13 +396,15 @@ impl Shared {
                 ))
             })
             .clone();
-        let held = tokio::task::spawn_blocking(move || lease.held())
-            .await
-            .unwrap_or(false);
-        if held {
+        let round =
+            tokio::task::spawn_blocking(move || crate::sync::store::lease::JobRound::start(lease))
+                .await
+                .ok()
+                .flatten();
+        if round.is_some() {
             tracing::debug!(job, "this server runs the job's round");
         }
-        held
+        round
     }
 
     /// Other servers' writes (from the feed's thread): the facility index forgets a changed
@@ -491,9 +493,9 @@ impl Shared {
                 let Some(config) = self.push_config() else {
                     continue;
                 };
-                if !self.runs("push").await {
+                let Some(_round) = self.run_job("push").await else {
                     continue;
-                }
+                };
                 match crate::services::push::Outbox::open(self.store.db()) {
                     Ok(outbox) => {
                         let m = self.metrics.clone();

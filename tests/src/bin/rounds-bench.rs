@@ -16,7 +16,9 @@
 //!
 //! `--postgres postgres://USER@HOST:PORT/postgres` also runs the Rounds storm with the store in
 //! PostgreSQL: a fresh database on that cluster, the same starting store moved in with
-//! `rounds migrate` (reported as server `rounds-postgres`).
+//! `rounds migrate` (reported as server `rounds-postgres`), then again with two servers on one
+//! such database, tablet `i` syncing with server `i mod 2` (`rounds-postgres-2-servers`; server
+//! CPU and peak RSS are the two servers' sums).
 //!
 //! `--attack [--attack-seconds 30] [--bad-sign-ins-per-second 200] [--slowloris 500]
 //! [--tablets 10]` runs only the load test (`attack.rs`): one facility's tablets converge on a TLS
@@ -364,13 +366,15 @@ struct StormResult {
     converged: bool,
 }
 
+/// Every tablet syncs at once, tablet `i` with server `i mod servers`.
 async fn round(
     tablets: Vec<(Replica, String)>,
-    server: &Server,
+    servers: &[&Server],
 ) -> (Vec<(Replica, String)>, Duration, Vec<SyncReport>) {
     let start = Instant::now();
     let mut handles = Vec::new();
-    for (mut r, token) in tablets {
+    for (i, (mut r, token)) in tablets.into_iter().enumerate() {
+        let server = servers[i % servers.len()];
         let url = server.url.clone();
         let trust = server.trust.clone();
         handles.push(tokio::spawn(async move {
@@ -390,13 +394,15 @@ async fn round(
     (back, start.elapsed(), reports)
 }
 
+/// The storm against one server, or several sharing a store (each tablet keeps to one).
 async fn storm(
     name: &str,
-    server: &Server,
+    servers: &[&Server],
     templates: &[Template],
     a: &Args,
     work: &Path,
 ) -> StormResult {
+    let server = servers[0];
     // The server holds the facilities before the storm: Rounds by import (its tablets may not
     // write rosters), the reference server by one untimed sync of each facility's template.
     for (f, t) in templates.iter().enumerate() {
@@ -416,11 +422,12 @@ async fn storm(
             tablets.push((r, t.token.clone()));
         }
     }
-    let cpu0 = server.cpu_seconds();
-    let (tablets, push, r1) = round(tablets, server).await;
-    let (tablets, pull, r2) = round(tablets, server).await;
-    let cpu = server.cpu_seconds() - cpu0;
-    let (tablets, idle, r3) = round(tablets, server).await;
+    let cpu_all = || servers.iter().map(|s| s.cpu_seconds()).sum::<f64>();
+    let cpu0 = cpu_all();
+    let (tablets, push, r1) = round(tablets, servers).await;
+    let (tablets, pull, r2) = round(tablets, servers).await;
+    let cpu = cpu_all() - cpu0;
+    let (tablets, idle, r3) = round(tablets, servers).await;
     let docs: usize = r3.iter().map(|r| r.documents).sum();
     let n = tablets.len().max(1) as f64;
     let entries = (tablets.len() * a.entries).max(1) as f64;
@@ -447,7 +454,7 @@ async fn storm(
         converge_seconds: (push + pull).as_secs_f64(),
         bytes_sent: sum(&r1, |r| r.bytes_sent) + sum(&r2, |r| r.bytes_sent),
         bytes_received: sum(&r1, |r| r.bytes_received) + sum(&r2, |r| r.bytes_received),
-        peak_rss_mib: server.peak_rss_kib() as f64 / 1024.0,
+        peak_rss_mib: servers.iter().map(|s| s.peak_rss_kib()).sum::<u64>() as f64 / 1024.0,
         idle_seconds: idle.as_secs_f64(),
         idle_frames_per_doc: sum(&r3, |r| r.frames_sent + r.frames_received) as f64
             / docs.max(1) as f64,
@@ -944,7 +951,7 @@ fn main() {
         }
         let s = rt.block_on(storm(
             "rounds",
-            &start_rounds(&store),
+            &[&start_rounds(&store)],
             &templates,
             &a,
             work.path(),
@@ -962,7 +969,29 @@ fn main() {
             ]);
             let s = rt.block_on(storm(
                 "rounds-postgres",
-                &start_rounds(Path::new(&db.url)),
+                &[&start_rounds(Path::new(&db.url))],
+                &templates,
+                &a,
+                work.path(),
+            ));
+            eprintln!("{s:?}");
+            storms.push(s);
+            // Two servers on one database, the tablets split between them.
+            let db2 = rounds_tests::pg::TestDatabase::create_on(cluster);
+            rounds_tests::rounds_cli(&[
+                "migrate",
+                "--from",
+                before.to_str().expect("path"),
+                "--to",
+                &db2.url,
+            ]);
+            let (one, two) = (
+                start_rounds(Path::new(&db2.url)),
+                start_rounds(Path::new(&db2.url)),
+            );
+            let s = rt.block_on(storm(
+                "rounds-postgres-2-servers",
+                &[&one, &two],
                 &templates,
                 &a,
                 work.path(),
@@ -973,7 +1002,9 @@ fn main() {
         if !a.skip_reference {
             let s = rt.block_on(storm(
                 "reference",
-                &start_reference(&work.path().join(format!("ref-store-{f}"))),
+                &[&start_reference(
+                    &work.path().join(format!("ref-store-{f}")),
+                )],
                 &templates,
                 &a,
                 work.path(),

@@ -13,9 +13,12 @@
 //! A lease is a `meta` entry `lease:<name>` = `holder ‖ expiry (ms since the epoch)`, taken and
 //! renewed with compare-and-swap, so two processes never both believe they hold it. The holder
 //! renews it every [`RENEW_EVERY`]; a holder that dies stops renewing, and after [`LEASE_TTL`]
-//! another process may take it (a standby server takes over). A holder that finds its lease taken
-//! must stop writing at once (the server exits): that is what keeps two writers apart when a
-//! process was paused longer than the lease. Expiry is judged by each process's clock: servers
+//! another process may take it. A command that finds its `writer` lease taken must stop writing
+//! at once (it exits): that is what keeps it apart from servers when it was paused longer than
+//! the lease. A job's lease is renewed while a round runs ([`JobRound`]); only a holder paused
+//! (or cut from the database) for longer than the lease can overlap the next holder's round —
+//! the ledger's versions are insert-if-absent, so a close cannot write one twice, but a push
+//! item could then be sent twice. Expiry is judged by each process's clock: servers
 //! sharing a database keep their clocks synchronised (NTP), and the TTL is far above their skew.
 //!
 //! Architecture invariant: on sled the directory's file lock does this job and no lease is used.
@@ -132,7 +135,7 @@ impl Lease {
             .is_ok())
     }
 
-    /// Give it up (if ours), so a standby takes over at once.
+    /// Give it up (if ours), so another process may take it at once.
     pub fn release(&self) -> KvResult<()> {
         if let Some(current) = self.meta.get(&self.key)?
             && Holder::decode(&current).is_some_and(|h| h.holder == self.me)
@@ -186,6 +189,63 @@ mod tests {
         b.release().unwrap();
         assert!(b.held().unwrap().is_none());
         assert!(a.try_acquire().unwrap());
+    }
+
+    #[test]
+    fn a_job_runs_on_one_server_and_moves_when_its_holder_is_gone() {
+        let (_d, t) = meta();
+        let a = std::sync::Arc::new(JobLease::new(t.clone(), "auto-close"));
+        let b = std::sync::Arc::new(JobLease::new(t.clone(), "auto-close"));
+        let round = JobRound::start(a.clone());
+        assert!(round.is_some());
+        assert!(JobRound::start(b.clone()).is_none(), "one server at a time");
+        drop(round);
+        // The holder keeps it between rounds...
+        assert!(JobRound::start(b.clone()).is_none());
+        assert!(JobRound::start(a.clone()).is_some());
+        // ... until it dies: its lease runs out (or, stopped cleanly, is released).
+        let dead = Holder {
+            holder: a.lease.me.clone(),
+            expires_ms: now_ms() - 1,
+        };
+        t.insert("lease:job:auto-close", dead.encode()).unwrap();
+        assert!(JobRound::start(b.clone()).is_some(), "taken over");
+        assert!(JobRound::start(a.clone()).is_none());
+        drop(b);
+        // (The ended rounds' renewal threads let go of it within 100 ms.)
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            JobRound::start(a).is_some(),
+            "released when the server stops"
+        );
+    }
+
+    #[test]
+    fn commands_and_servers_keep_apart() {
+        let (_d, t) = meta();
+        let server = Presence::announce(t.clone()).unwrap();
+        assert_eq!(servers_present(t.clone()).unwrap(), 1);
+        assert!(matches!(
+            WriterGuard::acquire(t.clone()),
+            Err(HeldError::Served)
+        ));
+        // Refused, the command left no lease behind: another server starts.
+        let second = Presence::announce(t.clone()).unwrap();
+        assert_eq!(servers_present(t.clone()).unwrap(), 2);
+        drop((server, second));
+        assert_eq!(servers_present(t.clone()).unwrap(), 0);
+        let command = WriterGuard::acquire(t.clone()).unwrap();
+        assert!(matches!(
+            Presence::announce(t.clone()),
+            Err(HeldError::Held { .. })
+        ));
+        assert_eq!(
+            servers_present(t.clone()).unwrap(),
+            0,
+            "the waiting server withdrew"
+        );
+        drop(command);
+        assert!(Presence::announce(t).is_ok());
     }
 
     #[test]
@@ -392,8 +452,7 @@ impl JobLease {
         }
     }
 
-    /// Take or renew the lease: true when this server runs the job's next round.
-    pub fn held(&self) -> bool {
+    fn try_hold(&self) -> bool {
         match self.lease.renew() {
             Ok(true) => true,
             Ok(false) => self.lease.try_acquire().unwrap_or_else(|e| {
@@ -405,6 +464,55 @@ impl JobLease {
                 false
             }
         }
+    }
+}
+
+/// A round of a job on the server holding its lease: the lease is renewed every
+/// [`RENEW_EVERY`] until this drops (at the round's end), so a long round keeps it.
+pub struct JobRound {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JobRound {
+    /// A round with no lease to renew (a store with one server: sled).
+    pub fn unleased() -> JobRound {
+        JobRound {
+            stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// Start a round if this server holds (or takes) the job's lease.
+    pub fn start(lease: std::sync::Arc<JobLease>) -> Option<JobRound> {
+        if !lease.try_hold() {
+            return None;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rounds-job".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                let mut last = std::time::Instant::now();
+                while !s.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() >= RENEW_EVERY {
+                        last = std::time::Instant::now();
+                        if !matches!(lease.lease.renew(), Ok(true)) {
+                            tracing::warn!("a job's lease could not be renewed during its round");
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "starting a job's lease renewal");
+        }
+        Some(JobRound { stop })
+    }
+}
+
+impl Drop for JobRound {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

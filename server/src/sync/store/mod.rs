@@ -5,10 +5,12 @@
 //! incremental changes or a whole-document snapshot), `sync_states` (key = document id ‖ peer
 //! storage id), `heads` (key = document id; value = the sequence number of the newest chunk it
 //! describes ‖ the document's heads, 32 bytes each: what the summary exchange compares without
-//! loading the document — an entry older than the newest chunk is recomputed from the chunks),
-//! `meta` (`storage-id`, `seq`), `practices` (`practices::PracticeRegistry`). A snapshot replaces the chunks with smaller sequence
-//! numbers in one atomic batch, so a crash during compaction leaves either the old chunks or the
-//! snapshot, never neither.
+//! loading the document — an entry older than the newest chunk, or marked invalid, is recomputed
+//! from the chunks), `meta` (`storage-id`, `seq`), `practices` (`practices::PracticeRegistry`),
+//! and on PostgreSQL `changes` (the change feed: see [`feed`]). A snapshot replaces older chunks
+//! in one atomic batch (on a database several servers share, only those it contains: see
+//! [`Writers`]), so a crash during compaction leaves either the old chunks or the snapshot,
+//! never neither.
 
 pub mod feed;
 pub mod kv;

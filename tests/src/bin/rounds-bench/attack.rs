@@ -180,7 +180,7 @@ pub fn run(rt: &tokio::runtime::Runtime, a: &Args, work: &Path) {
     copy_dir(&store, &store2);
 
     let (server, _, _) = start_tls(&store);
-    let unloaded: StormResult = rt.block_on(storm("unloaded", &server, &templates, a, work));
+    let unloaded: StormResult = rt.block_on(storm("unloaded", &[&server], &templates, a, work));
     drop(server);
     eprintln!("{unloaded:?}");
 
@@ -228,7 +228,7 @@ pub fn run(rt: &tokio::runtime::Runtime, a: &Args, work: &Path) {
     });
     // Let the attack reach full strength, then the storm.
     std::thread::sleep(Duration::from_secs(3).min(attack_for / 4));
-    let attacked = rt.block_on(storm("attacked", &server, &templates, a, work));
+    let attacked = rt.block_on(storm("attacked", &[&server], &templates, a, work));
     eprintln!("{attacked:?}");
     let _ = rt.block_on(attack);
     let attacked_peak = server.peak_rss_kib() as f64 / 1024.0;

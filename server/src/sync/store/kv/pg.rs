@@ -12,13 +12,16 @@
 //! PRIMARY KEY)`, the sequence `rounds_ids`, and per tree `"kv_<name>" (key BYTEA PRIMARY KEY,
 //! value BYTEA NOT NULL)`.
 //!
-//! **Statements** — plain SQL that PostgreSQL, CockroachDB and YugabyteDB all run (no
-//! LISTEN/NOTIFY, no advisory locks, no `LOCK TABLE`): `CREATE TABLE/SEQUENCE IF NOT EXISTS`,
+//! **Statements** — plain SQL (no advisory locks, no `LOCK TABLE`; `LISTEN`/`pg_notify` only
+//! where a probe at open finds them, the change feed polling otherwise): `CREATE TABLE/SEQUENCE
+//! IF NOT EXISTS`,
 //! `SELECT … WHERE key >= $1 AND key < $2 ORDER BY key [DESC] LIMIT n`, `INSERT … ON CONFLICT
 //! (key) DO UPDATE SET value = EXCLUDED.value` (inside a `WITH old AS (SELECT …)` to return the
 //! previous value), `INSERT … ON CONFLICT DO NOTHING`, `UPDATE … WHERE key = $1 AND value = $2`,
-//! `DELETE … RETURNING`, `SELECT nextval('rounds_ids')`, `SELECT count(*)`, and `BEGIN`/`COMMIT`
-//! for a batch. Only PostgreSQL is tested here.
+//! `DELETE … RETURNING`, `SELECT nextval('rounds_ids')`, `SELECT count(*)`, `BEGIN`/`COMMIT`
+//! for a batch, and for a document write ([`PgKv::write_chunk`]) `INSERT … ON CONFLICT DO UPDATE
+//! SET value = CASE WHEN … END RETURNING value` and `int8send(nextval('rounds_ids'))`. Only
+//! PostgreSQL is tested here.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
