@@ -199,19 +199,23 @@ pub struct Store {
     chunks: crate::sync::store::kv::Tree,
     sync_states: crate::sync::store::kv::Tree,
     heads: crate::sync::store::kv::Tree,
-    /// The `heads` entries read or written, kept in memory (the store has one writer, so they
-    /// stay true): a reconnecting tablet's summary exchange then costs no database round trip
-    /// per document on PostgreSQL. Bounded: cleared past [`HEADS_CACHED`] documents.
+    /// The `heads` entries read or written, kept in memory (true while this process is the
+    /// only writer; on a shared store an entry is dropped when the change feed reports another
+    /// server's write): a reconnecting tablet's summary exchange then costs no database round
+    /// trip per document on PostgreSQL. Bounded: cleared past [`HEADS_CACHED`] documents.
     heads_cache: std::sync::Mutex<std::collections::HashMap<DocumentId, sled::IVec>>,
     meta: crate::sync::store::kv::Tree,
     storage_id: String,
     /// Largest sequence number written (not necessarily flushed).
     written: AtomicU64,
-    /// Each document's newest chunk sequence number (from the keys at open, then every write):
-    /// what the read model checks its entries against, without reading a chunk.
-    /// Ordered by id, it is also the index of stored documents: the summary exchange resolves
-    /// an id prefix here, in memory, instead of in the chunks tree (a database round trip per
-    /// document on PostgreSQL). Complete because the store has one writer.
+    /// Each document's version: its newest chunk sequence number (from the keys at open, then
+    /// every write), or on a shared store a fresh number per write another server made (from
+    /// the change feed): what the read model checks its entries against, without reading a
+    /// chunk. Ordered by id, it is also the index of stored documents: the summary exchange
+    /// resolves an id prefix here, in memory, instead of in the chunks tree (a database round
+    /// trip per document on PostgreSQL). Complete for this process's writes at once, and for
+    /// another server's once the feed reports them (a document not yet listed is synced one
+    /// by one, from the store).
     latest: std::sync::Mutex<std::collections::BTreeMap<DocumentId, u64>>,
     /// Each patient and patient-month document read into the model, kept by sequence number.
     pub read_model: crate::sync::store::read_model::ReadModel,
