@@ -697,3 +697,36 @@ async fn a_month_closes_exactly_once_with_two_servers() {
     assert!(nov > 0);
     assert_eq!(versions(&db, "2026-11", 2), 0, "a version written twice");
 }
+
+/// An enrolment code made through one server, redeemed through both at the same moment:
+/// exactly one tablet gets a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_code_is_single_use_across_servers() {
+    let (db, dir) = imported();
+    let (cert, key) = certificate(dir.path());
+    let (a, b) = (serve(&db, &cert, &key), serve(&db, &cert, &key));
+    let code: serde_json::Value = serde_json::from_str(&rounds_cli(&[
+        "device",
+        "code",
+        "--facility",
+        "sunnyvale",
+        "--store",
+        &db.url,
+        "--server",
+        &format!("https://127.0.0.1:{}", a.port),
+    ]))
+    .unwrap();
+    let (body_a, body_b) = (
+        serde_json::json!({"code": code["code"], "name": "tab-a"}),
+        serde_json::json!({"code": code["code"], "name": "tab-b"}),
+    );
+    let path = "/api/v1/devices/enroll";
+    let (ra, rb) = tokio::join!(
+        rounds_tests::https_request(&a, "POST", path, Some(&body_a), None),
+        rounds_tests::https_request(&b, "POST", path, Some(&body_b), None)
+    );
+    let statuses = [ra.unwrap().0, rb.unwrap().0];
+    let ok = statuses.iter().filter(|s| s.contains("200")).count();
+    assert_eq!(ok, 1, "{statuses:?}");
+    assert!(statuses.iter().any(|s| s.contains("403")), "{statuses:?}");
+}
