@@ -323,3 +323,57 @@ fn an_oversized_summary_is_refused_with_an_error() {
             .any(|a| matches!(a, Action::Close(1, r) if r.contains("summary of 3")))
     );
 }
+
+/// Another server sharing the store wrote a document this hub's connection watches (the
+/// tablet's summary confirmed it): `Hub::absorb` reads the stored change in and sends it to
+/// the watcher at once, without persisting it again. A document nobody here holds or watches
+/// costs nothing.
+#[test]
+fn a_change_another_server_stored_reaches_the_watchers_through_absorb() {
+    let (mut server, facility, patients) = server_with_facility();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (tablet(&da, &facility), tablet(&db, &facility));
+    for (conn, t) in [(1, &mut a), (2, &mut b)] {
+        let (s, _) = connect(&mut server, conn, t);
+        disconnect(&mut server, conn, t, s);
+    }
+    let (mut sa, idle) = connect(&mut server, 3, &mut a);
+    assert_eq!(idle.per_document_frames, 0);
+    assert_eq!(server.hub.loaded_documents(), 0);
+    // B's change lands in the store through another server (this hub never sees a frame).
+    b.edit_care_plan(&patients[1], "fluids", now()).unwrap();
+    let doc = DocumentId::patient(&facility, &patients[1]);
+    let bytes = b.document(doc).unwrap().save();
+    server.store.chunks.entry(doc).or_default().push(bytes);
+    assert_ne!(a.heads(doc).map(sorted), Some(server.heads(doc)));
+    let chunks_before = server.store.chunks[&doc].len();
+    let actions = server.hub.absorb(doc, &mut server.store).unwrap();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Persist { .. })),
+        "absorbing persists nothing"
+    );
+    let frames = server.execute(actions);
+    assert!(frames.iter().all(|(c, _)| *c == 3), "only the watcher");
+    assert!(!frames.is_empty(), "the watcher is told");
+    let mut replies = Vec::new();
+    for (_, f) in frames {
+        replies.extend(sa.receive(&mut a, &f).unwrap());
+    }
+    let mut sent = Sent::default();
+    carry(&mut server, 3, &mut a, &mut sa, replies, &mut sent);
+    assert_eq!(a.heads(doc).map(sorted), Some(server.heads(doc)));
+    assert_eq!(server.store.chunks[&doc].len(), chunks_before);
+    // A document no connection here holds or watches: nothing loaded, nothing sent.
+    disconnect(&mut server, 3, &mut a, sa);
+    let loaded = server.hub.loaded_documents();
+    let other = DocumentId::patient(&facility, &patients[2]);
+    assert!(!server.hub.wants(other));
+    assert!(
+        server
+            .hub
+            .absorb(other, &mut server.store)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(server.hub.loaded_documents(), loaded);
+}
