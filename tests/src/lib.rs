@@ -801,6 +801,16 @@ pub mod pg {
         })
     }
 
+    /// The CA of the certificate the cluster offers (`ROUNDS_TEST_POSTGRES_CA`, set by
+    /// `scripts/test`: `DIR/tls/ca.pem` of `scripts/test-postgres start DIR`).
+    pub fn cluster_ca() -> String {
+        std::env::var("ROUNDS_TEST_POSTGRES_CA").unwrap_or_else(|_| {
+            panic!(
+                "ROUNDS_TEST_POSTGRES_CA is not set: run the tests with scripts/test, or export                  DIR/tls/ca.pem of `scripts/test-postgres start DIR`"
+            )
+        })
+    }
+
     /// Run blocking client work on its own thread (the driver refuses to run inside a test's
     /// tokio runtime).
     fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

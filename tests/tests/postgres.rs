@@ -730,3 +730,58 @@ async fn an_enrolment_code_is_single_use_across_servers() {
     assert_eq!(ok, 1, "{statuses:?}");
     assert!(statuses.iter().any(|s| s.contains("403")), "{statuses:?}");
 }
+
+/// `sslmode=verify-full` with the database's CA: the import and a server reach PostgreSQL over
+/// TLS (every connection of the server's pool and its change feed), and a tablet syncs through
+/// it. With a CA that did not sign the database's certificate, the command is refused, naming
+/// the database (password hidden) and the certificate problem, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_reached_over_verified_tls() {
+    let db = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let ca = rounds_tests::pg::cluster_ca();
+    let tls_url = format!("{}?sslmode=verify-full&sslrootcert={ca}", db.url);
+    // A CA of our own (the tablets' server certificate) did not sign the database's.
+    let wrong = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url,
+        cert.display()
+    );
+    let example = repo_root().join("examples/sunnyvale.json");
+    let refused = rounds_cli_output(&["import", "--store", &wrong, example.to_str().unwrap()]);
+    assert_refused(&refused, "certificate");
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'kv_chunks'"
+        ),
+        0,
+        "nothing written over a connection that was refused"
+    );
+    let out = rounds_cli(&["import", "--store", &tls_url, example.to_str().unwrap()]);
+    assert!(out.contains("imported sunnyvale"), "{out}");
+    let server = serve_on(&tls_url, &cert, &key);
+    let d = tempfile::tempdir().unwrap();
+    let mut t = Replica::open(d.path()).unwrap();
+    t.join_facility("sunnyvale").unwrap();
+    sync_with(&mut t, &server).await.unwrap();
+    let id = log(&mut t, 1);
+    sync_with(&mut t, &server).await.unwrap();
+    // Every connection the server holds to this database is encrypted.
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let plain = db.query_i64(&format!(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = '{name}' AND NOT s.ssl AND a.pid <> pg_backend_pid()"
+    ));
+    let encrypted = db.query_i64(&format!(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = '{name}' AND s.ssl"
+    ));
+    assert_eq!(plain, 0, "a plain connection beside the server's TLS ones");
+    assert!(encrypted >= 2, "the pool and the feed: {encrypted}");
+    let d2 = tempfile::tempdir().unwrap();
+    let mut u = Replica::open(d2.path()).unwrap();
+    u.join_facility("sunnyvale").unwrap();
+    sync_with(&mut u, &server).await.unwrap();
+    assert!(entry_ids(&u).unwrap().contains(&id));
+}

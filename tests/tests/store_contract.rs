@@ -463,12 +463,22 @@ fn a_bad_postgres_url_is_refused_without_its_password() {
     assert!(e.contains("postgres://rounds:***@127.0.0.1:1/none"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");
     let e = Store::open_at(&StoreLocation::Postgres(
-        "postgres://u@127.0.0.1:1/db?sslmode=require".into(),
+        "postgres://u:hunter2@127.0.0.1:1/db?sslmode=sometimes".into(),
     ))
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("TLS"), "{e}");
+    assert!(e.contains("sslmode=sometimes is not one of"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = Store::open_at(&StoreLocation::Postgres(
+        "postgres://u:hunter2@127.0.0.1:1/db?sslmode=verify-full&sslrootcert=/nonexistent.pem"
+            .into(),
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("sslrootcert /nonexistent.pem"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
     let e = "mysql://x@y/z".parse::<StoreLocation>().unwrap_err();
     assert!(e.contains("directory or a postgres:// URL"), "{e}");
 }

@@ -219,10 +219,12 @@ fn open_for_import(store: &crate::sync::store::StoreLocation) -> Result<Opened, 
         rx,
     )
     .map(|shared| (shared, tx))
-    .map_err(|e| {
-        CliError::Invalid(format!(
+    .map_err(|e| match store.dir() {
+        // sled's directory lock: a server holds it.
+        Some(_) => CliError::Invalid(format!(
             "{e} (is a server running on this store? then import through it)"
-        ))
+        )),
+        None => CliError::Invalid(e.to_string()),
     })
 }
 

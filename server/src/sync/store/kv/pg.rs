@@ -25,19 +25,21 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
-use std::str::FromStr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
 use super::{KvError, KvResult};
+
+pub mod tls;
+use tls::Transport;
 
 /// The pool could not serve a call.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("connecting to {url}: {source}")]
+    #[error("connecting to {url}: {}", chain(source))]
     Connect {
         url: String,
         #[source]
@@ -49,9 +51,7 @@ pub enum PoolError {
         #[source]
         source: postgres::Error,
     },
-    #[error(
-        "TLS to PostgreSQL is not supported yet (sslmode={0}): connect over a local or private network, or a TLS-terminating proxy"
-    )]
+    #[error("TLS to PostgreSQL: {0}")]
     Tls(String),
     #[error("{0:?} is not a tree name (lowercase letters, digits, _ and -)")]
     TreeName(String),
@@ -63,6 +63,22 @@ pub enum PoolError {
     Stopped,
     #[error("starting a thread: {0}")]
     Thread(String),
+}
+
+/// An error and its causes, one after the other (the driver's own message alone says only
+/// "error performing TLS handshake", not which certificate was refused).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// One connection and its prepared statements.
@@ -117,12 +133,18 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(config: postgres::Config, url: String, size: usize) -> Arc<Pool> {
+    fn start(
+        config: postgres::Config,
+        transport: Transport,
+        url: String,
+        size: usize,
+    ) -> Arc<Pool> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..size.max(1) {
             let rx = rx.clone();
             let config = config.clone();
+            let transport = transport.clone();
             let redacted = url.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("rounds-pg-{i}"))
@@ -140,7 +162,7 @@ impl Pool {
                             conn = None;
                         }
                         if conn.is_none() {
-                            match config.connect(NoTls) {
+                            match transport.connect(&config) {
                                 Ok(client) => {
                                     conn = Some(Conn {
                                         client,
@@ -208,6 +230,7 @@ pub struct PgKv {
     trees: Mutex<HashSet<String>>,
     /// For connections of their own (the change feed's listener).
     config: postgres::Config,
+    transport: Transport,
     /// Whether the database runs `pg_notify` (PostgreSQL does; engines without it are polled).
     notify: bool,
 }
@@ -258,22 +281,13 @@ impl PgKv {
     /// Connect (`size` connections at most), apply the schema migrations, and check the version.
     pub fn open(url: &str, size: usize) -> KvResult<Arc<PgKv>> {
         let redacted = redact(url);
-        let config = postgres::Config::from_str(url).map_err(|source| PoolError::Url {
-            url: redacted.clone(),
-            source,
-        })?;
-        if let Some(mode) = url
-            .split(['?', '&'])
-            .find_map(|p| p.strip_prefix("sslmode="))
-            .filter(|m| !matches!(*m, "disable" | "allow" | "prefer"))
-        {
-            return Err(PoolError::Tls(mode.to_string()).into());
-        }
-        let pool = Pool::start(config.clone(), redacted, size);
+        let (config, transport) = tls::parse(url, &redacted)?;
+        let pool = Pool::start(config.clone(), transport.clone(), redacted, size);
         let mut kv = PgKv {
             pool,
             trees: Mutex::new(HashSet::new()),
             config,
+            transport,
             notify: false,
         };
         kv.migrate()?;
@@ -420,8 +434,8 @@ impl PgKv {
 
     /// A connection of its own, outside the pool (the change feed's `LISTEN`).
     pub fn connect(&self) -> Result<Client, PoolError> {
-        self.config
-            .connect(NoTls)
+        self.transport
+            .connect(&self.config)
             .map_err(|source| PoolError::Connect {
                 url: self.pool.url.clone(),
                 source,
