@@ -210,10 +210,22 @@ fn with_token(server: &ServerProcess, token: &str) -> rounds_core::sync::net::Sy
 /// holds in memory, which learn of the writes through the change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_database_converge() {
+    converge_on_two_servers("").await;
+}
+
+/// The same with the change feed polling only (`notify=off`: as on an engine without
+/// `LISTEN`/`NOTIFY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_converge_with_the_feed_polling_only() {
+    converge_on_two_servers("?notify=off").await;
+}
+
+async fn converge_on_two_servers(options: &str) {
     let (db, dir) = imported();
     let (cert, key) = certificate(dir.path());
     let tokens = devices(&db, 10);
-    let servers = [serve(&db, &cert, &key), serve(&db, &cert, &key)];
+    let url = format!("{}{options}", db.url);
+    let servers = [serve_on(&url, &cert, &key), serve_on(&url, &cert, &key)];
     assert_eq!(servers[0].fingerprint, servers[1].fingerprint);
     let dirs: Vec<tempfile::TempDir> = (0..10).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut tablets: Vec<Replica> = Vec::new();
@@ -250,7 +262,14 @@ async fn two_servers_on_one_database_converge() {
         assert!(r.unwrap().unsent.is_empty());
         tablets.push(t);
     }
-    // Another round: each tablet now gets what the others sent to either server.
+    // Another round: each tablet now gets what the others sent to either server (once the
+    // feed had time to tell: notifications arrive within milliseconds, a poll within 0.5 s).
+    tokio::time::sleep(std::time::Duration::from_millis(if options.is_empty() {
+        0
+    } else {
+        1200
+    }))
+    .await;
     for (i, t) in tablets.iter_mut().enumerate() {
         let s = &servers[i % 2];
         rounds_core::sync::net::sync(t, &s.url(), &with_token(s, &tokens[i]), &mut |_, _| {})

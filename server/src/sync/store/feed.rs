@@ -37,6 +37,8 @@ use super::kv::pg::{CHANGES_CHANNEL, PgKv};
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How far back a poll looks for entries committed late.
 pub const LOOKBACK: Duration = Duration::from_secs(5);
+/// Entries read per query of a poll.
+const PAGE: usize = 5000;
 /// How long entries are kept.
 pub const KEEP: Duration = Duration::from_secs(600);
 
@@ -137,9 +139,9 @@ impl State {
                 .map_err(|e| e.to_string())?;
         }
         let select = client
-            .prepare(
-                "SELECT key, value FROM \"kv_changes\" WHERE key > $1 ORDER BY key LIMIT 10000",
-            )
+            .prepare(&format!(
+                "SELECT key, value FROM \"kv_changes\" WHERE key > $1 ORDER BY key LIMIT {PAGE}"
+            ))
             .map_err(|e| e.to_string())?;
         if self.low.is_none() {
             let rows = client
@@ -187,18 +189,28 @@ impl State {
                 }
             }
             if last_poll.elapsed() >= POLL_EVERY {
-                let low = self.low.unwrap_or(0);
-                let rows = client
-                    .query(&select, &[&low.to_be_bytes().to_vec()])
-                    .map_err(|e| e.to_string())?;
-                for r in rows {
-                    let key: Vec<u8> = r.get(0);
-                    let value: Vec<u8> = r.get(1);
-                    let (Ok(k), Some(c)) = (<[u8; 8]>::try_from(key), Change::decode(&value))
-                    else {
-                        continue;
-                    };
-                    self.take(u64::from_be_bytes(k), c, own, &mut changes);
+                // Page by page from the mark: a busy window may hold more than one page.
+                let mut from = self.low.unwrap_or(0);
+                loop {
+                    let rows = client
+                        .query(&select, &[&from.to_be_bytes().to_vec()])
+                        .map_err(|e| e.to_string())?;
+                    let full = rows.len() >= PAGE;
+                    for r in rows {
+                        let key: Vec<u8> = r.get(0);
+                        let value: Vec<u8> = r.get(1);
+                        let Ok(k) = <[u8; 8]>::try_from(key) else {
+                            continue;
+                        };
+                        let id = u64::from_be_bytes(k);
+                        from = from.max(id);
+                        if let Some(c) = Change::decode(&value) {
+                            self.take(id, c, own, &mut changes);
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
                 }
                 last_poll = Instant::now();
                 self.advance(last_poll);

@@ -281,7 +281,7 @@ impl PgKv {
     /// Connect (`size` connections at most), apply the schema migrations, and check the version.
     pub fn open(url: &str, size: usize) -> KvResult<Arc<PgKv>> {
         let redacted = redact(url);
-        let (config, transport) = tls::parse(url, &redacted)?;
+        let (config, transport, options) = tls::parse(url, &redacted)?;
         let pool = Pool::start(config.clone(), transport.clone(), redacted, size);
         let mut kv = PgKv {
             pool,
@@ -291,11 +291,13 @@ impl PgKv {
             notify: false,
         };
         kv.migrate()?;
-        // Engines of the PostgreSQL protocol without LISTEN/NOTIFY are polled only.
-        kv.notify = kv
-            .pool
-            .run(|c| c.query("SELECT pg_notify('rounds_probe', '')", &[]))
-            .is_ok();
+        // Engines of the PostgreSQL protocol without LISTEN/NOTIFY are polled only (and so is
+        // a database whose URL says `notify=off`).
+        kv.notify = options.notify
+            && kv
+                .pool
+                .run(|c| c.query("SELECT pg_notify('rounds_probe', '')", &[]))
+                .is_ok();
         Ok(Arc::new(kv))
     }
 

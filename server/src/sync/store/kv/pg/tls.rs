@@ -1,5 +1,6 @@
 //! How a connection reaches the database: plain TCP, or TLS with the server's certificate
-//! verified (`sslmode=require`, `verify-ca` or `verify-full` in the URL).
+//! verified (`sslmode=require`, `verify-ca` or `verify-full` in the URL); and Rounds' own URL
+//! options (`notify=off`).
 //!
 //! Rounds always verifies what it encrypts to: the certificate chain against `sslrootcert=FILE`
 //! (PEM; the database's own CA) or else the system's roots, and the host name or address in the
@@ -35,17 +36,37 @@ impl Transport {
     }
 }
 
-/// The driver's configuration and the transport, from a `postgres://` URL. `sslrootcert` is
-/// taken out (the driver does not know it) and the `verify-*` modes become the driver's
-/// `require`; the redacted URL names the database in errors.
-pub fn parse(url: &str, redacted: &str) -> Result<(postgres::Config, Transport), PoolError> {
+/// What a `postgres://` URL asks of Rounds besides the driver's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `notify=off`: the change feed polls only, as on an engine without `LISTEN`/`NOTIFY`
+    /// (default on where the database has them).
+    pub notify: bool,
+}
+
+/// The driver's configuration, the transport and Rounds' own options, from a `postgres://`
+/// URL. `sslrootcert` and `notify` are taken out (the driver does not know them) and the
+/// `verify-*` modes become the driver's `require`; the redacted URL names the database in
+/// errors.
+pub fn parse(
+    url: &str,
+    redacted: &str,
+) -> Result<(postgres::Config, Transport, Options), PoolError> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut kept = Vec::new();
     let (mut mode, mut root) = (None, None);
+    let mut options = Options { notify: true };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("sslmode", m)) => mode = Some(m.to_string()),
             Some(("sslrootcert", f)) => root = Some(f.to_string()),
+            Some(("notify", "off")) => options.notify = false,
+            Some(("notify", "on")) => options.notify = true,
+            Some(("notify", other)) => {
+                return Err(PoolError::Tls(format!(
+                    "notify={other}: the change feed's notifications are on or off"
+                )));
+            }
             _ => kept.push(pair.to_string()),
         }
     }
@@ -79,7 +100,7 @@ pub fn parse(url: &str, redacted: &str) -> Result<(postgres::Config, Transport),
                     .into(),
             ));
         }
-        return Ok((config, Transport::Plain));
+        return Ok((config, Transport::Plain, options));
     }
     let mut roots = rustls::RootCertStore::empty();
     match &root {
@@ -120,6 +141,7 @@ pub fn parse(url: &str, redacted: &str) -> Result<(postgres::Config, Transport),
     Ok((
         config,
         Transport::Tls(tokio_postgres_rustls::MakeRustlsConnect::new(client)),
+        options,
     ))
 }
 
@@ -129,12 +151,14 @@ mod tests {
 
     #[test]
     fn plain_and_tls_modes_and_bad_ones() {
-        let (c, t) = parse("postgres://u@h:5432/d", "-").unwrap();
+        let (c, t, o) = parse("postgres://u@h:5432/d", "-").unwrap();
         assert!(!t.is_tls());
+        assert!(o.notify);
         assert_eq!(c.get_dbname(), Some("d"));
-        let (_, t) = parse("postgres://u@h:5432/d?sslmode=disable", "-").unwrap();
+        let (_, t, o) = parse("postgres://u@h:5432/d?sslmode=disable&notify=off", "-").unwrap();
         assert!(!t.is_tls());
-        let (c, t) = parse(
+        assert!(!o.notify);
+        let (c, t, _) = parse(
             "postgres://u@h:5432/d?application_name=x&sslmode=verify-full",
             "-",
         )
@@ -147,6 +171,7 @@ mod tests {
             "postgres://u@h/d?sslrootcert=/nonexistent&sslmode=verify-full",
             "postgres://u@h/d?sslrootcert=/etc/hostname&sslmode=verify-full",
             "postgres://u@h/d?sslrootcert=/etc/hostname",
+            "postgres://u@h/d?notify=maybe",
         ] {
             assert!(
                 matches!(parse(bad, "-"), Err(PoolError::Tls(_))),
