@@ -205,6 +205,56 @@ fn with_token(server: &ServerProcess, token: &str) -> rounds_core::sync::net::Sy
     o
 }
 
+/// A tablet per directory, tablet `i` joined and synced once with server `i mod 2`.
+async fn tablets_split(
+    dirs: &[tempfile::TempDir],
+    servers: &[ServerProcess],
+    tokens: &[String],
+) -> Vec<Replica> {
+    let mut tablets = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut r = Replica::open(d.path()).unwrap();
+        r.join_facility("sunnyvale").unwrap();
+        let s = &servers[i % 2];
+        rounds_core::sync::net::sync(&mut r, &s.url(), &with_token(s, &tokens[i]), &mut |_, _| {})
+            .await
+            .unwrap();
+        tablets.push(r);
+    }
+    tablets
+}
+
+/// Each tablet logs `per` entries; their ids.
+fn log_each(tablets: &mut [Replica], per: usize) -> Vec<String> {
+    let mut written = Vec::new();
+    for (i, t) in tablets.iter_mut().enumerate() {
+        for k in 0..per {
+            written.push(log(t, (i * per + k) as i64));
+        }
+    }
+    written
+}
+
+type Synced = tokio::task::JoinHandle<(Replica, bool)>;
+
+/// Every tablet syncs at once with server `i mod 2`, in one attempt: each task gives the
+/// tablet back and whether it sent everything.
+fn storm(tablets: Vec<Replica>, servers: &[ServerProcess], tokens: &[String]) -> Vec<Synced> {
+    let mut storm = Vec::new();
+    for (i, mut t) in tablets.into_iter().enumerate() {
+        let (url, mut opts) = (
+            servers[i % 2].url(),
+            with_token(&servers[i % 2], &tokens[i]),
+        );
+        opts.attempts = 1;
+        storm.push(tokio::spawn(async move {
+            let r = rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {}).await;
+            (t, r.is_ok_and(|r| r.unsent.is_empty()))
+        }));
+    }
+    storm
+}
+
 /// Two servers on one database, ten tablets split between them: every tablet ends up with every
 /// other tablet's entries, whichever server it talks to — including documents the other server
 /// holds in memory, which learn of the writes through the change feed.
@@ -228,40 +278,16 @@ async fn converge_on_two_servers(options: &str) {
     let servers = [serve_on(&url, &cert, &key), serve_on(&url, &cert, &key)];
     assert_eq!(servers[0].fingerprint, servers[1].fingerprint);
     let dirs: Vec<tempfile::TempDir> = (0..10).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut tablets: Vec<Replica> = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let mut r = Replica::open(d.path()).unwrap();
-        r.join_facility("sunnyvale").unwrap();
-        let s = &servers[i % 2];
-        rounds_core::sync::net::sync(&mut r, &s.url(), &with_token(s, &tokens[i]), &mut |_, _| {})
-            .await
-            .unwrap();
-        tablets.push(r);
-    }
+    let mut tablets = tablets_split(&dirs, &servers, &tokens).await;
     // Every tablet writes, then all sync at once, each with its own server.
-    let mut written = Vec::new();
-    for (i, t) in tablets.iter_mut().enumerate() {
-        for k in 0..4 {
-            written.push(log(t, (i * 4 + k) as i64));
-        }
+    let written = log_each(&mut tablets, 4);
+    let mut tablets_back = Vec::new();
+    for s in storm(tablets, &servers, &tokens) {
+        let (t, finished) = s.await.unwrap();
+        assert!(finished);
+        tablets_back.push(t);
     }
-    let mut storm = Vec::new();
-    for (i, mut t) in tablets.into_iter().enumerate() {
-        let (url, opts) = (
-            servers[i % 2].url(),
-            with_token(&servers[i % 2], &tokens[i]),
-        );
-        storm.push(tokio::spawn(async move {
-            let r = rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {}).await;
-            (t, r)
-        }));
-    }
-    let mut tablets = Vec::new();
-    for s in storm {
-        let (t, r) = s.await.unwrap();
-        assert!(r.unwrap().unsent.is_empty());
-        tablets.push(t);
-    }
+    let mut tablets = tablets_back;
     // Another round: each tablet now gets what the others sent to either server (once the
     // feed had time to tell: notifications arrive within milliseconds, a poll within 0.5 s).
     tokio::time::sleep(std::time::Duration::from_millis(if options.is_empty() {
@@ -490,35 +516,10 @@ async fn a_server_killed_mid_storm_loses_nothing_and_the_other_serves_its_tablet
     let mut servers = [serve(&db, &cert, &key), serve(&db, &cert, &key)];
     // Ten tablets, each with a day of entries, joined and synced once with its server.
     let dirs: Vec<tempfile::TempDir> = (0..10).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut tablets: Vec<Replica> = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let mut r = Replica::open(d.path()).unwrap();
-        r.join_facility("sunnyvale").unwrap();
-        let s = &servers[i % 2];
-        rounds_core::sync::net::sync(&mut r, &s.url(), &with_token(s, &tokens[i]), &mut |_, _| {})
-            .await
-            .unwrap();
-        tablets.push(r);
-    }
-    let mut written = Vec::new();
-    for (i, t) in tablets.iter_mut().enumerate() {
-        for k in 0..8 {
-            written.push(log(t, (i * 8 + k) as i64));
-        }
-    }
+    let mut tablets = tablets_split(&dirs, &servers, &tokens).await;
+    let written = log_each(&mut tablets, 8);
     // The storm: every tablet syncs at once with its server; server 0 dies in the middle.
-    let mut storm = Vec::new();
-    for (i, mut t) in tablets.into_iter().enumerate() {
-        let (url, mut opts) = (
-            servers[i % 2].url(),
-            with_token(&servers[i % 2], &tokens[i]),
-        );
-        opts.attempts = 1;
-        storm.push(tokio::spawn(async move {
-            let r = rounds_core::sync::net::sync(&mut t, &url, &opts, &mut |_, _| {}).await;
-            (t, r.is_ok_and(|r| r.unsent.is_empty()))
-        }));
-    }
+    let storm = storm(tablets, &servers, &tokens);
     // Kill it once the first tablet is through: the others are in the middle of their sync.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !storm.iter().any(|s| s.is_finished()) && std::time::Instant::now() < until {
