@@ -92,6 +92,7 @@ pub fn start(store: &Arc<Store>, deliver: impl Fn(Vec<Change>) + Send + 'static)
             let mut state = State::default();
             while !s.load(Ordering::SeqCst) {
                 let Some(store) = st.upgrade() else { return };
+                // Tells the store of another server's write (and answers whether it was ours).
                 let own = |c: &Change| !store.foreign_change(&c.doc, c.seq);
                 match state.run(&pg, &s, &own, &deliver) {
                     Ok(()) => return,

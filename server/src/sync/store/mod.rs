@@ -242,7 +242,6 @@ pub struct Store {
 ///   hands the other servers' writes to the hubs, the read model and the caches here
 ///   ([`Store::foreign_change`]).
 struct Writers {
-    pg: std::sync::Arc<kv::pg::PgKv>,
     epoch: u64,
     /// Per loaded document, the `heads` entry read before its chunks were (None: there was none).
     known: std::sync::Mutex<std::collections::HashMap<DocumentId, Option<Vec<u8>>>>,
@@ -384,7 +383,7 @@ impl Store {
             }
         }
         let writers = match &db {
-            kv::Db::Pg(pg) => {
+            kv::Db::Pg(_) => {
                 db.open_tree("changes").map_err(err("open changes"))?;
                 let epoch = db.generate_id().map_err(err("take an epoch"))?;
                 if epoch >= 1 << 31 {
@@ -397,7 +396,6 @@ impl Store {
                 }
                 seq = epoch << 32;
                 Some(Writers {
-                    pg: pg.clone(),
                     epoch,
                     known: std::sync::Mutex::new(std::collections::HashMap::new()),
                     versions: AtomicU64::new((epoch << 32) | (1 << 31)),
@@ -567,8 +565,13 @@ impl Store {
             }
             _ => None,
         };
-        let recorded =
-            w.pg.write_chunk(kv::pg::ChunkWrite {
+        let recorded = self
+            .pg()
+            .ok_or(StoreError::Kv {
+                op: "write chunk",
+                source: kv::KvError::Pool(kv::pg::PoolError::Stopped),
+            })?
+            .write_chunk(kv::pg::ChunkWrite {
                 key: key.to_vec(),
                 chunk: chunk.to_vec(),
                 removes,
@@ -653,7 +656,10 @@ impl Store {
 
     /// The PostgreSQL database, when the store is one (the change feed).
     pub fn pg(&self) -> Option<&std::sync::Arc<kv::pg::PgKv>> {
-        self.writers.as_ref().map(|w| &w.pg)
+        match &self.db {
+            kv::Db::Pg(pg) => Some(pg),
+            kv::Db::Sled(_) => None,
+        }
     }
 
     pub fn save_sync_state(
