@@ -54,9 +54,19 @@ impl Shared {
     ) -> Result<Vec<EncounterVersion>, LedgerError> {
         let _span = tracing::info_span!("close", %facility, %month).entered();
         let started = std::time::Instant::now();
-        let written = self
-            .ledger
-            .close(&self.store, facility, month, &self.rules)?;
+        // Another server's close of the same month may write a version first: close again
+        // from the versions as they are then (a few times; each attempt reads afresh).
+        let mut attempt = 0;
+        let written = loop {
+            attempt += 1;
+            match self.ledger.close(&self.store, facility, month, &self.rules) {
+                Err(LedgerError::Conflict { patient, version }) if attempt < 4 => {
+                    tracing::info!(facility, %month, %patient, version, attempt, "another close wrote first; closing again");
+                    std::thread::sleep(Duration::from_millis(50 * attempt));
+                }
+                other => break other?,
+            }
+        };
         self.metrics
             .close_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -59,6 +59,10 @@ pub enum LedgerError {
     Store(String),
     #[error(transparent)]
     Billing(#[from] billing::BillingError),
+    /// Another close of the same month (on another server) wrote this version first: close
+    /// again, from the versions as they are now.
+    #[error("version {version} of {patient} was written meanwhile by another close")]
+    Conflict { patient: String, version: u32 },
 }
 
 pub use crate::sync::store::read_model::{FacilityData, facility_data};
@@ -177,7 +181,36 @@ impl Ledger {
 
     /// Close (or re-evaluate a closed) month: compute every encounter and store a new version
     /// where the lines changed. Returns the versions written.
+    ///
+    /// The month is marked closed *before* its documents are read: a change written on another
+    /// server sharing the store either is read here or, committed after that read, finds the
+    /// mark when that server looks for closed months it touched — and re-closes the month
+    /// itself. Each version is written only if absent ([`LedgerError::Conflict`] when another
+    /// close wrote it first). A first close that fails takes its mark back.
     pub fn close(
+        &self,
+        store: &Store,
+        facility: &str,
+        month: Month,
+        rules: &RuleSet,
+    ) -> Result<Vec<EncounterVersion>, LedgerError> {
+        let was_closed = self.is_closed(facility, month);
+        if !was_closed {
+            self.closed
+                .insert(prefix(facility, month), Utc::now().to_rfc3339().as_bytes())
+                .map_err(|e| LedgerError::Store(e.to_string()))?;
+        }
+        let written = self.close_marked(store, facility, month, rules);
+        if written.is_err()
+            && !was_closed
+            && let Err(e) = self.closed.remove(prefix(facility, month))
+        {
+            tracing::error!(facility, %month, error = %e, "could not take back a failed close's mark");
+        }
+        written
+    }
+
+    fn close_marked(
         &self,
         store: &Store,
         facility: &str,
@@ -245,14 +278,12 @@ impl Ledger {
                     Some(bytes),
                 )
                 .map_err(|e| LedgerError::Store(e.to_string()))?
-                .map_err(|_| {
-                    LedgerError::Store(format!("version {version} of {} exists", v.patient))
+                .map_err(|_| LedgerError::Conflict {
+                    patient: v.patient.clone(),
+                    version,
                 })?;
             written.push(v);
         }
-        self.closed
-            .insert(prefix(facility, month), now.to_rfc3339().as_bytes())
-            .map_err(|e| LedgerError::Store(e.to_string()))?;
         store
             .flush()
             .map_err(|e| LedgerError::Store(e.to_string()))?;
@@ -432,4 +463,58 @@ pub fn closed_month(
         versions: ledger.latest(facility, month),
         split: std::sync::OnceLock::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_example() -> (tempfile::TempDir, Store, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data =
+            rounds_core::parse_data_file(include_str!("../../../examples/sunnyvale.json")).unwrap();
+        let facility = data.facility.id.clone();
+        let mut replica = rounds_core::Replica::in_memory();
+        replica.import(&data, Utc::now()).unwrap();
+        for (i, id) in replica.document_ids().into_iter().enumerate() {
+            if let Some(d) = replica.document(id) {
+                store.persist(&id, i as u64 + 1, &d.save(), true).unwrap();
+            }
+        }
+        (dir, store, facility)
+    }
+
+    #[test]
+    fn a_failed_first_close_takes_its_mark_back_and_a_failed_re_close_keeps_it() {
+        let (_dir, store, facility) = store_with_example();
+        let ledger = Ledger::open(store.db()).unwrap();
+        let month: Month = "2026-11".parse().unwrap();
+        let rules = RuleSet::default();
+        // A facility without documents: the close fails, and leaves no mark behind.
+        assert!(matches!(
+            ledger.close(&store, "nowhere", month, &rules),
+            Err(LedgerError::NoFacility(_))
+        ));
+        assert!(!ledger.is_closed("nowhere", month));
+        assert!(ledger.closed_months().is_empty());
+        // A real close marks the month and writes its versions once.
+        let first = ledger.close(&store, &facility, month, &rules).unwrap();
+        assert!(!first.is_empty());
+        assert!(ledger.is_closed(&facility, month));
+        assert!(
+            ledger
+                .close(&store, &facility, month, &rules)
+                .unwrap()
+                .is_empty()
+        );
+        // A re-close that fails keeps the mark that was there before (a marked month of a
+        // facility without documents stands in for one).
+        ledger
+            .closed
+            .insert(prefix("nowhere", month), b"earlier".to_vec())
+            .unwrap();
+        assert!(ledger.close(&store, "nowhere", month, &rules).is_err());
+        assert!(ledger.is_closed("nowhere", month));
+    }
 }
