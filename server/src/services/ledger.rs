@@ -80,6 +80,9 @@ impl From<crate::sync::store::read_model::ReadError> for LedgerError {
     }
 }
 
+/// The `closed_months` value of a month whose close started but has not completed.
+const CLOSING: &[u8] = b"closing";
+
 /// The ledger in the store.
 pub struct Ledger {
     versions: crate::sync::store::kv::Tree,
@@ -154,7 +157,14 @@ impl Ledger {
         })
     }
 
+    /// Whether the month's close completed (a close in progress, or one interrupted by a
+    /// crash, is not: the automatic close picks an interrupted one up again).
     pub fn is_closed(&self, facility: &str, month: Month) -> bool {
+        matches!(self.closed.get(prefix(facility, month)), Ok(Some(v)) if v.as_ref() != CLOSING)
+    }
+
+    /// Whether a close of the month started (completed or not).
+    fn is_marked(&self, facility: &str, month: Month) -> bool {
         self.closed
             .contains_key(prefix(facility, month))
             .unwrap_or(false)
@@ -182,7 +192,8 @@ impl Ledger {
     /// Close (or re-evaluate a closed) month: compute every encounter and store a new version
     /// where the lines changed. Returns the versions written.
     ///
-    /// The month is marked closed *before* its documents are read: a change written on another
+    /// The month is marked (`closing`) *before* its documents are read, and closed once every
+    /// version is written: a change written on another
     /// server sharing the store either is read here or, committed after that read, finds the
     /// mark when that server looks for closed months it touched — and re-closes the month
     /// itself. Each version is written only if absent ([`LedgerError::Conflict`] when another
@@ -194,15 +205,15 @@ impl Ledger {
         month: Month,
         rules: &RuleSet,
     ) -> Result<Vec<EncounterVersion>, LedgerError> {
-        let was_closed = self.is_closed(facility, month);
-        if !was_closed {
+        let was_marked = self.is_marked(facility, month);
+        if !was_marked {
             self.closed
-                .insert(prefix(facility, month), Utc::now().to_rfc3339().as_bytes())
+                .insert(prefix(facility, month), CLOSING)
                 .map_err(|e| LedgerError::Store(e.to_string()))?;
         }
         let written = self.close_marked(store, facility, month, rules);
         if written.is_err()
-            && !was_closed
+            && !was_marked
             && let Err(e) = self.closed.remove(prefix(facility, month))
         {
             tracing::error!(facility, %month, error = %e, "could not take back a failed close's mark");
@@ -284,13 +295,16 @@ impl Ledger {
                 })?;
             written.push(v);
         }
+        self.closed
+            .insert(prefix(facility, month), now.to_rfc3339().as_bytes())
+            .map_err(|e| LedgerError::Store(e.to_string()))?;
         store
             .flush()
             .map_err(|e| LedgerError::Store(e.to_string()))?;
         Ok(written)
     }
 
-    /// Closed (facility, month) pairs.
+    /// Closed (facility, month) pairs, and those whose close started (their late data is watched).
     pub fn closed_months(&self) -> Vec<(String, Month)> {
         self.closed
             .iter()
@@ -508,6 +522,16 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // A close interrupted (by a crash) leaves its month marked but not closed: its late
+        // data is still watched, the automatic close does it again, and that completes it.
+        ledger
+            .closed
+            .insert(prefix(&facility, month), CLOSING)
+            .unwrap();
+        assert!(!ledger.is_closed(&facility, month));
+        assert!(ledger.closed_months().contains(&(facility.clone(), month)));
+        ledger.close(&store, &facility, month, &rules).unwrap();
+        assert!(ledger.is_closed(&facility, month));
         // A re-close that fails keeps the mark that was there before (a marked month of a
         // facility without documents stands in for one).
         ledger

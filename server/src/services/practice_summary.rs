@@ -10,7 +10,7 @@ use rounds_core::billing::summary::{self, PracticeFacilityMonth};
 use crate::services::ledger::{ClosedMonth, Ledger, LedgerError, closed_month};
 use crate::sync::store::Store;
 
-/// The facilities closed for `month`, sorted, each loaded.
+/// The facilities closed for `month` (a close in progress is not yet), sorted, each loaded.
 fn closed_facilities(
     store: &Store,
     ledger: &Ledger,
@@ -19,7 +19,7 @@ fn closed_facilities(
     let mut facilities: Vec<String> = ledger
         .closed_months()
         .into_iter()
-        .filter(|(_, m)| *m == month)
+        .filter(|(f, m)| *m == month && ledger.is_closed(f, *m))
         .map(|(f, _)| f)
         .collect();
     facilities.sort();
