@@ -483,21 +483,7 @@ pub fn closed_month(
 mod tests {
     use super::*;
 
-    fn store_with_example() -> (tempfile::TempDir, Store, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let data =
-            rounds_core::parse_data_file(include_str!("../../../examples/sunnyvale.json")).unwrap();
-        let facility = data.facility.id.clone();
-        let mut replica = rounds_core::Replica::in_memory();
-        replica.import(&data, Utc::now()).unwrap();
-        for (i, id) in replica.document_ids().into_iter().enumerate() {
-            if let Some(d) = replica.document(id) {
-                store.persist(&id, i as u64 + 1, &d.save(), true).unwrap();
-            }
-        }
-        (dir, store, facility)
-    }
+    use crate::sync::store::read_model::tests::store_with_example;
 
     #[test]
     fn a_failed_first_close_takes_its_mark_back_and_a_failed_re_close_keeps_it() {

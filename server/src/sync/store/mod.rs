@@ -255,6 +255,16 @@ impl Writers {
     }
 }
 
+/// A `heads` entry: `seq` ‖ the heads, 32 bytes each.
+fn heads_entry(seq: u64, heads: &[automerge::ChangeHash]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + 32 * heads.len());
+    v.extend_from_slice(&seq.to_be_bytes());
+    for h in heads {
+        v.extend_from_slice(&h.0);
+    }
+    v
+}
+
 /// A `heads` entry marked invalid by `seq`'s writer (recomputed on the next read).
 fn invalid_heads(seq: u64) -> Vec<u8> {
     let mut v = seq.to_be_bytes().to_vec();
@@ -555,14 +565,7 @@ impl Store {
             known.get(doc).cloned()
         };
         let value = match (heads, &expected) {
-            (Some(h), Some(_)) => {
-                let mut v = Vec::with_capacity(8 + 32 * h.len());
-                v.extend_from_slice(&seq.to_be_bytes());
-                for x in h {
-                    v.extend_from_slice(&x.0);
-                }
-                Some(v)
-            }
+            (Some(h), Some(_)) => Some(heads_entry(seq, h)),
             _ => None,
         };
         let recorded = self
@@ -686,11 +689,7 @@ impl Store {
         heads: &[automerge::ChangeHash],
     ) -> Result<(), StoreError> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let mut v = Vec::with_capacity(8 + 32 * heads.len());
-        v.extend_from_slice(&seq.to_be_bytes());
-        for h in heads {
-            v.extend_from_slice(&h.0);
-        }
+        let v = heads_entry(seq, heads);
         self.heads
             .insert(doc.as_bytes(), v.clone())
             .map_err(err("write heads"))?;
@@ -737,11 +736,7 @@ impl Store {
         match latest {
             Some(l) => self.record_heads(doc, l, &heads)?,
             None => {
-                let mut v = Vec::with_capacity(8 + 32 * heads.len());
-                v.extend_from_slice(&0u64.to_be_bytes());
-                for h in &heads {
-                    v.extend_from_slice(&h.0);
-                }
+                let v = heads_entry(0, &heads);
                 let swapped = self
                     .heads
                     .compare_and_swap(doc.as_bytes(), read.as_deref(), Some(v.clone()))

@@ -376,11 +376,12 @@ impl ReadModel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A store with one imported facility (the bundled Sunnyvale example).
-    fn store_with_example() -> (tempfile::TempDir, Store, String) {
+    /// A sled store holding the example facility (also used by the ledger's tests).
+    pub(crate) fn store_with_example() -> (tempfile::TempDir, Store, String) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let data =
