@@ -14,6 +14,21 @@ use rounds_core::sync::hub::{Action, AllowAll, Hub, HubConfig};
 use rounds_core::sync::summary::{self, Prefix};
 use rounds_core::sync::wire::{Message, PeerMetadata};
 
+/// Two tablets of the facility, each synced once (and disconnected).
+fn synced_pair(
+    server: &mut Server,
+    facility: &str,
+    da: &tempfile::TempDir,
+    db: &tempfile::TempDir,
+) -> (rounds_core::Replica, rounds_core::Replica) {
+    let (mut a, mut b) = (tablet(da, facility), tablet(db, facility));
+    for (conn, t) in [(1, &mut a), (2, &mut b)] {
+        let (s, _) = connect(server, conn, t);
+        disconnect(server, conn, t, s);
+    }
+    (a, b)
+}
+
 #[test]
 fn an_idle_reconnect_is_one_summary_and_no_per_document_message() {
     let (mut server, facility, _) = server_with_facility();
@@ -49,11 +64,7 @@ fn an_idle_reconnect_is_one_summary_and_no_per_document_message() {
 fn the_summary_syncs_exactly_the_documents_changed_elsewhere() {
     let (mut server, facility, patients) = server_with_facility();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut a, mut b) = (tablet(&da, &facility), tablet(&db, &facility));
-    for (conn, t) in [(1, &mut a), (2, &mut b)] {
-        let (s, _) = connect(&mut server, conn, t);
-        disconnect(&mut server, conn, t, s);
-    }
+    let (mut a, mut b) = synced_pair(&mut server, &facility, &da, &db);
     // While A is offline, B edits three residents' care plans and syncs.
     for p in &patients[..3] {
         b.edit_care_plan(p, "walk twice a day", now()).unwrap();
@@ -105,11 +116,7 @@ fn a_document_changed_on_the_server_while_the_tablet_was_offline_is_found() {
 fn a_watched_document_that_changes_during_the_connection_is_synced_then() {
     let (mut server, facility, patients) = server_with_facility();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut a, mut b) = (tablet(&da, &facility), tablet(&db, &facility));
-    for (conn, t) in [(1, &mut a), (2, &mut b)] {
-        let (s, _) = connect(&mut server, conn, t);
-        disconnect(&mut server, conn, t, s);
-    }
+    let (mut a, mut b) = synced_pair(&mut server, &facility, &da, &db);
     // A reconnects and stays connected, all its documents confirmed by the summary.
     let (mut sa, idle) = connect(&mut server, 3, &mut a);
     assert_eq!(idle.per_document_frames, 0);
@@ -332,11 +339,7 @@ fn an_oversized_summary_is_refused_with_an_error() {
 fn a_change_another_server_stored_reaches_the_watchers_through_absorb() {
     let (mut server, facility, patients) = server_with_facility();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut a, mut b) = (tablet(&da, &facility), tablet(&db, &facility));
-    for (conn, t) in [(1, &mut a), (2, &mut b)] {
-        let (s, _) = connect(&mut server, conn, t);
-        disconnect(&mut server, conn, t, s);
-    }
+    let (mut a, mut b) = synced_pair(&mut server, &facility, &da, &db);
     let (mut sa, idle) = connect(&mut server, 3, &mut a);
     assert_eq!(idle.per_document_frames, 0);
     assert_eq!(server.hub.loaded_documents(), 0);
