@@ -1,5 +1,6 @@
 //! Device vendors' own webhook posts at `POST /api/v1/vendors/<vendor>`: the documented sample
-//! payloads of Tenovi (single and "post as array") and BodyTrace (scale and blood pressure) land as
+//! payloads of Tenovi (single and "post as array"), BodyTrace (scale and blood pressure) and Smart
+//! Meter (one reading, and a batch of every reading type) land as
 //! readings in the model's units, a replay is a no-op, a wrong credential is refused and audited,
 //! and a post with one bad measurement writes nothing. Samples and their sources:
 //! `tests/vendor-samples/`.
@@ -19,6 +20,12 @@ fn sample(name: &str, at: chrono::DateTime<Utc>) -> String {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .replace("{TS}", &at.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .replace("{MS}", &at.timestamp_millis().to_string())
+        .replace(
+            "{LOCAL-5}",
+            &(at - chrono::Duration::hours(5))
+                .format("%Y-%m-%dT%H:%M:%S")
+                .to_string(),
+        )
 }
 
 /// A tablet holding the example facility, with BodyTrace's IMEIs enrolled as p-009's scale and
@@ -346,4 +353,213 @@ bp = "blood_pressure"
         audit.contains("tenovi battery_percentage=64 device cuff-08"),
         "{audit}"
     );
+}
+
+/// Smart Meter's IMEIs, enrolled on the example facility: a cuff (p-007), a glucose meter
+/// (p-008), a scale (p-009), and user 2 of a shared pulse oximeter (p-017).
+const SMART_METER: [(&str, &str); 4] = [
+    ("p-007", "015732004417215"),
+    ("p-008", "015732004431208"),
+    ("p-009", "015732004445513"),
+    ("p-017", "015732004459807/2"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_meter_readings_land_in_model_units_once_on_the_right_patient() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 15, 15, 0, 0).unwrap();
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, t0.to_rfc3339()).unwrap();
+    let store = dir.path().join("store");
+    let server =
+        ServerProcess::start_with(&store, &["--clock-file", clock.to_str().unwrap()]).unwrap();
+    let mut data = sunnyvale().unwrap();
+    for (p, device) in SMART_METER {
+        let patient = data.patients.iter_mut().find(|x| x.id == p).unwrap();
+        patient.rpm.as_mut().unwrap().devices.push(device.into());
+    }
+    let mut t = Replica::open(&dir.path().join("t")).unwrap();
+    t.import(&data, Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap())
+        .unwrap();
+    sync_with(&mut t, &server).await.unwrap();
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let out = rounds_cli(&[
+        "integration",
+        "add",
+        "--facility",
+        "sunnyvale",
+        "--name",
+        "smartmeter-prod",
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    let key = serde_json::from_str::<serde_json::Value>(&out).unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = format!("Bearer {key}");
+    let at = t0 - chrono::Duration::minutes(5);
+    let before = t.export().unwrap().0.readings.len();
+    let post = |body: String, auth: String| {
+        let server = &server;
+        async move {
+            https_post_raw(
+                server,
+                "/api/v1/vendors/smartmeter",
+                &body,
+                &[("Authorization", auth.as_str())],
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // One reading per post, as Smart Meter forwards: the cuff's blood pressure and its pulse.
+    let single = sample("smartmeter-bp.json", at);
+    let (status, resp) = post(single.clone(), bearer.clone()).await;
+    assert!(status.contains("201"), "{status} {resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["stored"], 2, "{resp}");
+    assert_eq!(v["readings"][0]["patient"], "p-007");
+    // Re-sent: a no-op.
+    let (status, resp) = post(single, bearer.clone()).await;
+    assert!(status.contains("200"), "{status} {resp}");
+    assert!(resp.contains("\"duplicates\":2"), "{resp}");
+
+    // A batch of the other types, key in X-Api-Key: glucose (mmol/L), weight (pounds), pulse
+    // oximetry with its pulse; the control-solution test is kept out of the readings.
+    let batch = sample("smartmeter-batch.json", at);
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/smartmeter",
+        &batch,
+        &[("X-Api-Key", key.as_str())],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("201"), "{status} {resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["stored"], 4, "{resp}");
+    assert_eq!(v["skipped"][0], "smartmeter blood_glucose qa", "{resp}");
+    let (status, resp) = https_post_raw(
+        &server,
+        "/api/v1/vendors/smartmeter",
+        &batch,
+        &[("X-Api-Key", key.as_str())],
+    )
+    .await
+    .unwrap();
+    assert!(
+        status.contains("200") && resp.contains("\"duplicates\":4"),
+        "{status} {resp}"
+    );
+
+    // Refusals, each writing nothing: a wrong key (401); another user of the shared oximeter,
+    // not enrolled (404 naming the device); a reading whose day cannot be known (400 naming the
+    // field); an impossible value (422).
+    let later = at + chrono::Duration::minutes(2);
+    let (status, _) = post(
+        sample("smartmeter-bp.json", later),
+        "Bearer wrong".to_string(),
+    )
+    .await;
+    assert!(status.contains("401"), "{status}");
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&sample("smartmeter-batch.json", later)).unwrap();
+    for (i, change, expect, needle) in [
+        (
+            3,
+            ("device_user", serde_json::json!(3)),
+            "404",
+            "015732004459807/3",
+        ),
+        (
+            2,
+            ("time_zone_offset", serde_json::Value::Null),
+            "400",
+            "[2]: field time_zone_offset",
+        ),
+        (
+            0,
+            ("blood_glucose_mmol", serde_json::json!(300)),
+            "422",
+            "field value: 300 mmol/L",
+        ),
+    ] {
+        let mut bad = items.clone();
+        bad[i][change.0] = change.1;
+        let (status, resp) = post(serde_json::to_string(&bad).unwrap(), bearer.clone()).await;
+        assert!(
+            status.contains(expect) && resp.contains(needle),
+            "{needle}: {status} {resp}"
+        );
+    }
+
+    // What the tablet sees: six readings, in the model's units, on the right patients, at the
+    // instant the device's local time and offset give.
+    sync_with(&mut t, &server).await.unwrap();
+    let (data, _) = t.export().unwrap();
+    assert_eq!(
+        data.readings.len(),
+        before + 6,
+        "only the accepted posts wrote"
+    );
+    let of = |device: &str, kind: ReadingKind| {
+        data.readings
+            .iter()
+            .find(|r| r.device.as_deref() == Some(device) && r.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind:?} from {device}"))
+    };
+    let bp = of("015732004417215", ReadingKind::BloodPressure);
+    assert_eq!((bp.systolic, bp.diastolic), (Some(147.0), Some(89.0)));
+    assert_eq!((bp.unit.as_str(), bp.patient.as_str()), ("mm[Hg]", "p-007"));
+    assert_eq!(bp.measured_at.with_timezone(&Utc), at);
+    assert_eq!(bp.source, ReadingSource::Device);
+    let pulse = of("015732004417215", ReadingKind::HeartRate);
+    assert_eq!((pulse.value, pulse.unit.as_str()), (Some(74.0), "/min"));
+    let glucose = of("015732004431208", ReadingKind::Glucose);
+    assert_eq!(
+        (glucose.value, glucose.unit.as_str()),
+        (Some(7.4), "mmol/L")
+    );
+    assert_eq!(glucose.patient, "p-008");
+    let weight = of("015732004445513", ReadingKind::Weight);
+    assert_eq!(
+        (weight.value, weight.unit.as_str()),
+        (Some(182.4), "[lb_av]")
+    );
+    assert_eq!(weight.patient, "p-009");
+    let ox = of("015732004459807/2", ReadingKind::Spo2);
+    assert_eq!(
+        (ox.value, ox.unit.as_str(), ox.patient.as_str()),
+        (Some(95.0), "%", "p-017")
+    );
+    assert_eq!(
+        of("015732004459807/2", ReadingKind::HeartRate).value,
+        Some(81.0)
+    );
+    assert!(
+        !data
+            .readings
+            .iter()
+            .any(|r| r.kind == ReadingKind::Glucose && r.value == Some(101.0)),
+        "the control test is not a reading"
+    );
+
+    // Audited: the control test with its device, and the refusals.
+    let audit = rounds_cli(&[
+        "audit",
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    assert!(
+        audit.contains("smartmeter blood_glucose qa=true device 015732004431208"),
+        "{audit}"
+    );
+    assert!(audit.contains("015732004459807/3"), "{audit}");
 }

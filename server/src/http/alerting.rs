@@ -33,8 +33,9 @@ pub async fn ingest(
 }
 
 /// `POST /api/v1/vendors/<vendor>`: a device vendor's own webhook post (`tenovi`: one
-/// measurement or an array, key in `Authorization` or `X-Api-Key`; `bodytrace`: HTTP Basic auth
-/// with the key as password). Every measurement is checked before any is written; a re-sent post
+/// measurement or an array, key in `Authorization` or `X-Api-Key`; `smartmeter`: one reading
+/// or an array, the key as Tenovi's; `bodytrace`: HTTP Basic auth with the key as password;
+/// `generic`: through the integration's mapping). Every measurement is checked before any is written; a re-sent post
 /// is stored once.
 pub async fn vendor_ingest(
     State(shared): State<Arc<Shared>>,
@@ -46,7 +47,7 @@ pub async fn vendor_ingest(
     use crate::services::alerting::vendors::Vendor;
     let Some(vendor) = Vendor::from_path(&vendor) else {
         return Err(ApiError::not_found(format!(
-            "no adapter for vendor {vendor:?} (tenovi, bodytrace; or POST /api/v1/readings)"
+            "no adapter for vendor {vendor:?} (tenovi, bodytrace, smartmeter, generic; or POST /api/v1/readings)"
         )));
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

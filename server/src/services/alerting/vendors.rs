@@ -23,6 +23,18 @@
 //!   `batteryVoltage`, `rssi`, `values.tare`, `values.unit`), sent with HTTP Basic auth: the
 //!   password is the integration key (any user name). The blood-pressure variant
 //!   (`values.systolic`, `values.diastolic`, `values.pulse`, mmHg and beats/min) is accepted too.
+//! - Smart Meter (iGlucose meters, cellular cuffs, scales and pulse oximeters): its data
+//!   forwarding posts one reading per request, a flat object — `reading_id`, `imei`,
+//!   `device_id`, `device_model`, `reading_type` (`blood_pressure`, `blood_glucose`, `weight`,
+//!   `pulse_ox`), `date_recorded` (the device's local time, no offset) with `time_zone_offset`
+//!   (hours east of UTC, e.g. `-5.0`), `date_received` (UTC), then per type `systolic_mmhg`,
+//!   `diastolic_mmhg`, `pulse_bpm`, `irregular`; `blood_glucose_mgdl` / `blood_glucose_mmol`,
+//!   `before_meal`; `weight_kg` / `weight_lbs`; `spo2`, `pulse_bpm`; plus `device_user` (the
+//!   user slot on a shared device), `qa`, `short_code`. Smart Meter's own documentation was not
+//!   reachable when this was written: the field names are those two independent public
+//!   receivers of its data push read, and Validic's relay of Smart Meter readings agrees on the
+//!   kinds and units (tests/vendor-samples/SOURCES.md). An array of such objects is accepted
+//!   too. The key comes as Tenovi's does (a header set on the forwarding).
 //! - Any other vendor: the `generic` adapter, driven by the integration's [`GenericMapping`]
 //!   (JSON pointers to each field, the vendor's kind names, its units), given as a TOML file to
 //!   `rounds integration add --mapping FILE`.
@@ -44,6 +56,7 @@ pub const MAX_BATCH: usize = 500;
 pub enum Vendor {
     Tenovi,
     BodyTrace,
+    SmartMeter,
     /// Any vendor, through the integration's mapping.
     Generic,
 }
@@ -54,6 +67,7 @@ impl Vendor {
         match s {
             "tenovi" => Some(Vendor::Tenovi),
             "bodytrace" => Some(Vendor::BodyTrace),
+            "smartmeter" => Some(Vendor::SmartMeter),
             "generic" => Some(Vendor::Generic),
             _ => None,
         }
@@ -63,6 +77,7 @@ impl Vendor {
         match self {
             Vendor::Tenovi => "tenovi",
             Vendor::BodyTrace => "bodytrace",
+            Vendor::SmartMeter => "smartmeter",
             Vendor::Generic => "generic",
         }
     }
@@ -74,7 +89,7 @@ impl Vendor {
         x_api_key: Option<&'a str>,
     ) -> Option<String> {
         match self {
-            Vendor::Tenovi | Vendor::Generic => authorization
+            Vendor::Tenovi | Vendor::SmartMeter | Vendor::Generic => authorization
                 .map(|a| a.strip_prefix("Bearer ").unwrap_or(a).trim().to_string())
                 .or_else(|| x_api_key.map(|k| k.trim().to_string()))
                 .filter(|k| !k.is_empty()),
@@ -147,6 +162,7 @@ impl Vendor {
             let ms = match self {
                 Vendor::Tenovi => vec![tenovi(item, &at)?],
                 Vendor::BodyTrace => bodytrace(item, &at)?,
+                Vendor::SmartMeter => smartmeter(item, &at)?,
                 Vendor::Generic => match mapping {
                     Some(m) => vec![generic(m, item, &at)?],
                     None => Vec::new(),
@@ -400,6 +416,157 @@ fn bodytrace(v: &Value, at: &Entry) -> Result<Vec<Measurement>, IngestError> {
         "values",
         "neither weight nor systolic and diastolic: not a measurement",
     ))
+}
+
+/// The latest and earliest offsets from UTC a clock can be set to, in hours.
+const MAX_OFFSET_HOURS: f64 = 14.0;
+
+/// When a Smart Meter reading was taken: `date_recorded` with its own offset, or the device's
+/// local time plus `time_zone_offset` (hours east of UTC, whole minutes). Never guessed: without
+/// an offset the day the reading counts for would be unknown.
+fn smartmeter_time(v: &Value, at: &Entry) -> Result<DateTime<FixedOffset>, IngestError> {
+    let t = text(v, "date_recorded", at)?;
+    if let Ok(with_offset) = DateTime::parse_from_rfc3339(&t) {
+        return Ok(with_offset);
+    }
+    let local = chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f"))
+        .map_err(|_| at.err("date_recorded", format!("{t:?} is not an ISO 8601 time")))?;
+    let hours = number(v, "time_zone_offset", at)?.ok_or_else(|| {
+        at.err(
+            "time_zone_offset",
+            "missing (date_recorded has no offset of its own)",
+        )
+    })?;
+    let seconds = hours * 3600.0;
+    if hours.abs() > MAX_OFFSET_HOURS || seconds % 60.0 != 0.0 {
+        return Err(at.err(
+            "time_zone_offset",
+            format!("{hours} is not an offset in hours from UTC"),
+        ));
+    }
+    let offset = FixedOffset::east_opt(seconds as i32).ok_or_else(|| {
+        at.err(
+            "time_zone_offset",
+            format!("{hours} is not an offset in hours from UTC"),
+        )
+    })?;
+    local
+        .and_local_timezone(offset)
+        .single()
+        .ok_or_else(|| at.err("date_recorded", format!("{t:?} is not a time")))
+}
+
+/// Whether a field holds a set flag (`true`, a non-zero number, a non-empty string other than
+/// "false"/"0"/"no").
+fn flag(v: &Value, field: &str) -> bool {
+    match v.get(field) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|x| x != 0.0),
+        Some(Value::String(s)) => {
+            let s = s.trim().to_ascii_lowercase();
+            !(s.is_empty() || s == "false" || s == "0" || s == "no")
+        }
+        _ => false,
+    }
+}
+
+/// One Smart Meter reading: a blood pressure with its pulse, a glucose, a weight, or a pulse
+/// oximetry with its pulse.
+fn smartmeter(v: &Value, at: &Entry) -> Result<Vec<Measurement>, IngestError> {
+    if !v.is_object() {
+        return Err(at.err("", "expected an object"));
+    }
+    let reading_id = text(v, "reading_id", at)?;
+    let imei = text(v, "imei", at)?;
+    // A shared device (a cuff with two user buttons) says whose reading it is: user 1 (or none)
+    // is the device enrolled as its IMEI; user N > 1 is enrolled as `IMEI/N`, so another
+    // user's readings never land on the first user's chart.
+    let device = match number(v, "device_user", at)? {
+        None => imei,
+        Some(u) if u == 1.0 || u == 0.0 => imei,
+        Some(u) if u.fract() == 0.0 && (2.0..=9.0).contains(&u) => format!("{imei}/{u}"),
+        Some(u) => return Err(at.err("device_user", format!("{u} is not a user slot"))),
+    };
+    let reading_type = text(v, "reading_type", at)?;
+    let measured_at = smartmeter_time(v, at)?;
+    let non_vital = |what: &str, value: String| {
+        Measurement::NonVital(
+            format!("smartmeter {what}"),
+            format!("smartmeter {what}={value} device {device} at {measured_at}"),
+        )
+    };
+    // A quality-control test (control solution on a glucose meter) is not the resident's
+    // reading: kept in the audit log, never a data day.
+    if flag(v, "qa") {
+        return Ok(vec![non_vital(
+            &format!("{reading_type} qa"),
+            raw(v, "/qa"),
+        )]);
+    }
+    let reading = |suffix: &str, (kind, values, unit): (ReadingKind, VendorValues, String)| {
+        Measurement::Reading(Box::new(VendorReading {
+            reading_id: format!("smartmeter:{reading_id}{suffix}"),
+            device_id: device.clone(),
+            kind,
+            values,
+            unit,
+            measured_at,
+        }))
+    };
+    let mut out = Vec::new();
+    match reading_type.as_str() {
+        "blood_pressure" => {
+            out.push(reading(
+                "",
+                bp(
+                    required(v, "systolic_mmhg", at)?,
+                    required(v, "diastolic_mmhg", at)?,
+                ),
+            ));
+            if let Some(p) = number(v, "pulse_bpm", at)? {
+                out.push(reading(":pulse", one(ReadingKind::HeartRate, p, "/min")));
+            }
+            if flag(v, "irregular") {
+                out.push(non_vital("irregular", "true".into()));
+            }
+        }
+        "blood_glucose" => {
+            let g = match number(v, "blood_glucose_mgdl", at)? {
+                Some(mg) => one(ReadingKind::Glucose, mg, "mg/dL"),
+                None => match number(v, "blood_glucose_mmol", at)? {
+                    Some(mmol) => one(ReadingKind::Glucose, mmol, "mmol/L"),
+                    None => {
+                        return Err(
+                            at.err("blood_glucose_mgdl", "missing (and no blood_glucose_mmol)")
+                        );
+                    }
+                },
+            };
+            out.push(reading("", g));
+        }
+        "weight" => {
+            let w = match number(v, "weight_kg", at)? {
+                Some(kg) => one(ReadingKind::Weight, kg, "kg"),
+                None => match number(v, "weight_lbs", at)? {
+                    Some(lb) => one(ReadingKind::Weight, lb, LB),
+                    None => return Err(at.err("weight_kg", "missing (and no weight_lbs)")),
+                },
+            };
+            out.push(reading("", w));
+        }
+        "pulse_ox" => {
+            out.push(reading(
+                "",
+                one(ReadingKind::Spo2, required(v, "spo2", at)?, "%"),
+            ));
+            if let Some(p) = number(v, "pulse_bpm", at)? {
+                out.push(reading(":pulse", one(ReadingKind::HeartRate, p, "/min")));
+            }
+        }
+        other => out.push(non_vital(other, "-".into())),
+    }
+    Ok(out)
 }
 
 /// How a generic vendor's measurement time is written.
@@ -712,6 +879,179 @@ mod tests {
         }
         let big = format!("[{}]", vec!["{}"; MAX_BATCH + 1].join(","));
         assert!(Vendor::Tenovi.parse(&big, None).is_err());
+    }
+
+    const SMART_METER_BP: &str = r#"{"reading_id":500000000000991,"device_id":"77001",
+        "device_model":"SM5000-IB","date_recorded":"2026-11-03T07:29:00",
+        "date_received":"2026-11-03T12:29:04","reading_type":"blood_pressure",
+        "systolic_mmhg":128,"diastolic_mmhg":"81","pulse_bpm":70,"irregular":true,
+        "time_zone_offset":-5.0,"short_code":null,"qa":null,"imei":"015732000000991",
+        "device_user":1}"#;
+
+    #[test]
+    fn smart_meter_local_time_and_offset_make_the_instant() {
+        let t = Vendor::SmartMeter.parse(SMART_METER_BP, None).unwrap();
+        assert_eq!(t.readings.len(), 2);
+        let bp = &t.readings[0];
+        assert_eq!(
+            bp.measured_at.with_timezone(&Utc),
+            Utc.with_ymd_and_hms(2026, 11, 3, 12, 29, 0).unwrap()
+        );
+        assert_eq!(
+            (bp.values.systolic, bp.values.diastolic, bp.unit.as_str()),
+            (Some(128.0), Some(81.0), "mm[Hg]")
+        );
+        assert_eq!(bp.device_id, "015732000000991");
+        assert_eq!(bp.reading_id, "smartmeter:500000000000991");
+        assert_eq!(t.readings[1].kind, ReadingKind::HeartRate);
+        assert_ne!(t.readings[0].reading_id, t.readings[1].reading_id);
+        // The irregular-heartbeat flag is a non-vital metric.
+        assert_eq!(t.skipped, vec!["smartmeter irregular"]);
+        // Half-hour zones, and a time that carries its own offset.
+        let india = SMART_METER_BP.replace("-5.0", "5.5");
+        let t = Vendor::SmartMeter.parse(&india, None).unwrap();
+        assert_eq!(
+            t.readings[0].measured_at.with_timezone(&Utc),
+            Utc.with_ymd_and_hms(2026, 11, 3, 1, 59, 0).unwrap()
+        );
+        let own = SMART_METER_BP
+            .replace("07:29:00\"", "07:29:00-08:00\"")
+            .replace("\"time_zone_offset\":-5.0,", "");
+        let t = Vendor::SmartMeter.parse(&own, None).unwrap();
+        assert_eq!(
+            t.readings[0].measured_at.with_timezone(&Utc),
+            Utc.with_ymd_and_hms(2026, 11, 3, 15, 29, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn smart_meter_units_user_slots_and_control_tests() {
+        let body = r#"[
+          {"reading_id":"1","imei":"A","reading_type":"blood_glucose","blood_glucose_mgdl":null,
+           "blood_glucose_mmol":6.1,"date_recorded":"2026-11-03T08:00:00","time_zone_offset":0},
+          {"reading_id":"2","imei":"A","reading_type":"blood_glucose","blood_glucose_mgdl":110,
+           "blood_glucose_mmol":6.1,"date_recorded":"2026-11-03T08:00:00","time_zone_offset":0,
+           "qa":"false"},
+          {"reading_id":"3","imei":"B","reading_type":"weight","weight_kg":null,"weight_lbs":"171.2",
+           "date_recorded":"2026-11-03T08:00:00","time_zone_offset":0,"device_user":2},
+          {"reading_id":"4","imei":"C","reading_type":"pulse_ox","spo2":97,"pulse_bpm":64,
+           "date_recorded":"2026-11-03T08:00:00","time_zone_offset":0},
+          {"reading_id":"5","imei":"A","reading_type":"blood_glucose","blood_glucose_mgdl":99,
+           "date_recorded":"2026-11-03T08:00:00","time_zone_offset":0,"qa":true},
+          {"reading_id":"6","imei":"D","reading_type":"temperature","value":98.2,
+           "date_recorded":"2026-11-03T08:00:00","time_zone_offset":0}
+        ]"#;
+        let t = Vendor::SmartMeter.parse(body, None).unwrap();
+        let got: Vec<_> = t
+            .readings
+            .iter()
+            .map(|r| {
+                (
+                    r.device_id.as_str(),
+                    r.kind,
+                    r.values.value,
+                    r.unit.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("A", ReadingKind::Glucose, Some(6.1), "mmol/L"),
+                ("A", ReadingKind::Glucose, Some(110.0), "mg/dL"),
+                ("B/2", ReadingKind::Weight, Some(171.2), LB),
+                ("C", ReadingKind::Spo2, Some(97.0), "%"),
+                ("C", ReadingKind::HeartRate, Some(64.0), "/min"),
+            ]
+        );
+        assert_eq!(
+            t.skipped,
+            vec!["smartmeter blood_glucose qa", "smartmeter temperature"]
+        );
+        // The key comes as Tenovi's.
+        assert_eq!(
+            Vendor::SmartMeter.key(Some("Bearer k1"), None).as_deref(),
+            Some("k1")
+        );
+        assert_eq!(
+            Vendor::SmartMeter.key(None, Some("k2")).as_deref(),
+            Some("k2")
+        );
+    }
+
+    #[test]
+    fn hostile_smart_meter_posts_name_the_measurement_and_field() {
+        let bp: Value = serde_json::from_str(SMART_METER_BP).unwrap();
+        let with = |field: &str, value: Value| {
+            let mut v = bp.clone();
+            if let Some(o) = v.as_object_mut() {
+                if value.is_null() {
+                    o.remove(field);
+                } else {
+                    o.insert(field.into(), value);
+                }
+            }
+            format!("[{SMART_METER_BP},{v}]")
+        };
+        for (body, needle) in [
+            (with("imei", Value::Null), "[1]: field imei: missing"),
+            (
+                with("reading_id", Value::Null),
+                "[1]: field reading_id: missing",
+            ),
+            (with("reading_type", Value::Null), "[1]: field reading_type"),
+            (
+                with("time_zone_offset", Value::Null),
+                "[1]: field time_zone_offset: missing",
+            ),
+            (
+                with("time_zone_offset", 20.into()),
+                "[1]: field time_zone_offset",
+            ),
+            (
+                with("time_zone_offset", "east".into()),
+                "[1]: field time_zone_offset",
+            ),
+            (
+                with("time_zone_offset", serde_json::json!(5.123)),
+                "[1]: field time_zone_offset",
+            ),
+            (
+                with("date_recorded", "03/11/2026".into()),
+                "[1]: field date_recorded",
+            ),
+            (
+                with("device_user", serde_json::json!(1.5)),
+                "[1]: field device_user",
+            ),
+            (with("device_user", (-1).into()), "[1]: field device_user"),
+            (
+                with("systolic_mmhg", Value::Null),
+                "[1]: field systolic_mmhg: missing",
+            ),
+            (
+                with("diastolic_mmhg", "high".into()),
+                "[1]: field diastolic_mmhg",
+            ),
+            (
+                with("reading_type", "blood_glucose".into()),
+                "[1]: field blood_glucose_mgdl: missing",
+            ),
+            (
+                with("reading_type", "weight".into()),
+                "[1]: field weight_kg: missing",
+            ),
+            (
+                with("reading_type", "pulse_ox".into()),
+                "[1]: field spo2: missing",
+            ),
+            ("[7]".to_string(), "[0]: field : expected an object"),
+        ] {
+            match Vendor::SmartMeter.parse(&body, None) {
+                Err(e) => assert!(e.to_string().contains(needle), "{needle}: {e}"),
+                Ok(t) => panic!("{needle}: accepted {t:?}"),
+            }
+        }
     }
 
     const MAPPING: &str = r#"
