@@ -379,7 +379,7 @@ async fn smart_meter_readings_land_in_model_units_once_on_the_right_patient() {
         let patient = data.patients.iter_mut().find(|x| x.id == p).unwrap();
         patient.rpm.as_mut().unwrap().devices.push(device.into());
     }
-    let mut t = Replica::open(&dir.path().join("t")).unwrap();
+    let mut t = Replica::open(dir.path().join("t")).unwrap();
     t.import(&data, Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap())
         .unwrap();
     sync_with(&mut t, &server).await.unwrap();
