@@ -107,6 +107,7 @@ fn data(patients: usize, legacy: bool) -> DataFile {
             external_services,
             program_choice: Default::default(),
             discharged_on: None,
+            absences: Vec::new(),
             merged_into: None,
             qmb_periods: Vec::new(),
             id: id.clone(),

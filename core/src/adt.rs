@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AdtChange, BedsideEvent, BedsideReport, Stay, StayKind};
+use crate::model::{Absence, AdtChange, BedsideEvent, BedsideReport, Stay, StayKind};
 
 /// The largest message accepted (bytes).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -550,6 +550,8 @@ pub struct AdtFold {
     /// Inpatient and Part A stays (an open one ends at [`Stay::OPEN_END`]).
     pub stays: Vec<Stay>,
     pub discharged_on: Option<NaiveDate>,
+    /// The days between a discharge and a readmission.
+    pub absences: Vec<Absence>,
     pub died_on: Option<NaiveDate>,
     pub mrn: Option<String>,
     pub merged_into: Option<String>,
@@ -644,7 +646,16 @@ pub fn fold(reports: &[BedsideReport]) -> AdtFold {
                     if let Some(h) = hospital.take() {
                         close(&mut f.stays, StayKind::Inpatient, h, day_before);
                     }
-                    f.discharged_on = None;
+                    // Back after a discharge: the days away count for nothing.
+                    if let Some(gone) = f.discharged_on.take()
+                        && let Some(from) = gone.succ_opt()
+                        && from <= day_before
+                    {
+                        f.absences.push(Absence {
+                            from,
+                            to: day_before,
+                        });
+                    }
                 }
                 AdtChange::ToHospital => {
                     hospital.get_or_insert(e.on);
@@ -1282,6 +1293,53 @@ covered = ["MA"]
                 .iter()
                 .any(|e| e.message == "c5" && e.cancelled)
         );
+        assert!(folded.absences.is_empty());
+        // Discharged on the 27th, readmitted on December 3rd: the days between count for
+        // nothing, and the resident is in house again.
+        step(
+            &f,
+            &mut reports,
+            "A03",
+            "c7",
+            &pv1(&[(3, "2W^201")]),
+            "20261127",
+        );
+        step(
+            &f,
+            &mut reports,
+            "A01",
+            "c8",
+            &pv1(&[(3, "2W^201")]),
+            "20261203",
+        );
+        let folded = fold(&reports);
+        assert_eq!(folded.discharged_on, None);
+        assert_eq!(
+            folded.absences,
+            vec![Absence {
+                from: d(2026, 11, 28),
+                to: d(2026, 12, 2)
+            }]
+        );
+        assert_eq!(folded.status(), Some("in house"));
+        // Readmitted the day after: no day away.
+        step(
+            &f,
+            &mut reports,
+            "A03",
+            "c9",
+            &pv1(&[(3, "2W^201")]),
+            "20261210",
+        );
+        step(
+            &f,
+            &mut reports,
+            "A01",
+            "c10",
+            &pv1(&[(3, "2W^201")]),
+            "20261211",
+        );
+        assert_eq!(fold(&reports).absences.len(), 1);
     }
 
     #[test]

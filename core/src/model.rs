@@ -331,6 +331,21 @@ impl Stay {
     }
 }
 
+/// Days a resident was away from the facility between a discharge and a readmission (from the
+/// ADT feed); inclusive local dates. Nothing in them counts, as after a discharge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Absence {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+impl Absence {
+    pub fn contains(&self, date: NaiveDate) -> bool {
+        self.from <= date && date <= self.to
+    }
+}
+
 /// What staff saw at the bedside that billing must know, reported once from a tablet: a write-once
 /// event in the patient's document (`bedside_reports`), never an edit of the patient's profile.
 /// Billing folds it in: a reported stay counts like a stay of the profile, a reported death like
@@ -483,6 +498,9 @@ pub struct Patient {
     /// counts, like a date of death.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discharged_on: Option<NaiveDate>,
+    /// Discharged, then readmitted (from the ADT feed): the days between count for nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absences: Vec<Absence>,
     /// This record was merged into another resident (ADT A40): it is not billed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_into: Option<String>,

@@ -91,6 +91,7 @@ pub fn blank_patient(id: String, name: String, practitioner: String) -> Patient 
         external_services: Vec::new(),
         program_choice: Default::default(),
         discharged_on: None,
+        absences: Vec::new(),
         merged_into: None,
     }
 }

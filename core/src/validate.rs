@@ -364,6 +364,15 @@ fn check_patient(
             ));
         }
     }
+    for (i, a) in p.absences.iter().enumerate() {
+        if a.to < a.from {
+            out.push(Problem::new(
+                &entry,
+                format!("absences[{i}].to"),
+                "is before from",
+            ));
+        }
+    }
     if let (Some(b), Some(d)) = (p.birth_date, p.died_on)
         && d < b
     {

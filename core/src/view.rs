@@ -144,6 +144,11 @@ fn fold_reports(
     if adt.discharged_on.is_some() {
         profile.insert("discharged_on".into(), date(adt.discharged_on));
     }
+    if !adt.absences.is_empty()
+        && let Ok(absences) = serde_json::to_value(&adt.absences)
+    {
+        profile.insert("absences".into(), absences);
+    }
     if let Some(m) = adt.mrn {
         profile.insert("mrn".into(), serde_json::Value::String(m));
     }

@@ -60,6 +60,7 @@ fn base() -> DataFile {
         external_services: Vec::new(),
         program_choice: Default::default(),
         discharged_on: None,
+        absences: Vec::new(),
         merged_into: None,
         qmb_periods: Vec::new(),
         id: "p".into(),

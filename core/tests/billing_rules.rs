@@ -49,6 +49,7 @@ fn base() -> DataFile {
         external_services: Vec::new(),
         program_choice: Default::default(),
         discharged_on: None,
+        absences: Vec::new(),
         merged_into: None,
         qmb_periods: Vec::new(),
         id: "p".into(),
@@ -369,6 +370,37 @@ fn r03_practitioner_time_counts_and_time_after_death_does_not() {
     ));
     // Rule 14: date of service is the date of death.
     assert_eq!(e.lines[0].date_of_service, date("2026-11-18"));
+}
+
+#[test]
+fn r03_r10_days_away_between_a_discharge_and_a_readmission_count_for_nothing() {
+    let mut d = base();
+    d.patients[0].absences.push(Absence {
+        from: date("2026-11-06"),
+        to: date("2026-11-15"),
+    });
+    enrol_rpm(&mut d, "2026-10-20");
+    reading_days(&mut d, "2026-10-20", 30);
+    ix(&mut d, 5, "10:00:00", 12 * 60, "rn", Program::Ccm); // discharge day: counts
+    ix(&mut d, 10, "10:00:00", 30 * 60, "rn", Program::Ccm); // away
+    ix(&mut d, 16, "10:00:00", 9 * 60, "rn", Program::Ccm); // readmission day: counts
+    let e = enc(&d, "2026-11");
+    assert_eq!(e.minutes.ccm, 21);
+    assert!(has_exception(
+        &e,
+        "30 min of CCM time not counted: while away from the facility (2026-11-06 to 2026-11-15"
+    ));
+    // Oct 20 – Nov 18 has a reading every day; the ten days away do not count.
+    assert_eq!(e.rpm_periods[0].days, 20);
+    // An absence that ends before it starts is refused.
+    d.patients[0].absences[0].to = date("2026-11-01");
+    assert!(
+        validate::validate(&d)
+            .iter()
+            .any(|p| p.field == "absences[0].to"),
+        "{:?}",
+        validate::validate(&d)
+    );
 }
 
 // CCM requirements ------------------------------------------------------------------------------

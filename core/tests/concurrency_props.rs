@@ -61,6 +61,7 @@ fn base() -> DataFile {
         external_services: Vec::new(),
         program_choice: Default::default(),
         discharged_on: None,
+        absences: Vec::new(),
         merged_into: None,
         qmb_periods: vec![QmbPeriod {
             from: date("2026-11-15"),

@@ -288,6 +288,17 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
         ),
     )
     .await;
+    // … and readmitted on the 15th: the four days away count for nothing.
+    ok(
+        port,
+        &adt(
+            "A01",
+            "m09r",
+            "20261115",
+            &[pid("100222", "X^Y"), seg("PV1", &[(3, "2W")])],
+        ),
+    )
+    .await;
     ok(
         port,
         &adt(
@@ -367,7 +378,14 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
         vec![inpatient("2026-11-14", "2026-11-15")]
     );
     assert_eq!(p("p-003").stays, vec![part_a("2026-11-10", "2026-11-19")]);
-    assert_eq!(p("p-006").discharged_on, Some(d("2026-11-10")));
+    assert_eq!(p("p-006").discharged_on, None, "readmitted");
+    assert_eq!(
+        p("p-006").absences,
+        vec![rounds_core::Absence {
+            from: d("2026-11-11"),
+            to: d("2026-11-14")
+        }]
+    );
     assert_eq!(p("p-001").died_on, Some(d("2026-11-23")));
     assert_eq!(p("p-001").discharged_on, Some(d("2026-11-23")));
     assert_eq!(p("p-013").died_on, Some(d("2026-11-25")));
@@ -410,6 +428,11 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
         "{p002}"
     );
     assert!(p002.contains("back from hospital") && p002.contains("left for hospital"));
+    let p006 = page("/console/patient?facility=sunnyvale&patient=p-006&month=2026-11".into()).await;
+    assert!(
+        p006.contains("Away (discharged, then readmitted) 2026-11-11 to 2026-11-14"),
+        "{p006}"
+    );
     let ruth_page =
         page("/console/patient?facility=sunnyvale&patient=mrn-200001&month=2026-11".into()).await;
     assert!(
@@ -448,7 +471,10 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
     at(&mut data, "p-003")
         .stays
         .push(part_a("2026-11-10", "2026-11-19"));
-    at(&mut data, "p-006").discharged_on = Some(d("2026-11-10"));
+    at(&mut data, "p-006").absences.push(rounds_core::Absence {
+        from: d("2026-11-11"),
+        to: d("2026-11-14"),
+    });
     at(&mut data, "p-001").died_on = Some(d("2026-11-23"));
     at(&mut data, "p-001").discharged_on = Some(d("2026-11-23"));
     at(&mut data, "p-013").died_on = Some(d("2026-11-25"));
@@ -474,7 +500,7 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
         );
     }
     // And the feed made a difference where it should: time inside the stays, after the
-    // discharge and after the deaths no longer counts.
+    // discharge and before the readmission, and after the deaths no longer counts.
     let minutes = |encs: &[rounds_core::billing::Encounter], id: &str| {
         encs.iter()
             .find(|e| e.patient == id)

@@ -249,6 +249,12 @@ pub(crate) fn month_time(
                 {
                     return Some(format!("after the discharge from the facility on {d}"));
                 }
+                if let Some(a) = p.absences.iter().find(|a| a.contains(s.date)) {
+                    return Some(format!(
+                        "while away from the facility ({} to {}, between a discharge and the readmission)",
+                        a.from, a.to
+                    ));
+                }
                 if let Some(t) = ten.of.get(&s.program)
                     && let (Some(since), Some(before)) = (t.since, &t.predecessor)
                     && s.date < since
@@ -741,6 +747,10 @@ fn device_periods(
                 continue;
             }
             if m.exclude_stay_days && p.stays.iter().any(|s| s.contains(day)) {
+                continue;
+            }
+            // Away between a discharge and a readmission: like after a discharge.
+            if p.absences.iter().any(|a| a.contains(day)) {
                 continue;
             }
             days.insert(day);

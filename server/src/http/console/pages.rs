@@ -507,6 +507,7 @@ pub async fn patient(State(shared): State<Arc<Shared>>, c: Ctx, Query(query): Q)
                 @if let Some(into) = &p.merged_into { p { span.badge.warning { "merged" } " Merged into " a href=(format!("/console/patient?facility={facility}&patient={into}")) { (into) } ": this record is not billed." } }
                 @if let Some(d) = p.died_on { p { "Died " (d) } }
                 @if let Some(d) = p.discharged_on { p { "Discharged " (d) } }
+                @for a in &p.absences { p { "Away (discharged, then readmitted) " (a.from) " to " (a.to) ": nothing in these days counts." } }
                 @if p.stays.is_empty() { p.muted { "No Part A or inpatient stays." } }
                 ul { @for st in &p.stays { li { (match st.kind { rounds_core::StayKind::PartA => "Part A", rounds_core::StayKind::Inpatient => "Hospital inpatient" }) " " (st.from) " to " (st.to_text()) } } }
             }
