@@ -562,4 +562,8 @@ async fn smart_meter_readings_land_in_model_units_once_on_the_right_patient() {
         "{audit}"
     );
     assert!(audit.contains("015732004459807/3"), "{audit}");
+    assert!(
+        audit.contains("smartmeter post: a valid integration API key is required"),
+        "the wrong key is audited: {audit}"
+    );
 }
