@@ -5,10 +5,10 @@
 //! and a post with one bad measurement writes nothing. Samples and their sources:
 //! `tests/vendor-samples/`.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use base64::Engine;
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use rounds_core::{ReadingKind, ReadingSource, Replica};
 use rounds_tests::{ServerProcess, https_post_raw, rounds_cli, sunnyvale, sync_with};
 
@@ -28,18 +28,66 @@ fn sample(name: &str, at: chrono::DateTime<Utc>) -> String {
         )
 }
 
-/// A tablet holding the example facility, with BodyTrace's IMEIs enrolled as p-009's scale and
-/// p-017's cuff.
-fn tablet(dir: &Path) -> Replica {
+/// BodyTrace's IMEIs, enrolled as p-009's scale and p-017's cuff.
+const BODYTRACE: [(&str, &str); 2] = [("p-009", "35301109712345"), ("p-017", "35301109754321")];
+
+/// A server on a fixed clock (`t0`), a tablet holding the example facility with `devices`
+/// enrolled (patient, device id) and synced, and an integration named `integration` with its key.
+struct Setup {
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    server: ServerProcess,
+    tablet: Replica,
+    base: String,
+    key: String,
+    t0: DateTime<Utc>,
+}
+
+async fn setup(devices: &[(&str, &str)], integration: &str) -> Setup {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 15, 15, 0, 0).unwrap();
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, t0.to_rfc3339()).unwrap();
+    let store = dir.path().join("store");
+    let server =
+        ServerProcess::start_with(&store, &["--clock-file", clock.to_str().unwrap()]).unwrap();
     let mut data = sunnyvale().unwrap();
-    for (p, device) in [("p-009", "35301109712345"), ("p-017", "35301109754321")] {
-        let patient = data.patients.iter_mut().find(|x| x.id == p).unwrap();
-        patient.rpm.as_mut().unwrap().devices.push(device.into());
+    for (p, device) in devices {
+        let patient = data.patients.iter_mut().find(|x| x.id == *p).unwrap();
+        patient.rpm.as_mut().unwrap().devices.push((*device).into());
     }
-    let mut r = Replica::open(dir).unwrap();
-    r.import(&data, Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap())
+    let mut tablet = Replica::open(dir.path().join("t")).unwrap();
+    tablet
+        .import(&data, Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap())
         .unwrap();
-    r
+    sync_with(&mut tablet, &server).await.unwrap();
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let out = rounds_cli(&[
+        "integration",
+        "add",
+        "--facility",
+        "sunnyvale",
+        "--name",
+        integration,
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    let key = serde_json::from_str::<serde_json::Value>(&out).unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Setup {
+        dir,
+        store,
+        server,
+        tablet,
+        base,
+        key,
+        t0,
+    }
 }
 
 fn basic(password: &str) -> String {
@@ -51,33 +99,15 @@ fn basic(password: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vendor_payloads_land_in_model_units_once_and_bad_posts_write_nothing() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let t0 = Utc.with_ymd_and_hms(2026, 12, 15, 15, 0, 0).unwrap();
-    let clock = dir.path().join("clock");
-    std::fs::write(&clock, t0.to_rfc3339()).unwrap();
-    let store = dir.path().join("store");
-    let server =
-        ServerProcess::start_with(&store, &["--clock-file", clock.to_str().unwrap()]).unwrap();
-    let mut t = tablet(&dir.path().join("t"));
-    sync_with(&mut t, &server).await.unwrap();
-    let base = format!("https://127.0.0.1:{}", server.port);
-    let out = rounds_cli(&[
-        "integration",
-        "add",
-        "--facility",
-        "sunnyvale",
-        "--name",
-        "tenovi-prod",
-        "--store",
-        store.to_str().unwrap(),
-        "--server",
-        &base,
-    ]);
-    let key = serde_json::from_str::<serde_json::Value>(&out).unwrap()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let Setup {
+        dir,
+        store,
+        server,
+        tablet: mut t,
+        base,
+        key,
+        t0,
+    } = setup(&BODYTRACE, "tenovi-prod").await;
     let at = t0 - chrono::Duration::minutes(5);
     let before = t.export().unwrap().0.readings.len();
 
@@ -366,40 +396,15 @@ const SMART_METER: [(&str, &str); 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smart_meter_readings_land_in_model_units_once_on_the_right_patient() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let t0 = Utc.with_ymd_and_hms(2026, 12, 15, 15, 0, 0).unwrap();
-    let clock = dir.path().join("clock");
-    std::fs::write(&clock, t0.to_rfc3339()).unwrap();
-    let store = dir.path().join("store");
-    let server =
-        ServerProcess::start_with(&store, &["--clock-file", clock.to_str().unwrap()]).unwrap();
-    let mut data = sunnyvale().unwrap();
-    for (p, device) in SMART_METER {
-        let patient = data.patients.iter_mut().find(|x| x.id == p).unwrap();
-        patient.rpm.as_mut().unwrap().devices.push(device.into());
-    }
-    let mut t = Replica::open(dir.path().join("t")).unwrap();
-    t.import(&data, Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap())
-        .unwrap();
-    sync_with(&mut t, &server).await.unwrap();
-    let base = format!("https://127.0.0.1:{}", server.port);
-    let out = rounds_cli(&[
-        "integration",
-        "add",
-        "--facility",
-        "sunnyvale",
-        "--name",
-        "smartmeter-prod",
-        "--store",
-        store.to_str().unwrap(),
-        "--server",
-        &base,
-    ]);
-    let key = serde_json::from_str::<serde_json::Value>(&out).unwrap()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let Setup {
+        dir: _dir,
+        store,
+        server,
+        tablet: mut t,
+        base,
+        key,
+        t0,
+    } = setup(&SMART_METER, "smartmeter-prod").await;
     let bearer = format!("Bearer {key}");
     let at = t0 - chrono::Duration::minutes(5);
     let before = t.export().unwrap().0.readings.len();
