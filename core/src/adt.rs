@@ -20,7 +20,7 @@
 //! | PID-29, PID-30 | date of death, death indicator (`Y`) |
 //! | PV1-3.1  | point of care: a hospital location (settings) on A02 means the resident left for hospital |
 //! | PV1-36, PV1-45 | discharge disposition (hospital or death codes, settings) and discharge date |
-//! | MRG-1    | the prior MRN of an A40 merge |
+//! | MRG-1    | the prior MRN of an A40 merge or an A47 identifier change |
 //! | settings `part_a.field` (e.g. `PV1-20`, `IN1-15`, `PV2-3.1`) | Part A coverage |
 //!
 //! ## Architecture invariant
@@ -102,7 +102,7 @@ pub struct AdtMessage {
     pub disposition: Option<String>,
     /// PV1-45.
     pub discharged_at: Option<Hl7Time>,
-    /// MRG-1 (A40).
+    /// MRG-1 (A40, A47).
     pub prior_mrn: Option<String>,
     segments: Vec<Segment>,
     encoding: Encoding,
@@ -765,7 +765,7 @@ pub fn plan(
     let trigger = msg.trigger.as_str();
     if !matches!(
         trigger,
-        "A01" | "A02" | "A03" | "A04" | "A08" | "A11" | "A12" | "A13" | "A40"
+        "A01" | "A02" | "A03" | "A04" | "A08" | "A11" | "A12" | "A13" | "A40" | "A47"
     ) {
         return Ok(AdtPlan::Ignored {
             reason: format!("trigger {trigger} is not used by Rounds"),
@@ -979,11 +979,11 @@ pub fn plan(
             )
         }
         _ => {
-            // A40: PID-3 survives, MRG-1 is merged into it.
-            let prior = msg
-                .prior_mrn
-                .clone()
-                .ok_or_else(|| AdtError::new("MRG-1", "an A40 needs the prior MRN (MRG-1)"))?;
+            // A40: PID-3 survives, MRG-1 is merged into it. A47: the resident known by MRG-1 is
+            // known by PID-3 from now on (an identifier change, never a merge).
+            let prior = msg.prior_mrn.clone().ok_or_else(|| {
+                AdtError::new("MRG-1", format!("an {trigger} needs the prior MRN (MRG-1)"))
+            })?;
             let survivor = find(&mrn)?;
             let merged = find(&prior)?;
             match (merged, survivor) {
@@ -1002,6 +1002,13 @@ pub fn plan(
                 (Some(p), Some(s)) if p.id == s.id => {
                     apply(None, vec![event(&s.id, vec![AdtChange::Updated])])
                 }
+                (Some(p), Some(s)) if trigger == "A47" => Err(AdtError::new(
+                    "PID-3",
+                    format!(
+                        "A47 would give resident {} the MRN {mrn:?} that resident {} has: if they are one person, send an A40 (merge)",
+                        p.id, s.id
+                    ),
+                )),
                 (Some(p), Some(s)) => apply(
                     None,
                     vec![
@@ -1340,6 +1347,51 @@ covered = ["MA"]
             "20261211",
         );
         assert_eq!(fold(&reports).absences.len(), 1);
+    }
+
+    #[test]
+    fn an_a47_changes_the_mrn_and_never_merges() {
+        let f = feed();
+        let resident = |id: &str, mrn: &str| Resident {
+            id: id.into(),
+            mrn: Some(mrn.into()),
+            adt: AdtFold::default(),
+        };
+        let residents = vec![resident("p1", "M1"), resident("p2", "M2")];
+        let mrg = |prior: &str| format!("MRG|{prior}^^^PCC^MR");
+        // M1 becomes M9: p1 is known by M9 from now on, and later messages find it.
+        let events = match plan(&msg("A47", "c1", "M9", &mrg("M1")), &f, &residents, TZ) {
+            Ok(AdtPlan::Apply {
+                new: None, events, ..
+            }) => events,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].patient, "p1");
+        let mut reports = vec![report(&events[0], 0)];
+        let changed = Resident {
+            adt: fold(&reports),
+            ..resident("p1", "M1")
+        };
+        assert_eq!(changed.current_mrn(), Some("M9"));
+        let residents = vec![changed, resident("p2", "M2")];
+        match plan(&msg("A08", "c2", "M9", ""), &f, &residents, TZ) {
+            Ok(AdtPlan::Apply { events, .. }) => {
+                assert_eq!(events[0].patient, "p1");
+                reports.push(report(&events[0], 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Giving p1 the MRN p2 has is refused (a merge is an A40), and so is an A47 naming
+        // nobody or lacking MRG-1.
+        for (m, field) in [
+            (msg("A47", "c3", "M2", &mrg("M9")), "PID-3"),
+            (msg("A47", "c4", "M7", &mrg("M404")), "MRG-1"),
+            (msg("A47", "c5", "M7", ""), "MRG-1"),
+        ] {
+            let e = plan(&m, &f, &residents, TZ).err();
+            assert_eq!(e.map(|e| e.field).as_deref(), Some(field));
+        }
     }
 
     #[test]

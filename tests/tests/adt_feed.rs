@@ -353,6 +353,41 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
     )
     .await;
 
+    // p-004's MRN changes (A47): later messages use the new one, the old one matches nobody,
+    // and an A47 onto another resident's MRN is refused (that would be a merge, an A40).
+    ok(
+        port,
+        &adt(
+            "A47",
+            "m14",
+            "20261127",
+            &[pid("900148", "X^Y"), seg("MRG", &[(1, "100148^^^PCC^MR")])],
+        ),
+    )
+    .await;
+    ok(
+        port,
+        &adt("A08", "m15", "20261127", &[pid("900148", "X^Y")]),
+    )
+    .await;
+    refused(
+        port,
+        &adt("A08", "x7", "20261127", &[pid("100148", "X^Y")]),
+        "PID-3",
+    )
+    .await;
+    refused(
+        port,
+        &adt(
+            "A47",
+            "x8",
+            "20261127",
+            &[pid("100074", "X^Y"), seg("MRG", &[(1, "900148^^^PCC^MR")])],
+        ),
+        "PID-3",
+    )
+    .await;
+
     // What the tablet sees.
     sync_with(&mut t, &server).await.unwrap();
     let ids = t.patient_ids();
@@ -395,6 +430,7 @@ async fn a_day_of_adt_traffic_sets_roster_and_stays_and_month_close_follows() {
         "A13 cancelled the discharge"
     );
     assert!(p("p-004").stays.is_empty());
+    assert_eq!(p("p-004").mrn.as_deref(), Some("900148"));
     let facility = t.facility().unwrap().facility.id;
     let luis = t
         .document(rounds_core::DocumentId::patient(&facility, "mrn-200002"))
