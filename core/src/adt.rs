@@ -18,7 +18,7 @@
 //! | PID-3    | the MRN: the repetition with identifier type `MR`, else the first |
 //! | PID-5, PID-7 | name and birth date of a resident the feed adds |
 //! | PID-29, PID-30 | date of death, death indicator (`Y`) |
-//! | PV1-3.1  | point of care: a hospital location (settings) on A02 means the resident left for hospital |
+//! | PV1-3.1  | point of care: a hospital location (settings) on A02 or A21 means the resident left for hospital |
 //! | PV1-36, PV1-45 | discharge disposition (hospital or death codes, settings) and discharge date |
 //! | MRG-1    | the prior MRN of an A40 merge or an A47 identifier change |
 //! | settings `part_a.field` (e.g. `PV1-20`, `IN1-15`, `PV2-3.1`) | Part A coverage |
@@ -461,7 +461,7 @@ pub struct FeedSettings {
     /// The billing practitioner given to a resident the feed adds (pending review: no
     /// conditions or consent until the practice adds them, so nothing bills before).
     pub practitioner: String,
-    /// PV1-3.1 values that mean a hospital (an A02 there starts an inpatient stay).
+    /// PV1-3.1 values that mean a hospital (an A02 or A21 there starts an inpatient stay).
     #[serde(default)]
     pub hospital_locations: Vec<String>,
     /// PV1-36 values of an A03 that mean the resident went to hospital (an inpatient stay,
@@ -765,7 +765,20 @@ pub fn plan(
     let trigger = msg.trigger.as_str();
     if !matches!(
         trigger,
-        "A01" | "A02" | "A03" | "A04" | "A08" | "A11" | "A12" | "A13" | "A40" | "A47"
+        "A01"
+            | "A02"
+            | "A03"
+            | "A04"
+            | "A08"
+            | "A11"
+            | "A12"
+            | "A13"
+            | "A21"
+            | "A22"
+            | "A40"
+            | "A47"
+            | "A52"
+            | "A53"
     ) {
         return Ok(AdtPlan::Ignored {
             reason: format!("trigger {trigger} is not used by Rounds"),
@@ -902,13 +915,17 @@ pub fn plan(
                 }
             }
         }
-        "A02" => {
+        // A21/A22, a leave of absence out and back, is read like a transfer: a leave whose
+        // point of care is a hospital location is a hospital stay (a bed-hold leave), any other
+        // leave is recorded; the return from a leave ends a hospital stay wherever it points.
+        "A02" | "A21" | "A22" => {
             let r = known(&mrn)?;
-            let to_hospital = msg.point_of_care.as_deref().is_some_and(|p| {
-                feed.hospital_locations
-                    .iter()
-                    .any(|h| h.eq_ignore_ascii_case(p))
-            });
+            let to_hospital = trigger != "A22"
+                && msg.point_of_care.as_deref().is_some_and(|p| {
+                    feed.hospital_locations
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(p))
+                });
             let mut changes = vec![match (to_hospital, r.adt.in_hospital) {
                 (true, false) => AdtChange::ToHospital,
                 (false, true) => AdtChange::Returned,
@@ -945,11 +962,13 @@ pub fn plan(
             }
             apply(None, vec![event(&r.id, changes)])
         }
-        "A11" | "A12" | "A13" => {
+        "A11" | "A12" | "A13" | "A52" | "A53" => {
             let r = known(&mrn)?;
             let cancels: &[&str] = match trigger {
                 "A11" => &["A01", "A04"],
                 "A12" => &["A02"],
+                "A52" => &["A21"],
+                "A53" => &["A22"],
                 _ => &["A03"],
             };
             let target = r
@@ -1347,6 +1366,49 @@ covered = ["MA"]
             "20261211",
         );
         assert_eq!(fold(&reports).absences.len(), 1);
+    }
+
+    #[test]
+    fn a_leave_of_absence_to_hospital_is_a_stay_and_other_leaves_are_recorded() {
+        let f = feed();
+        let mut reports: Vec<BedsideReport> = Vec::new();
+        let mut send = |trigger: &str, control: &str, extra: String, on: &str| {
+            let residents = vec![Resident {
+                id: "p1".into(),
+                mrn: Some("M1".into()),
+                adt: fold(&reports),
+            }];
+            let mut m = msg(trigger, control, "M1", &extra);
+            m.event_time = Hl7Time::parse(on).unwrap_or_else(|| panic!("time"));
+            match plan(&m, &f, &residents, TZ) {
+                Ok(AdtPlan::Apply { events, .. }) => {
+                    let n = reports.len() as u32;
+                    reports.push(report(&events[0], n));
+                    fold(&reports)
+                }
+                other => panic!("{trigger}: {other:?}"),
+            }
+        };
+        // A leave home for the weekend: recorded, no stay.
+        let f1 = send("A21", "l1", pv1(&[(3, "2W^201")]), "20261106");
+        assert!(f1.stays.is_empty() && !f1.in_hospital);
+        send("A22", "l2", pv1(&[(3, "2W^201")]), "20261108");
+        // A bed-hold leave to hospital, back on the 14th.
+        assert!(send("A21", "l3", pv1(&[(3, "HOSP")]), "20261110").in_hospital);
+        let back = send("A22", "l4", pv1(&[(3, "HOSP")]), "20261114");
+        assert!(!back.in_hospital);
+        assert_eq!(
+            back.stays,
+            vec![Stay {
+                kind: StayKind::Inpatient,
+                from: d(2026, 11, 10),
+                to: d(2026, 11, 13)
+            }]
+        );
+        // A53 cancels the return (the resident is still in hospital), A52 the leave itself.
+        assert!(send("A53", "l5", String::new(), "20261115").in_hospital);
+        let cancelled = send("A52", "l6", String::new(), "20261115");
+        assert!(cancelled.stays.is_empty() && !cancelled.in_hospital);
     }
 
     #[test]
