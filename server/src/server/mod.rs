@@ -662,7 +662,8 @@ impl Shared {
                 name: "rounds_alerts_open",
                 help: "Alerts waiting for a response (acknowledgement or escalation).",
                 kind: SampleKind::Gauge,
-                value: self.alerting.open.len() as f64,
+                // NaN when the store cannot count (PostgreSQL down): never a reassuring 0.
+                value: self.alerting.open.len().map_or(f64::NAN, |n| n as f64),
             },
             Sample {
                 name: "rounds_quarantine_entries",

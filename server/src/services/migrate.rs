@@ -133,7 +133,7 @@ pub fn migrate(
     // Check: entries per tree, then every document's heads.
     for (name, n) in &trees {
         let t = target.open_tree(name).map_err(target_err)?;
-        let mut got = t.len() as u64;
+        let mut got = t.len().map_err(target_err)? as u64;
         if name == "meta" {
             got = t
                 .iter()

@@ -86,7 +86,7 @@ impl Quarantine {
         max_entries: usize,
     ) -> Result<Quarantine, crate::sync::store::kv::KvError> {
         let entries = db.open_tree("quarantine")?;
-        let count = std::sync::atomic::AtomicUsize::new(entries.len());
+        let count = std::sync::atomic::AtomicUsize::new(entries.len()?);
         Ok(Quarantine {
             entries,
             bytes: db.open_tree("quarantine-bytes")?,

@@ -339,23 +339,18 @@ impl Tree {
     }
 
     /// Number of entries (a count: costs a scan on both engines).
-    pub fn len(&self) -> usize {
+    /// How many entries the tree holds (PostgreSQL: a `count(*)`, which can fail).
+    pub fn len(&self) -> KvResult<usize> {
         match self {
-            Tree::Sled(t) => t.len(),
-            Tree::Pg(t) => t.len().unwrap_or_else(|e| {
-                tracing::error!(tree = %t.name(), error = %e, "counting a tree failed");
-                0
-            }),
+            Tree::Sled(t) => Ok(t.len()),
+            Tree::Pg(t) => Ok(t.len()?),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> KvResult<bool> {
         match self {
-            Tree::Sled(t) => t.is_empty(),
-            Tree::Pg(t) => t.is_empty().unwrap_or_else(|e| {
-                tracing::error!(tree = %t.name(), error = %e, "reading a tree failed");
-                false
-            }),
+            Tree::Sled(t) => Ok(t.is_empty()),
+            Tree::Pg(t) => Ok(t.is_empty()?),
         }
     }
 
