@@ -5,11 +5,11 @@
 //! and a post with one bad measurement writes nothing. Samples and their sources:
 //! `tests/vendor-samples/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use chrono::{DateTime, TimeZone, Utc};
-use rounds_core::{ReadingKind, ReadingSource, Replica};
+use rounds_core::{Reading, ReadingKind, ReadingSource, Replica};
 use rounds_tests::{ServerProcess, https_post_raw, rounds_cli, sunnyvale, sync_with};
 
 fn sample(name: &str, at: chrono::DateTime<Utc>) -> String {
@@ -88,6 +88,52 @@ async fn setup(devices: &[(&str, &str)], integration: &str) -> Setup {
         key,
         t0,
     }
+}
+
+/// The tablet's readings after a sync, once checked that exactly `added` were written since it
+/// held `before`.
+async fn synced_readings(
+    t: &mut Replica,
+    server: &ServerProcess,
+    before: usize,
+    added: usize,
+) -> Vec<Reading> {
+    sync_with(t, server).await.unwrap();
+    let (data, _) = t.export().unwrap();
+    assert_eq!(
+        data.readings.len(),
+        before + added,
+        "only the accepted posts wrote"
+    );
+    data.readings
+}
+
+/// The reading of `kind` from `device` (measured at `at`, when given).
+fn reading_of<'a>(
+    readings: &'a [Reading],
+    device: &str,
+    kind: ReadingKind,
+    at: Option<DateTime<Utc>>,
+) -> &'a Reading {
+    readings
+        .iter()
+        .find(|r| {
+            r.device.as_deref() == Some(device)
+                && r.kind == kind
+                && at.is_none_or(|at| r.measured_at.with_timezone(&Utc) == at)
+        })
+        .unwrap_or_else(|| panic!("no {kind:?} from {device}"))
+}
+
+/// `rounds audit` through the server.
+fn audit(store: &Path, base: &str) -> String {
+    rounds_cli(&[
+        "audit",
+        "--store",
+        store.to_str().unwrap(),
+        "--server",
+        base,
+    ])
 }
 
 fn basic(password: &str) -> String {
@@ -331,23 +377,8 @@ bp = "blood_pressure"
     assert!(String::from_utf8_lossy(&out.stderr).contains("acme.toml"));
 
     // What the tablet sees: seven readings, in the model's units, as device readings.
-    sync_with(&mut t, &server).await.unwrap();
-    let (data, _) = t.export().unwrap();
-    assert_eq!(
-        data.readings.len(),
-        before + 7,
-        "only the accepted posts wrote"
-    );
-    let of = |device: &str, kind: ReadingKind| {
-        data.readings
-            .iter()
-            .find(|r| {
-                r.device.as_deref() == Some(device)
-                    && r.kind == kind
-                    && r.measured_at.with_timezone(&Utc) == at
-            })
-            .unwrap_or_else(|| panic!("no {kind:?} from {device}"))
-    };
+    let readings = synced_readings(&mut t, &server, before, 7).await;
+    let of = |device: &str, kind: ReadingKind| reading_of(&readings, device, kind, Some(at));
     let bp = of("cuff-07", ReadingKind::BloodPressure);
     assert_eq!((bp.systolic, bp.diastolic), (Some(152.0), Some(91.0)));
     assert_eq!(bp.unit, "mm[Hg]");
@@ -368,13 +399,7 @@ bp = "blood_pressure"
     assert_eq!((acme.systolic, acme.unit.as_str()), (Some(141.0), "mm[Hg]"));
 
     // The refusals are audited; the unauthenticated ones aggregated per address.
-    let audit = rounds_cli(&[
-        "audit",
-        "--store",
-        store.to_str().unwrap(),
-        "--server",
-        &base,
-    ]);
+    let audit = audit(&store, &base);
     assert!(audit.contains("ingest-rejected"), "{audit}");
     assert!(audit.contains("cuff-99"), "{audit}");
     assert!(audit.contains("ingest-non-vital"), "{audit}");
@@ -505,19 +530,8 @@ async fn smart_meter_readings_land_in_model_units_once_on_the_right_patient() {
 
     // What the tablet sees: six readings, in the model's units, on the right patients, at the
     // instant the device's local time and offset give.
-    sync_with(&mut t, &server).await.unwrap();
-    let (data, _) = t.export().unwrap();
-    assert_eq!(
-        data.readings.len(),
-        before + 6,
-        "only the accepted posts wrote"
-    );
-    let of = |device: &str, kind: ReadingKind| {
-        data.readings
-            .iter()
-            .find(|r| r.device.as_deref() == Some(device) && r.kind == kind)
-            .unwrap_or_else(|| panic!("no {kind:?} from {device}"))
-    };
+    let readings = synced_readings(&mut t, &server, before, 6).await;
+    let of = |device: &str, kind: ReadingKind| reading_of(&readings, device, kind, None);
     let bp = of("015732004417215", ReadingKind::BloodPressure);
     assert_eq!((bp.systolic, bp.diastolic), (Some(147.0), Some(89.0)));
     assert_eq!((bp.unit.as_str(), bp.patient.as_str()), ("mm[Hg]", "p-007"));
@@ -547,21 +561,14 @@ async fn smart_meter_readings_land_in_model_units_once_on_the_right_patient() {
         Some(81.0)
     );
     assert!(
-        !data
-            .readings
+        !readings
             .iter()
             .any(|r| r.kind == ReadingKind::Glucose && r.value == Some(101.0)),
         "the control test is not a reading"
     );
 
     // Audited: the control test with its device, and the refusals.
-    let audit = rounds_cli(&[
-        "audit",
-        "--store",
-        store.to_str().unwrap(),
-        "--server",
-        &base,
-    ]);
+    let audit = audit(&store, &base);
     assert!(
         audit.contains("smartmeter blood_glucose qa=true device 015732004431208"),
         "{audit}"
